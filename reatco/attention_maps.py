@@ -1,0 +1,128 @@
+"""Recording the cross-attention maps that RAD reads, and nothing else.
+
+Only the `attn2` layers whose resolution is the RAD grid get a `CrossAttentionRecorder`; every
+other layer keeps its own processor (SDPA). A recorder computes attention with SDPA too, except
+while its store is *explicit* (the RAD pass), when it forms softmax(QKᵀ) so the probabilities can
+be kept with their autograd graph. The CFG pass never records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class RADForwardComplete(Exception):
+    """Raised by the last recorder of a RAD pass: the rest of the UNet is not needed."""
+
+
+class AttentionStore:
+    """Maps recorded during one RAD pass (averaged over heads, then over layers on read)."""
+
+    def __init__(self, grid: tuple[int, int] | None = None, n_layers: int = 0, stop_early: bool = True):
+        self.grid = grid  # (h, w) of the attention grid; set by the caller for each pass
+        self.n_layers = n_layers  # recorded layers per forward; the last one may stop the forward
+        self.stop_early = stop_early
+        self.mode = "off"  # off: plain SDPA · record: explicit + keep maps · replay: explicit only
+        self._maps: list[torch.Tensor] = []
+
+    def reset(self) -> None:
+        self._maps = []
+
+    @property
+    def explicit(self) -> bool:
+        return self.mode in ("record", "replay")
+
+    def add(self, probs: torch.Tensor) -> None:
+        """probs: (batch, heads, h*w, tokens) → kept as the head mean."""
+        self._maps.append(probs.mean(dim=1))
+        if self.stop_early and self.n_layers and len(self._maps) == self.n_layers:
+            raise RADForwardComplete
+
+    @property
+    def n_recorded(self) -> int:
+        return len(self._maps)
+
+    def maps(self) -> torch.Tensor:
+        """Mean over recorded layers, shaped (batch·frames, h, w, tokens)."""
+        if not self._maps:
+            raise RuntimeError("no cross-attention was recorded: is the recorder installed on the RAD layers?")
+        mean = torch.stack(self._maps).mean(dim=0)
+        h, w = self.grid
+        if mean.shape[1] != h * w:
+            raise RuntimeError(f"recorded maps have {mean.shape[1]} positions, expected a {h}×{w} grid")
+        return mean.reshape(mean.shape[0], h, w, mean.shape[-1])
+
+
+class CrossAttentionRecorder:
+    """Cross-attention processor for one RAD layer (same math as diffusers' AttnProcessor2_0)."""
+
+    def __init__(self, store: AttentionStore):
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, c, h, w = hidden_states.shape
+            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        batch = hidden_states.shape[0]
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        if encoder_hidden_states is not None and attn.norm_cross:
+            context = attn.norm_encoder_hidden_states(context)
+        key, value = attn.to_k(context), attn.to_v(context)
+        head_dim = key.shape[-1] // attn.heads
+        query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+
+        if self.store.explicit:
+            scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            probs = scores.softmax(dim=-1)
+            out = torch.matmul(probs.to(value.dtype), value)
+        else:
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=attn.scale)
+
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[1](attn.to_out[0](out))
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(b, c, h, w)
+        if attn.residual_connection:
+            out = out + residual
+        out = out / attn.rescale_output_factor
+        if self.store.mode == "record":
+            # Recorded after the output is formed, so an early stop leaves nothing half-done.
+            self.store.add(probs)
+        return out
+
+
+@contextlib.contextmanager
+def record_cross_attention(unet, layer_names: Sequence[str], store: AttentionStore) -> Iterator[AttentionStore]:
+    """Install recorders on `layer_names` (keys of `unet.attn_processors`); restore on exit."""
+    original = dict(unet.attn_processors)
+    unknown = [name for name in layer_names if name not in original]
+    if unknown:
+        raise KeyError(f"not attention layers of this UNet: {unknown}")
+    recorder = CrossAttentionRecorder(store)
+    store.n_layers = len(layer_names)
+    unet.set_attn_processor({name: (recorder if name in layer_names else proc) for name, proc in original.items()})
+    try:
+        yield store
+    finally:
+        unet.set_attn_processor(original)

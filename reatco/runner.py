@@ -1,0 +1,304 @@
+"""Running the edits of one config: validate, tune (cached), invert (cached), edit, write outputs.
+
+`scripts/edit.py` and `scripts/eval_loveu.py` are thin wrappers around `EditRunner`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import config_to_dict, edit_config, save_config
+from .errors import ConfigError
+from .inversion import file_fingerprint, inversion_cache_key, load_or_invert
+from .regions import Region, draw_regions, parse_region
+from .tokens import load_tokenizer, resolve_objects_tokens, token_table
+from .video import read_video, to_uint8, write_frames, write_video
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedEdit:
+    """An edit whose words and regions were checked without loading any weights."""
+
+    cfg: Any  # the config with this edit's overrides merged in
+    edit: Any
+    regions: list[Region]
+    token_indices: list[list[int]]
+    token_table: str
+
+
+@dataclass
+class EditResult:
+    name: str
+    frames: np.ndarray  # (F, H, W, 3) uint8
+    out_dir: Path | None
+    report: dict = field(default_factory=dict)
+
+
+def package_versions() -> dict:
+    import diffusers
+    import transformers
+
+    from . import __version__
+
+    return {
+        "reatco": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+    }
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("model.device", f"{name} was asked for but CUDA is not available; use auto or cpu")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+class EditRunner:
+    """Holds one config's model, source video and inversion; runs its edits one by one."""
+
+    def __init__(self, cfg, progress: bool = True):
+        self.cfg = cfg
+        self.progress = progress
+        self.device = resolve_device(cfg.model.device)
+        self.dtype = resolve_dtype(cfg.model.dtype, self.device)
+        self.timings: dict[str, float] = {}
+        self._tokenizer = None
+        self._video: torch.Tensor | None = None
+        self._pipe = None
+        self._source: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._tuned_from: str | None = None
+
+    # ------------------------------------------------------------------ validation (no weights)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.cfg.model.pretrained)
+        return self._tokenizer
+
+    def prepare(self, only: str | None = None) -> list[PreparedEdit]:
+        """Check every edit's words and regions; raises ConfigError before anything is loaded."""
+        cfg = self.cfg
+        edits = list(cfg.edits)
+        if only is not None:
+            names = [e.name for e in edits]
+            if only not in names:
+                raise ConfigError("--only", f"no edit named {only!r}; the config has {names}")
+            edits = [e for e in edits if e.name == only]
+        prepared = []
+        cell = cfg.model.attention_cell_px
+        for k, edit in enumerate(cfg.edits):
+            if edit not in edits:
+                continue
+            field_prefix = f"edits[{k}]"
+            regions = [
+                parse_region(obj, cfg.video.n_frames, cfg.video.height, cfg.video.width, cell, field=f"{field_prefix}.objects[{j}]")
+                for j, obj in enumerate(edit.objects)
+            ]
+            indices = resolve_objects_tokens(self.tokenizer, edit.prompt, edit.objects, f"{field_prefix}.objects")
+            prepared.append(PreparedEdit(edit_config(cfg, edit), edit, regions, indices, token_table(self.tokenizer, edit.prompt)))
+        return prepared
+
+    # ------------------------------------------------------------------ heavy state, loaded once
+
+    def source_video(self) -> torch.Tensor:
+        if self._video is None:
+            v = self.cfg.video
+            self._video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
+        return self._video
+
+    def pipeline(self):
+        if self._pipe is None:
+            from .pipeline import ReAtCoPipeline
+
+            start = time.perf_counter()
+            unet = self._unet()
+            pipe = ReAtCoPipeline.from_pretrained(self.cfg.model.pretrained, unet=unet, torch_dtype=self.dtype)
+            pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=not self.progress)
+            self._pipe = pipe
+            self.timings["load"] = time.perf_counter() - start
+        return self._pipe
+
+    def _unet(self):
+        """The UNet to edit with: the configured tuned one, a cached/new tuning, or plain inflation."""
+        from .models import TuneAVideoUNet
+
+        cfg = self.cfg
+        if cfg.model.tuned_unet:
+            self._tuned_from = str(cfg.model.tuned_unet)
+            return TuneAVideoUNet.from_pretrained(cfg.model.tuned_unet, torch_dtype=self.dtype)
+        if cfg.tune.enabled:
+            from .tuning import tuned_unet_dir, tune_from_config
+
+            folder = tuned_unet_dir(cfg)
+            if not (folder / "config.json").exists():
+                start = time.perf_counter()
+                tune_from_config(cfg, video=self.source_video(), progress=self.progress)
+                self.timings["tune"] = time.perf_counter() - start
+            else:
+                logger.info("using the cached tuned UNet in %s", folder)
+            self._tuned_from = str(folder)
+            return TuneAVideoUNet.from_pretrained(folder, torch_dtype=self.dtype)
+        logger.warning(
+            "model.tuned_unet is not set and tune.enabled is false: editing with the plain inflated UNet "
+            "(no Tune-A-Video tuning on the source video)"
+        )
+        return None
+
+    def source(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scaled source latents V_0 (1, C, F, h, w) and the DDIM-inversion trajectory (cached)."""
+        if self._source is None:
+            pipe = self.pipeline()
+            cfg = self.cfg
+            steps = cfg.inversion.steps or cfg.sampling.steps
+            key = inversion_cache_key(
+                model=file_fingerprint(cfg.model.pretrained),
+                unet=file_fingerprint(self._tuned_from),
+                video=file_fingerprint(cfg.video.path),
+                frames=[cfg.video.start_frame, cfg.video.frame_stride, cfg.video.n_frames],
+                size=[cfg.video.height, cfg.video.width],
+                steps=steps,
+                prompt=cfg.inversion.prompt,
+                guidance=cfg.inversion.guidance_scale,
+                seed=cfg.sampling.seed,
+                dtype=str(self.dtype),
+            )
+            cache_dir = cfg.inversion.cache_dir or os.path.join(cfg.output_dir, ".cache", "inversion")
+
+            def invert():
+                start = time.perf_counter()
+                generator = torch.Generator("cpu").manual_seed(cfg.sampling.seed)
+                latents = pipe.encode_video(self.source_video(), generator)
+                trajectory = pipe.invert(latents, cfg.inversion.prompt, steps, cfg.inversion.guidance_scale)
+                self.timings["invert"] = time.perf_counter() - start
+                return trajectory
+
+            trajectory = load_or_invert(cache_dir, key, invert).to(self.device, self.dtype)
+            self._source = (trajectory[0], trajectory)
+        return self._source
+
+    # ------------------------------------------------------------------ editing
+
+    def run(self, prepared: PreparedEdit, out_dir: str | os.PathLike | None = None, write: bool = True) -> EditResult:
+        cfg = prepared.cfg
+        pipe = self.pipeline()
+        source_latents, trajectory = self.source()
+        if trajectory.shape[0] != cfg.sampling.steps + 1:
+            raise ConfigError("inversion.steps", f"must equal sampling.steps ({cfg.sampling.steps}) so the trajectory pairs with the sampling steps")
+        generator = torch.Generator("cpu").manual_seed(cfg.sampling.seed)
+        start = time.perf_counter()
+        output = pipe(
+            prompt=prepared.edit.prompt,
+            objects=[
+                {"word": o.word, "occurrence": o.occurrence, "region": region}
+                for o, region in zip(prepared.edit.objects, prepared.regions)
+            ],
+            source_latents=source_latents,
+            inversion_trajectory=trajectory,
+            num_inference_steps=cfg.sampling.steps,
+            guidance_scale=cfg.sampling.guidance_scale,
+            negative_prompt=cfg.sampling.negative_prompt,
+            generator=generator,
+            rad=config_to_dict(cfg.rad),
+            irjs=config_to_dict(cfg.irjs),
+            window=config_to_dict(cfg.window),
+            attention_cell_px=cfg.model.attention_cell_px,
+            output_type="np",
+            return_attention=cfg.save_attention,
+        )
+        edit_seconds = time.perf_counter() - start
+        frames = (output.frames * 255).round().astype(np.uint8)
+        n_steps = cfg.sampling.steps
+        report = {
+            "edit": prepared.edit.name,
+            "prompt": prepared.edit.prompt,
+            "seed": cfg.sampling.seed,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "versions": package_versions(),
+            "timings_s": {**self.timings, "edit": edit_seconds, "edit_per_step": edit_seconds / n_steps},
+            "token_indices": {o.word: idx for o, idx in zip(prepared.edit.objects, prepared.token_indices)},
+            "rad_losses": output.rad_losses,
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        result = EditResult(prepared.edit.name, frames, None, report)
+        if write:
+            result.out_dir = self.write_outputs(prepared, result, output.attention_maps, out_dir)
+        return result
+
+    def write_outputs(self, prepared: PreparedEdit, result: EditResult, attention, out_dir=None) -> Path:
+        """Everything goes into `<name>.partial/` first and replaces `<name>/` only when complete."""
+        cfg = prepared.cfg
+        final = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / prepared.edit.name
+        partial = final.with_name(final.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        fps = cfg.video.fps
+        write_video(result.frames, partial / "edited.mp4", fps=fps)
+        if cfg.save_gif:
+            write_video(result.frames, partial / "edited.gif", fps=fps)
+        if cfg.save_frames:
+            write_frames(result.frames, partial / "frames")
+        if attention is not None:
+            from .visualize import attention_overlay
+
+            words = [o.word for o in prepared.edit.objects]
+            write_video(attention_overlay(result.frames, attention, words), partial / "attention.mp4", fps=fps)
+        self.write_regions_png(prepared, partial / "regions.png")
+        save_config(cfg, partial / "config.yaml")
+        with open(partial / "report.json", "w") as f:
+            json.dump(result.report, f, indent=2)
+        _replace_dir(partial, final)
+        return final
+
+    def write_regions_png(self, prepared: PreparedEdit, path: Path) -> None:
+        from PIL import Image
+
+        first = to_uint8(self.source_video()[:1])[0]
+        words = [o.word for o in prepared.edit.objects]
+        Image.fromarray(draw_regions(first, prepared.regions, words, frame=0)).save(path)
+
+
+def _replace_dir(new: Path, final: Path) -> None:
+    """Swap `new` into place of `final` so a finished result is never half-overwritten."""
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def format_exception_for_cli(err: ConfigError) -> str:
+    return f"error: {err}"
+
+
+def print_versions(stream=sys.stdout) -> None:
+    print(json.dumps(package_versions()), file=stream)
