@@ -26,7 +26,12 @@ class AttentionStore:
         self.grid = grid  # (h, w) of the attention grid; set by the caller for each pass
         self.n_layers = n_layers  # recorded layers per forward; the last one may stop the forward
         self.stop_early = stop_early
-        self.mode = "off"  # off: plain SDPA · record: explicit + keep maps · replay: explicit only
+        # off: plain SDPA · record: explicit, keep maps with their graph (RAD pass) · replay:
+        # explicit, keep nothing (checkpoint recomputation) · observe: explicit, keep the detached
+        # maps of the last `observe_rows` batch rows (the conditional half of a CFG pass, for
+        # attention pictures when RAD is off)
+        self.mode = "off"
+        self.observe_rows = 0
         self._maps: list[torch.Tensor] = []
 
     def reset(self) -> None:
@@ -34,10 +39,13 @@ class AttentionStore:
 
     @property
     def explicit(self) -> bool:
-        return self.mode in ("record", "replay")
+        return self.mode != "off"
 
     def add(self, probs: torch.Tensor) -> None:
         """probs: (batch, heads, h*w, tokens) → kept as the head mean."""
+        if self.mode == "observe":
+            self._maps.append(probs[-self.observe_rows :].mean(dim=1).detach())
+            return
         self._maps.append(probs.mean(dim=1))
         if self.stop_early and self.n_layers and len(self._maps) == self.n_layers:
             raise RADForwardComplete
@@ -106,7 +114,7 @@ class CrossAttentionRecorder:
         if attn.residual_connection:
             out = out + residual
         out = out / attn.rescale_output_factor
-        if self.store.mode == "record":
+        if self.store.mode in ("record", "observe"):
             # Recorded after the output is formed, so an early stop leaves nothing half-done.
             self.store.add(probs)
         return out

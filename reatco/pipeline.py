@@ -204,16 +204,22 @@ class ReAtCoPipeline(DiffusionPipeline):
                 pass  # everything RAD reads has been computed
             # Checkpointed blocks recompute the explicit attention during backward, unrecorded.
             store.mode = "replay"
-            text = rad_ops.text_attention(store.maps().float(), n_text_tokens, temperature=rad.temperature)
+            word_maps = self._word_maps(store.maps().float(), token_indices, rad, n_text_tokens)
             store.reset()
-            word_maps = torch.stack([rad_ops.word_attention(text, idx) for idx in token_indices])
-            if rad.smoothing:
-                word_maps = torch.stack(
-                    [rad_ops.gaussian_smooth_3d(m, kernel=rad.smoothing_kernel, sigma=rad.smoothing_sigma) for m in word_maps]
-                )
             inner, outer = rad_ops.region_losses(word_maps, masks, top_k_ratio=rad.top_k_ratio)
             loss = rad_ops.rad_loss(inner, outer)
         return _RADPass(x, loss, inner, outer, word_maps)
+
+    @staticmethod
+    def _word_maps(maps, token_indices, rad: RADSettings, n_text_tokens) -> torch.Tensor:
+        """Recorded maps (F, h, w, L) → per-word attention (J, F, h, w), as RAD reads it."""
+        text = rad_ops.text_attention(maps, n_text_tokens, temperature=rad.temperature)
+        word_maps = torch.stack([rad_ops.word_attention(text, idx) for idx in token_indices])
+        if rad.smoothing:
+            word_maps = torch.stack(
+                [rad_ops.gaussian_smooth_3d(m, kernel=rad.smoothing_kernel, sigma=rad.smoothing_sigma) for m in word_maps]
+            )
+        return word_maps
 
     def _rad_update(self, latents, step_index, t, cond, token_indices, masks, store, rad, step_size, n_text_tokens, words):
         """RAD at one denoising step: iterative refinement where scheduled, then x_t ← x_t − α_t ∇L.
@@ -349,7 +355,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         step_sizes = rad_ops.step_sizes(len(timesteps), rad.step_size, tuple(rad.step_size_range))
         windows = temporal_windows(n_frames, window.size, window.stride)
         store = AttentionStore(grid=grid, stop_early=rad.early_stop)
-        rad_layers = rad_attention_layers(self.unet, self.vae_scale_factor, cell_px) if (use_rad or return_attention) else []
+        rad_layers = rad_attention_layers(self.unet, self.vae_scale_factor, cell_px) if (use_rad or return_attention) and regions else []
         rad_records: list[dict] = []
         attention_sum, attention_count = None, 0
 
@@ -378,7 +384,15 @@ class ReAtCoPipeline(DiffusionPipeline):
                             x = irjs_ops.blend(x, source_t[:, :, frames], region_mask[:, :, frames])
                         x_in = torch.cat([x, x]) if do_cfg else x
                         x_in = self.scheduler.scale_model_input(x_in, t)
+                        observe = return_attention and not use_rad and bool(regions) and i < rad.max_update_steps
+                        if observe:  # attention pictures without RAD: the conditional half, detached
+                            store.mode, store.observe_rows = "observe", len(frames)
                         noise = self.unet(x_in, t, encoder_hidden_states=text_embeddings).sample
+                        if observe:
+                            word_maps = self._word_maps(store.maps().float(), token_indices, rad, n_text_tokens)
+                            store.mode = "off"
+                            store.reset()
+                            attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
                         if do_cfg:
                             noise_u, noise_c = noise.chunk(2)
                             noise = noise_u + guidance_scale * (noise_c - noise_u)

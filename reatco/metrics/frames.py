@@ -1,0 +1,59 @@
+"""Frames in every form the metrics accept -> PIL images or uint8 arrays.
+
+A video is a sequence of frames: a (F, H, W, 3) uint8 array, a list of PIL images, a list of
+image paths, or a folder of images. The LOVEU evaluator opens jpgs and resizes each frame to
+480x480 with PIL's default filter before any model sees it; `LOVEU_SIZE` reproduces that.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import numpy as np
+from PIL import Image
+
+from ..errors import ConfigError
+
+LOVEU_SIZE = (480, 480)  # (width, height), as in the official scripts/run_eval.py
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def list_frame_files(folder: str | os.PathLike, field: str = "frames") -> list[Path]:
+    """Sorted image files of a frame folder; ConfigError if the folder is missing or empty."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(field, f"folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ConfigError(field, f"folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} frames")
+    return files
+
+
+def to_pil_frames(frames, size: tuple[int, int] | None = LOVEU_SIZE) -> list[Image.Image]:
+    """RGB PIL frames, resized to `size` (width, height) unless it is None (keep the aspect)."""
+    if isinstance(frames, (str, os.PathLike)):
+        frames = list_frame_files(frames)
+    if isinstance(frames, np.ndarray):
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected frames (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+        images = [Image.fromarray(f) for f in frames]
+    else:
+        images = [f if isinstance(f, Image.Image) else Image.open(f) for f in frames]
+    images = [im.convert("RGB") for im in images]
+    if size is not None:
+        # No resample argument on purpose: the official evaluator uses PIL's default filter.
+        images = [im.resize(tuple(size)) for im in images]
+    return images
+
+
+def to_uint8_frames(frames, size: tuple[int, int] | None = None) -> np.ndarray:
+    """(F, H, W, 3) uint8 array; optional resize to `size` (width, height)."""
+    if isinstance(frames, np.ndarray) and size is None:
+        return to_uint8_array(frames)
+    return np.stack([np.asarray(im) for im in to_pil_frames(frames, size)])
+
+
+def to_uint8_array(frames: np.ndarray) -> np.ndarray:
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected frames (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    return frames

@@ -1,0 +1,174 @@
+"""ReAtCoPipeline on tiny random components: RAD, IRJS, windows, determinism, processors."""
+
+import copy
+
+import pytest
+import torch
+
+from reatco.attention_maps import AttentionStore, record_cross_attention
+from reatco.models import rad_attention_layers
+from reatco.pipeline import IRJSSettings, RADSettings, ReAtCoPipeline
+
+from tiny_models import tiny_sd_components
+
+N_FRAMES, SIZE = 3, 32
+PROMPT = "a cat and a dog on the grass"
+# Boxes at 32×32 px; the tiny model's RAD grid cell is CELL px.
+OBJECTS = [{"word": "cat", "box": [0, 0, 16, 16]}, {"word": "dog", "boxes": {0: [16, 16, 32, 32], 2: [16, 8, 32, 24]}}]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = ReAtCoPipeline(**tiny_sd_components())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def cell(pipe):
+    return pipe.vae_scale_factor * 4
+
+
+def _video(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(N_FRAMES, 3, SIZE, SIZE, generator=g) * 2 - 1
+
+
+def _run(pipe, cell, **kwargs):
+    args = dict(
+        prompt=PROMPT, video=_video(), objects=OBJECTS, num_inference_steps=4, guidance_scale=3.0,
+        generator=torch.Generator().manual_seed(7), attention_cell_px=cell, output_type="latent",
+        rad={"max_update_steps": 2, "refinement_thresholds": {}},
+    )
+    args.update(kwargs)
+    return pipe(**args)
+
+
+def _rad_inputs(pipe, cell, rad=None):
+    rad = rad or RADSettings()
+    words, regions, indices = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    from reatco.regions import object_masks
+
+    grid = (SIZE // cell, SIZE // cell)
+    masks = object_masks(regions, N_FRAMES, *grid)
+    cond = pipe.encode_prompt(PROMPT)
+    latents = torch.randn(1, 4, N_FRAMES, SIZE // pipe.vae_scale_factor, SIZE // pipe.vae_scale_factor, generator=torch.Generator().manual_seed(1))
+    store = AttentionStore(grid=grid, stop_early=rad.early_stop)
+    layers = rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell)
+    return dict(latents=latents, t=torch.tensor(500), cond=cond, token_indices=indices, masks=masks, store=store, rad=rad,
+                n_text_tokens=pipe.tokenizer.model_max_length - 2), layers
+
+
+def test_rad_update_lowers_the_loss_and_touches_only_the_latent(pipe, cell):
+    inputs, layers = _rad_inputs(pipe, cell)
+    before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
+    with record_cross_attention(pipe.unet, layers, inputs["store"]):
+        first = pipe._rad_forward(**inputs)
+        grad = first.grad("full")
+        assert grad.abs().sum() > 0
+        assert all(p.grad is None for p in pipe.unet.parameters())
+        inputs["latents"] = inputs["latents"] - 1e-2 / grad.abs().max() * grad
+        second = pipe._rad_forward(**inputs)
+    assert second.loss < first.loss
+    assert all(torch.equal(before[n], p) for n, p in pipe.unet.named_parameters())
+
+
+def test_fast_rad_pass_equals_the_plain_one(pipe, cell):
+    """Early stop and gradient checkpointing change the cost, not the loss or the gradient."""
+    results = {}
+    for name, rad in {
+        "plain": RADSettings(early_stop=False),
+        "fast": RADSettings(early_stop=True),
+    }.items():
+        for ckpt in (False, True):
+            inputs, layers = _rad_inputs(pipe, cell, rad)
+            if ckpt:
+                pipe.unet.enable_gradient_checkpointing()
+            try:
+                with record_cross_attention(pipe.unet, layers, inputs["store"]):
+                    step = pipe._rad_forward(**inputs)
+                    results[(name, ckpt)] = (step.loss.detach(), step.word_maps, step.grad("full"))
+            finally:
+                pipe.unet.disable_gradient_checkpointing()
+    ref_loss, ref_maps, ref_grad = results[("plain", False)]
+    for key, (loss, maps, grad) in results.items():
+        torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-6, msg=str(key))
+        torch.testing.assert_close(maps, ref_maps, rtol=0, atol=1e-6, msg=str(key))
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6, msg=str(key))
+
+
+def test_recorder_restores_processors_even_on_error(pipe, cell):
+    before = dict(pipe.unet.attn_processors)
+    layers = rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell)
+    with pytest.raises(RuntimeError):
+        with record_cross_attention(pipe.unet, layers, AttentionStore()):
+            assert any(pipe.unet.attn_processors[n] is not before[n] for n in layers)
+            raise RuntimeError("boom")
+    after = pipe.unet.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    _run(pipe, cell)
+    after = pipe.unet.attn_processors
+    assert all(after[k] is before[k] for k in before)
+
+
+def test_same_seed_gives_identical_frames(pipe, cell):
+    a = _run(pipe, cell, output_type="pt").frames
+    b = _run(pipe, cell, output_type="pt").frames
+    assert torch.equal(a, b)
+    c = _run(pipe, cell, output_type="pt", generator=torch.Generator().manual_seed(8)).frames
+    assert not torch.equal(a, c)
+
+
+def test_irjs_after_step_returns_the_source_outside_the_regions(pipe, cell):
+    video = _video()
+    source = pipe.encode_video(video, torch.Generator().manual_seed(3))
+    out = _run(pipe, cell, source_latents=source, video=None, irjs=IRJSSettings(placement="after_step")).frames
+    from reatco.regions import object_masks
+    from reatco.irjs import latent_region_mask
+
+    _, regions, _ = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    lh = SIZE // pipe.vae_scale_factor
+    inside = latent_region_mask(object_masks(regions, N_FRAMES, lh, lh), lh, lh).bool().expand_as(out)
+    assert inside.any() and (~inside).any()
+    assert torch.equal(out[~inside], source[~inside])
+    assert not torch.equal(out[inside], source[inside])
+
+
+def test_irjs_before_step_feeds_the_source_trajectory_outside_the_regions(pipe, cell):
+    source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
+    trajectory = pipe.invert(source, "", 4)
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0].clone()) if args[0].shape[0] == 2 else None, with_kwargs=True)
+    try:
+        _run(pipe, cell, source_latents=source, video=None, inversion_trajectory=trajectory,
+             irjs=IRJSSettings(placement="before_step", source="inversion"), rad={"enabled": False})
+    finally:
+        hook.remove()
+    from reatco.regions import object_masks
+    from reatco.irjs import latent_region_mask
+
+    _, regions, _ = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    lh = SIZE // pipe.vae_scale_factor
+    outside = ~latent_region_mask(object_masks(regions, N_FRAMES, lh, lh), lh, lh).bool().expand_as(source)
+    assert len(seen) == 4
+    for i, x in enumerate(seen):
+        torch.testing.assert_close(x[1:][outside], trajectory[4 - i][outside])
+
+
+def test_window_covering_the_clip_equals_a_single_pass(pipe, cell):
+    whole = _run(pipe, cell).frames
+    windowed = _run(pipe, cell, window={"size": N_FRAMES, "stride": 1}).frames
+    assert torch.equal(whole, windowed)
+    split = _run(pipe, cell, window={"size": 2, "stride": 1}).frames
+    assert split.shape == whole.shape and not torch.equal(split, whole)
+
+
+def test_rad_records_losses_and_attention(pipe, cell):
+    out = _run(pipe, cell, return_attention=True, rad={"max_update_steps": 2, "refinement_thresholds": {0: 0.99}, "max_refinement_iters": 2})
+    assert [r["step"] for r in out.rad_losses] == [0, 1]
+    assert out.rad_losses[0]["refinement_iters"] == 2
+    assert set(out.rad_losses[0]["inner"]) == {"cat", "dog"}
+    assert out.attention_maps.shape == (2, N_FRAMES, SIZE // cell, SIZE // cell)
+    plain = _run(pipe, cell, rad={"enabled": False}, return_attention=True)
+    assert plain.rad_losses == []
+    assert plain.attention_maps.shape == out.attention_maps.shape  # observed on the CFG pass
