@@ -5,8 +5,12 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+import logging
 import os
+import re
 import tempfile
+
+from .errors import ConfigError
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -29,10 +33,15 @@ def openai_clip_tokenizer():
     open_clip_torch ships OpenAI's merges file (`bpe_simple_vocab_16e6.txt.gz`); the vocabulary
     is derived from it exactly as CLIP does, then handed to transformers' CLIPTokenizer.
     """
-    import open_clip
+    import importlib.util
+
     from transformers import CLIPTokenizer
 
-    path = os.path.join(os.path.dirname(open_clip.__file__), "bpe_simple_vocab_16e6.txt.gz")
+    # Locate the package without importing it (importing open_clip costs seconds).
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("open_clip_torch is needed for the offline SD v1.x tokenizer (it ships OpenAI's BPE merges)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "bpe_simple_vocab_16e6.txt.gz")
     lines = gzip.open(path).read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     byte_chars = list(_bytes_to_unicode().values())
@@ -46,3 +55,200 @@ def openai_clip_tokenizer():
         with open(merges_file, "w", encoding="utf-8") as f:
             f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
         return CLIPTokenizer(vocab_file, merges_file, model_max_length=77, pad_token="<|endoftext|>")
+
+
+# ----------------------------------------------------------------------------- words → indices
+
+logger = logging.getLogger(__name__)
+
+_WORD_END = "</w>"  # CLIP's BPE marks the last sub-token of every word with this suffix
+_SD1_ID = re.compile(r"stable-diffusion-v-?1([-_.]\d)?\b", re.IGNORECASE)
+
+
+def _prompt_ids(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` with SOT/EOT, never truncated (so that we can say what was cut)."""
+    return list(tokenizer(text, truncation=False).input_ids)
+
+
+def _word_ids(tokenizer, word: str) -> list[int]:
+    return list(tokenizer(word, add_special_tokens=False, truncation=False).input_ids)
+
+
+def _uses_word_end(tokens: list[str]) -> bool:
+    return any(t.endswith(_WORD_END) for t in tokens)
+
+
+def _display(token: str, word_end: bool) -> str:
+    # "cat</w>" → "cat"; a sub-token that does not end its word gets a trailing "+" ("sd+ f+ wer+ qu").
+    if not word_end or (token.startswith("<|") and token.endswith("|>")):
+        return token
+    return token[: -len(_WORD_END)] if token.endswith(_WORD_END) else token + "+"
+
+
+def _special_ids(tokenizer) -> set[int]:
+    return {i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
+
+
+def _find_sequence(ids: list[int], tokens: list[str], needle: list[int], word_end: bool) -> list[int]:
+    """Start positions where `needle` occurs in `ids` on word boundaries.
+
+    The end boundary is built in (the needle's last token carries </w>); the start boundary is
+    checked on the previous token, which must end a word (or be SOT), so that "xsd f wer qu"
+    never matches the word tokenized as "sd f wer qu"."""
+    n = len(needle)
+    starts = []
+    for s in range(1, len(ids) - n + 1):
+        if ids[s : s + n] != needle:
+            continue
+        if word_end and s > 1 and not tokens[s - 1].endswith(_WORD_END):
+            continue
+        starts.append(s)
+    return starts
+
+
+def token_table(tokenizer, prompt: str) -> str:
+    """The prompt's tokens with the indices RAD uses (SOT = 0), one per line.
+
+    Sub-tokens that do not end their word are shown with a trailing "+"; tokens beyond the
+    tokenizer's length (which the text encoder never sees) are marked "(truncated)"."""
+    ids = _prompt_ids(tokenizer, prompt)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    word_end = _uses_word_end(tokens)
+    limit = tokenizer.model_max_length
+    lines = [f"tokens of {prompt!r}:", "  idx  token"]
+    for i, tok in enumerate(tokens):
+        note = "  (truncated)" if i >= limit - 1 and i < len(ids) - 1 else ""
+        lines.append(f"  {i:>3}  {_display(tok, word_end)}{note}")
+    return "\n".join(lines)
+
+
+def word_token_indices(tokenizer, prompt: str, word: str, occurrence: int | None = None, field: str = "word") -> list[int]:
+    """Indices (SOT = 0) of the tokens of `word` in `prompt`, as the text encoder sees them.
+
+    `word` may be a single word (split into several sub-tokens: all of them are returned) or a
+    phrase of several words ("yellow triangle": its consecutive tokens). Matching compares token
+    sequences on word boundaries, so "cat" never matches inside "caterpillar". A word found more
+    than once needs `occurrence` (1-based). Raises ConfigError(field, …) otherwise."""
+    if not isinstance(word, str) or not word.strip():
+        raise ConfigError(field, f"the word of interest must be a non-empty string, got {word!r}")
+    needle = _word_ids(tokenizer, word)
+    needle = [i for i in needle if i not in _special_ids(tokenizer)]
+    if not needle:
+        raise ConfigError(field, f"{word!r} has no tokens; name a word of the prompt {prompt!r}")
+    ids = _prompt_ids(tokenizer, prompt)
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    starts = _find_sequence(ids, tokens, needle, _uses_word_end(tokens))
+    if not starts:
+        raise ConfigError(field, f"{word!r} is not a word of the prompt; use one of its words:\n{token_table(tokenizer, prompt)}")
+    last_seen = tokenizer.model_max_length - 2  # the encoder sees SOT + tokens 1…L−2 + EOT
+    visible = [s for s in starts if s + len(needle) - 1 <= last_seen]
+    if not visible:
+        raise ConfigError(
+            field,
+            f"{word!r} is at token {starts[0]}, beyond the tokenizer's {tokenizer.model_max_length} tokens "
+            f"(SOT and EOT included), so the text encoder never sees it; shorten the prompt",
+        )
+    if occurrence is None:
+        if len(starts) > 1:
+            where = ", ".join(f"occurrence {k + 1}: tokens {list(range(s, s + len(needle)))}" for k, s in enumerate(starts))
+            raise ConfigError(field, f"{word!r} occurs {len(starts)} times in the prompt ({where}); set `occurrence: k` (1-based) to pick one")
+        start = starts[0]
+    else:
+        if isinstance(occurrence, bool) or not isinstance(occurrence, int) or not 1 <= occurrence <= len(starts):
+            raise ConfigError(
+                field.rsplit(".", 1)[0] + ".occurrence" if field.endswith(".word") else field,
+                f"occurrence must be an integer from 1 to {len(starts)} ({word!r} occurs {len(starts)} time(s)), got {occurrence!r}",
+            )
+        start = starts[occurrence - 1]
+        if start not in visible:
+            raise ConfigError(field, f"occurrence {occurrence} of {word!r} (token {start}) is beyond the tokenizer's "
+                                     f"{tokenizer.model_max_length} tokens; shorten the prompt")
+    return list(range(start, start + len(needle)))
+
+
+def describe_tokens(tokenizer, prompt: str, word: str, indices: list[int]) -> str:
+    """One log line: which tokens a word maps to, e.g. "'goldfish' → token 5 (goldfish)" or, for a
+    word split into sub-tokens, "'sdfwerqu' → tokens [2, 3, 4, 5] (sd+ f+ wer+ qu), attention averaged"."""
+    tokens = tokenizer.convert_ids_to_tokens(_prompt_ids(tokenizer, prompt))
+    word_end = _uses_word_end(tokens)
+    shown = " ".join(_display(tokens[i], word_end) for i in indices)
+    if len(indices) == 1:
+        return f"{word!r} → token {indices[0]} ({shown})"
+    return f"{word!r} → tokens {indices} ({shown}), attention averaged over them"
+
+
+def _attr(obj, name, default=None):
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+
+
+def resolve_objects_tokens(tokenizer, prompt: str, objects, field_prefix: str = "objects") -> list[list[int]]:
+    """Token indices of every object's word (objects have `word` and optional `occurrence`).
+
+    Logs which tokens each multi-token word uses; two objects naming the same tokens is an error."""
+    result: list[list[int]] = []
+    owner: dict[int, int] = {}
+    for j, obj in enumerate(objects):
+        field = f"{field_prefix}[{j}].word"
+        word = _attr(obj, "word")
+        indices = word_token_indices(tokenizer, prompt, word, _attr(obj, "occurrence"), field=field)
+        for i in indices:
+            if i in owner:
+                raise ConfigError(field, f"{word!r} maps to token {i}, already used by {field_prefix}[{owner[i]}]; "
+                                         f"each object needs its own word (use `occurrence` for repeated words)")
+            owner[i] = j
+        if len(indices) > 1:
+            logger.info("%s", describe_tokens(tokenizer, prompt, word, indices))
+        result.append(indices)
+    return result
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick probe, because the hub client retries an unreachable host for minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _checked(tokenizer):
+    # transformers builds an empty tokenizer (special tokens only) when no vocabulary file is found.
+    if len(tokenizer.get_vocab()) <= len(tokenizer.all_special_tokens):
+        raise OSError("no tokenizer vocabulary found (vocab.json, merges.txt)")
+    return tokenizer
+
+
+def load_tokenizer(pretrained: str):
+    """The model's own tokenizer (`tokenizer/` of a local folder or hub id).
+
+    Falls back to `openai_clip_tokenizer()` (identical to SD v1.x's) with a warning only when the
+    hub cannot be reached and the id looks like a Stable Diffusion v1.x id."""
+    from transformers import CLIPTokenizer
+
+    path = os.fspath(pretrained)
+    if os.path.isdir(path):
+        for folder in (os.path.join(path, "tokenizer"), path):
+            if any(os.path.isfile(os.path.join(folder, f)) for f in ("vocab.json", "tokenizer.json")):
+                return _checked(CLIPTokenizer.from_pretrained(folder))
+        raise ConfigError("model.pretrained", f"{path} has no tokenizer/ folder (vocab.json + merges.txt, or tokenizer.json); point it at a diffusers SD-layout folder")
+    try:
+        try:  # the local HF cache first: no network, no retries
+            return _checked(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True))
+        except (OSError, ValueError):
+            pass
+        if not _hub_reachable():
+            raise OSError("the Hugging Face Hub cannot be reached (offline)")
+        return _checked(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"))
+    except (OSError, ValueError) as err:  # offline, unknown id, or no tokenizer in the repo
+        if _SD1_ID.search(path):
+            logger.warning("could not fetch the tokenizer of %s (%s); using OpenAI CLIP's BPE, which SD v1.x ships", path, err)
+            return openai_clip_tokenizer()
+        raise ConfigError("model.pretrained", f"cannot load a tokenizer from {path!r} ({err}); give a local SD-layout folder or a reachable hub id") from err

@@ -1,0 +1,84 @@
+"""Invariant Region-guided Joint Sampling (IRJS): outside the objects' regions, the latent is the
+source video's latent at the same noise level, so the background is kept exactly.
+
+    x̃ = x ⊙ M + V_t ⊙ (1 − M),   M = union of the regions (1 = editable).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+
+def noise_source(scheduler, x0: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
+    """V_t = sqrt(ᾱ_t)·V_0 + sqrt(1 − ᾱ_t)·ε — `scheduler.add_noise` semantics (DDPM/DDIM), with ᾱ
+    read from `scheduler.alphas_cumprod` at `timestep` itself (also for t = 0, which is not the
+    clean latent: ᾱ_0 < 1). Computed in float32, returned in x0's dtype."""
+    t = int(timestep.item() if torch.is_tensor(timestep) else timestep)
+    alphas = scheduler.alphas_cumprod
+    if not 0 <= t < len(alphas):
+        raise ValueError(f"timestep {t} is outside the scheduler's 0…{len(alphas) - 1}")
+    if noise.shape != x0.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must have the latents' shape {tuple(x0.shape)}")
+    a = alphas[t].to(dtype=torch.float32)
+    out = a.sqrt() * x0.float() + (1 - a).sqrt() * noise.to(x0.device).float()
+    return out.to(x0.dtype)
+
+
+def latent_region_mask(masks: torch.Tensor, latent_h: int, latent_w: int) -> torch.Tensor:
+    """(J, F, gh, gw) object masks or an (F, gh, gw) union → (1, 1, F, latent_h, latent_w) union mask.
+
+    Masks should already be on the latent grid (regions.object_masks(…, latent_h, latent_w));
+    another grid is resampled: an integer upscale by nearest (exact), otherwise by area ≥ 0.5."""
+    if masks.dim() == 4:
+        masks = masks.amax(dim=0)
+    if masks.dim() != 3:
+        raise ValueError(f"expected (J, F, h, w) or (F, h, w) masks, got shape {tuple(masks.shape)}")
+    m = masks.float()
+    gh, gw = m.shape[-2:]
+    if (gh, gw) != (latent_h, latent_w):
+        if latent_h % gh == 0 and latent_w % gw == 0:
+            m = F.interpolate(m[:, None], size=(latent_h, latent_w), mode="nearest")[:, 0]
+        else:
+            m = (F.interpolate(m[:, None], size=(latent_h, latent_w), mode="area")[:, 0] >= 0.5).float()
+    return m[None, None]
+
+
+def feather_mask(mask: torch.Tensor, cells: int) -> torch.Tensor:
+    """Soften the region's edge outward over `cells` latent cells, per frame.
+
+    A cell at chessboard distance d from the region gets 1 − d/(cells + 1): the region itself
+    stays exactly 1 (fully editable) and every cell farther than `cells` stays exactly 0 (exactly
+    the source), so only a band of `cells` cells around the region mixes the two. cells = 0 →
+    unchanged. Works on (..., h, w)."""
+    if isinstance(cells, bool) or not isinstance(cells, int) or cells < 0:
+        raise ConfigError("irjs.feather", f"feather is a number of latent cells ≥ 0, got {cells!r}")
+    if cells == 0:
+        return mask
+    shape = mask.shape
+    current = mask.reshape(-1, 1, *shape[-2:]).float()
+    out = current.clone()
+    for d in range(1, cells + 1):
+        current = F.max_pool2d(current, kernel_size=3, stride=1, padding=1)  # one more ring of cells
+        out = torch.maximum(out, current * (1 - d / (cells + 1)))
+    return out.reshape(shape).to(mask.dtype)
+
+
+def blend(latents: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x ⊙ M + V_t ⊙ (1 − M) for latents (B, C, F, h, w), source (B or 1, C, F, h, w) and a mask
+    (F, h, w), (1, 1, F, h, w) or (B, C, F, h, w). Where M is 0 the result is exactly the source,
+    where M is 1 exactly the latents."""
+    if latents.dim() != 5:
+        raise ValueError(f"latents must be (B, C, F, h, w), got {tuple(latents.shape)}")
+    if mask.dim() == 3:
+        mask = mask[None, None]
+    try:
+        torch.broadcast_shapes(latents.shape, source.shape, mask.shape)
+    except RuntimeError as err:
+        raise ValueError(
+            f"cannot blend latents {tuple(latents.shape)} with source {tuple(source.shape)} and mask {tuple(mask.shape)}"
+        ) from err
+    mask = mask.to(device=latents.device, dtype=latents.dtype)
+    return latents * mask + source.to(latents) * (1 - mask)
