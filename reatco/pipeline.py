@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -17,60 +17,24 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import irjs as irjs_ops
 from . import rad as rad_ops
+from .config import IRJSConfig, RADConfig, WindowConfig
 from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
 from .errors import ConfigError
 from .inversion import ddim_inversion
 from .models import TuneAVideoUNet, rad_attention_layers
-from .regions import Region, object_masks, parse_region, union_mask
+from .regions import object_masks, parse_region
 from .tokens import resolve_objects_tokens
 from .windows import merge_windows, temporal_windows
 
 logger = logging.get_logger(__name__)
 
 
-@dataclass
-class RADSettings:
-    """Knobs of RAD; the defaults are the paper's / official code's (DESIGN.md §1)."""
-
-    enabled: bool = True
-    max_update_steps: int = 25
-    step_size: float = 20.0
-    step_size_range: tuple = (1.0, 0.5)
-    temperature: float = 100.0
-    smoothing: bool = True
-    smoothing_kernel: int = 3
-    smoothing_sigma: float = 0.5
-    top_k_ratio: float = 0.2
-    normalize_eot: bool = False  # False: softmax over every token but SOT and the last (official)
-    refinement_thresholds: dict = field(default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8})
-    max_refinement_iters: int = 20
-    refinement_loss: str = "full"  # full: the whole RAD loss · max_inner: the official max_j L_IR^j
-    gradient_checkpointing: bool = False
-    early_stop: bool = True
-
-
-@dataclass
-class IRJSSettings:
-    enabled: bool = True
-    placement: str = "before_step"  # before_step (official code) | after_step (paper)
-    source: str = "noise"  # noise (seeded forward noise) | inversion (DDIM-inversion trajectory)
-    feather: int = 0  # soft edge, in latent cells
-
-
-@dataclass
-class WindowSettings:
-    size: int | None = None  # None or ≥ frames: the whole clip in one pass
-    stride: int = 1
-
-
 def _settings(cls, value):
-    """Accept a settings dataclass, a config dataclass with the same field names, a dict or None."""
+    """Accept the config section's dataclass, a (partial) dict of its fields, or None (defaults)."""
     if value is None:
         return cls()
     if isinstance(value, cls):
         return value
-    if is_dataclass(value):
-        value = asdict(value)
     names = {f for f in cls.__dataclass_fields__}
     unknown = set(value) - names
     if unknown:
@@ -192,7 +156,7 @@ class ReAtCoPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ RAD
 
-    def _rad_forward(self, latents, t, cond, token_indices, masks, store, rad: RADSettings, n_text_tokens) -> "_RADPass":
+    def _rad_forward(self, latents, t, cond, token_indices, masks, store, rad: RADConfig, n_text_tokens) -> "_RADPass":
         """Conditional forward up to the last recorded layer, and the RAD terms with their graph."""
         x = latents.detach().requires_grad_(True)
         store.reset()
@@ -211,7 +175,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         return _RADPass(x, loss, inner, outer, word_maps)
 
     @staticmethod
-    def _word_maps(maps, token_indices, rad: RADSettings, n_text_tokens) -> torch.Tensor:
+    def _word_maps(maps, token_indices, rad: RADConfig, n_text_tokens) -> torch.Tensor:
         """Recorded maps (F, h, w, L) → per-word attention (J, F, h, w), as RAD reads it."""
         text = rad_ops.text_attention(maps, n_text_tokens, temperature=rad.temperature)
         word_maps = torch.stack([rad_ops.word_attention(text, idx) for idx in token_indices])
@@ -262,9 +226,9 @@ class ReAtCoPipeline(DiffusionPipeline):
         source_latents: torch.Tensor | None = None,
         inversion_trajectory: torch.Tensor | None = None,
         inversion_prompt: str = "",
-        rad: RADSettings | dict | None = None,
-        irjs: IRJSSettings | dict | None = None,
-        window: WindowSettings | dict | None = None,
+        rad: RADConfig | dict | None = None,
+        irjs: IRJSConfig | dict | None = None,
+        window: WindowConfig | dict | None = None,
         attention_cell_px: int | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -281,9 +245,9 @@ class ReAtCoPipeline(DiffusionPipeline):
         `source_latents` (and optionally `inversion_trajectory`), or neither for plain text-to-video
         from `latents` / noise (then IRJS is unavailable).
         """
-        rad = _settings(RADSettings, rad)
-        irjs = _settings(IRJSSettings, irjs)
-        window = _settings(WindowSettings, window)
+        rad = _settings(RADConfig, rad)
+        irjs = _settings(IRJSConfig, irjs)
+        window = _settings(WindowConfig, window)
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
         if irjs.placement not in ("before_step", "after_step") or irjs.source not in ("noise", "inversion"):
@@ -422,7 +386,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         return ReAtCoPipelineOutput(frames=frames_out, rad_losses=rad_records, attention_maps=attention)
 
-    def _irjs_source(self, irjs: IRJSSettings, source_latents, trajectory, step_index, t, generator):
+    def _irjs_source(self, irjs: IRJSConfig, source_latents, trajectory, step_index, t, generator):
         """V at the noise level of sampling step `step_index` (step_index == steps → the clean V_0)."""
         n_steps = len(self.scheduler.timesteps)
         if step_index >= n_steps:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import config_to_dict, edit_config, save_config
+from .config import edit_config, save_config
 from .errors import ConfigError
 from .inversion import file_fingerprint, inversion_cache_key, load_or_invert
 from .regions import Region, draw_regions, parse_region
@@ -225,9 +225,9 @@ class EditRunner:
             guidance_scale=cfg.sampling.guidance_scale,
             negative_prompt=cfg.sampling.negative_prompt,
             generator=generator,
-            rad=config_to_dict(cfg.rad),
-            irjs=config_to_dict(cfg.irjs),
-            window=config_to_dict(cfg.window),
+            rad=cfg.rad,
+            irjs=cfg.irjs,
+            window=cfg.window,
             attention_cell_px=cfg.model.attention_cell_px,
             output_type="np",
             return_attention=cfg.save_attention,

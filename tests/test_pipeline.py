@@ -7,7 +7,8 @@ import torch
 
 from reatco.attention_maps import AttentionStore, record_cross_attention
 from reatco.models import rad_attention_layers
-from reatco.pipeline import IRJSSettings, RADSettings, ReAtCoPipeline
+from reatco.config import IRJSConfig, RADConfig
+from reatco.pipeline import ReAtCoPipeline
 
 from tiny_models import tiny_sd_components
 
@@ -45,7 +46,7 @@ def _run(pipe, cell, **kwargs):
 
 
 def _rad_inputs(pipe, cell, rad=None):
-    rad = rad or RADSettings()
+    rad = rad or RADConfig()
     words, regions, indices = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
     from reatco.regions import object_masks
 
@@ -77,8 +78,8 @@ def test_fast_rad_pass_equals_the_plain_one(pipe, cell):
     """Early stop and gradient checkpointing change the cost, not the loss or the gradient."""
     results = {}
     for name, rad in {
-        "plain": RADSettings(early_stop=False),
-        "fast": RADSettings(early_stop=True),
+        "plain": RADConfig(early_stop=False),
+        "fast": RADConfig(early_stop=True),
     }.items():
         for ckpt in (False, True):
             inputs, layers = _rad_inputs(pipe, cell, rad)
@@ -122,7 +123,7 @@ def test_same_seed_gives_identical_frames(pipe, cell):
 def test_irjs_after_step_returns_the_source_outside_the_regions(pipe, cell):
     video = _video()
     source = pipe.encode_video(video, torch.Generator().manual_seed(3))
-    out = _run(pipe, cell, source_latents=source, video=None, irjs=IRJSSettings(placement="after_step")).frames
+    out = _run(pipe, cell, source_latents=source, video=None, irjs=IRJSConfig(placement="after_step")).frames
     from reatco.regions import object_masks
     from reatco.irjs import latent_region_mask
 
@@ -141,7 +142,7 @@ def test_irjs_before_step_feeds_the_source_trajectory_outside_the_regions(pipe, 
     hook = pipe.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0].clone()) if args[0].shape[0] == 2 else None, with_kwargs=True)
     try:
         _run(pipe, cell, source_latents=source, video=None, inversion_trajectory=trajectory,
-             irjs=IRJSSettings(placement="before_step", source="inversion"), rad={"enabled": False})
+             irjs=IRJSConfig(placement="before_step", source="inversion"), rad={"enabled": False})
     finally:
         hook.remove()
     from reatco.regions import object_masks

@@ -1,0 +1,732 @@
+"""Typed configuration: commented dataclasses loaded from YAML with OmegaConf.
+
+A config file may name another with `base_config:` (a path relative to the file); the base is
+loaded first (recursively) and the file is merged over it. Overrides use OmegaConf's dotlist
+form (`sampling.seed=7`, `edits.0.prompt=...`). Unknown keys are rejected with a suggestion,
+wrong types and bad values with a `ConfigError` naming the field — all before any model loads.
+
+Relative file paths in a YAML file are taken from that file's folder and made absolute:
+`video.path` and object `mask`s always, `model.pretrained` / `model.tuned_unet` only when such a
+folder exists (otherwise they are hub ids). Output folders (`output_dir`, `tune.output_dir`,
+`inversion.cache_dir`) stay relative to the working directory, like any command-line path.
+"""
+
+import copy
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import ConfigError
+
+# ----------------------------------------------------------------------------- schema
+
+
+@dataclass
+class ModelConfig:
+    """Which weights to edit with."""
+
+    # Hub id or local folder in Stable Diffusion layout (model_index.json, unet/, vae/, ...).
+    pretrained: str = "CompVis/stable-diffusion-v1-4"
+    # Folder of a Tune-A-Video UNet (ours or the original code's); null: tune or inflate.
+    tuned_unet: Optional[str] = None
+    # Pixels per RAD attention cell: 32 for SD v1.x (16×16 at 512 px), 8 for the shapes model.
+    attention_cell_px: int = 32
+    # auto | float32 | float16 | bfloat16; auto = float16 on CUDA, float32 on CPU.
+    dtype: str = "auto"
+    # auto | cpu | cuda | cuda:N | mps.
+    device: str = "auto"
+
+
+@dataclass
+class VideoConfig:
+    """The source video and the working resolution."""
+
+    # mp4/avi/mov/... file or a folder of jpg/png frames (required).
+    path: Optional[str] = None
+    # Prompt describing the source video (used to tune the UNet on it).
+    prompt: str = ""
+    # Working size in pixels: frames are resized to height×width (multiples of 8).
+    height: int = 512
+    width: int = 512
+    # Frames to edit, taken from start_frame every frame_stride frames.
+    n_frames: int = 8
+    start_frame: int = 0
+    frame_stride: int = 1
+    # Frame rate of the written videos.
+    fps: int = 8
+
+
+@dataclass
+class TuneConfig:
+    """One-shot Tune-A-Video tuning on the source video."""
+
+    # Tune when model.tuned_unet is null (the result is cached under output_dir).
+    enabled: bool = True
+    steps: int = 300
+    learning_rate: float = 3e-5
+    # Parameters trained, chosen by module-name suffix.
+    trainable_modules: List[str] = field(default_factory=lambda: ["attn1.to_q", "attn2.to_q", "attn_temp"])
+    seed: int = 33
+    # auto | no | fp16 | bf16; auto = fp16 on CUDA, no on CPU.
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = True
+    batch_size: int = 1
+    adam_weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    # Where the tuned UNet goes; null: <output_dir>/tuned_unet.
+    output_dir: Optional[str] = None
+    # Retune even when a finished result is there.
+    overwrite: bool = False
+
+
+@dataclass
+class InversionConfig:
+    """DDIM inversion of the source latents."""
+
+    # null: sampling.steps (the trajectory pairs step by step with the sampling).
+    steps: Optional[int] = None
+    # Prompt used while inverting ("" = the empty prompt, as in the paper).
+    prompt: str = ""
+    # 1.0 = no classifier-free guidance.
+    guidance_scale: float = 1.0
+    # null: <output_dir>/.cache/inversion.
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class SamplingConfig:
+    """DDIM sampling of the edited video."""
+
+    steps: int = 50
+    # Classifier-free guidance (paper: 12.5; the hares scripts: 5.5). 1.0 = no guidance.
+    guidance_scale: float = 12.5
+    # Seeds the VAE encoding, the IRJS noise and everything else random in an edit.
+    seed: int = 33
+    negative_prompt: str = ""
+
+
+@dataclass
+class RADConfig:
+    """Re-Attentional Diffusion: steer each word's cross-attention into its region."""
+
+    enabled: bool = True
+    # RAD updates the latent on the first max_update_steps denoising steps only.
+    max_update_steps: int = 25
+    # α_i = step_size · sqrt(linspace(step_size_range[0], step_size_range[1], steps)[i]).
+    step_size: float = 20.0
+    step_size_range: List[float] = field(default_factory=lambda: [1.0, 0.5])
+    # Softmax temperature over the text tokens (attention × temperature).
+    temperature: float = 100.0
+    # 3-D Gaussian smoothing of the word maps over frames × h × w.
+    smoothing: bool = True
+    smoothing_kernel: int = 3
+    smoothing_sigma: float = 0.5
+    # K of the top-K means: this fraction of the inside (or outside) area.
+    top_k_ratio: float = 0.2
+    # False: softmax over every token but SOT and the last (official code); True: prompt tokens only.
+    normalize_eot: bool = False
+    # {step index: threshold}: at these steps repeat the update until every word's inner
+    # attention reaches the threshold (Attend-and-Excite style).
+    refinement_thresholds: Dict[int, float] = field(default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8})
+    max_refinement_iters: int = 20
+    # Loss of the refinement iterations: full (the whole RAD loss) | max_inner (official: worst word's inner term).
+    refinement_loss: str = "full"
+    # Trade compute for memory in the RAD forward (which keeps its graph).
+    gradient_checkpointing: bool = False
+    # Stop the RAD forward after the last recorded layer (its output is not needed).
+    early_stop: bool = True
+
+
+@dataclass
+class IRJSConfig:
+    """Invariant Region Joint Sampling: keep everything outside the regions from the source."""
+
+    # false for edits that must change the background.
+    enabled: bool = True
+    # before_step (official code: blend x_t before the UNet) | after_step (paper: blend x_{t-1}).
+    placement: str = "before_step"
+    # noise (source latents forward-noised with seeded noise) | inversion (DDIM-inversion trajectory).
+    source: str = "noise"
+    # Soft edge of the blend mask, in latent cells (0 = hard edge).
+    feather: int = 0
+
+
+@dataclass
+class WindowConfig:
+    """Resource-friendly mode: denoise overlapping temporal windows and average them."""
+
+    # Frames per window; null (or ≥ n_frames) = the whole clip in one pass.
+    size: Optional[int] = None
+    stride: int = 1
+
+
+@dataclass
+class ObjectConfig:
+    """A word of interest of the edit prompt and where its object must appear (one region kind)."""
+
+    # A word of the edit prompt (multi-token words use all their tokens).
+    word: str = ""
+    # null: the word occurs once in the prompt; k: its k-th occurrence (1-based).
+    occurrence: Optional[int] = None
+    # [x1, y1, x2, y2] in pixels of the working resolution, the same every frame.
+    box: Optional[List[float]] = None
+    # One box per frame (a list) or keyframes {frame index: box}, interpolated in between.
+    boxes: Optional[Any] = None
+    # A PNG (every frame) or a folder of per-frame PNGs; white = object.
+    mask: Optional[str] = None
+
+
+@dataclass
+class EditConfig:
+    """One edit of the source video; its outputs go to <output_dir>/<name>/."""
+
+    # Output sub-folder name (letters, digits, . _ -).
+    name: str = ""
+    # The edited prompt P'.
+    prompt: str = ""
+    objects: List[ObjectConfig] = field(default_factory=list)
+    # Partial overrides of the top-level sections for this edit only (e.g. irjs: {enabled: false}).
+    rad: Optional[Dict[str, Any]] = field(default=None, metadata={"partial": RADConfig})
+    irjs: Optional[Dict[str, Any]] = field(default=None, metadata={"partial": IRJSConfig})
+    sampling: Optional[Dict[str, Any]] = field(default=None, metadata={"partial": SamplingConfig})
+    window: Optional[Dict[str, Any]] = field(default=None, metadata={"partial": WindowConfig})
+
+
+@dataclass
+class ReAtCoConfig:
+    """Everything one `scripts/edit.py` run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    inversion: InversionConfig = field(default_factory=InversionConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rad: RADConfig = field(default_factory=RADConfig)
+    irjs: IRJSConfig = field(default_factory=IRJSConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    edits: List[EditConfig] = field(default_factory=list)
+    # Results folder (relative to the working directory); null: outputs/<config file stem>.
+    output_dir: Optional[str] = None
+    # What each edit writes besides edited.mp4, regions.png, config.yaml and report.json.
+    save_attention: bool = True
+    save_gif: bool = True
+    save_frames: bool = True
+
+
+# Sections an edit may partially override.
+EDIT_SECTIONS = ("rad", "irjs", "sampling", "window")
+# Mappings that are values, not sub-configs: a later file or override replaces them whole.
+_ATOMIC_KEYS = {"refinement_thresholds", "boxes"}
+_BASE_KEY = "base_config"
+
+# ----------------------------------------------------------------------------- schema walking
+
+
+def _unwrap_optional(tp):
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _field_types(cls) -> Dict[str, Any]:
+    """Field name -> type, with an edit's partial sections typed by the section they override."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: f.metadata.get("partial", hints[f.name]) for f in fields(cls)}
+
+
+def _join(path: str, key) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else str(key)
+
+
+def _unknown_key(path: str, key, cls) -> ConfigError:
+    names = list(_field_types(cls))
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+    hint = f"did you mean {_join(path, close[0])!r}? " if close else ""
+    return ConfigError(_join(path, key), f"unknown key; {hint}valid keys here: {', '.join(names)}")
+
+
+def _child_type(tp, key, path: str):
+    """Type of `key` inside a node of type `tp` (Any where the schema does not say)."""
+    tp = _unwrap_optional(tp)
+    if is_dataclass(tp):
+        types = _field_types(tp)
+        if key not in types:
+            raise _unknown_key(path, key, tp)
+        return types[key]
+    origin = typing.get_origin(tp)
+    if origin in (list, List):
+        if not isinstance(key, int):
+            raise ConfigError(path, f"is a list: use an index (e.g. {path}.0), not {key!r}")
+        return typing.get_args(tp)[0]
+    if origin in (dict, Dict):
+        return typing.get_args(tp)[1]
+    return Any
+
+
+def _check_keys(node, tp, path: str = "") -> None:
+    """Reject keys the schema does not have, with the field path and a suggestion."""
+    tp = _unwrap_optional(tp)
+    if is_dataclass(tp) and isinstance(node, dict):
+        for key, value in node.items():
+            _check_keys(value, _child_type(tp, key, path), _join(path, key))
+    elif typing.get_origin(tp) in (list, List) and isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_keys(item, typing.get_args(tp)[0], _join(path, i))
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """`over` merged onto `base`: mappings recursively, lists and atomic mappings replaced."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key not in _ATOMIC_KEYS:
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _is_local(value) -> bool:
+    return isinstance(value, str) and value != "" and "${" not in value
+
+
+def _resolve_paths(raw: dict, folder: Path) -> None:
+    """Make a file's relative input paths absolute, taken from the file's own folder."""
+    def absolute(p: str) -> str:
+        p = os.path.expanduser(p)
+        return p if os.path.isabs(p) else os.path.abspath(folder / p)
+
+    video = raw.get("video")
+    if isinstance(video, dict) and _is_local(video.get("path")):
+        video["path"] = absolute(video["path"])
+    model = raw.get("model")
+    if isinstance(model, dict):
+        for key in ("pretrained", "tuned_unet"):
+            value = model.get(key)
+            if _is_local(value) and not os.path.isabs(value) and (folder / value).exists():
+                model[key] = absolute(value)
+    for edit in raw.get("edits") or []:
+        for obj in (edit.get("objects") or []) if isinstance(edit, dict) else []:
+            if isinstance(obj, dict) and _is_local(obj.get("mask")):
+                obj["mask"] = absolute(obj["mask"])
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError("config", f"{path} does not exist")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # yaml syntax errors come in several types
+        raise ConfigError("config", f"{path} is not valid YAML: {err}") from err
+    raw = OmegaConf.to_container(node, resolve=False)
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of sections (model:, video:, edits:, ...)")
+    return raw
+
+
+def _load_tree(path: Path, chain: tuple = ()) -> dict:
+    """A YAML file merged over its base_config chain, paths resolved per file."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in chain + (path,))
+        raise ConfigError(_BASE_KEY, f"inheritance cycle: {cycle}")
+    raw = _read_yaml(path)
+    base = raw.pop(_BASE_KEY, None)
+    _resolve_paths(raw, path.parent)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(_BASE_KEY, f"in {path}: must be a path to a YAML file, got {base!r}")
+    base_path = path.parent / os.path.expanduser(base)
+    if not base_path.is_file():
+        raise ConfigError(_BASE_KEY, f"in {path}: {base_path} does not exist (base_config is relative to the file)")
+    return _merge(_load_tree(base_path, chain + (path,)), raw)
+
+
+def _split_key(key: str) -> List[Any]:
+    """`edits.0.prompt` or `edits[0].prompt` -> ['edits', 0, 'prompt']."""
+    parts = []
+    for part in re.sub(r"\[(\d+)\]", r".\1", key).split("."):
+        if part == "":
+            raise ConfigError(key, "malformed override key; write e.g. sampling.seed=7 or edits.0.prompt=...")
+        parts.append(int(part) if part.isdigit() else part)
+    return parts
+
+
+def _parse_value(text: str, tp):
+    """Text of an override -> value: verbatim for text fields, YAML otherwise."""
+    optional = _unwrap_optional(tp) is not tp
+    tp = _unwrap_optional(tp)
+    if tp is str:
+        if text in ("null", "~") or (optional and text == ""):
+            return None
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1]
+        return text
+    return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]), resolve=False)["v"]
+
+
+def _overridden(old, new, key):
+    """`section={a: 1}` sets a, keeping the section's other values (as OmegaConf's dotlist does)."""
+    if isinstance(old, dict) and isinstance(new, dict) and key not in _ATOMIC_KEYS:
+        return _merge(old, new)
+    return new
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(item, "an override is key=value, e.g. sampling.seed=7 or edits.0.prompt=...")
+    if key == _BASE_KEY:
+        raise ConfigError(key, "base_config cannot be overridden; put it in the YAML file")
+    parts = _split_key(key)
+    tp, node, path = ReAtCoConfig, raw, ""
+    for i, part in enumerate(parts):
+        tp = _child_type(tp, part, path)
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not isinstance(part, int) or not 0 <= part < len(node):
+                raise ConfigError(_join(path, part), f"index out of range: {path} has {len(node)} entries")
+            if last:
+                node[part] = _overridden(node[part], _parse_value(text, tp), part)
+            node = node[part]
+        else:
+            if last:
+                node[part] = _overridden(node.get(part), _parse_value(text, tp), part)
+            elif isinstance(part, int):
+                raise ConfigError(_join(path, part), f"{path or 'config'} is not a list")
+            else:
+                if not isinstance(node.get(part), (dict, list)):
+                    node[part] = [] if typing.get_origin(_unwrap_optional(tp)) in (list, List) else {}
+                node = node[part]
+        path = _join(path, part)
+
+
+def _omegaconf_error(err: OmegaConfBaseException, prefix: str = "") -> ConfigError:
+    full_key = getattr(err, "full_key", None) or ""
+    message = (getattr(err, "msg", None) or str(err)).split("\n")[0]
+    message = f"wrong type or value: {message}"
+    return ConfigError(_join(prefix, full_key) if prefix and full_key else (full_key or prefix or "config"), message)
+
+
+def _typed(cls, raw: dict, prefix: str = ""):
+    """Plain dict -> dataclass instance of `cls`, types checked and converted by OmegaConf."""
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(cls), raw)
+        _replace_atomic(node, raw, cls)
+        return OmegaConf.to_object(node)
+    except OmegaConfBaseException as err:
+        _locate_type_error(cls, raw, prefix)  # raises with the full path when inside a list
+        raise _omegaconf_error(err, prefix) from err
+
+
+def _locate_type_error(cls, raw: dict, prefix: str) -> None:
+    """OmegaConf reports keys inside list items without their path: retype item by item."""
+    for key, value in raw.items():
+        tp = _unwrap_optional(_field_types(cls).get(key, Any))
+        if typing.get_origin(tp) in (list, List) and isinstance(value, list):
+            item_cls = typing.get_args(tp)[0]
+            if is_dataclass(item_cls):
+                for i, item in enumerate(value):
+                    if isinstance(item, dict):
+                        _typed(item_cls, item, _join(_join(prefix, key), i))
+        elif is_dataclass(tp) and isinstance(value, dict):
+            _locate_type_error(tp, value, _join(prefix, key))
+
+
+def _replace_atomic(node, raw: dict, cls) -> None:
+    """OmegaConf merges mappings key by key; atomic ones (thresholds) must replace the default."""
+    for key, value in raw.items():
+        tp = _unwrap_optional(_field_types(cls).get(key, Any))
+        if key in _ATOMIC_KEYS and isinstance(value, dict):
+            OmegaConf.update(node, key, value, merge=False)
+        elif is_dataclass(tp) and isinstance(value, dict):
+            _replace_atomic(node[key], value, tp)
+
+
+def _build(raw: dict, overrides: Sequence[str], name: str, check_paths: bool) -> ReAtCoConfig:
+    if isinstance(overrides, str):
+        overrides = [overrides]
+    raw.pop(_BASE_KEY, None)
+    for item in overrides:
+        _apply_override(raw, item)
+    _check_keys(raw, ReAtCoConfig)
+    cfg = _typed(ReAtCoConfig, raw)
+    if cfg.output_dir is None:
+        cfg.output_dir = os.path.join("outputs", name)
+    validate(cfg, check_paths=check_paths)
+    return cfg
+
+
+def load_config(path, overrides: Sequence[str] = (), check_paths: bool = True) -> ReAtCoConfig:
+    """Load a YAML config (with its base_config chain), apply overrides, validate.
+
+    check_paths=False skips the existence checks of input files (schema-only use)."""
+    path = Path(path)
+    return _build(_load_tree(path), overrides, path.stem, check_paths)
+
+
+def config_from_dict(d: dict, overrides: Sequence[str] = (), check_paths: bool = True,
+                     base_dir=None, name: str = "reatco") -> ReAtCoConfig:
+    """Same as load_config for a dict; relative input paths are taken from `base_dir` when given
+    (a `base_config` key needs it), output_dir defaults to outputs/<name>."""
+    raw = OmegaConf.to_container(OmegaConf.create(d), resolve=False) if not isinstance(d, dict) else copy.deepcopy(d)
+    if base_dir is not None:
+        folder = Path(base_dir)
+        base = raw.pop(_BASE_KEY, None)
+        _resolve_paths(raw, folder)
+        if base is not None:
+            raw = _merge(_load_tree(folder / base), raw)
+    elif raw.get(_BASE_KEY) is not None:
+        raise ConfigError(_BASE_KEY, "config_from_dict needs base_dir= to find the base config")
+    return _build(raw, overrides, name, check_paths)
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def config_to_dict(cfg) -> dict:
+    """A config (or one of its sections) as plain dicts and lists."""
+    if isinstance(cfg, dict):
+        return copy.deepcopy(cfg)
+    if not is_dataclass(cfg):
+        raise TypeError(f"config_to_dict expects a config dataclass, got {type(cfg).__name__}")
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg, path) -> None:
+    """Write the resolved config as YAML (atomically); load_config reads it back equal."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "# Resolved reatco config: every value, base configs and overrides applied.\n"
+    text += OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----------------------------------------------------------------------------- per-edit config
+
+
+def _edit_index(cfg: ReAtCoConfig, edit: EditConfig) -> str:
+    for k, other in enumerate(cfg.edits):
+        if other is edit:
+            return f"edits[{k}]"
+    for k, other in enumerate(cfg.edits):
+        if other.name == edit.name:
+            return f"edits[{k}]"
+    return f"edit {edit.name!r}"
+
+
+def edit_config(cfg: ReAtCoConfig, edit: EditConfig) -> ReAtCoConfig:
+    """A copy of `cfg` for one edit: its partial rad/irjs/sampling/window overrides merged over
+    the top-level sections, and `edits` holding only this edit (so the saved config reruns it).
+    The input is not modified."""
+    prefix = _edit_index(cfg, edit)
+    changes: Dict[str, Any] = {"edits": [copy.deepcopy(edit)]}
+    for section in EDIT_SECTIONS:
+        override = getattr(edit, section)
+        if not override:
+            continue
+        cls = type(getattr(cfg, section))
+        where = f"{prefix}.{section}"
+        if not isinstance(override, dict):
+            raise ConfigError(where, f"must be a mapping of {section} settings, e.g. {{enabled: false}}")
+        _check_keys(override, cls, where)
+        changes[section] = _typed(cls, _merge(config_to_dict(getattr(cfg, section)), override), where)
+    return dataclasses.replace(copy.deepcopy(cfg), **changes)
+
+
+# ----------------------------------------------------------------------------- validation
+
+_DTYPES = ("auto", "float32", "float16", "bfloat16")
+_MIXED = ("auto", "no", "fp16", "bf16")
+_PLACEMENTS = ("before_step", "after_step")
+_SOURCES = ("noise", "inversion")
+_REFINEMENT_LOSSES = ("full", "max_inner")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _require(ok: bool, field_: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(field_, message)
+
+
+def _choice(value, options, field_: str) -> None:
+    _require(value in options, field_, f"{value!r} is not one of {', '.join(options)}")
+
+
+def _at_least(value, low, field_: str, what: str = "") -> None:
+    _require(value is not None and value >= low, field_, f"must be ≥ {low}{what}, got {value}")
+
+
+def _validate_rad(rad: RADConfig, steps: int, p: str) -> None:
+    _at_least(rad.max_update_steps, 0, f"{p}.max_update_steps")
+    _at_least(rad.step_size, 0, f"{p}.step_size")
+    r = rad.step_size_range
+    _require(len(r) == 2 and all(x > 0 for x in r), f"{p}.step_size_range",
+             f"must be two positive numbers [start, end] (default [1.0, 0.5]), got {r}")
+    _require(rad.temperature > 0, f"{p}.temperature", f"must be > 0 (default 100), got {rad.temperature}")
+    _require(rad.smoothing_kernel >= 1 and rad.smoothing_kernel % 2 == 1, f"{p}.smoothing_kernel",
+             f"must be an odd number ≥ 1 (default 3), got {rad.smoothing_kernel}")
+    _require(rad.smoothing_sigma > 0, f"{p}.smoothing_sigma", f"must be > 0 (default 0.5), got {rad.smoothing_sigma}")
+    _require(0 < rad.top_k_ratio <= 1, f"{p}.top_k_ratio", f"must be in (0, 1] (default 0.2), got {rad.top_k_ratio}")
+    for step, threshold in rad.refinement_thresholds.items():
+        _require(0 <= step < steps, f"{p}.refinement_thresholds.{step}",
+                 f"step index must be in [0, {steps}) (sampling.steps = {steps}); set rad.refinement_thresholds "
+                 "to a table of earlier steps, e.g. {0: 0.05, 5: 0.5}")
+        _require(0 <= threshold <= 1, f"{p}.refinement_thresholds.{step}", f"threshold must be in [0, 1], got {threshold}")
+    _at_least(rad.max_refinement_iters, 0, f"{p}.max_refinement_iters")
+    _choice(rad.refinement_loss, _REFINEMENT_LOSSES, f"{p}.refinement_loss")
+
+
+def _validate_irjs(irjs: IRJSConfig, p: str) -> None:
+    _choice(irjs.placement, _PLACEMENTS, f"{p}.placement")
+    _choice(irjs.source, _SOURCES, f"{p}.source")
+    _at_least(irjs.feather, 0, f"{p}.feather", " latent cells")
+
+
+def _validate_sampling(s: SamplingConfig, p: str) -> None:
+    _at_least(s.steps, 1, f"{p}.steps")
+    _at_least(s.guidance_scale, 1.0, f"{p}.guidance_scale", " (1.0 = no guidance)")
+    _at_least(s.seed, 0, f"{p}.seed")
+
+
+def _validate_window(w: WindowConfig, p: str) -> None:
+    _at_least(w.stride, 1, f"{p}.stride")
+    if w.size is not None:
+        _at_least(w.size, 1, f"{p}.size", " (or null for the whole clip)")
+        _require(w.stride <= w.size, f"{p}.stride", f"{w.stride} is larger than {p}.size ({w.size}): windows would skip frames")
+
+
+def _validate_model(m: ModelConfig, check_paths: bool) -> None:
+    _require(bool(m.pretrained), "model.pretrained", "is empty; give a hub id or a folder in Stable Diffusion layout")
+    if check_paths and m.tuned_unet is not None:
+        _require(os.path.isdir(m.tuned_unet), "model.tuned_unet",
+                 f"{m.tuned_unet} is not a folder; give a Tune-A-Video UNet folder or null to tune")
+    _at_least(m.attention_cell_px, 1, "model.attention_cell_px", " px (32 for SD v1.x, 8 for the shapes model)")
+    _choice(m.dtype, _DTYPES, "model.dtype")
+    _require(bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device)), "model.device",
+             f"{m.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
+
+
+def _validate_video(v: VideoConfig, cfg: ReAtCoConfig, check_paths: bool) -> None:
+    from .video import check_size
+
+    _require(bool(v.path), "video.path", "is required: an mp4 (or avi, mov, ...) file or a folder of jpg/png frames")
+    if check_paths:
+        _require(os.path.exists(v.path), "video.path", f"{v.path} does not exist")
+    if cfg.tune.enabled and cfg.model.tuned_unet is None:
+        _require(bool(v.prompt.strip()), "video.prompt", "is empty; describe the source video (tuning uses it)")
+    check_size(v.height, v.width, multiple=8, field="video")
+    cell = cfg.model.attention_cell_px
+    if cell % 8 == 0:  # the attention grid must tile the frame exactly
+        try:
+            check_size(v.height, v.width, multiple=cell, field="video")
+        except ConfigError as err:
+            raise ConfigError(err.field, f"{err.message} (model.attention_cell_px is {cell}: "
+                              "the RAD attention grid must tile the frame)") from None
+    _at_least(v.n_frames, 1, "video.n_frames")
+    _at_least(v.start_frame, 0, "video.start_frame")
+    _at_least(v.frame_stride, 1, "video.frame_stride")
+    _at_least(v.fps, 1, "video.fps")
+
+
+def _validate_tune(t: TuneConfig) -> None:
+    _at_least(t.steps, 1, "tune.steps")
+    _require(t.learning_rate > 0, "tune.learning_rate", f"must be > 0 (default 3e-5), got {t.learning_rate}")
+    _require(len(t.trainable_modules) > 0 and all(t.trainable_modules), "tune.trainable_modules",
+             "must name at least one module suffix, e.g. [attn1.to_q, attn2.to_q, attn_temp]")
+    _at_least(t.seed, 0, "tune.seed")
+    _choice(t.mixed_precision, _MIXED, "tune.mixed_precision")
+    _at_least(t.batch_size, 1, "tune.batch_size")
+    _at_least(t.adam_weight_decay, 0, "tune.adam_weight_decay")
+    _require(t.max_grad_norm > 0, "tune.max_grad_norm", f"must be > 0 (default 1.0), got {t.max_grad_norm}")
+
+
+def _validate_edit(cfg: ReAtCoConfig, k: int, edit: EditConfig, inversion_steps: int) -> None:
+    p = f"edits[{k}]"
+    _require(bool(_SAFE_NAME.match(edit.name)), f"{p}.name",
+             f"{edit.name!r} is not a safe folder name: use letters, digits, '.', '_' or '-' (not starting with '.' or '-')")
+    _require(bool(edit.prompt.strip()), f"{p}.prompt", "is empty; write the edited prompt")
+    for j, obj in enumerate(edit.objects):
+        q = f"{p}.objects[{j}]"
+        _require(bool(obj.word.strip()), f"{q}.word", "is empty; name a word of the edit prompt")
+        if obj.occurrence is not None:
+            _at_least(obj.occurrence, 1, f"{q}.occurrence", " (1 = first occurrence; null if the word occurs once)")
+        given = [n for n in ("box", "boxes", "mask") if getattr(obj, n) is not None]
+        _require(len(given) == 1, q, f"give exactly one of box, boxes or mask (got {' and '.join(given) or 'none'})")
+    merged = edit_config(cfg, edit)
+    if edit.sampling:
+        _validate_sampling(merged.sampling, f"{p}.sampling")
+        _require(merged.sampling.steps == inversion_steps, f"{p}.sampling.steps",
+                 f"must equal the inversion steps ({inversion_steps}): the inversion trajectory pairs with the "
+                 "sampling steps; change sampling.steps at the top level instead")
+    if edit.rad:
+        _validate_rad(merged.rad, merged.sampling.steps, f"{p}.rad")
+    if edit.irjs:
+        _validate_irjs(merged.irjs, f"{p}.irjs")
+    if edit.window:
+        _validate_window(merged.window, f"{p}.window")
+    if merged.irjs.enabled and not edit.objects:
+        raise ConfigError(f"{p}.objects", "is empty while irjs.enabled is true, so the whole frame would be kept "
+                          f"from the source; add objects or set {p}.irjs.enabled=false")
+
+
+def validate(cfg: ReAtCoConfig, check_paths: bool = True) -> None:
+    """Check every value; raise ConfigError naming the first bad field and the fix.
+
+    Region geometry (boxes inside the frame, mask frame counts) is checked by regions.py, word
+    presence by tokens.py. check_paths=False skips the existence of input files."""
+    _validate_model(cfg.model, check_paths)
+    _validate_video(cfg.video, cfg, check_paths)
+    _validate_tune(cfg.tune)
+    _validate_sampling(cfg.sampling, "sampling")
+    if cfg.inversion.steps is not None:
+        _at_least(cfg.inversion.steps, 1, "inversion.steps", " (or null for sampling.steps)")
+        _require(cfg.inversion.steps == cfg.sampling.steps, "inversion.steps",
+                 f"must equal sampling.steps ({cfg.sampling.steps}) so the trajectory pairs with the sampling steps; "
+                 "or leave it null")
+    _at_least(cfg.inversion.guidance_scale, 1.0, "inversion.guidance_scale", " (1.0 = no guidance)")
+    _validate_rad(cfg.rad, cfg.sampling.steps, "rad")
+    _validate_irjs(cfg.irjs, "irjs")
+    _validate_window(cfg.window, "window")
+    _require(bool(cfg.output_dir), "output_dir", "is empty; give a results folder or null for outputs/<config stem>")
+    inversion_steps = cfg.inversion.steps or cfg.sampling.steps
+    seen: Dict[str, int] = {}
+    for k, edit in enumerate(cfg.edits):
+        _validate_edit(cfg, k, edit, inversion_steps)
+        _require(edit.name not in seen, f"edits[{k}].name",
+                 f"{edit.name!r} is already the name of edits[{seen.get(edit.name)}]; edit names must be unique")
+        seen[edit.name] = k
+
+
+__all__ = [
+    "ModelConfig", "VideoConfig", "TuneConfig", "InversionConfig", "SamplingConfig", "RADConfig",
+    "IRJSConfig", "WindowConfig", "ObjectConfig", "EditConfig", "ReAtCoConfig",
+    "load_config", "config_from_dict", "config_to_dict", "save_config", "edit_config", "validate",
+]

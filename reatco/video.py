@@ -1,0 +1,286 @@
+"""Video in and out: read a clip (file or folder of frames) at the working size; write mp4/gif/frames.
+
+Frames travel as float tensors (F, 3, H, W) in [-1, 1] (what the VAE takes) or as uint8 arrays
+(F, H, W, 3) (what files hold). Every bad input is a ConfigError naming its field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, List, Optional, Sequence
+
+if TYPE_CHECKING:
+    import torch
+
+import numpy as np
+from PIL import Image
+
+from .errors import ConfigError
+
+# torch is imported where a tensor is made, so that `import reatco` stays light.
+
+FRAME_EXTS = (".jpg", ".jpeg", ".png")
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_size(height, width, multiple: int = 8, field: str = "video") -> None:
+    """Raise a ConfigError naming the nearest valid sizes unless both are positive multiples."""
+    for name, value in (("height", height), ("width", width)):
+        where = f"{field}.{name}"
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ConfigError(where, f"must be an integer number of pixels, got {value!r}")
+        if value < multiple:
+            raise ConfigError(where, f"{value} is too small: use a positive multiple of {multiple} (e.g. {multiple * 64})")
+        if value % multiple:
+            low = value // multiple * multiple
+            raise ConfigError(where, f"{value} is not a multiple of {multiple}; nearest valid sizes: {low} or {low + multiple}")
+
+
+def _natural_key(name: str):
+    """frame2 before frame10: compare digit runs as numbers."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def frame_files(folder, field: str = "video.path") -> List[Path]:
+    """The jpg/png files of a folder of frames, sorted naturally."""
+    folder = Path(folder)
+    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_EXTS and p.is_file()),
+                   key=lambda p: _natural_key(p.name))
+    if not files:
+        raise ConfigError(field, f"folder {folder} has no {'/'.join(e[1:] for e in FRAME_EXTS)} frames")
+    return files
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def _decord():
+    """The decord module, or None where it is not installed (we then decode with imageio/PyAV)."""
+    try:
+        import decord
+    except ImportError:
+        return None
+    return decord
+
+
+def _decord_count(path: Path) -> int:
+    decord = _decord()
+    if decord is None:
+        raise ImportError("decord is not installed")
+    return len(decord.VideoReader(str(path), num_threads=1))
+
+
+def _decord_frames(path: Path, indices: Sequence[int]) -> np.ndarray:
+    decord = _decord()
+    if decord is None:
+        raise ImportError("decord is not installed")
+    reader = decord.VideoReader(str(path), num_threads=1)
+    return reader.get_batch(list(indices)).asnumpy()
+
+
+def _pyav_count(path: Path) -> int:
+    import imageio.v3 as iio
+
+    return int(iio.improps(path, plugin="pyav").shape[0])
+
+
+def _pyav_frames(path: Path, indices: Sequence[int]) -> np.ndarray:
+    """Decode sequentially (robust for any container) and keep the wanted frames."""
+    import imageio.v3 as iio
+
+    wanted, last, kept = set(indices), max(indices), {}
+    for i, frame in enumerate(iio.imiter(path, plugin="pyav")):
+        if i in wanted:
+            kept[i] = frame
+        if i >= last:
+            break
+    return np.stack([kept[i] for i in indices])
+
+
+def _check_path(path, field: str) -> Path:
+    path = Path(os.path.expanduser(str(path)))
+    if not path.exists():
+        raise ConfigError(field, f"{path} does not exist; give a video file (mp4, avi, mov, ...) or a folder of jpg/png frames")
+    return path
+
+
+def _with_fallback(path: Path, field: str, decord_fn, pyav_fn, *args):
+    """decord first; imageio/PyAV where decord is missing or fails on this file."""
+    errors = []
+    for fn in (decord_fn, pyav_fn):
+        try:
+            return fn(path, *args)
+        except Exception as err:  # decord and PyAV raise their own error types
+            errors.append(f"{fn.__name__.strip('_').split('_')[0]}: {err}")
+    raise ConfigError(field, f"cannot read {path} as a video ({'; '.join(errors)})")
+
+
+def count_frames(path, field: str = "video.path") -> int:
+    """Number of frames of a video file or a folder of frames."""
+    path = _check_path(path, field)
+    if path.is_dir():
+        return len(frame_files(path, field))
+    return _with_fallback(path, field, _decord_count, _pyav_count)
+
+
+def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    if frame.shape[:2] == (height, width):
+        return frame
+    # Pillow's bicubic filter widens with the scale factor, so it also antialiases when shrinking.
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.BICUBIC))
+
+
+def _load_image(path: Path, field: str) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except Exception as err:
+        raise ConfigError(field, f"cannot read frame {path}: {err}") from err
+
+
+def read_video(path, height: int, width: int, n_frames: Optional[int] = None, start_frame: int = 0,
+               frame_stride: int = 1, field: str = "video") -> "torch.Tensor":
+    """Frames start_frame, start_frame + frame_stride, … (n_frames of them, or all that exist),
+    resized to height×width without cropping: (F, 3, H, W) float32 in [-1, 1].
+
+    `path` is a video file (decord, or imageio/PyAV where decord fails) or a folder of jpg/png
+    frames in natural order. `field` names the config section in errors."""
+    check_size(height, width, 8, field)
+    if n_frames is not None and (isinstance(n_frames, bool) or n_frames < 1):
+        raise ConfigError(f"{field}.n_frames", f"must be ≥ 1 (or null for every frame), got {n_frames}")
+    if start_frame < 0:
+        raise ConfigError(f"{field}.start_frame", f"must be ≥ 0, got {start_frame}")
+    if frame_stride < 1:
+        raise ConfigError(f"{field}.frame_stride", f"must be ≥ 1, got {frame_stride}")
+    path_field = f"{field}.path"
+    path = _check_path(path, path_field)
+    files = frame_files(path, path_field) if path.is_dir() else None
+    total = len(files) if files is not None else count_frames(path, path_field)
+    if start_frame >= total:
+        raise ConfigError(f"{field}.start_frame", f"{start_frame} is past the end: {path} has {total} frames (0 … {total - 1})")
+    available = (total - 1 - start_frame) // frame_stride + 1
+    if n_frames is not None and n_frames > available:
+        raise ConfigError(
+            f"{field}.n_frames",
+            f"asked for {n_frames} frames but {path} has {total} frames: with start_frame={start_frame} and "
+            f"frame_stride={frame_stride} at most {available} can be taken; lower n_frames or frame_stride",
+        )
+    indices = list(range(start_frame, total, frame_stride))[: n_frames or available]
+    if files is not None:
+        frames = [_load_image(files[i], path_field) for i in indices]
+    else:
+        frames = list(_with_fallback(path, path_field, _decord_frames, _pyav_frames, indices))
+    array = np.stack([_resize(np.ascontiguousarray(f[..., :3]), height, width) for f in frames])
+    import torch
+
+    video = torch.from_numpy(array).permute(0, 3, 1, 2).float()
+    return video / 127.5 - 1.0
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def to_uint8(frames) -> np.ndarray:
+    """(F, H, W, 3) uint8 from a float tensor (F, 3, H, W) in [-1, 1], a uint8 tensor or array
+    (channels first or last), or a list of PIL images."""
+    if isinstance(frames, (list, tuple)) and frames and isinstance(frames[0], Image.Image):
+        return np.stack([np.asarray(f.convert("RGB")) for f in frames])
+    torch = sys.modules.get("torch")  # a tensor implies torch is already imported
+    if torch is not None and isinstance(frames, torch.Tensor):
+        if frames.is_floating_point():
+            frames = ((frames.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        frames = frames.cpu().numpy()
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise TypeError(f"to_uint8 takes uint8 arrays or float tensors in [-1, 1]; got a {frames.dtype} array "
+                        "(scale [0, 1] floats with (x * 255).round().astype(np.uint8))")
+    if frames.ndim != 4:
+        raise ValueError(f"expected frames shaped (F, H, W, 3) or (F, 3, H, W), got {frames.shape}")
+    if frames.shape[-1] != 3 and frames.shape[1] == 3:
+        frames = frames.transpose(0, 2, 3, 1)
+    if frames.shape[-1] != 3:
+        raise ValueError(f"expected 3 colour channels, got frames shaped {frames.shape}")
+    return np.ascontiguousarray(frames)
+
+
+def _even(frames: np.ndarray) -> np.ndarray:
+    """yuv420p needs even sizes: repeat the last row/column where one is odd."""
+    _, h, w, _ = frames.shape
+    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+
+
+def _write_mp4(frames: np.ndarray, path: str, fps: float) -> None:
+    import imageio_ffmpeg
+
+    frames = _even(frames)
+    height, width = frames.shape[1:3]
+    writer = imageio_ffmpeg.write_frames(
+        path, (width, height), fps=fps, codec="libx264", pix_fmt_out="yuv420p", quality=None,
+        macro_block_size=1, output_params=["-crf", "17"], ffmpeg_log_level="error",
+    )
+    writer.send(None)  # start ffmpeg
+    try:
+        for frame in frames:
+            writer.send(np.ascontiguousarray(frame))
+    finally:
+        writer.close()
+
+
+def _write_gif(frames: np.ndarray, path: str, fps: float) -> None:
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(path, format="GIF", save_all=True, append_images=images[1:],
+                   duration=max(1, round(1000 / fps)), loop=0)
+
+
+def _atomic(path: Path, write) -> None:
+    """Write through a temp file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_video(frames, path, fps: float = 8) -> Path:
+    """Write frames as .mp4 (h264, yuv420p) or .gif, chosen by the suffix; atomic."""
+    path = Path(path)
+    array = to_uint8(frames)
+    if len(array) == 0:
+        raise ValueError("write_video: no frames to write")
+    if fps <= 0:
+        raise ValueError(f"write_video: fps must be > 0, got {fps}")
+    writers = {".mp4": _write_mp4, ".gif": _write_gif}
+    suffix = path.suffix.lower()
+    if suffix not in writers:
+        raise ValueError(f"write_video writes .mp4 or .gif, not {path.name!r}; use write_frames for a folder of images")
+    _atomic(path, lambda tmp: writers[suffix](array, tmp, fps))
+    return path
+
+
+def write_frames(frames, folder, ext: str = "png") -> List[Path]:
+    """Write frames as <folder>/00000.<ext>, 00001.<ext>, … (png or jpg); each file atomic."""
+    ext = ext.lower().lstrip(".")
+    if f".{ext}" not in FRAME_EXTS:
+        raise ValueError(f"write_frames writes png or jpg frames, not {ext!r}")
+    folder = Path(folder)
+    paths = []
+    for i, frame in enumerate(to_uint8(frames)):
+        path = folder / f"{i:05d}.{ext}"
+        options = {"quality": 95} if ext in ("jpg", "jpeg") else {}
+        _atomic(path, lambda tmp: Image.fromarray(frame).save(tmp, format="JPEG" if ext != "png" else "PNG", **options))
+        paths.append(path)
+    return paths
+
+
+__all__ = ["read_video", "count_frames", "write_video", "write_frames", "to_uint8", "check_size", "frame_files"]

@@ -1,0 +1,131 @@
+"""scripts/edit.py end to end on a tiny Stable-Diffusion-layout folder, and its input errors."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from reatco.video import read_video, write_video
+
+from tiny_models import save_tiny_sd
+
+ROOT = Path(__file__).resolve().parent.parent
+N_FRAMES, SIZE = 3, 32
+
+
+def _load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+edit_script = _load_script("edit")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("edit")
+    save_tiny_sd(root / "model")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, size=(N_FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    write_video(frames, root / "source.mp4", fps=4)
+    return root
+
+
+def _config(root, **changes):
+    cfg = {
+        "model": {"pretrained": str(root / "model"), "attention_cell_px": 8},
+        "video": {"path": str(root / "source.mp4"), "prompt": "a cat and a dog", "height": SIZE, "width": SIZE, "n_frames": N_FRAMES},
+        "tune": {"enabled": True, "steps": 2, "learning_rate": 1e-4},
+        "sampling": {"steps": 3, "guidance_scale": 3.0, "seed": 5},
+        "irjs": {"placement": "before_step"},
+        "rad": {"max_update_steps": 2, "refinement_thresholds": {0: 0.5}, "max_refinement_iters": 1},
+        "output_dir": str(root / "out"),
+        "edits": [
+            {
+                "name": "swap",
+                "prompt": "a rabbit and a horse",
+                "objects": [
+                    {"word": "rabbit", "box": [0, 0, 16, 16]},
+                    {"word": "horse", "boxes": {0: [16, 16, 32, 32], 2: [16, 8, 32, 24]}},
+                ],
+            }
+        ],
+    }
+    for key, value in changes.items():
+        node = cfg
+        *path, last = key.split(".")
+        for part in path:
+            node = node[int(part)] if part.isdigit() else node[part]
+        node[last] = value
+    path = root / f"config-{len(list(root.glob('config-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_edit_writes_every_output(workspace, capsys):
+    config = _config(workspace)
+    assert edit_script.main(["--config", str(config), "--quiet"]) == 0
+    out = workspace / "out" / "swap"
+    for name in ("edited.mp4", "edited.gif", "attention.mp4", "regions.png", "config.yaml", "report.json"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "frames").glob("*.png"))) == N_FRAMES
+    assert read_video(out / "edited.mp4", SIZE, SIZE).shape == (N_FRAMES, 3, SIZE, SIZE)
+    report = json.loads((out / "report.json").read_text())
+    assert report["seed"] == 5 and report["token_indices"] == {"rabbit": [2], "horse": [5]}
+    assert [r["step"] for r in report["rad_losses"]] == [0, 1]
+    assert {"torch", "diffusers"} <= set(report["versions"]) and "edit" in report["timings_s"]
+    assert (workspace / "out" / "tuned_unet" / "config.json").is_file()  # tuned once, cached
+    assert list((workspace / "out" / ".cache" / "inversion").glob("*.pt"))
+    assert "rabbit" in capsys.readouterr().out
+
+    # A second run reuses the tuned UNet and the inversion and reproduces the frames exactly.
+    first = sorted((out / "frames").glob("*.png"))
+    first_bytes = [p.read_bytes() for p in first]
+    assert edit_script.main(["--config", str(config), "--quiet", "--only", "swap"]) == 0
+    assert [p.read_bytes() for p in sorted((out / "frames").glob("*.png"))] == first_bytes
+    assert "tune" not in json.loads((out / "report.json").read_text())["timings_s"]
+
+
+def test_dry_run_loads_no_unet(workspace, monkeypatch, capsys):
+    import reatco.runner
+
+    monkeypatch.setattr(reatco.runner.EditRunner, "pipeline", lambda self: pytest.fail("dry run loaded the model"))
+    config = _config(workspace, output_dir=str(workspace / "dry"))
+    assert edit_script.main(["--config", str(config), "--dry-run"]) == 0
+    assert (workspace / "dry" / "swap" / "regions.png").is_file()
+    assert not (workspace / "dry" / "swap" / "edited.mp4").exists()
+    printed = capsys.readouterr().out
+    assert "idx" in printed and "'horse' -> token indices [5]" in printed
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"video.path": "/nonexistent/video.mp4"}, "video.path"),
+        ({"video.n_frames": 50}, "video.n_frames"),
+        ({"edits.0.objects.0.word": "zebra"}, "zebra"),
+        ({"edits.0.objects.0.box": [0, 0, 40, 16]}, "edits[0].objects[0].box"),
+        ({"edits.0.objects.0.box": [0, 0, 4, 4]}, "edits[0].objects[0].box"),
+        ({"sampling.steps": 0}, "sampling.steps"),
+        ({"irjs.placement": "sideways"}, "irjs.placement"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_field(workspace, capsys, changes, message):
+    config = _config(workspace, output_dir=str(workspace / "bad"), **changes)
+    assert edit_script.main(["--config", str(config), "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+    assert not (workspace / "bad").exists()  # nothing written before the error
+
+
+def test_unknown_key_and_unknown_edit_exit_2(workspace, capsys):
+    config = _config(workspace, output_dir=str(workspace / "bad2"))
+    assert edit_script.main(["--config", str(config), "--set", "sampling.sead=3", "--dry-run"]) == 2
+    assert "seed" in capsys.readouterr().err  # the suggestion
+    assert edit_script.main(["--config", str(config), "--only", "nope", "--dry-run"]) == 2
+    assert "swap" in capsys.readouterr().err
