@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""One-shot Tune-A-Video tuning of the inflated Stable Diffusion UNet on a config's source video.
+
+    python scripts/tune.py --config configs/dolphins.yaml
+    python scripts/tune.py --config configs/hares.yaml --set tune.steps=500 --output_dir outputs/hares_unet --overwrite
+
+Writes the tuned UNet in Tune-A-Video format (config.json, diffusion_pytorch_model.bin) with
+tune_config.yaml and tune_report.json to tune.output_dir (default <output_dir>/tuned_unet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from reatco.config import load_config  # noqa: E402
+from reatco.errors import ConfigError  # noqa: E402
+from reatco.tuning import tune_from_config, tuned_unet_dir  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (may inherit from another with base_config:)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values, e.g. tune.steps=500")
+    parser.add_argument("--output_dir", default=None, help="write the tuned UNet here (sets tune.output_dir)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a finished tuned UNet (sets tune.overwrite)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    overrides = list(args.set)
+    if args.output_dir:
+        overrides.append(f"tune.output_dir={args.output_dir}")
+    if args.overwrite:
+        overrides.append("tune.overwrite=true")
+    try:
+        cfg = load_config(args.config, overrides)
+        result = tune_from_config(cfg, progress=not args.quiet)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    losses = result.losses
+    print(f"tuned UNet written to {tuned_unet_dir(cfg)} ({len(losses)} steps, final loss {losses[-1]:.4f})" if losses
+          else f"tuned UNet written to {tuned_unet_dir(cfg)} (0 steps)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
