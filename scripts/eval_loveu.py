@@ -125,6 +125,8 @@ def loveu_config_path(args, edit: ev.EvalEdit) -> Path:
         "video": {"path": str(Path(edit.source).resolve()), "prompt": edit.source_prompt, "height": args.height,
                   "width": args.width, "n_frames": len(list_frame_files(edit.source))},
         "edits": [{"name": c, "prompt": p, "objects": []} for c, p in sorted(prompts.items())],
+        # LOVEU-TGVE gives no regions: nothing marks an invariant region, so IRJS cannot apply.
+        "irjs": {"enabled": False},
     }
     ev.write_json_atomic(path, data)
     return path

@@ -239,3 +239,28 @@ def test_score_edit_with_regions_runs_visor_and_fidelity(tmp_path):
     phrase = ev.EvalEdit(*[getattr(edit, f) for f in ("subset", "video", "category", "variant")],
                          "A jellyfish and a goldfish, with the goldfish above the jellyfish", "", "", None, None, ())
     assert ev.expected_relation(phrase.prompt, (), None) == ("goldfish", "above", "jellyfish")
+
+
+def test_missing_predictions_are_edited_then_scored(world, tmp_path, capsys):
+    """Without predictions, the edit runner produces them (official layout) before scoring."""
+    import yaml
+
+    from tiny_models import save_tiny_sd
+
+    model = save_tiny_sd(tmp_path / "sd")
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "model": {"pretrained": str(model), "attention_cell_px": 8},
+        "tune": {"enabled": False},
+        "sampling": {"steps": 2, "guidance_scale": 2.0},
+        "rad": {"refinement_thresholds": {}},
+    }))
+    pred, out = tmp_path / "pred", tmp_path / "out"
+    args = ["--data_root", str(world["data"]), "--pred_root", str(pred), "--out", str(out), "--metrics", "clip_text",
+            "--clip_model", world["clip"], "--base_config", str(base), "--height", "32", "--width", "32", "--limit", "2"]
+    assert eval_loveu.main(args) == 0
+    made = sorted(p.relative_to(pred).parent for p in pred.rglob("00000.jpg"))
+    assert made == [Path("DAVIS_480p/gold-fish/background"), Path("DAVIS_480p/gold-fish/multiple")]
+    frames = sorted((pred / made[0]).glob("*.jpg"))
+    assert len(frames) == 3 and Image.open(frames[0]).size == (480, 480)
+    assert json.loads((out / "summary.json").read_text())["n_edits"] == 2
