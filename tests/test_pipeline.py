@@ -27,7 +27,7 @@ def pipe():
 
 @pytest.fixture(scope="module")
 def cell(pipe):
-    return pipe.vae_scale_factor * 4
+    return pipe.vae_scale_factor * 2  # the tiny model's SD-like RAD layers: down_blocks.1 + up_blocks.1
 
 
 def _video(seed=0):

@@ -15,10 +15,6 @@ from pathlib import Path
 
 import torch
 
-# Tiny models do microseconds of work per op: on a shared, loaded CPU the spin-waits of a second
-# intra-op thread dominate (a tiny UNet forward measured 60× slower with 2 threads than with 1).
-torch.set_num_threads(1)
-
 TEXT = dict(vocab_size=49408, hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2)
 VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2, patch_size=16)
 

@@ -1,0 +1,13 @@
+"""Test-session settings shared by every test file."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+# tests/ holds shared helpers (tiny_models.py) imported by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# Tiny models do microseconds of work per op: on a shared, loaded CPU the spin-waits of a second
+# intra-op thread dominate (a tiny UNet forward measured 60× slower with 2 threads than with 1).
+torch.set_num_threads(1)
