@@ -26,16 +26,22 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-@functools.lru_cache(maxsize=1)
 def openai_clip_tokenizer():
     """The Stable Diffusion v1.x tokenizer (OpenAI CLIP BPE, 49408 tokens), built offline.
 
     open_clip_torch ships OpenAI's merges file (`bpe_simple_vocab_16e6.txt.gz`); the vocabulary
-    is derived from it exactly as CLIP does, then handed to transformers' CLIPTokenizer.
+    is derived from it exactly as CLIP does, then handed to transformers' CLIPTokenizer. Each call
+    returns a new tokenizer (callers may change its settings); the files are built once.
     """
-    import importlib.util
-
     from transformers import CLIPTokenizer
+
+    vocab_file, merges_file = _openai_clip_bpe_files()
+    return CLIPTokenizer(vocab_file, merges_file, model_max_length=77, pad_token="<|endoftext|>")
+
+
+@functools.lru_cache(maxsize=1)
+def _openai_clip_bpe_files() -> tuple[str, str]:
+    import importlib.util
 
     # Locate the package without importing it (importing open_clip costs seconds).
     spec = importlib.util.find_spec("open_clip")
@@ -47,14 +53,14 @@ def openai_clip_tokenizer():
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_file = os.path.join(tmp, "vocab.json")
-        merges_file = os.path.join(tmp, "merges.txt")
-        with open(vocab_file, "w", encoding="utf-8") as f:
-            json.dump({tok: i for i, tok in enumerate(vocab)}, f)
-        with open(merges_file, "w", encoding="utf-8") as f:
-            f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
-        return CLIPTokenizer(vocab_file, merges_file, model_max_length=77, pad_token="<|endoftext|>")
+    folder = tempfile.mkdtemp(prefix="reatco-clip-bpe-")  # lives for the process
+    vocab_file = os.path.join(folder, "vocab.json")
+    merges_file = os.path.join(folder, "merges.txt")
+    with open(vocab_file, "w", encoding="utf-8") as f:
+        json.dump({tok: i for i, tok in enumerate(vocab)}, f)
+    with open(merges_file, "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return vocab_file, merges_file
 
 
 # ----------------------------------------------------------------------------- words → indices
