@@ -107,6 +107,13 @@ class ReAtCoPipeline(DiffusionPipeline):
             scheduler = DDIMScheduler.from_pretrained(pretrained_model_name_or_path, subfolder="scheduler", **hub_kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, unet=unet, scheduler=scheduler, **kwargs)
 
+    def enable_vae_slicing(self):
+        """Decode (and encode) one frame at a time: VAE memory no longer grows with the clip."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self):
+        self.vae.disable_slicing()
+
     # ------------------------------------------------------------------ encoders
 
     @torch.no_grad()

@@ -173,3 +173,25 @@ def test_rad_records_losses_and_attention(pipe, cell):
     plain = _run(pipe, cell, rad={"enabled": False}, return_attention=True)
     assert plain.rad_losses == []
     assert plain.attention_maps.shape == out.attention_maps.shape  # observed on the CFG pass
+
+
+def test_vae_slicing_keeps_the_frames(pipe, cell):
+    whole = _run(pipe, cell, output_type="pt", rad={"enabled": False}).frames
+    pipe.enable_vae_slicing()
+    try:
+        assert pipe.vae.use_slicing
+        sliced = _run(pipe, cell, output_type="pt", rad={"enabled": False}).frames
+    finally:
+        pipe.disable_vae_slicing()
+    torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-5)
+
+
+def test_loads_from_a_stable_diffusion_folder(tmp_path):
+    from reatco.models import TuneAVideoUNet
+
+    from tiny_models import save_tiny_sd
+
+    folder = save_tiny_sd(tmp_path / "sd")
+    loaded = ReAtCoPipeline.from_pretrained(folder)
+    assert isinstance(loaded.unet, TuneAVideoUNet) and type(loaded.scheduler).__name__ == "DDIMScheduler"
+    assert loaded.dtype == torch.float32 and loaded.vae_scale_factor == 2
