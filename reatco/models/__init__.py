@@ -1,5 +1,9 @@
 """The Tune-A-Video UNet on current diffusers (see docs/ARCHITECTURE.md, models/)."""
 
+# diffusers' pipeline loader finds a component's loading method through base classes exposed
+# by the component's library module (model_index.json: ["reatco.models", "TuneAVideoUNet"]).
+from diffusers import ModelMixin  # noqa: F401
+
 from .attention import SparseCausalAttnProcessor, TemporalTransformerBlock, sparse_causal_context
 from .checkpoint import CheckpointError
 from .frames import FrameContext, fold_frames, unfold_frames

@@ -14,7 +14,7 @@ import logging
 import os
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import ModelMixin, UNet2DConditionModel  # noqa: F401 (ModelMixin: see __init__)
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel

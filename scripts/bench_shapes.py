@@ -1,0 +1,219 @@
+"""Quality gates of the shapes-world model that need no editing pipeline.
+
+  vae          reconstruction PSNR on held-out images (gate ≥ 30 dB)
+  text2image   DDIM + CFG samples for held-out captions; the detector checks that every requested
+               colour is present with the right shape (gate ≥ 90 % of samples)
+  attention    fraction of each object word's 8×8 cross-attention mass inside the object's box,
+               on noised held-out images (vs the box's share of the image = chance)
+
+Editing gates (placement accuracy with/without RAD, VISOR relations, invariant-region PSNR with
+and without IRJS) belong in SECTIONS below as further ``name -> function(args, pipe) -> dict``
+entries once the editing pipeline is integrated.
+
+  python scripts/bench_shapes.py --model data/shapes-model --n 64 --out outputs/bench_shapes.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reatco.toy import world  # noqa: E402
+from reatco.toy.detector import detect  # noqa: E402
+
+BENCH_OFFSET = 2_000_000  # held-out seeds: neither training (seed) nor training's held-out (+1e6)
+
+
+def load_pipe(model: str):
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ----------------------------------------------------------------------------- VAE
+
+def vae_gate(args, pipe) -> dict:
+    x, _ = world.image_batch(BENCH_OFFSET + args.seed, 0, args.n_vae)
+    vals = []
+    with torch.no_grad():
+        for i in range(0, len(x), 32):
+            xb = x[i:i + 32]
+            rec = pipe.vae.decode(pipe.vae.encode(xb).latent_dist.mode()).sample.clamp(-1, 1)
+            # PSNR on uint8-rounded images, as they would be saved
+            a = ((xb + 1) * 127.5).round()
+            b = ((rec + 1) * 127.5).round()
+            mse = ((a - b) ** 2).flatten(1).mean(1)
+            vals.append(10 * torch.log10(255.0 ** 2 / mse.clamp_min(1e-10)))
+    p = torch.cat(vals)
+    return dict(psnr_mean=float(p.mean()), psnr_min=float(p.min()), n=len(p), gate=30.0,
+                passed=bool(p.mean() >= 30.0))
+
+
+# ----------------------------------------------------------------------------- text → image
+
+def heldout_prompts(seed: int, n: int) -> list[world.Sample]:
+    """Captions of held-out images (half one object, half two objects)."""
+    return [world.make_image(BENCH_OFFSET + seed, 10_000 + i, n_objects=1 + i % 2) for i in range(n)]
+
+
+def check_sample(image: np.ndarray, shapes: list[world.Shape]) -> dict:
+    found = detect(image, [s.color for s in shapes])
+    colours_ok = all(found[s.color].found for s in shapes)
+    shapes_ok = colours_ok and all(found[s.color].shape == s.shape for s in shapes)
+    extra = [d.color for d in detect(image).values() if d.found and d.color not in found]
+    return dict(colours=colours_ok, shapes=shapes_ok, extra_colours=extra)
+
+
+def text2image_gate(args, pipe) -> dict:
+    samples = heldout_prompts(args.seed, args.n)
+    rows = []
+    for i in range(0, len(samples), args.batch):
+        chunk = samples[i:i + args.batch]
+        g = [torch.Generator().manual_seed(args.seed * 1000 + i + k) for k in range(len(chunk))]
+        with torch.no_grad():
+            imgs = pipe([s.caption for s in chunk], height=64, width=64, num_inference_steps=args.steps,
+                        guidance_scale=args.cfg, generator=g, output_type="np").images
+        imgs = (imgs * 255).round().astype(np.uint8)
+        for s, im in zip(chunk, imgs):
+            rows.append(dict(caption=s.caption, n_objects=len(s.shapes), **check_sample(im, s.shapes)))
+        if args.save_samples and i == 0:
+            _save_grid(imgs, Path(args.save_samples))
+    acc = float(np.mean([r["shapes"] for r in rows]))
+    by_n = {n: float(np.mean([r["shapes"] for r in rows if r["n_objects"] == n])) for n in (1, 2)}
+    return dict(accuracy=acc, colours_present=float(np.mean([r["colours"] for r in rows])),
+                accuracy_1_object=by_n[1], accuracy_2_objects=by_n[2],
+                extra_colour_rate=float(np.mean([bool(r["extra_colours"]) for r in rows])),
+                n=len(rows), steps=args.steps, guidance_scale=args.cfg, gate=0.9, passed=bool(acc >= 0.9),
+                failures=[r["caption"] for r in rows if not r["shapes"]][:10])
+
+
+def _save_grid(imgs: np.ndarray, path: Path):
+    from PIL import Image
+
+    k = min(len(imgs), 16)
+    grid = np.concatenate([np.concatenate(list(imgs[r * 8:(r + 1) * 8]), 1) for r in range((k + 7) // 8) if len(imgs[r * 8:(r + 1) * 8]) == 8] or [imgs[0]], 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
+# ----------------------------------------------------------------------------- attention
+
+class _Probe:
+    """attn2 processor keeping attention probabilities (mean over heads) — measurement only."""
+
+    def __init__(self, store):
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        b, n, _ = hidden_states.shape
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = attn.get_attention_scores(q, k, None)
+        self.store.append(probs.view(b, attn.heads, n, -1).mean(1))
+        return attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
+
+
+def attention_gate(args, pipe, t: int = 400, cell: int = 8) -> dict:
+    """Mass of each object's colour/shape token inside its box at the 8×8 grid, images noised to t."""
+    samples = [world.make_image(BENCH_OFFSET + args.seed, 20_000 + i, n_objects=2) for i in range(args.n_attn)]
+    tok = pipe.tokenizer
+    store: list = []
+    layers = [k for k in pipe.unet.attn_processors if k.endswith("attn2.processor")
+              and k.startswith(("down_blocks.1.", "up_blocks.1."))]  # the 8×8 level = RAD grid
+    old = dict(pipe.unet.attn_processors)
+    pipe.unet.set_attn_processor({**old, **{k: _Probe(store) for k in layers}})
+    inside, chance, peak = [], [], []
+    try:
+        x = world.to_tensor(np.stack([s.image for s in samples]))
+        ids = tok([s.caption for s in samples], padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids
+        g = torch.Generator().manual_seed(args.seed)
+        with torch.no_grad():
+            z = pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
+            a = pipe.scheduler.alphas_cumprod[t]
+            zt = a.sqrt() * z + (1 - a).sqrt() * torch.randn(z.shape, generator=g)
+            store.clear()
+            pipe.unet(zt, torch.full((len(samples),), t), pipe.text_encoder(ids)[0])
+        maps = torch.stack(store).mean(0)  # (B, 64, L)
+        side = int(maps.shape[1] ** 0.5)
+        for b, s in enumerate(samples):
+            words = tok.convert_ids_to_tokens(ids[b].tolist())
+            for j, sh in enumerate(s.shapes):
+                x1, y1, x2, y2 = s.boxes[j, 0]
+                box = np.zeros((64, 64), bool)
+                box[y1:y2, x1:x2] = True
+                cov = torch.from_numpy(box.reshape(side, cell, side, cell).mean((1, 3))).flatten().float()
+                for w in (sh.color, sh.shape):
+                    m = maps[b, :, words.index(w + "</w>")]
+                    p = m / m.sum()
+                    inside.append(float((p * cov).sum()))
+                    chance.append(float(cov.mean()))
+                    peak.append(bool(cov[p.argmax()] > 0))
+    finally:
+        pipe.unet.set_attn_processor(old)
+    return dict(mass_in_box=float(np.mean(inside)), box_share=float(np.mean(chance)),
+                ratio=float(np.mean(inside) / np.mean(chance)), peak_in_box=float(np.mean(peak)),
+                layers=layers, timestep=t, n=len(inside))
+
+
+# Add editing gates here (name -> function(args, pipe) -> dict) once the pipeline is integrated.
+SECTIONS = {"vae": vae_gate, "text2image": text2image_gate, "attention": attention_gate}
+
+
+def markdown(results: dict) -> str:
+    rows = ["| gate | value | target | pass |", "| --- | --- | --- | --- |"]
+    v = results.get("vae")
+    if v:
+        rows.append(f"| VAE PSNR (held-out, dB) | {v['psnr_mean']:.2f} (min {v['psnr_min']:.2f}) | ≥ 30 | {'✅' if v['passed'] else '❌'} |")
+    t = results.get("text2image")
+    if t:
+        rows.append(f"| text→image colours+shapes right | {t['accuracy']:.2%} (1 obj {t['accuracy_1_object']:.0%}, "
+                    f"2 obj {t['accuracy_2_objects']:.0%}) | ≥ 90 % | {'✅' if t['passed'] else '❌'} |")
+    a = results.get("attention")
+    if a:
+        rows.append(f"| 8×8 attention mass in box | {a['mass_in_box']:.2f} (box share {a['box_share']:.2f}, "
+                    f"×{a['ratio']:.1f}; peak in box {a['peak_in_box']:.0%}) | — | — |")
+    return "\n".join(rows)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="data/shapes-model")
+    p.add_argument("--out", default="outputs/bench_shapes.json")
+    p.add_argument("--n", type=int, default=64, help="text→image samples")
+    p.add_argument("--n_vae", type=int, default=128)
+    p.add_argument("--n_attn", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--cfg", type=float, default=5.0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
+    p.add_argument("--save_samples", default=None, help="png grid of the first text→image batch")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe = load_pipe(args.model)
+    results = dict(model=args.model, seed=args.seed)
+    for name in args.sections.split(","):
+        t0 = time.time()
+        results[name] = SECTIONS[name](args, pipe)
+        results[name]["seconds"] = round(time.time() - t0, 1)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=1))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

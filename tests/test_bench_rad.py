@@ -1,0 +1,105 @@
+"""scripts/bench_rad.py: the smoke mode writes every key; early stop leaves the recorded maps as
+they are (the fast-pass gradient equality is in test_pipeline.py)."""
+
+import importlib.util
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+from reatco.attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
+from reatco.models import TuneAVideoUNet, rad_attention_layers
+
+from tiny_models import TINY_VAE_SCALE_FACTOR, tiny_unet2d
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_rad.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_rad", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_run_writes_every_key(bench, tmp_path):
+    out = tmp_path / "bench.json"
+    bench.main(["--smoke", "--out", str(out)])
+    report = json.loads(out.read_text())
+    for key in ("command", "settings", "machine", "per_update", "grad_max_rel_diff", "per_step", "whole_edit", "whole_edit_ratio",
+                "fast_over_plain_per_step", "ratios", "memory_fit", "max_frames_24gb", "memory_table", "targets", "markdown"):
+        assert key in report, key
+    for variant in ("official", "fast", "fast_ckpt"):
+        row = report["per_update"][variant]
+        assert row["sec_per_update"] > 0
+        assert {"peak_mb", "peak_delta_mb", "model_mb", "by_frames"} <= set(row)
+        assert set(row["by_frames"]) == {"2", "3"}
+    # the same computation: float32 rounding at most (identical on the tiny model)
+    assert report["grad_max_rel_diff"]["fast"] <= 1e-5
+    assert report["grad_max_rel_diff"]["fast_ckpt"] <= 1e-5
+    assert report["per_step"]["plain"]["sec_per_step"] > 0
+    assert {"sec_per_step_update", "sec_per_step_nonupdate"} <= set(report["per_step"]["fast"])
+    edit = report["whole_edit"]
+    assert edit["n_windows"] == 13 and edit["clip_frames"] == 16 and edit["extrapolated"]
+    assert {"official_sec", "fast_sec", "plain_sec", "refinement_iters_per_step", "refinement_iters_source", "how"} <= set(edit)
+    assert report["whole_edit_ratio"] == pytest.approx(edit["fast_sec"] / edit["official_sec"])
+    for variant in ("official", "fast_ckpt"):
+        assert report["max_frames_24gb"][variant]["estimated"] is True
+        assert isinstance(report["max_frames_24gb"][variant]["frames"], int)
+    table = report["memory_table"]["table"]
+    assert set(table) == {"512x512", "448x768"}
+    assert all(set(rows) == {"8", "16", "24"} for rows in table.values())
+    names = {row["target"] for row in report["targets"]}
+    assert {"whole_edit_ratio", "fast_over_plain_per_step", "update_time_fast_over_official", "update_peak_fast_over_official",
+            "update_peak_fast_ckpt_over_official", "max_frames_24gb_fast_ckpt", "grad_max_rel_diff_fast"} <= names
+    assert "| whole_edit_ratio |" in report["markdown"]
+
+
+def test_whole_edit_follows_the_schedule(bench):
+    # every kind of call costs 1 s per frame: official = 13 windows × (25 × (4 + 4) + 25 × (4 + 4) + 3 × (5 × 12 + 4))
+    per_frame = {2: 2.0, 4: 4.0}
+    costs = {name: dict(per_frame) for name in
+             ("official_update", "official_grad_forward", "official_discarded_forward", "fast_update", "fast_cfg_nonupdate", "plain_cfg")}
+    args = Namespace(clip_frames=16, window=4, stride=1, steps=50, max_update_steps=25, refinement_iters=5, refinement_iters_source="test")
+    edit = bench.whole_edit(costs, args)
+    assert edit["official_sec"] == pytest.approx(13 * (50 * 8 + 3 * (5 * 12 + 4)))
+    assert edit["fast_sec"] == pytest.approx(25 * 32 + 25 * 16 + 3 * 5 * 16)
+    assert edit["plain_sec"] == pytest.approx(50 * 16)
+    assert edit["costs"]["fast_update@16"] == {"sec": pytest.approx(16.0), "measured": False}
+    assert edit["costs"]["official_update@4"]["measured"] is True
+
+
+def test_stopping_the_forward_early_leaves_the_recorded_maps_identical():
+    unet = TuneAVideoUNet.from_unet2d(tiny_unet2d()).eval()
+    # 4 px cells: down_blocks.1 and up_blocks.1 (the SD-like pattern), with up_blocks.2 after them
+    layers = rad_attention_layers(unet, TINY_VAE_SCALE_FACTOR, 2 * TINY_VAE_SCALE_FACTOR)
+    last_block = max(int(name.split(".")[1]) for name in layers if name.startswith("up_blocks."))
+    later_calls = []
+    hooks = [block.register_forward_pre_hook(lambda *a: later_calls.append(1)) for block in unet.up_blocks[last_block + 1 :]]
+    assert hooks, "the tiny model must have up blocks after the last recorded one"
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 3, 16, 16, generator=g)
+    cond = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
+    maps = {}
+    try:
+        for early in (False, True):
+            store = AttentionStore(grid=(8, 8), stop_early=early)
+            with record_cross_attention(unet, layers, store), torch.no_grad():
+                store.mode = "record"
+                later_calls.clear()
+                try:
+                    unet(x, 500, encoder_hidden_states=cond)
+                    stopped = False
+                except RADForwardComplete:
+                    stopped = True
+                assert stopped is early
+                assert store.n_recorded == len(layers)
+                assert bool(later_calls) is not early  # an early stop runs nothing after the last recorded layer
+                maps[early] = store.maps()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(maps[True], maps[False])

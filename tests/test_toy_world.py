@@ -1,0 +1,122 @@
+"""The shapes world: deterministic generator, exact detector, CLIP-format tokenizer, shipped model."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reatco.toy import world
+from reatco.toy.detector import detect, detect_present
+
+MODEL = Path(__file__).resolve().parents[1] / "data" / "shapes-model"
+
+
+def test_images_and_videos_are_deterministic():
+    a, b = world.make_image(3, 17), world.make_image(3, 17)
+    assert np.array_equal(a.frames, b.frames) and a.caption == b.caption
+    assert not np.array_equal(a.frames, world.make_image(3, 18).frames)
+    v, w = world.make_video(5, 2, n_frames=6), world.make_video(5, 2, n_frames=6)
+    assert np.array_equal(v.frames, w.frames) and np.array_equal(v.boxes, w.boxes)
+
+
+def test_captions_name_colours_shapes_background_never_positions():
+    for i in range(200):
+        s = world.make_image(0, i)
+        words = re.findall(r"[a-z]+", s.caption)
+        assert not set(words) & set(world.POSITION_WORDS), s.caption
+        assert s.caption.endswith(f"on a {s.background_name} background")
+        for sh in s.shapes:
+            assert f"a {sh.color} {sh.shape}" in s.caption
+        assert set(words) <= set(world.vocabulary())
+
+
+def test_captions_cover_one_and_two_objects():
+    counts = {len(world.make_image(0, i).shapes) for i in range(100)}
+    assert {1, 2} <= counts
+    assert world.make_image(0, 0, n_objects=2).caption.count(" and ") == 1
+
+
+def test_boxes_and_masks_match_the_pixels():
+    for i in range(50):
+        s = world.make_video(1, i, n_frames=4, n_objects=2)
+        assert s.frames.shape == (4, world.SIZE, world.SIZE, 3) and s.frames.dtype == np.uint8
+        for j, sh in enumerate(s.shapes):
+            for f in range(4):
+                m = s.masks[j, f]
+                assert (s.frames[f][m] == world.COLORS[sh.color]).all()
+                ys, xs = np.nonzero(m)
+                assert tuple(s.boxes[j, f]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+                assert abs(xs.mean() + 0.5 - s.centers[j, f, 0]) < 1.0
+        # the background outside the shapes is static and equals the returned background
+        outside = ~s.masks.any(0)
+        for f in range(4):
+            assert (s.frames[f][outside[f]] == s.background[outside[f]]).all()
+
+
+def test_videos_move_smoothly_and_stay_inside():
+    s = world.make_video(2, 0, n_frames=8, n_objects=2)
+    step = np.linalg.norm(np.diff(s.centers, axis=1), axis=-1)
+    assert step.max() < 8 and step.max() > 0
+    assert (s.boxes >= 0).all() and (s.boxes <= world.SIZE).all()
+
+
+def test_detector_is_exact_on_generated_frames():
+    for i in range(150):
+        s = world.make_image(7, i)
+        found = detect(s.image)
+        present = {d.color for d in detect_present(s.image)}
+        assert present == {sh.color for sh in s.shapes}
+        for j, sh in enumerate(s.shapes):
+            d = found[sh.color]
+            ys, xs = np.nonzero(s.masks[j, 0])
+            assert d.found and d.shape == sh.shape, (i, sh, d)
+            assert d.box == tuple(s.boxes[j, 0])
+            assert abs(d.centroid[0] - (xs.mean() + 0.5)) <= 0.5 and abs(d.centroid[1] - (ys.mean() + 0.5)) <= 0.5
+            assert d.pixels == len(xs)
+
+
+def test_detector_tolerates_noise_and_ignores_specks():
+    s = world.make_image(4, 1, n_objects=1)
+    rng = np.random.default_rng(0)
+    noisy = np.clip(s.image.astype(int) + rng.integers(-25, 26, s.image.shape), 0, 255).astype(np.uint8)
+    noisy[0:2, 0:2] = world.COLORS["red" if s.shapes[0].color != "red" else "blue"]  # a 4-pixel speck
+    d = detect_present(noisy)
+    assert [x.color for x in d] == [s.shapes[0].color] and d[0].shape == s.shapes[0].shape
+
+
+def test_tensor_helpers_are_in_range():
+    x, caps = world.image_batch(0, 0, 3)
+    assert x.shape == (3, 3, world.SIZE, world.SIZE) and len(caps) == 3
+    assert x.min() >= -1 and x.max() <= 1
+
+
+def test_tokenizer_loads_as_clip_with_one_token_per_word(tmp_path):
+    from reatco.toy.tokenizer import MAX_LENGTH, load, save_tokenizer
+
+    tok = load(save_tokenizer(tmp_path))
+    assert tok.model_max_length == MAX_LENGTH
+    cap = "a red circle, a blue square and a green triangle on a checkered background"
+    ids = tok(cap, padding="max_length", max_length=MAX_LENGTH).input_ids
+    toks = tok.convert_ids_to_tokens(ids)
+    assert toks[0] == "<|startoftext|>" and toks[-1] == "<|endoftext|>" and len(ids) == MAX_LENGTH
+    assert toks[1:16] == [w + "</w>" for w in cap.replace(",", " ,").split()]
+
+
+@pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reason="data/shapes-model/ not trained yet")
+def test_shipped_model_has_the_sd_layout_and_loads():
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (MODEL / sub).is_dir()
+    assert (MODEL / "training.json").exists()
+    assert sum(p.stat().st_size for p in MODEL.rglob("*") if p.is_file()) < 30e6
+    index = json.loads((MODEL / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    pipe = StableDiffusionPipeline.from_pretrained(str(MODEL), safety_checker=None)
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16
+    tok = CLIPTokenizer.from_pretrained(str(MODEL / "tokenizer"))
+    assert len(tok("a red circle on a gray background").input_ids) == 9
+    assert pipe.scheduler.__class__.__name__ == "DDIMScheduler"
