@@ -14,6 +14,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from .models.attention import attention_input, attention_output
+
 
 class RADForwardComplete(Exception):
     """Raised by the last recorder of a RAD pass: the rest of the UNet is not needed."""
@@ -72,16 +74,8 @@ class CrossAttentionRecorder:
         self.store = store
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+        hidden_states, residual, spatial = attention_input(attn, hidden_states, temb)
         batch = hidden_states.shape[0]
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         query = attn.to_q(hidden_states)
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
@@ -108,12 +102,7 @@ class CrossAttentionRecorder:
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=attn.scale)
 
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        out = out / attn.rescale_output_factor
+        out = attention_output(attn, out, residual, spatial)
         if self.store.mode in ("record", "observe"):
             # Recorded after the output is formed, so an early stop leaves nothing half-done.
             self.store.add(probs)

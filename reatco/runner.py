@@ -10,7 +10,6 @@ import logging
 import os
 import platform
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 
 from .config import edit_config, save_config
 from .errors import ConfigError
+from .files import replace_dir
 from .inversion import file_fingerprint, inversion_cache_key, load_or_invert
 from .regions import Region, draw_regions, parse_region
 from .tokens import load_tokenizer, resolve_objects_tokens, token_table
@@ -275,8 +275,7 @@ class EditRunner:
         save_config(cfg, partial / "config.yaml")
         with open(partial / "report.json", "w") as f:
             json.dump(result.report, f, indent=2)
-        _replace_dir(partial, final)
-        return final
+        return replace_dir(partial, final)
 
     def write_regions_png(self, prepared: PreparedEdit, path: Path) -> None:
         from PIL import Image
@@ -284,21 +283,3 @@ class EditRunner:
         first = to_uint8(self.source_video()[:1])[0]
         words = [o.word for o in prepared.edit.objects]
         Image.fromarray(draw_regions(first, prepared.regions, words, frame=0)).save(path)
-
-
-def _replace_dir(new: Path, final: Path) -> None:
-    """Swap `new` into place of `final` so a finished result is never half-overwritten."""
-    old = final.with_name(final.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.replace(final, old)
-    os.replace(new, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def format_exception_for_cli(err: ConfigError) -> str:
-    return f"error: {err}"
-
-
-def print_versions(stream=sys.stdout) -> None:
-    print(json.dumps(package_versions()), file=stream)

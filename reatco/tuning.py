@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .files import replace_dir
 from .models import TuneAVideoUNet
 
 logger = logging.getLogger(__name__)
@@ -228,14 +229,7 @@ def save_tuned(unet: TuneAVideoUNet, folder, report: dict, cfg=None, overwrite: 
 
         save_config(cfg, tmp / "tune_config.yaml")
     (tmp / "tune_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-        tmp.rename(folder)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(folder)
+    replace_dir(tmp, folder)
     return folder
 
 

@@ -13,8 +13,6 @@ Bad input exits with code 2 before any model is loaded.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
 import time
@@ -25,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from reatco.errors import ConfigError  # noqa: E402
+from reatco.files import replace_dir  # noqa: E402
 from reatco.metrics import evaluate as ev  # noqa: E402
 from reatco.metrics.clip_metrics import BACKENDS, DEFAULT_CLIP  # noqa: E402
 from reatco.metrics.loveu import CATEGORIES, CSV_NAME, SUBSETS, coverage_report, has_frames, read_loveu_csv  # noqa: E402
@@ -163,8 +162,7 @@ def save_prediction(frames: np.ndarray, folder: Path, loveu: bool) -> None:
             image.resize((480, 480), Image.BICUBIC).save(tmp / f"{i:05d}.jpg", quality=95)
         else:
             image.save(tmp / f"{i:05d}.png")
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    replace_dir(tmp, folder)
 
 
 def predictions(args, edit: ev.EvalEdit) -> np.ndarray:

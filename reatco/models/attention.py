@@ -28,6 +28,32 @@ def sparse_causal_context(x: torch.Tensor, context: FrameContext) -> torch.Tenso
     return torch.cat([first, video[:, previous]], dim=2).reshape(b * f, -1, x.shape[-1])
 
 
+def attention_input(attn: Attention, hidden_states, temb=None):
+    """The prologue every diffusers attention processor shares: spatial norm, (B, C, H, W) →
+    tokens, group norm. Returns (tokens, residual, spatial shape or None)."""
+    residual = hidden_states
+    if attn.spatial_norm is not None:
+        hidden_states = attn.spatial_norm(hidden_states, temb)
+    spatial = None
+    if hidden_states.ndim == 4:
+        spatial = hidden_states.shape
+        b, c, h, w = spatial
+        hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
+    if attn.group_norm is not None:
+        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+    return hidden_states, residual, spatial
+
+
+def attention_output(attn: Attention, out, residual, spatial):
+    """The matching epilogue: output projection, back to (B, C, H, W), residual, rescale."""
+    out = attn.to_out[1](attn.to_out[0](out))
+    if spatial is not None:
+        out = out.transpose(-1, -2).reshape(spatial)
+    if attn.residual_connection:
+        out = out + residual
+    return out / attn.rescale_output_factor
+
+
 class SparseCausalAttnProcessor:
     """Self-attention whose keys/values are the tokens of the first and the previous frame.
 
@@ -40,15 +66,7 @@ class SparseCausalAttnProcessor:
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("sparse-causal attention is mask-free self-attention; install it on attn1 only")
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            b, c, h, w = hidden_states.shape
-            hidden_states = hidden_states.view(b, c, h * w).transpose(1, 2)
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        hidden_states, residual, spatial = attention_input(attn, hidden_states, temb)
         batch = hidden_states.shape[0]
 
         query = attn.to_q(hidden_states)
@@ -65,12 +83,7 @@ class SparseCausalAttnProcessor:
 
         out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
         out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
-        out = attn.to_out[1](attn.to_out[0](out))
-        if input_ndim == 4:
-            out = out.transpose(-1, -2).reshape(b, c, h, w)
-        if attn.residual_connection:
-            out = out + residual
-        return out / attn.rescale_output_factor
+        return attention_output(attn, out, residual, spatial)
 
 
 class TemporalTransformerBlock(BasicTransformerBlock):

@@ -12,23 +12,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..tokens import bytes_to_unicode
 from .world import vocabulary
 
 MAX_LENGTH = 17  # SOT + longest caption (15 tokens, three objects) + EOT: a short padding sink
 SOT, EOT = "<|startoftext|>", "<|endoftext|>"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte → printable unicode map (the base alphabet of CLIP's BPE)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
 
 
 def train_bpe(words: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
