@@ -69,14 +69,18 @@ def _coverage(lo: float, hi: float, size: float, cells: int) -> torch.Tensor:
 
 
 def _box_to_grid(box: Sequence[float], height: int, width: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """A box stays a rectangle of cells: the rows it covers at least half of × the columns it covers
+    at least half of (the official rounding of box edges to the grid, made exact for any ratio).
+    Along an axis where no cell is half covered, the cell holding the box centre is kept, so a box
+    smaller than a cell is never lost."""
     x1, y1, x2, y2 = box
-    cover = torch.outer(_coverage(y1, y2, height, grid_h), _coverage(x1, x2, width, grid_w))
-    mask = cover >= 0.5 - 1e-9
-    # The cell holding the centre stays, so a box smaller than a cell is never lost.
-    cy = min(int(((y1 + y2) / 2) * grid_h / height), grid_h - 1)
-    cx = min(int(((x1 + x2) / 2) * grid_w / width), grid_w - 1)
-    mask[cy, cx] = True
-    return mask.float()
+    rows = _coverage(y1, y2, height, grid_h) >= 0.5 - 1e-9
+    cols = _coverage(x1, x2, width, grid_w) >= 0.5 - 1e-9
+    if not rows.any():
+        rows[min(int(((y1 + y2) / 2) * grid_h / height), grid_h - 1)] = True
+    if not cols.any():
+        cols[min(int(((x1 + x2) / 2) * grid_w / width), grid_w - 1)] = True
+    return torch.outer(rows, cols).float()
 
 
 def _pixel_weights(size: int, cells: int) -> torch.Tensor:

@@ -51,13 +51,17 @@ def test_paper_box_matches_the_official_cells():
     assert torch.equal(m, grid(range(9, 13), range(3, 8)))
 
 
-def test_half_covered_cells_count_by_area():
-    # Edges cover exactly half of cells in row 1 / col 1: edge cells are in (0.5 ≥ 0.5),
-    # the corner (1, 1) is out (0.5 × 0.5 = 0.25 of its area).
+def test_half_covered_rows_and_columns_make_a_rectangle():
+    # Edges cover exactly half of row 1 / col 1: both are in (0.5 ≥ 0.5), and so is their corner
+    # (1, 1): a box maps to a rectangle of cells, never a cross.
     m = box_region([48, 48, 160, 160]).masks(1, 14, 24)[0]
-    expected = grid(range(1, 5), range(1, 5))
-    expected[1, 1] = 0
-    assert torch.equal(m, expected)
+    assert torch.equal(m, grid(range(1, 5), range(1, 5)))
+    # Rows covered 0.625 and columns covered 0.75 at both ends: still a full 3 × 3 block.
+    m = box_region([40, 44, 112, 116]).masks(1, 14, 24)[0]
+    assert torch.equal(m, grid(range(1, 4), range(1, 4)))
+    # Less than half of a row or column is out.
+    m = box_region([52, 40, 110, 100]).masks(1, 14, 24)[0]
+    assert torch.equal(m, grid(range(1, 3), range(2, 3)))
 
 
 def test_x_scales_by_width_and_y_by_height():

@@ -120,3 +120,21 @@ def test_shipped_model_has_the_sd_layout_and_loads():
     tok = CLIPTokenizer.from_pretrained(str(MODEL / "tokenizer"))
     assert len(tok("a red circle on a gray background").input_ids) == 9
     assert pipe.scheduler.__class__.__name__ == "DDIMScheduler"
+
+
+def test_demo_config_validates_against_the_shipped_model():
+    from reatco.config import load_config
+    from reatco.runner import EditRunner
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "data" / "shapes-model" / "model_index.json").exists():
+        pytest.skip("data/shapes-model/ not trained yet")
+    cfg = load_config(root / "configs" / "shapes.yaml")
+    runner = EditRunner(cfg, progress=False)
+    (edit,) = runner.prepare()
+    assert edit.token_indices == [[2, 3], [6, 7]]  # "green circle", "yellow triangle"
+    assert runner.source_video().shape == (8, 3, 64, 64)
+    masks = edit.regions[1].masks(8, 8, 8)
+    # the keyframed box follows the square: [17, 5, 36, 24] at frame 0, [10, 11, 28, 29] at frame 7
+    assert masks[0, 1:3, 2:5].all() and masks[0].sum() == 6
+    assert masks[7, 1:4, 1:4].all() and masks[7].sum() == 9
