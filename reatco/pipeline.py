@@ -339,7 +339,9 @@ class ReAtCoPipeline(DiffusionPipeline):
                     stack.enter_context(_gradient_checkpointing(self.unet))
             with self.progress_bar(total=len(timesteps)) as progress:
                 for i, t in enumerate(timesteps):
-                    source_t = self._irjs_source(irjs, source_latents, inversion_trajectory, i, t, generator) if region_mask is not None else None
+                    source_t = None
+                    if region_mask is not None and irjs.placement == "before_step":
+                        source_t = self._irjs_source(irjs, source_latents, inversion_trajectory, i, t, generator)
                     outputs = []
                     for frames in windows:
                         x = latents[:, :, frames]
@@ -351,7 +353,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                             rad_records.append(record)
                             if return_attention:
                                 attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
-                        if source_t is not None and irjs.placement == "before_step":
+                        if source_t is not None:
                             x = irjs_ops.blend(x, source_t[:, :, frames], region_mask[:, :, frames])
                         x_in = torch.cat([x, x]) if do_cfg else x
                         x_in = self.scheduler.scale_model_input(x_in, t)
