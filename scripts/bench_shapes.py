@@ -124,8 +124,9 @@ class _Probe:
         return attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
 
 
-def attention_gate(args, pipe, t: int = 400, cell: int = 8) -> dict:
-    """Mass of each object's colour/shape token inside its box at the 8×8 grid, images noised to t."""
+def attention_gate(args, pipe, timesteps=(200, 500, 800), cell: int = 8) -> dict:
+    """Mass of each object's colour/shape token inside its box at the 8×8 grid, on held-out
+    two-object images noised to each timestep (high t = what RAD sees in its first steps)."""
     samples = [world.make_image(BENCH_OFFSET + args.seed, 20_000 + i, n_objects=2) for i in range(args.n_attn)]
     tok = pipe.tokenizer
     store: list = []
@@ -133,7 +134,7 @@ def attention_gate(args, pipe, t: int = 400, cell: int = 8) -> dict:
               and k.startswith(("down_blocks.1.", "up_blocks.1."))]  # the 8×8 level = RAD grid
     old = dict(pipe.unet.attn_processors)
     pipe.unet.set_attn_processor({**old, **{k: _Probe(store) for k in layers}})
-    inside, chance, peak = [], [], []
+    per_t = {}
     try:
         x = world.to_tensor(np.stack([s.image for s in samples]))
         ids = tok([s.caption for s in samples], padding="max_length", max_length=tok.model_max_length,
@@ -141,30 +142,35 @@ def attention_gate(args, pipe, t: int = 400, cell: int = 8) -> dict:
         g = torch.Generator().manual_seed(args.seed)
         with torch.no_grad():
             z = pipe.vae.encode(x).latent_dist.mode() * pipe.vae.config.scaling_factor
-            a = pipe.scheduler.alphas_cumprod[t]
-            zt = a.sqrt() * z + (1 - a).sqrt() * torch.randn(z.shape, generator=g)
-            store.clear()
-            pipe.unet(zt, torch.full((len(samples),), t), pipe.text_encoder(ids)[0])
-        maps = torch.stack(store).mean(0)  # (B, 64, L)
-        side = int(maps.shape[1] ** 0.5)
-        for b, s in enumerate(samples):
-            words = tok.convert_ids_to_tokens(ids[b].tolist())
-            for j, sh in enumerate(s.shapes):
-                x1, y1, x2, y2 = s.boxes[j, 0]
-                box = np.zeros((64, 64), bool)
-                box[y1:y2, x1:x2] = True
-                cov = torch.from_numpy(box.reshape(side, cell, side, cell).mean((1, 3))).flatten().float()
-                for w in (sh.color, sh.shape):
-                    m = maps[b, :, words.index(w + "</w>")]
-                    p = m / m.sum()
-                    inside.append(float((p * cov).sum()))
-                    chance.append(float(cov.mean()))
-                    peak.append(bool(cov[p.argmax()] > 0))
+            text = pipe.text_encoder(ids)[0]
+        for t in timesteps:
+            with torch.no_grad():
+                a = pipe.scheduler.alphas_cumprod[t]
+                zt = a.sqrt() * z + (1 - a).sqrt() * torch.randn(z.shape, generator=g)
+                store.clear()
+                pipe.unet(zt, torch.full((len(samples),), t), text)
+            maps = torch.stack(store).mean(0)  # (B, 64, L)
+            side = int(maps.shape[1] ** 0.5)
+            inside, chance, peak = [], [], []
+            for b, s in enumerate(samples):
+                words = tok.convert_ids_to_tokens(ids[b].tolist())
+                for j, sh in enumerate(s.shapes):
+                    x1, y1, x2, y2 = s.boxes[j, 0]
+                    box = np.zeros((64, 64), bool)
+                    box[y1:y2, x1:x2] = True
+                    cov = torch.from_numpy(box.reshape(side, cell, side, cell).mean((1, 3))).flatten().float()
+                    for w in (sh.color, sh.shape):
+                        m = maps[b, :, words.index(w + "</w>")]
+                        p = m / m.sum()
+                        inside.append(float((p * cov).sum()))
+                        chance.append(float(cov.mean()))
+                        peak.append(bool(cov[p.argmax()] > 0))
+            per_t[t] = dict(mass_in_box=float(np.mean(inside)), box_share=float(np.mean(chance)),
+                            ratio=float(np.mean(inside) / np.mean(chance)), peak_in_box=float(np.mean(peak)))
     finally:
         pipe.unet.set_attn_processor(old)
-    return dict(mass_in_box=float(np.mean(inside)), box_share=float(np.mean(chance)),
-                ratio=float(np.mean(inside) / np.mean(chance)), peak_in_box=float(np.mean(peak)),
-                layers=layers, timestep=t, n=len(inside))
+    mid = per_t[timesteps[len(timesteps) // 2]]
+    return dict(**mid, per_timestep=per_t, layers=layers, n=2 * 2 * len(samples))
 
 
 # Add editing gates here (name -> function(args, pipe) -> dict) once the pipeline is integrated.
@@ -182,8 +188,9 @@ def markdown(results: dict) -> str:
                     f"2 obj {t['accuracy_2_objects']:.0%}) | ≥ 90 % | {'✅' if t['passed'] else '❌'} |")
     a = results.get("attention")
     if a:
-        rows.append(f"| 8×8 attention mass in box | {a['mass_in_box']:.2f} (box share {a['box_share']:.2f}, "
-                    f"×{a['ratio']:.1f}; peak in box {a['peak_in_box']:.0%}) | — | — |")
+        for t, r in a["per_timestep"].items():
+            rows.append(f"| 8×8 attention mass in box, t={t} | {r['mass_in_box']:.2f} (box share {r['box_share']:.2f}, "
+                        f"×{r['ratio']:.1f}; peak in box {r['peak_in_box']:.0%}) | — | — |")
     return "\n".join(rows)
 
 

@@ -340,6 +340,9 @@ def train_unet(args):
         a = acp[t].view(-1, 1, 1, 1)
         zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         lr = args.lr * min(1.0, (step + 1) / 300)
+        if args.lr_end is not None:  # anneal over this chunk's wall-clock budget
+            frac = min(1.0, (time.time() - t0) / (60 * args.max_minutes))
+            lr = args.lr + (args.lr_end - args.lr) * frac
         for g in opt.param_groups:
             g["lr"] = lr
         store.clear()
@@ -380,6 +383,17 @@ def train_unet(args):
 
 # =============================================================================== export
 
+def _thin(curve: list, n: int) -> list:
+    """About n evenly spaced points of the loss curve, always ending with the last one."""
+    out = curve[:: max(1, len(curve) // n)]
+    return out + curve[-1:] if curve and out[-1] is not curve[-1] else out
+
+
+def _commands(work: Path) -> list[str]:
+    p = Path(work) / "commands.log"
+    return p.read_text().splitlines() if p.exists() else []
+
+
 def export(args):
     """Write the complete SD layout (EMA weights) to --out atomically (tmp folder + rename)."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
@@ -400,16 +414,16 @@ def export(args):
     pipe.save_pretrained(tmp, safe_serialization=True)
     curve = s["curve"]
     info = dict(
-        seed=args.seed, unet_steps=s["step"], unet_batch=args.batch, unet_lr=args.lr,
+        seed=args.seed, unet_steps=s["step"], unet_batch=args.batch, unet_lr=args.lr, unet_lr_end=args.lr_end,
         unet_wall_s=round(s["wall_s"], 1), vae_steps=vae_state["step"], vae_wall_s=round(vae_state.get("wall_s", 0), 1),
         vae_history=vae_state["history"], n_images=args.n_images, cfg_drop=args.cfg_drop,
         attention_loss_weight=args.attn_weight, ema=args.ema, max_length=MAX_LENGTH,
         attention_cell_px=8, image_size=64, vae_scale_factor=4,
         configs=dict(vae=VAE_CONFIG, unet=UNET_CONFIG, text=TEXT_CONFIG, scheduler=SCHEDULER_CONFIG),
-        loss_curve=curve[:: max(1, len(curve) // 60)] + curve[-1:],
+        loss_curve=_thin(curve, 60),
         versions=dict(torch=torch.__version__, diffusers=__import__("diffusers").__version__,
                       transformers=__import__("transformers").__version__),
-        command="python scripts/train_shapes_model.py --stage vae; --stage unet; --stage export",
+        commands=_commands(work),
     )
     (tmp / "training.json").write_text(json.dumps(info, indent=1, default=list))
     old = out.with_name(out.name + ".old")
@@ -439,6 +453,8 @@ def main():
     p.add_argument("--n_images", type=int, default=12000, help="UNet training set size")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=8e-4)
+    p.add_argument("--lr_end", type=float, default=None,
+                   help="UNet: anneal linearly from --lr to this over --max_minutes (last chunk)")
     p.add_argument("--ema", type=float, default=0.995)
     p.add_argument("--cfg_drop", type=float, default=0.1, help="caption dropout (classifier-free guidance)")
     p.add_argument("--attn_weight", type=float, default=0.03,
@@ -449,6 +465,8 @@ def main():
     signal.signal(signal.SIGTERM, _request_stop)
     signal.signal(signal.SIGINT, _request_stop)
     Path(args.work).mkdir(parents=True, exist_ok=True)
+    with open(Path(args.work) / "commands.log", "a") as f:  # the chunks that made the model
+        f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + "python " + " ".join(sys.argv) + "\n")
     {"vae": train_vae, "unet": train_unet, "export": export}[args.stage](args)
 
 

@@ -45,7 +45,9 @@ def classify_pixels(image: np.ndarray, max_distance: float = 90.0, min_chroma: f
 
 
 def shape_from_fill(fill: float, aspect: float) -> str:
-    """Fill ratio of the bounding box → class. Thresholds halfway between the ideal values."""
+    """Fill ratio of the bounding box → class; thresholds halfway between the ideal values
+    (square 1, circle π/4 ≈ 0.785, triangle 0.5). A width-profile classifier was tried on model
+    samples and did no better: the errors are the model's rounded squares, not the rule."""
     if fill >= 0.89 and 0.7 <= aspect <= 1.4:
         return "square"
     if fill >= 0.64:
@@ -65,9 +67,9 @@ def _detect_one(labels: np.ndarray, k: int, min_pixels: int) -> Detection:
     ys, xs = np.nonzero(blobs == best)
     x1, y1, x2, y2 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     fill = len(xs) / float((x2 - x1) * (y2 - y1))
-    aspect = (x2 - x1) / float(y2 - y1)
+    shape = shape_from_fill(fill, (x2 - x1) / float(y2 - y1))
     return Detection(name, True, (float(xs.mean() + 0.5), float(ys.mean() + 0.5)), (x1, y1, x2, y2),
-                     int(len(xs)), shape_from_fill(fill, aspect), float(fill))
+                     int(len(xs)), shape, float(fill))
 
 
 def detect(image: np.ndarray, colors: list[str] | None = None, min_pixels: int = 12,
