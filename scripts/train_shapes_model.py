@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reatco.files import replace_dir  # noqa: E402
 from reatco.toy import world  # noqa: E402
 from reatco.toy.tokenizer import MAX_LENGTH, save_tokenizer  # noqa: E402
 
@@ -426,12 +427,7 @@ def export(args):
         commands=_commands(work),
     )
     (tmp / "training.json").write_text(json.dumps(info, indent=1, default=list))
-    old = out.with_name(out.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, out)
     log(f"exported step {s['step']} to {out}")
 
 
