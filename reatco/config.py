@@ -126,6 +126,10 @@ class RADConfig:
     step_size_range: List[float] = field(default_factory=lambda: [1.0, 0.5])
     # Softmax temperature over the text tokens (attention × temperature).
     temperature: float = 100.0
+    # How a cell's attention is spread over the text tokens: softmax (official, × temperature)
+    # | share (attention / its sum over the kept tokens; for models whose EOT/padding sink holds
+    # nearly all attention, where the softmax of the tiny rest is flat).
+    token_normalization: str = "softmax"
     # 3-D Gaussian smoothing of the word maps over frames × h × w.
     smoothing: bool = True
     smoothing_kernel: int = 3
@@ -568,6 +572,7 @@ _MIXED = ("auto", "no", "fp16", "bf16")
 _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
 _REFINEMENT_LOSSES = ("full", "max_inner")
+_TOKEN_NORMALIZATIONS = ("softmax", "share")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -602,6 +607,7 @@ def _validate_rad(rad: RADConfig, steps: int, p: str) -> None:
         _require(0 <= threshold <= 1, f"{p}.refinement_thresholds.{step}", f"threshold must be in [0, 1], got {threshold}")
     _at_least(rad.max_refinement_iters, 0, f"{p}.max_refinement_iters")
     _choice(rad.refinement_loss, _REFINEMENT_LOSSES, f"{p}.refinement_loss")
+    _choice(rad.token_normalization, _TOKEN_NORMALIZATIONS, f"{p}.token_normalization")
 
 
 def _validate_irjs(irjs: IRJSConfig, p: str) -> None:

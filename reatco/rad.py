@@ -19,19 +19,31 @@ from .errors import ConfigError
 # ----------------------------------------------------------------------------- attention per word
 
 
-def text_attention(maps: torch.Tensor, n_text_tokens: int | None = None, temperature: float = 100.0) -> torch.Tensor:
+def text_attention(maps: torch.Tensor, n_text_tokens: int | None = None, temperature: float = 100.0,
+                   normalization: str = "softmax") -> torch.Tensor:
     """(..., L) cross-attention probabilities → (..., n) re-normalised over the text tokens.
 
-    Drops SOT (index 0, which soaks up most of the attention), keeps tokens 1…n, scales by
-    `temperature` and takes a softmax over them. Column c of the result is tokenizer index c + 1.
-    `n_text_tokens`: the prompt's own tokens (len(ids) − 2: no EOT, no padding), or None for the
-    official span 1…L−2 (every token but SOT and the last one, padding included, as ReAtCo and
-    Attend-and-Excite do for SD v1.x with `normalize_eot=False`)."""
+    Drops SOT (index 0, which soaks up most of the attention) and keeps tokens 1…n; column c of
+    the result is tokenizer index c + 1. `n_text_tokens`: the prompt's own tokens (len(ids) − 2:
+    no EOT, no padding), or None for the official span 1…L−2 (every token but SOT and the last
+    one, padding included, as ReAtCo and Attend-and-Excite do for SD v1.x with
+    `normalize_eot=False`). `normalization`:
+      * "softmax" (official): softmax(A · temperature) over the kept tokens. Sharp when the kept
+        tokens hold a sizeable part of the attention, as in SD;
+      * "share": A / Σ A over the kept tokens — each token's share of the text tokens' attention,
+        `temperature` unused. For models whose attention sits almost entirely in EOT/padding
+        (the shapes model gives the prompt's tokens 12–24 % of it, single tokens ≤ 1 %), where
+        softmax(A · 100) of such small values is nearly uniform and RAD sees flat maps."""
     n_all = maps.shape[-1]
     n = n_all - 2 if n_text_tokens is None else int(n_text_tokens)
     if not 1 <= n <= n_all - 1:
         raise ValueError(f"n_text_tokens must be in 1…{n_all - 1} for maps over {n_all} tokens, got {n_text_tokens}")
-    return torch.softmax(maps[..., 1 : 1 + n] * temperature, dim=-1)
+    kept = maps[..., 1 : 1 + n]
+    if normalization == "softmax":
+        return torch.softmax(kept * temperature, dim=-1)
+    if normalization == "share":
+        return kept / kept.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
+    raise ConfigError("rad.token_normalization", f"must be softmax or share, got {normalization!r}")
 
 
 def word_attention(text_attn: torch.Tensor, token_indices: Sequence[int]) -> torch.Tensor:

@@ -6,11 +6,16 @@
   attention    fraction of each object word's 8×8 cross-attention mass inside the object's box,
                on noised held-out images (vs the box's share of the image = chance)
 
-Editing gates (placement accuracy with/without RAD, VISOR relations, invariant-region PSNR with
-and without IRJS) belong in SECTIONS below as further ``name -> function(args, pipe) -> dict``
-entries once the editing pipeline is integrated.
+  editing      the paper's claim in small (reatco/toy/editing.py): two moving shapes become two
+               other shapes, one region per edited object following one source object. With the
+               demo config's settings (--config: tuning, inversion, sampling, RAD, IRJS), each case
+               runs three times on the same inversion and seed: RAD+IRJS, without RAD, without
+               IRJS. Placement accuracy (gate ≥ 0.9 with RAD, and a clear margin over without),
+               VISOR relation accuracy, attention mass inside the regions, and the invariant-region
+               PSNR against the source (gate ≥ 35 dB with IRJS; the VAE round trip of the source
+               is printed beside it as the ceiling).
 
-  python scripts/bench_shapes.py --model data/shapes-model --n 64 --out outputs/bench_shapes.json
+  python scripts/bench_shapes.py --model data/shapes-model --out outputs/bench_shapes.json
 """
 
 from __future__ import annotations
@@ -173,8 +178,113 @@ def attention_gate(args, pipe, timesteps=(200, 500, 800), cell: int = 8) -> dict
     return dict(**mid, per_timestep=per_t, layers=layers, n=2 * 2 * len(samples))
 
 
-# Add editing gates here (name -> function(args, pipe) -> dict) once the pipeline is integrated.
-SECTIONS = {"vae": vae_gate, "text2image": text2image_gate, "attention": attention_gate}
+# ----------------------------------------------------------------------------- editing
+
+EDIT_RUNS = {"rad_irjs": (True, True), "no_rad": (False, True), "no_irjs": (True, False)}
+
+
+def region_attention_mass(maps: torch.Tensor, case) -> float:
+    """Mean over objects and frames of the fraction of word j's attention map (J, F, h, w) that
+    lies in region j's cells (the cells RAD pulls the word into)."""
+    from reatco.regions import parse_region
+
+    j_n, f_n, h, w = maps.shape
+    cell = case.source.frames.shape[1] // h
+    out = []
+    for j, obj in enumerate(case.objects()):
+        cover = parse_region(obj, f_n, h * cell, w * cell, cell).masks(f_n, h, w)  # (F, h, w)
+        m = maps[j].float()
+        out.append(float(((m * cover).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1e-12)).mean()))
+    return float(np.mean(out))
+
+
+def edit_gate(args, _pipe) -> dict:
+    import dataclasses
+
+    from reatco.config import load_config
+    from reatco.pipeline import ReAtCoPipeline
+    from reatco.toy.editing import invariant_psnr, make_edit_case, psnr
+    from reatco.tuning import tune_unet
+
+    cfg = load_config(args.config, args.set)
+    pipe = ReAtCoPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    base_unet = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    tune = cfg.tune if cfg.tune.enabled and args.edit_tune_steps != 0 else None
+    if tune is not None and args.edit_tune_steps is not None:
+        tune = dataclasses.replace(tune, steps=args.edit_tune_steps)
+    steps = cfg.sampling.steps
+    rows = []
+    for i in range(args.edit_cases):
+        case = make_edit_case(BENCH_OFFSET + args.seed, 40_000 + i, n_frames=args.edit_frames)
+        video = case.video_tensor()
+        t0 = time.time()
+        if tune is not None:  # every case starts from the shipped weights
+            pipe.unet.load_state_dict(base_unet)
+            tune_unet(dict(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+                           scheduler=pipe.scheduler), video, case.source.caption, tune, progress=False)
+        with torch.no_grad():
+            latents = pipe.encode_video(video, torch.Generator().manual_seed(cfg.sampling.seed))
+            roundtrip = (pipe.decode_latents(latents).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+            trajectory = pipe.invert(latents, cfg.inversion.prompt, steps, cfg.inversion.guidance_scale)
+        row = {"case": i, "prompt": case.prompt, "source": case.source.caption,
+               "vae_roundtrip_invariant_psnr": psnr(roundtrip, case.source.frames, case.outside_mask())}
+        for name, (use_rad, use_irjs) in EDIT_RUNS.items():
+            out = pipe(case.prompt, objects=case.objects(), source_latents=latents, inversion_trajectory=trajectory,
+                       num_inference_steps=steps, guidance_scale=cfg.sampling.guidance_scale,
+                       negative_prompt=cfg.sampling.negative_prompt, generator=torch.Generator().manual_seed(cfg.sampling.seed),
+                       rad=dataclasses.replace(cfg.rad, enabled=use_rad), irjs=dataclasses.replace(cfg.irjs, enabled=use_irjs),
+                       attention_cell_px=cfg.model.attention_cell_px, output_type="np", return_attention=True)
+            frames = (out.frames * 255).round().astype(np.uint8)
+            scores = placement_scores(frames, case)
+            row[name] = {"placement": scores["placement"], "relation": scores["relation"], "shapes": scores["shapes"],
+                         "invariant_psnr": invariant_psnr(frames, case),
+                         "attention_in_regions": region_attention_mass(out.attention_maps, case)}
+            if args.save_edits:
+                _save_edit(Path(args.save_edits) / f"case{i:02d}_{name}.png", case, frames)
+        row["seconds"] = round(time.time() - t0, 1)
+        rows.append(row)
+        print(f"[editing] case {i}: {case.prompt!r} " + " ".join(
+            f"{n}: place {row[n]['placement']:.2f} psnr {row[n]['invariant_psnr']:.1f}" for n in EDIT_RUNS), flush=True)
+    summary = {name: {key: float(np.mean([r[name][key] for r in rows]))
+                      for key in ("placement", "relation", "shapes", "invariant_psnr", "attention_in_regions")}
+               for name in EDIT_RUNS}
+    with_rad, without = summary["rad_irjs"]["placement"], summary["no_rad"]["placement"]
+    return {
+        **summary,
+        "vae_roundtrip_invariant_psnr": float(np.mean([r["vae_roundtrip_invariant_psnr"] for r in rows])),
+        "placement_gate": 0.9, "placement_passed": bool(with_rad >= 0.9 and with_rad - without >= 0.2),
+        "invariant_gate_db": 35.0, "invariant_passed": bool(summary["rad_irjs"]["invariant_psnr"] >= 35.0),
+        "config": args.config, "tune_steps": tune.steps if tune is not None else 0, "n_cases": len(rows),
+        "n_frames": args.edit_frames, "cases": rows,
+    }
+
+
+def placement_scores(frames, case):
+    from reatco.toy.editing import placement_scores as score
+
+    return score(frames, case)
+
+
+def _save_edit(path: Path, case, frames: np.ndarray):
+    """Source row over edited row, region boxes drawn on the edit."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for images, boxes in ((case.source.frames, None), (frames, case.boxes)):
+        strip = Image.fromarray(np.concatenate(list(images), 1)).resize((images.shape[0] * 128, 128), Image.NEAREST)
+        if boxes is not None:
+            draw = ImageDraw.Draw(strip)
+            for j, colour in enumerate(((255, 255, 255), (0, 0, 0))):
+                for f in range(images.shape[0]):
+                    x1, y1, x2, y2 = (int(v) * 2 for v in boxes[j, f])
+                    draw.rectangle([x1 + f * 128, y1, x2 + f * 128 - 1, y2 - 1], outline=colour)
+        rows.append(np.asarray(strip))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(rows, 0)).save(path)
+
+
+SECTIONS = {"vae": vae_gate, "text2image": text2image_gate, "attention": attention_gate, "editing": edit_gate}
 
 
 def markdown(results: dict) -> str:
@@ -191,6 +301,16 @@ def markdown(results: dict) -> str:
         for t, r in a["per_timestep"].items():
             rows.append(f"| 8×8 attention mass in box, t={t} | {r['mass_in_box']:.2f} (box share {r['box_share']:.2f}, "
                         f"×{r['ratio']:.1f}; peak in box {r['peak_in_box']:.0%}) | — | — |")
+    e = results.get("editing")
+    if e:
+        r, n, o = e["rad_irjs"], e["no_rad"], e["no_irjs"]
+        rows.append(f"| placement accuracy, RAD (+IRJS) | {r['placement']:.2f} (without RAD {n['placement']:.2f}) | "
+                    f"≥ 0.9 and a clear margin | {'✅' if e['placement_passed'] else '❌'} |")
+        rows.append(f"| VISOR relation accuracy, RAD | {r['relation']:.2f} (without RAD {n['relation']:.2f}) | — | — |")
+        rows.append(f"| attention mass in the regions, RAD | {r['attention_in_regions']:.2f} (without RAD "
+                    f"{n['attention_in_regions']:.2f}) | — | — |")
+        rows.append(f"| invariant-region PSNR, IRJS (dB) | {r['invariant_psnr']:.1f} (without IRJS {o['invariant_psnr']:.1f}; "
+                    f"VAE round trip {e['vae_roundtrip_invariant_psnr']:.1f}) | ≥ 35 | {'✅' if e['invariant_passed'] else '❌'} |")
     return "\n".join(rows)
 
 
@@ -208,6 +328,13 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
     p.add_argument("--save_samples", default=None, help="png grid of the first text→image batch")
+    p.add_argument("--config", default="configs/shapes.yaml", help="editing: the settings to benchmark")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="editing: override a config value, e.g. --set rad.step_size=40 (repeatable)")
+    p.add_argument("--edit_cases", type=int, default=8)
+    p.add_argument("--edit_frames", type=int, default=8)
+    p.add_argument("--edit_tune_steps", type=int, default=None, help="editing: override tune.steps (0 = no tuning)")
+    p.add_argument("--save_edits", default=None, help="folder for source|edit strips of every case and run")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     pipe = load_pipe(args.model)

@@ -286,6 +286,31 @@ def attention_loss(maps: torch.Tensor, obj_tok: torch.Tensor, obj_cov: torch.Ten
     return (1 - (p * cov).sum(-1)).mean()
 
 
+def token_attention_loss(maps: torch.Tensor, ids: torch.Tensor, eos_id: int, obj_tok: torch.Tensor,
+                         obj_cov: torch.Tensor, keep: torch.Tensor):
+    """1 − the object's colour+shape share of the prompt tokens' attention on the cells it covers.
+
+    What RAD reads at a cell is a softmax over the prompt's tokens: for it to see the object, the
+    object's own words must out-weigh the other prompt words (the background name, "background")
+    where the object is. The spatial term above localises each word's map but leaves its share
+    tiny (1–3 % against 10–20 % for the background words at the object's cells). SOT and EOT /
+    padding are left out of the share, so the model may keep using them as a sink.
+    maps (B, 64, L); ids (B, L); cells count when the object covers ≥ half of them."""
+    valid = (obj_tok[..., 0] >= 0) & keep[:, None]
+    if not valid.any():
+        return maps.sum() * 0
+    pos = torch.arange(maps.shape[-1])
+    first_eos = (ids == eos_id).int().argmax(1)
+    prompt = ((pos[None] >= 1) & (pos[None] < first_eos[:, None])).to(maps.dtype)  # (B,L)
+    prompt_mass = (maps * prompt[:, None]).sum(-1)  # (B,64)
+    b_idx, o_idx = valid.nonzero(as_tuple=True)
+    toks = obj_tok[b_idx, o_idx]
+    word = maps[b_idx, :, toks[:, 0]] + maps[b_idx, :, toks[:, 1]]  # (K,64)
+    share = word / prompt_mass[b_idx].clamp_min(1e-8)
+    cells = (obj_cov[b_idx, o_idx].flatten(1).float() >= 0.5).to(maps.dtype)
+    return ((1 - share) * cells).sum() / cells.sum().clamp_min(1)
+
+
 def _ema_update(ema, model, decay):
     with torch.no_grad():
         for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -349,8 +374,13 @@ def train_unet(args):
         store.clear()
         pred = unet(zt, t, text(ids).last_hidden_state).sample
         mse = F.mse_loss(pred, noise)
-        att = attention_loss(torch.stack(store).mean(0), data["obj_tok"][idx], data["obj_cov"][idx], keep)
+        maps = torch.stack(store).mean(0)
+        att = attention_loss(maps, data["obj_tok"][idx], data["obj_cov"][idx], keep)
         loss = mse + args.attn_weight * att
+        tok_att = torch.zeros(())
+        if args.token_attn_weight:
+            tok_att = token_attention_loss(maps, ids, tokenizer.eos_token_id, data["obj_tok"][idx], data["obj_cov"][idx], keep)
+            loss = loss + args.token_attn_weight * tok_att
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -358,13 +388,13 @@ def train_unet(args):
         step += 1
         decay = min(args.ema, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay), _ema_update(ema_text, text, decay)
-        window.append((mse.item(), att.item()))
+        window.append((mse.item(), att.item(), tok_att.item()))
         elapsed = time.time() - t0
         if step % 100 == 0:
             m = np.mean(window, 0)
-            curve.append(dict(step=step, mse=float(m[0]), attn=float(m[1]), wall_s=wall0 + elapsed))
+            curve.append(dict(step=step, mse=float(m[0]), attn=float(m[1]), token_attn=float(m[2]), wall_s=wall0 + elapsed))
             window = []
-            log(f"unet step {step} mse {m[0]:.4f} attn {m[1]:.3f} lr {lr:.1e} {elapsed / max(1, len(curve)):.0f}s")
+            log(f"unet step {step} mse {m[0]:.4f} attn {m[1]:.3f} token_attn {m[2]:.3f} lr {lr:.1e}")
         done = elapsed / 60 >= args.max_minutes or bool(STOP)
         export_now = time.time() - last_export > 60 * args.export_every or done
         if time.time() - last_ck > 300 or export_now:
@@ -418,7 +448,7 @@ def export(args):
         seed=args.seed, unet_steps=s["step"], unet_batch=args.batch, unet_lr=args.lr, unet_lr_end=args.lr_end,
         unet_wall_s=round(s["wall_s"], 1), vae_steps=vae_state["step"], vae_wall_s=round(vae_state.get("wall_s", 0), 1),
         vae_history=vae_state["history"], n_images=args.n_images, cfg_drop=args.cfg_drop,
-        attention_loss_weight=args.attn_weight, ema=args.ema, max_length=MAX_LENGTH,
+        attention_loss_weight=args.attn_weight, token_attention_loss_weight=args.token_attn_weight, ema=args.ema, max_length=MAX_LENGTH,
         attention_cell_px=8, image_size=64, vae_scale_factor=4,
         configs=dict(vae=VAE_CONFIG, unet=UNET_CONFIG, text=TEXT_CONFIG, scheduler=SCHEDULER_CONFIG),
         loss_curve=_thin(curve, 60),
@@ -455,6 +485,8 @@ def main():
     p.add_argument("--cfg_drop", type=float, default=0.1, help="caption dropout (classifier-free guidance)")
     p.add_argument("--attn_weight", type=float, default=0.03,
                    help="weight of the 8×8 attention-localisation loss (0 = plain SD objective)")
+    p.add_argument("--token_attn_weight", type=float, default=0.0,
+                   help="weight of the token-share loss: object words' share of the prompt attention on the object")
     p.add_argument("--export_every", type=float, default=10.0, help="minutes between exports")
     args = p.parse_args()
     torch.set_num_threads(args.threads)

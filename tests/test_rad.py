@@ -28,6 +28,20 @@ def test_text_attention_drops_sot_and_renormalises_over_the_prompt_tokens():
         rad.text_attention(maps, 5)
 
 
+
+def test_share_normalization_is_each_tokens_part_of_the_text_attention():
+    # A model whose EOT/padding sink holds 99 % of the attention: the softmax of what is left is
+    # nearly uniform, the share keeps the 2:1 preference of the first prompt token.
+    maps = torch.tensor([[0.0, 0.004, 0.002, 0.994]])
+    share = rad.text_attention(maps, n_text_tokens=2, normalization="share")
+    np.testing.assert_allclose(share[0].numpy(), [2 / 3, 1 / 3], rtol=1e-6)
+    soft = rad.text_attention(maps, n_text_tokens=2, temperature=100.0)
+    assert float(soft[0, 0] - soft[0, 1]) < 0.5 * float(share[0, 0] - share[0, 1])
+    # cells with no text attention at all stay finite (zeros), not NaN
+    assert torch.equal(rad.text_attention(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), 2, normalization="share"), torch.zeros(1, 2))
+    with pytest.raises(ConfigError, match="token_normalization"):
+        rad.text_attention(maps, 2, normalization="sum")
+
 def test_word_attention_uses_tokenizer_indices_and_averages_sub_tokens():
     text = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # (…, n = 4): tokens 1…4
     assert torch.equal(rad.word_attention(text, [1]), text[..., 0])

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from reatco.toy import world
-from reatco.toy.detector import detect, detect_present
+from reatco.toy.detector import detect, detect_present, shape_of_blob
+from reatco.toy.editing import invariant_psnr, make_edit_case, placement_scores, psnr, relation
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "shapes-model"
 
@@ -86,6 +87,78 @@ def test_detector_tolerates_noise_and_ignores_specks():
     assert [x.color for x in d] == [s.shapes[0].color] and d[0].shape == s.shapes[0].shape
 
 
+def _rounded_square(side: int, radius: float) -> np.ndarray:
+    """A square with corners rounded by `radius` pixels, as the model tends to draw them."""
+    yy, xx = np.mgrid[0:side, 0:side] + 0.5
+    dx = np.clip(np.maximum(radius - xx, xx - (side - radius)), 0, None)
+    dy = np.clip(np.maximum(radius - yy, yy - (side - radius)), 0, None)
+    return dx**2 + dy**2 <= radius**2
+
+
+def test_shape_rule_reads_rounded_squares_as_squares_and_discs_as_circles():
+    for side in (10, 16, 24):
+        for radius in (0.0, side * 0.15, side * 0.25):
+            shape, fill = shape_of_blob(_rounded_square(side, radius))
+            assert shape == "square", (side, radius, fill)
+        disc = world.shape_mask("circle", side / 2, side / 2, side / 2, size=side)
+        assert shape_of_blob(disc)[0] == "circle"
+        tri = world.shape_mask("triangle", side / 2, side / 2, side / 2, size=side)
+        assert shape_of_blob(tri)[0] == "triangle"
+        assert shape_of_blob(tri[::-1])[0] != "triangle"  # apex down is not one of the world's triangles
+
+
+def test_edit_cases_are_deterministic_and_use_the_colours_the_source_lacks():
+    a, b = make_edit_case(5, 3), make_edit_case(5, 3)
+    assert a.prompt == b.prompt and np.array_equal(a.source.frames, b.source.frames)
+    for i in range(12):
+        case = make_edit_case(5, i, n_frames=6)
+        source_colours = {s.color for s in case.source.shapes}
+        assert len(case.targets) == 2 and not source_colours & {c for c, _ in case.targets}
+        assert case.prompt.startswith(f"a {case.words[0]} and a {case.words[1]} on a ")
+        assert case.boxes.shape == (2, 6, 4) and case.video_tensor().shape == (6, 3, world.SIZE, world.SIZE)
+        objs = case.objects()
+        assert [o["word"] for o in objs] == case.words and objs[1]["boxes"][5] == case.boxes[1, 5].tolist()
+        outside = case.outside_mask()
+        assert not (outside & case.source.masks.any(0)).any()  # every source pixel is inside a region
+
+
+def _paint(case, swap: bool = False) -> np.ndarray:
+    """Ideal edit: the target shapes drawn at the source objects' places (optionally swapped),
+    small enough (0.7 of the source radius) to stay inside the source's box."""
+    frames = case.source.frames.copy()
+    for f in range(frames.shape[0]):
+        frames[f] = case.source.background
+        for j, (colour, shape) in enumerate(case.targets):
+            k = 1 - j if swap else j
+            cx, cy = case.source.centers[k, f]
+            frames[f][world.shape_mask(shape, cx, cy, 0.7 * case.source.shapes[k].radius)] = world.COLORS[colour]
+    return frames
+
+
+def test_placement_scores_an_ideal_edit_one_and_a_swapped_edit_zero():
+    case = make_edit_case(2, 0)
+    good = placement_scores(_paint(case), case)
+    assert good["placement"] == 1.0 and good["relation"] == 1.0 and good["shapes"] == 1.0
+    swapped = placement_scores(_paint(case, swap=True), case)
+    assert swapped["placement"] == 0.0 and swapped["relation"] == 0.0
+    blank = placement_scores(np.repeat(case.source.background[None], 8, 0), case)
+    assert blank["placement"] == 0.0 and not blank["frames"][0]["objects"][0]["found"]
+    # the ideal edit leaves the background (the invariant region) exactly as it was
+    assert invariant_psnr(_paint(case), case) == float("inf")
+
+
+def test_relation_and_psnr():
+    assert relation((10, 10), (30, 12)) == "right" and relation((10, 10), (8, 40)) == "below"
+    assert relation((10, 10), (0, 9)) == "left" and relation((10, 10), (11, 0)) == "above"
+    a = np.zeros((2, 4, 4, 3), np.uint8)
+    b = a.copy()
+    b[:, 0, 0] = 255  # one wrong pixel per image, outside the mask below
+    mask = np.ones((2, 4, 4), bool)
+    assert psnr(a, b) == pytest.approx(10 * np.log10(16))
+    mask[:, 0, 0] = False
+    assert psnr(a, b, mask) == float("inf")
+
+
 def test_tensor_helpers_are_in_range():
     x, caps = world.image_batch(0, 0, 3)
     assert x.shape == (3, 3, world.SIZE, world.SIZE) and len(caps) == 3
@@ -104,7 +177,6 @@ def test_tokenizer_loads_as_clip_with_one_token_per_word(tmp_path):
     assert toks[1:16] == [w + "</w>" for w in cap.replace(",", " ,").split()]
 
 
-@pytest.mark.skipif(not (MODEL / "model_index.json").exists(), reason="data/shapes-model/ not trained yet")
 def test_shipped_model_has_the_sd_layout_and_loads():
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
@@ -127,8 +199,6 @@ def test_demo_config_validates_against_the_shipped_model():
     from reatco.runner import EditRunner
 
     root = Path(__file__).resolve().parent.parent
-    if not (root / "data" / "shapes-model" / "model_index.json").exists():
-        pytest.skip("data/shapes-model/ not trained yet")
     cfg = load_config(root / "configs" / "shapes.yaml")
     runner = EditRunner(cfg, progress=False)
     (edit,) = runner.prepare()

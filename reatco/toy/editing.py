@@ -1,0 +1,129 @@
+"""Editing cases of the shapes world and their exact scores (placement, relations, invariant region).
+
+A case is a source video of two moving shapes and an edit that turns them into two *other*
+objects — new colours (the two the source does not use, so the detector cannot mistake a source
+object for an edited one) and random shapes — with one region per edited object that follows one
+source object's exact per-frame box. The edit prompt names the objects in region order, so the
+model cannot satisfy it by just recolouring each source object after its own shape: only
+attention control decides which new object lands in which region.
+
+    case = make_edit_case(seed, index)
+    frames = pipe(case.prompt, video=case.video_tensor(), objects=case.objects(), ...)
+    placement_scores(frames_uint8, case), invariant_psnr(frames_uint8, case)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import world
+from .detector import detect
+
+
+@dataclass
+class EditCase:
+    source: world.Sample
+    targets: list[tuple[str, str]]  # (colour, shape) of edited object j, placed in region j
+    prompt: str
+
+    @property
+    def words(self) -> list[str]:
+        return [f"{c} {s}" for c, s in self.targets]
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(J, F, 4) int pixel boxes x1, y1, x2, y2 (exclusive): region j follows source object j."""
+        return self.source.boxes
+
+    def objects(self) -> list[dict]:
+        """The pipeline's `objects`: one word and per-frame boxes per edited object."""
+        return [
+            {"word": w, "boxes": {f: [int(v) for v in self.boxes[j, f]] for f in range(self.boxes.shape[1])}}
+            for j, w in enumerate(self.words)
+        ]
+
+    def video_tensor(self):
+        """(F, 3, H, W) float in [-1, 1]."""
+        return world.to_tensor(self.source.frames)
+
+    def outside_mask(self) -> np.ndarray:
+        """(F, H, W) bool: pixels outside every region box — the invariant region."""
+        n_f, h, w = self.source.frames.shape[:3]
+        inside = np.zeros((n_f, h, w), bool)
+        for j in range(self.boxes.shape[0]):
+            for f in range(n_f):
+                x1, y1, x2, y2 = self.boxes[j, f]
+                inside[f, y1:y2, x1:x2] = True
+        return ~inside
+
+
+def make_edit_case(seed: int, index: int, n_frames: int = 8) -> EditCase:
+    """Deterministic case `index` of the benchmark seeded by `seed`."""
+    rng = np.random.default_rng([seed, index, 77])
+    for attempt in range(100):
+        try:
+            source = world.make_video(seed, index * 1000 + attempt, n_frames=n_frames, n_objects=2)
+            break
+        except ValueError:  # no non-overlapping paths for these shapes: draw another video
+            continue
+    else:  # pragma: no cover - 100 failures in a row do not happen with the world's sizes
+        raise RuntimeError(f"no two-object video found for case {index}")
+    free = [c for c in world.COLORS if c not in {s.color for s in source.shapes}]
+    rng.shuffle(free)
+    targets = [(str(free[j]), str(rng.choice(world.SHAPES))) for j in range(2)]
+    prompt = f"a {targets[0][0]} {targets[0][1]} and a {targets[1][0]} {targets[1][1]} on a {source.background_name} background"
+    return EditCase(source, targets, prompt)
+
+
+def relation(a: tuple[float, float], b: tuple[float, float]) -> str:
+    """Where b is relative to a along the dominant axis: left / right / above / below."""
+    dx, dy = b[0] - a[0], b[1] - a[1]
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "below" if dy > 0 else "above"
+
+
+def placement_scores(frames: np.ndarray, case: EditCase) -> dict:
+    """Per frame: is every edited object found with its blob's centroid inside its own region box?
+    And does the relation of the two found objects (VISOR's left/right/above/below) match the
+    relation of their regions? frames (F, H, W, 3) uint8. Returns the fractions of frames and the
+    per-frame details."""
+    colours = [c for c, _ in case.targets]
+    per_frame = []
+    for f, image in enumerate(frames):
+        found = detect(image, colours)
+        objects = []
+        for j, colour in enumerate(colours):
+            d = found[colour]
+            x1, y1, x2, y2 = (int(v) for v in case.boxes[j, f])
+            inside = bool(d.found and x1 <= d.centroid[0] <= x2 and y1 <= d.centroid[1] <= y2)
+            objects.append({"found": d.found, "centroid": d.centroid, "inside": inside, "shape": d.shape})
+        centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in case.boxes[:, f].tolist()]
+        wanted = relation(centres[0], centres[1])
+        got = relation(objects[0]["centroid"], objects[1]["centroid"]) if all(o["found"] for o in objects) else None
+        per_frame.append({"placed": all(o["inside"] for o in objects), "relation": got == wanted,
+                          "shapes": all(o["shape"] == s for o, (_, s) in zip(objects, case.targets)), "objects": objects})
+    n = max(1, len(per_frame))
+    return {
+        "placement": sum(p["placed"] for p in per_frame) / n,
+        "relation": sum(p["relation"] for p in per_frame) / n,
+        "shapes": sum(p["shapes"] for p in per_frame) / n,
+        "frames": per_frame,
+    }
+
+
+def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """PSNR in dB of uint8 images over the pixels where `mask` (…, H, W) is true (all if None)."""
+    diff = (a.astype(np.float64) - b.astype(np.float64)) ** 2
+    if mask is not None:
+        diff = diff[np.broadcast_to(mask[..., None], diff.shape)]
+    mse = float(diff.mean()) if diff.size else 0.0
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
+def invariant_psnr(frames: np.ndarray, case: EditCase) -> float:
+    """PSNR of the edited frames against the source outside every region (the invariant region)."""
+    return psnr(frames, case.source.frames, case.outside_mask())
