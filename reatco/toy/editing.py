@@ -115,6 +115,22 @@ def placement_scores(frames: np.ndarray, case: EditCase) -> dict:
     }
 
 
+def region_attention_mass(maps, case: EditCase) -> float:
+    """Mean over objects and frames of the fraction of word j's attention map (J, F, h, w), as
+    the pipeline returns it, that lies in region j's cells (the cells RAD pulls the word into)."""
+    from ..regions import parse_region
+
+    n_j, n_f, h, w = maps.shape
+    cell = case.source.frames.shape[1] // h
+    fractions = []
+    for j, obj in enumerate(case.objects()[:n_j]):
+        cover = parse_region(obj, n_f, h * cell, w * cell, cell).masks(n_f, h, w)  # (F, h, w)
+        m = maps[j].float()
+        inside = (m * cover).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1e-12)
+        fractions.append(float(inside.mean()))
+    return float(np.mean(fractions))
+
+
 def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
     """PSNR in dB of uint8 images over the pixels where `mask` (…, H, W) is true (all if None)."""
     diff = (a.astype(np.float64) - b.astype(np.float64)) ** 2
