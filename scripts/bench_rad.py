@@ -50,10 +50,7 @@ from reatco.attention_maps import AttentionStore, RADForwardComplete, record_cro
 from reatco.models import TuneAVideoUNet, rad_attention_layers  # noqa: E402
 from reatco.pipeline import ReAtCoPipeline, _frozen_parameters, _gradient_checkpointing  # noqa: E402
 
-try:  # the RAD settings dataclass (config schema)
-    from reatco.config import RADConfig as RADSettings  # noqa: E402
-except ImportError:  # older layout
-    from reatco.pipeline import RADSettings  # noqa: E402
+from reatco.config import RADConfig  # noqa: E402
 
 # Stable Diffusion v1.4's unet/config.json (CompVis/stable-diffusion-v1-4), written out.
 SD14_UNET_CONFIG = dict(
@@ -248,7 +245,7 @@ def run_worker(args, variant: str) -> dict:
     unet, vae_factor = build_unet(args)
     host = _Host(unet)
     layers = rad_attention_layers(unet, vae_factor, args.cell_px)
-    rad = RADSettings(refinement_thresholds={}, early_stop=variant != "official", gradient_checkpointing=variant == "fast_ckpt")
+    rad = RADConfig(refinement_thresholds={}, early_stop=variant != "official", gradient_checkpointing=variant == "fast_ckpt")
     n_text_tokens = 77 - 2
     out = {"variant": variant, "layers": layers, "n_parameters": sum(p.numel() for p in unet.parameters()), "by_frames": {}}
     gc.collect()
