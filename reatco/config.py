@@ -130,6 +130,10 @@ class RADConfig:
     # | share (attention / its sum over the kept tokens; for models whose EOT/padding sink holds
     # nearly all attention, where the softmax of the tiny rest is flat).
     token_normalization: str = "softmax"
+    # How a word of several tokens combines their maps: sum (the word's share of the text
+    # attention, ≤ 1 like a single token's) | mean (at most 1/k for k tokens, so the refinement
+    # thresholds 0.5 and 0.8 are out of reach of a phrase or a split word).
+    word_tokens: str = "sum"
     # 3-D Gaussian smoothing of the word maps over frames × h × w.
     smoothing: bool = True
     smoothing_kernel: int = 3
@@ -573,6 +577,7 @@ _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
 _REFINEMENT_LOSSES = ("full", "max_inner")
 _TOKEN_NORMALIZATIONS = ("softmax", "share")
+_WORD_TOKENS = ("mean", "sum")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -608,6 +613,7 @@ def _validate_rad(rad: RADConfig, steps: int, p: str) -> None:
     _at_least(rad.max_refinement_iters, 0, f"{p}.max_refinement_iters")
     _choice(rad.refinement_loss, _REFINEMENT_LOSSES, f"{p}.refinement_loss")
     _choice(rad.token_normalization, _TOKEN_NORMALIZATIONS, f"{p}.token_normalization")
+    _choice(rad.word_tokens, _WORD_TOKENS, f"{p}.word_tokens")
 
 
 def _validate_irjs(irjs: IRJSConfig, p: str) -> None:

@@ -185,7 +185,7 @@ class ReAtCoPipeline(DiffusionPipeline):
     def _word_maps(maps, token_indices, rad: RADConfig, n_text_tokens) -> torch.Tensor:
         """Recorded maps (F, h, w, L) → per-word attention (J, F, h, w), as RAD reads it."""
         text = rad_ops.text_attention(maps, n_text_tokens, temperature=rad.temperature, normalization=rad.token_normalization)
-        word_maps = torch.stack([rad_ops.word_attention(text, idx) for idx in token_indices])
+        word_maps = torch.stack([rad_ops.word_attention(text, idx, reduction=rad.word_tokens) for idx in token_indices])
         if rad.smoothing:
             word_maps = torch.stack(
                 [rad_ops.gaussian_smooth_3d(m, kernel=rad.smoothing_kernel, sigma=rad.smoothing_sigma) for m in word_maps]

@@ -46,12 +46,16 @@ def text_attention(maps: torch.Tensor, n_text_tokens: int | None = None, tempera
     raise ConfigError("rad.token_normalization", f"must be softmax or share, got {normalization!r}")
 
 
-def word_attention(text_attn: torch.Tensor, token_indices: Sequence[int]) -> torch.Tensor:
+def word_attention(text_attn: torch.Tensor, token_indices: Sequence[int], reduction: str = "sum") -> torch.Tensor:
     """(..., n) text attention → (...) map of one word, given its tokenizer indices (SOT = 0).
 
-    A word split into several sub-tokens gets the mean of their maps: it stays on the scale of a
-    single token's map, so the official thresholds (0.05 / 0.5 / 0.8) keep their meaning, and the
-    word only reaches a high score where all of its sub-tokens attend."""
+    A word of several tokens (sub-tokens, or a phrase such as "green circle") combines their maps:
+      * "mean": high only where all of its tokens attend. The tokens compete for one cell's
+        attention (both normalizations sum to 1 over the tokens), so the mean of k tokens never
+        exceeds 1/k and thresholds above it (the official 0.5 and 0.8) can never be met;
+      * "sum": the word's share of the cell's text attention, on the same [0, 1] scale as a
+        single token's map, so the official thresholds keep their meaning for any k.
+    Both equal the token's own map for a one-token word."""
     n = text_attn.shape[-1]
     indices = list(token_indices)
     if not indices:
@@ -60,7 +64,12 @@ def word_attention(text_attn: torch.Tensor, token_indices: Sequence[int]) -> tor
     if bad:
         raise ValueError(f"token indices {bad} are outside 1…{n} (SOT = 0 is never a word; the map holds tokens 1…{n})")
     columns = torch.tensor([int(i) - 1 for i in indices], device=text_attn.device)
-    return text_attn.index_select(-1, columns).mean(dim=-1)
+    picked = text_attn.index_select(-1, columns)
+    if reduction == "mean":
+        return picked.mean(dim=-1)
+    if reduction == "sum":
+        return picked.sum(dim=-1)
+    raise ConfigError("rad.word_tokens", f"must be mean or sum, got {reduction!r}")
 
 
 # ----------------------------------------------------------------------------- smoothing

@@ -174,13 +174,14 @@ def word_token_indices(tokenizer, prompt: str, word: str, occurrence: int | None
 
 def describe_tokens(tokenizer, prompt: str, word: str, indices: list[int]) -> str:
     """One log line: which tokens a word maps to, e.g. "'goldfish' → token 5 (goldfish)" or, for a
-    word split into sub-tokens, "'sdfwerqu' → tokens [2, 3, 4, 5] (sd+ f+ wer+ qu), attention averaged"."""
+    word split into sub-tokens, "'sdfwerqu' → tokens [2, 3, 4, 5] (sd+ f+ wer+ qu), one map from all of them
+    (rad.word_tokens)"."""
     tokens = tokenizer.convert_ids_to_tokens(_prompt_ids(tokenizer, prompt))
     word_end = _uses_word_end(tokens)
     shown = " ".join(_display(tokens[i], word_end) for i in indices)
     if len(indices) == 1:
         return f"{word!r} → token {indices[0]} ({shown})"
-    return f"{word!r} → tokens {indices} ({shown}), attention averaged over them"
+    return f"{word!r} → tokens {indices} ({shown}), one map from all of them (rad.word_tokens)"
 
 
 def _attr(obj, name, default=None):

@@ -202,6 +202,7 @@ def test_wrong_types_name_the_field(cfg_dict, override, field):
     ("rad.refinement_thresholds={50: 0.5}", "rad.refinement_thresholds.50", "[0, 50)"),
     ("rad.refinement_loss=mean", "rad.refinement_loss", "full, max_inner"),
     ("rad.token_normalization=sum", "rad.token_normalization", "softmax, share"),
+    ("rad.word_tokens=max", "rad.word_tokens", "mean, sum"),
     ("irjs.placement=after", "irjs.placement", "before_step, after_step"),
     ("irjs.source=random", "irjs.source", "noise, inversion"),
     ("window.size=0", "window.size", "≥ 1"),

@@ -175,6 +175,17 @@ def test_rad_records_losses_and_attention(pipe, cell):
     assert plain.attention_maps.shape == out.attention_maps.shape  # observed on the CFG pass
 
 
+def test_rad_reads_a_phrase_as_the_sum_of_its_tokens_unless_told_mean(pipe, cell):
+    _, _, indices = pipe.prepare_objects(PROMPT, [{"word": "a cat", "box": [0, 0, 16, 16]}], N_FRAMES, SIZE, SIZE, cell)
+    assert indices == [[1, 2]]
+    maps = torch.rand(N_FRAMES, 2, 2, pipe.tokenizer.model_max_length, generator=torch.Generator().manual_seed(0))
+    n_text = len(pipe.tokenizer(PROMPT).input_ids) - 2
+    summed = pipe._word_maps(maps, indices, RADConfig(normalize_eot=True), n_text)
+    averaged = pipe._word_maps(maps, indices, RADConfig(normalize_eot=True, word_tokens="mean"), n_text)
+    torch.testing.assert_close(summed, 2 * averaged)  # smoothing is linear
+    assert float(summed.max()) <= 1 + 1e-6 and float(averaged.max()) <= 0.5 + 1e-6
+
+
 def test_vae_slicing_keeps_the_frames(pipe, cell):
     whole = _run(pipe, cell, output_type="pt", rad={"enabled": False}).frames
     pipe.enable_vae_slicing()

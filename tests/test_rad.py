@@ -42,14 +42,25 @@ def test_share_normalization_is_each_tokens_part_of_the_text_attention():
     with pytest.raises(ConfigError, match="token_normalization"):
         rad.text_attention(maps, 2, normalization="sum")
 
-def test_word_attention_uses_tokenizer_indices_and_averages_sub_tokens():
+def test_word_attention_uses_tokenizer_indices_and_combines_sub_tokens():
     text = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # (…, n = 4): tokens 1…4
     assert torch.equal(rad.word_attention(text, [1]), text[..., 0])
-    assert torch.equal(rad.word_attention(text, [3]), text[..., 2])
-    assert torch.equal(rad.word_attention(text, [2, 3, 4]), (text[..., 1] + text[..., 2] + text[..., 3]) / 3)
+    assert torch.equal(rad.word_attention(text, [3], reduction="mean"), text[..., 2])
+    assert torch.equal(rad.word_attention(text, [2, 3, 4], reduction="mean"), (text[..., 1] + text[..., 2] + text[..., 3]) / 3)
+    assert torch.equal(rad.word_attention(text, [2, 3, 4], reduction="sum"), text[..., 1] + text[..., 2] + text[..., 3])
     for bad in ([0], [5], []):
         with pytest.raises(ValueError):
             rad.word_attention(text, bad)
+    with pytest.raises(ConfigError, match="word_tokens"):
+        rad.word_attention(text, [1, 2], reduction="max")
+
+
+def test_a_two_token_word_can_reach_the_refinement_thresholds_only_as_a_sum():
+    # a cell whose text attention goes entirely to the word's two tokens, split evenly
+    text = rad.text_attention(torch.tensor([[0.0, 0.3, 0.3, 0.0, 0.4]]), n_text_tokens=3, normalization="share")
+    mean, total = rad.word_attention(text, [1, 2], reduction="mean"), rad.word_attention(text, [1, 2])
+    assert float(mean) == pytest.approx(0.5) and float(total) == pytest.approx(1.0)
+    assert rad.needs_refinement(1 - mean, 0.8) and not rad.needs_refinement(1 - total, 0.8)
 
 
 # ----------------------------------------------------------------------------- smoothing

@@ -51,10 +51,10 @@ def test_multi_token_word_uses_every_sub_token_and_says_so(tok, caplog):
     assert idx == list(range(2, 2 + len(sub)))
     assert word_token_indices(tok, prompt, "cat") == [2 + len(sub) + 2]
     line = describe_tokens(tok, prompt, "sdfwerqu", idx)
-    assert str(idx) in line and "averaged" in line
+    assert str(idx) in line and "rad.word_tokens" in line
     with caplog.at_level(logging.INFO, logger="reatco.tokens"):
         resolve_objects_tokens(tok, prompt, [{"word": "sdfwerqu"}])
-    assert "averaged" in caplog.text
+    assert "rad.word_tokens" in caplog.text
 
 
 def test_phrase_maps_to_consecutive_tokens(tok):
