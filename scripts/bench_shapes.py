@@ -1,4 +1,5 @@
-"""Quality gates of the shapes-world model that need no editing pipeline.
+"""Quality gates of the shapes-world model (the first three need no editing pipeline) and of
+editing with it.
 
   vae          reconstruction PSNR on held-out images (gate ≥ 30 dB)
   text2image   DDIM + CFG samples for held-out captions; the detector checks that every requested
@@ -188,7 +189,8 @@ def edit_gate(args, _pipe) -> dict:
 
     from reatco.config import load_config
     from reatco.pipeline import ReAtCoPipeline
-    from reatco.toy.editing import invariant_psnr, make_edit_case, psnr, region_attention_mass
+    from reatco.metrics.fidelity import masked_psnr as psnr
+    from reatco.toy.editing import invariant_psnr, make_edit_case, placement_scores, region_attention_mass
     from reatco.tuning import tune_unet
 
     cfg = load_config(args.config, args.set)
@@ -248,12 +250,6 @@ def edit_gate(args, _pipe) -> dict:
     }
 
 
-def placement_scores(frames, case):
-    from reatco.toy.editing import placement_scores as score
-
-    return score(frames, case)
-
-
 def _save_edit(path: Path, case, frames: np.ndarray):
     """Source row over edited row, region boxes drawn on the edit."""
     from PIL import Image, ImageDraw
@@ -304,7 +300,7 @@ def markdown(results: dict) -> str:
     return "\n".join(rows)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="data/shapes-model")
     p.add_argument("--out", default="outputs/bench_shapes.json")
@@ -325,7 +321,7 @@ def main():
     p.add_argument("--edit_frames", type=int, default=8)
     p.add_argument("--edit_tune_steps", type=int, default=None, help="editing: override tune.steps (0 = no tuning)")
     p.add_argument("--save_edits", default=None, help="folder for source|edit strips of every case and run")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_pipe(args.model)
     results = dict(model=args.model, seed=args.seed)

@@ -10,7 +10,8 @@ import torch
 
 from reatco.config import IRJSConfig, RADConfig
 from reatco.pipeline import ReAtCoPipeline
-from reatco.toy.editing import make_edit_case, placement_scores, psnr, region_attention_mass
+from reatco.metrics.fidelity import masked_psnr as psnr
+from reatco.toy.editing import make_edit_case, placement_scores, region_attention_mass
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "shapes-model"
 STEPS = 20

@@ -9,7 +9,8 @@ import pytest
 
 from reatco.toy import world
 from reatco.toy.detector import detect, detect_present, shape_of_blob
-from reatco.toy.editing import invariant_psnr, make_edit_case, placement_scores, psnr, relation
+from reatco.metrics.fidelity import masked_psnr
+from reatco.toy.editing import invariant_psnr, make_edit_case, placement_scores, relation
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "shapes-model"
 
@@ -154,9 +155,9 @@ def test_relation_and_psnr():
     b = a.copy()
     b[:, 0, 0] = 255  # one wrong pixel per image, outside the mask below
     mask = np.ones((2, 4, 4), bool)
-    assert psnr(a, b) == pytest.approx(10 * np.log10(16))
+    assert masked_psnr(a, b) == pytest.approx(10 * np.log10(16))
     mask[:, 0, 0] = False
-    assert psnr(a, b, mask) == float("inf")
+    assert masked_psnr(a, b, mask) == float("inf")
 
 
 def test_tensor_helpers_are_in_range():

@@ -10,15 +10,17 @@ attention control decides which new object lands in which region.
     case = make_edit_case(seed, index)
     frames = pipe(case.prompt, video=case.video_tensor(), objects=case.objects(), ...)
     placement_scores(frames_uint8, case), invariant_psnr(frames_uint8, case)
+
+PSNR is the evaluation's own (`reatco.metrics.fidelity.masked_psnr`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..metrics.fidelity import masked_psnr
 from . import world
 from .detector import detect
 
@@ -131,15 +133,6 @@ def region_attention_mass(maps, case: EditCase) -> float:
     return float(np.mean(fractions))
 
 
-def psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None = None) -> float:
-    """PSNR in dB of uint8 images over the pixels where `mask` (…, H, W) is true (all if None)."""
-    diff = (a.astype(np.float64) - b.astype(np.float64)) ** 2
-    if mask is not None:
-        diff = diff[np.broadcast_to(mask[..., None], diff.shape)]
-    mse = float(diff.mean()) if diff.size else 0.0
-    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
 def invariant_psnr(frames: np.ndarray, case: EditCase) -> float:
     """PSNR of the edited frames against the source outside every region (the invariant region)."""
-    return psnr(frames, case.source.frames, case.outside_mask())
+    return masked_psnr(frames, case.source.frames, case.outside_mask())

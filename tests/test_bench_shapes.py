@@ -1,0 +1,41 @@
+"""scripts/bench_shapes.py on the shipped shapes model, shrunk to seconds: every gate runs end to
+end and writes its keys (the full numbers are in the README, from the full run)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "bench_shapes.py"
+
+
+def test_every_section_runs_and_reports(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_shapes", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()  # the script sets its own (--threads)
+    try:
+        bench.main([
+            "--model", str(ROOT / "data" / "shapes-model"), "--config", str(ROOT / "configs" / "shapes.yaml"),
+            "--threads", str(threads), "--sections", "vae,text2image,attention,editing",
+            "--n_vae", "4", "--n", "2", "--n_attn", "2", "--steps", "3", "--batch", "2",
+            "--edit_cases", "1", "--edit_frames", "2", "--edit_tune_steps", "0",
+            "--set", "sampling.steps=4", "--set", "rad.refinement_thresholds={}", "--set", "rad.max_update_steps=2",
+            "--save_edits", str(tmp_path / "edits"), "--out", str(out),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    report = json.loads(out.read_text())
+    assert report["vae"]["psnr_mean"] > 28  # the shipped VAE: 31 dB on held-out images
+    assert report["text2image"]["n"] == 2 and 0 <= report["text2image"]["accuracy"] <= 1
+    assert 0 < report["attention"]["box_share"] < report["attention"]["mass_in_box"] <= 1
+    edit = report["editing"]
+    assert edit["n_cases"] == 1 and len(edit["cases"]) == 1
+    for run in ("rad_irjs", "no_rad", "no_irjs"):
+        assert {"placement", "relation", "shapes", "invariant_psnr", "attention_in_regions"} <= set(edit[run])
+        assert (tmp_path / "edits" / f"case00_{run}.png").exists()
+    # IRJS keeps what lies outside the regions; without it the background is redrawn
+    assert edit["rad_irjs"]["invariant_psnr"] > edit["no_irjs"]["invariant_psnr"] + 5
