@@ -135,9 +135,7 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
 
     unet = components["unet"]
     if not isinstance(unet, TuneAVideoUNet):
-        with torch.random.fork_rng(devices=[]):  # seeded temporal init, global RNG untouched
-            torch.manual_seed(s.seed)
-            unet = TuneAVideoUNet.from_unet2d(unet)
+        unet = TuneAVideoUNet.from_unet2d(unet)  # temporal init from a fixed seed (reset_temporal_parameters)
     unet = _to(unet, device, torch.float32).train()  # trained in fp32; autocast does the mixed part
     trainable = select_trainable(unet, list(s.trainable_modules))
     use_ckpt = bool(s.gradient_checkpointing and on_gpu)

@@ -35,7 +35,11 @@ def test_every_section_runs_and_reports(tmp_path):
     edit = report["editing"]
     assert edit["n_cases"] == 1 and len(edit["cases"]) == 1
     for run in ("rad_irjs", "no_rad", "no_irjs"):
-        assert {"placement", "relation", "shapes", "invariant_psnr", "attention_in_regions"} <= set(edit[run])
+        assert {"placement", "relation", "shapes", "invariant_psnr", "attention_in_regions",
+                "kept_cells_psnr", "cut_cells_psnr", "cut_cells_share"} <= set(edit[run])
         assert (tmp_path / "edits" / f"case00_{run}.png").exists()
     # IRJS keeps what lies outside the regions; without it the background is redrawn
     assert edit["rad_irjs"]["invariant_psnr"] > edit["no_irjs"]["invariant_psnr"] + 5
+    # … and what it keeps is the source's latent: there the edit is about as close as the round trip
+    assert edit["rad_irjs"]["kept_cells_psnr"] > edit["vae_roundtrip_kept_cells_psnr"] - 6
+    assert 0 < edit["rad_irjs"]["cut_cells_share"] < 0.2

@@ -142,6 +142,16 @@ def test_2d_folder_is_inflated_and_hub_kwargs_are_accepted(unet2d, tmp_path):
         TuneAVideoUNet.from_pretrained(tmp_path / "sd")
 
 
+def test_inflation_is_the_same_every_time_and_leaves_the_global_generator_alone(unet2d):
+    torch.manual_seed(1)
+    first = TuneAVideoUNet.from_unet2d(unet2d).state_dict()
+    state = torch.random.get_rng_state()
+    second = TuneAVideoUNet.from_unet2d(unet2d).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(".attn_temp.to_q." in k and first[k].any() for k in first)  # a real (non-zero) init
+
+
 def test_diffusers_pipeline_loader_and_saver_accept_it(tmp_path):
     from diffusers import DiffusionPipeline
 

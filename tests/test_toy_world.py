@@ -10,7 +10,7 @@ import pytest
 from reatco.toy import world
 from reatco.toy.detector import detect, detect_present, shape_of_blob
 from reatco.metrics.fidelity import masked_psnr
-from reatco.toy.editing import invariant_psnr, make_edit_case, placement_scores, relation
+from reatco.toy.editing import invariant_breakdown, invariant_psnr, make_edit_case, placement_scores, relation
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "shapes-model"
 
@@ -134,6 +134,32 @@ def _paint(case, swap: bool = False) -> np.ndarray:
             cx, cy = case.source.centers[k, f]
             frames[f][world.shape_mask(shape, cx, cy, 0.7 * case.source.shapes[k].radius)] = world.COLORS[colour]
     return frames
+
+
+def test_edited_cells_are_the_pipelines_irjs_mask_and_the_breakdown_splits_the_error():
+    import torch
+
+    from reatco import irjs
+    from reatco.regions import object_masks, parse_region
+
+    case = make_edit_case(2, 0)
+    edited = case.edited_cells(16)
+    regions = [parse_region(o, 8, 64, 64, 8) for o in case.objects()]
+    reference = irjs.latent_region_mask(object_masks(regions, 8, 16, 16), 16, 16)[0, 0]  # what the pipeline blends with
+    assert torch.equal(torch.from_numpy(edited[:, ::4, ::4]).float(), reference)
+    assert (edited[:, ::4, ::4].repeat(4, 1).repeat(4, 2) == edited).all()  # whole 4×4-pixel cells
+    outside = case.outside_mask()
+    cut = outside & edited
+    assert cut.any() and (outside & ~edited).any()  # tight boxes are not on the 4 px grid
+    # change only the pixels of the cut cells that lie outside the boxes: the kept part stays exact
+    frames = case.source.frames.copy()
+    frames[cut] = 255 - frames[cut]
+    split = invariant_breakdown(frames, case, 16)
+    assert split["kept_cells_psnr"] == float("inf") and split["cut_cells_psnr"] < 20
+    assert split["cut_cells_share"] == pytest.approx(cut.sum() / outside.sum())
+    assert invariant_psnr(frames, case) > split["cut_cells_psnr"]  # the same error over more pixels
+    with pytest.raises(ValueError, match="latent cells"):
+        case.edited_cells(24)
 
 
 def test_placement_scores_an_ideal_edit_one_and_a_swapped_edit_zero():

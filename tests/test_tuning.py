@@ -65,6 +65,20 @@ def test_tuning_is_seeded(tuned):
     assert again == result.losses[:2]
 
 
+def test_tuning_an_inflated_unet_repeats_exactly_whatever_the_global_random_state(tmp_path):
+    """The pipeline loads an image UNet already inflated (TuneAVideoUNet.from_pretrained); its
+    temporal init must not come from whatever the global generator holds at load time."""
+    tiny_unet2d().save_pretrained(tmp_path / "unet")
+    settings = TuneSettings(steps=2, learning_rate=1e-3, seed=0)
+    tuned = []
+    for global_seed in (1, 2):
+        components = tiny_sd_components()  # (seeds the global generator itself)
+        torch.manual_seed(global_seed)
+        components["unet"] = TuneAVideoUNet.from_pretrained(tmp_path / "unet")
+        tuned.append(tune_unet(components, _video(), PROMPT, settings, progress=False).unet.state_dict())
+    assert all(torch.equal(tuned[0][k], tuned[1][k]) for k in tuned[0])
+
+
 def test_trainable_selection_by_suffix():
     unet = TuneAVideoUNet.from_unet2d(tiny_unet2d())
     names = select_trainable(unet, ["attn1.to_q", "attn_temp"])

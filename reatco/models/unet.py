@@ -55,10 +55,17 @@ class TuneAVideoUNet(UNet2DConditionModel):
     def temporal_blocks(self) -> list[TemporalTransformerBlock]:
         return [m for m in self.modules() if isinstance(m, TemporalTransformerBlock)]
 
-    def reset_temporal_parameters(self) -> None:
-        """Temporal modules as on inflation: default init, zero output projection (weight and bias)."""
-        for block in self.temporal_blocks():
-            block.reset_temporal_parameters()
+    def reset_temporal_parameters(self, seed: int = 0) -> None:
+        """Temporal modules as on inflation: default init, zero output projection (weight and bias).
+
+        The init is drawn from `seed`, not from the caller's random state (which it leaves as it
+        was): inflating an image UNet, however it is loaded, gives the same model every time, so
+        tuning runs repeat exactly."""
+        cuda = sorted({p.device.index or 0 for p in self.parameters() if p.device.type == "cuda"})
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed)
+            for block in self.temporal_blocks():
+                block.reset_temporal_parameters()
 
     # ------------------------------------------------------------------------- processors
 

@@ -61,6 +61,19 @@ class EditCase:
                 inside[f, y1:y2, x1:x2] = True
         return ~inside
 
+    def edited_cells(self, latent_size: int) -> np.ndarray:
+        """(F, H, W) bool: the pixels of the latent cells IRJS leaves to the model — the regions on
+        the `latent_size`² latent grid by the pipeline's own rule (a cell belongs to a box it is at
+        least half covered by). Outside the boxes these are the pixels IRJS cannot keep."""
+        from ..regions import object_masks, parse_region
+
+        n_f, h, w = self.source.frames.shape[:3]
+        if h % latent_size or w % latent_size:
+            raise ValueError(f"{h}×{w} frames are not a whole number of {latent_size}² latent cells")
+        regions = [parse_region(o, n_f, h, w, 1) for o in self.objects()]
+        cells = object_masks(regions, n_f, latent_size, latent_size).amax(0).numpy() > 0
+        return np.repeat(np.repeat(cells, h // latent_size, 1), w // latent_size, 2)
+
 
 def make_edit_case(seed: int, index: int, n_frames: int = 8) -> EditCase:
     """Deterministic case `index` of the benchmark seeded by `seed`."""
@@ -136,3 +149,16 @@ def region_attention_mass(maps, case: EditCase) -> float:
 def invariant_psnr(frames: np.ndarray, case: EditCase) -> float:
     """PSNR of the edited frames against the source outside every region (the invariant region)."""
     return masked_psnr(frames, case.source.frames, case.outside_mask())
+
+
+def invariant_breakdown(frames: np.ndarray, case: EditCase, latent_size: int) -> dict:
+    """Where the invariant region's error comes from under IRJS, which works on latent cells: the
+    part in cells kept from the source (error = the VAE's and what leaks across cell edges in
+    decoding) and the part in cells the regions' edges cut (left to the model). PSNR of each part
+    (nan when a part is empty) and the second part's share of the invariant pixels."""
+    outside, edited = case.outside_mask(), case.edited_cells(latent_size)
+    return {
+        "kept_cells_psnr": masked_psnr(frames, case.source.frames, outside & ~edited),
+        "cut_cells_psnr": masked_psnr(frames, case.source.frames, outside & edited),
+        "cut_cells_share": float((outside & edited).sum() / max(1, outside.sum())),
+    }
