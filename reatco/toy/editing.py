@@ -65,13 +65,15 @@ class EditCase:
         """(F, H, W) bool: the pixels of the latent cells IRJS leaves to the model — the regions on
         the `latent_size`² latent grid by the pipeline's own rule (a cell belongs to a box it is at
         least half covered by). Outside the boxes these are the pixels IRJS cannot keep."""
+        from ..irjs import latent_region_mask
         from ..regions import object_masks, parse_region
 
         n_f, h, w = self.source.frames.shape[:3]
         if h % latent_size or w % latent_size:
             raise ValueError(f"{h}×{w} frames are not a whole number of {latent_size}² latent cells")
         regions = [parse_region(o, n_f, h, w, 1) for o in self.objects()]
-        cells = object_masks(regions, n_f, latent_size, latent_size).amax(0).numpy() > 0
+        masks = object_masks(regions, n_f, latent_size, latent_size)
+        cells = latent_region_mask(masks, latent_size, latent_size)[0, 0].numpy() > 0  # the mask IRJS blends with
         return np.repeat(np.repeat(cells, h // latent_size, 1), w // latent_size, 2)
 
 
