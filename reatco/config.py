@@ -112,6 +112,11 @@ class SamplingConfig:
     # Seeds the VAE encoding, the IRJS noise and everything else random in an edit.
     seed: int = 33
     negative_prompt: str = ""
+    # Where the edit starts inside the regions: inversion (the paper: the DDIM-inverted source
+    # everywhere) | noise (fresh seeded noise in the regions' latent cells, the inverted source
+    # outside). The inverted latent keeps the source object's layout, which fights a new shape
+    # in the same place; noise leaves the regions to the prompt and RAD.
+    start_in_regions: str = "inversion"
 
 
 @dataclass
@@ -575,6 +580,7 @@ _DTYPES = ("auto", "float32", "float16", "bfloat16")
 _MIXED = ("auto", "no", "fp16", "bf16")
 _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
+_STARTS = ("inversion", "noise")
 _REFINEMENT_LOSSES = ("full", "max_inner")
 _TOKEN_NORMALIZATIONS = ("softmax", "share")
 _WORD_TOKENS = ("mean", "sum")
@@ -626,6 +632,7 @@ def _validate_sampling(s: SamplingConfig, p: str) -> None:
     _at_least(s.steps, 1, f"{p}.steps")
     _at_least(s.guidance_scale, 1.0, f"{p}.guidance_scale", " (1.0 = no guidance)")
     _at_least(s.seed, 0, f"{p}.seed")
+    _choice(s.start_in_regions, _STARTS, f"{p}.start_in_regions")
 
 
 def _validate_window(w: WindowConfig, p: str) -> None:

@@ -233,6 +233,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         source_latents: torch.Tensor | None = None,
         inversion_trajectory: torch.Tensor | None = None,
         inversion_prompt: str = "",
+        start_in_regions: str = "inversion",
         rad: RADConfig | dict | None = None,
         irjs: IRJSConfig | dict | None = None,
         window: WindowConfig | dict | None = None,
@@ -251,6 +252,10 @@ class ReAtCoPipeline(DiffusionPipeline):
         "mask": …, "occurrence": k}, or {"word": …, "region": reatco.regions.Region}. Without a video, pass
         `source_latents` (and optionally `inversion_trajectory`), or neither for plain text-to-video
         from `latents` / noise (then IRJS is unavailable).
+
+        start_in_regions: "inversion" starts from the inverted source everywhere (the paper);
+        "noise" re-draws the regions' latent cells as fresh noise from `generator`, so that the
+        source object's layout, kept by the inversion, does not fight a new shape in its place.
         """
         rad = _settings(RADConfig, rad)
         irjs = _settings(IRJSConfig, irjs)
@@ -259,6 +264,8 @@ class ReAtCoPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
         if irjs.placement not in ("before_step", "after_step") or irjs.source not in ("noise", "inversion"):
             raise ValueError("irjs.placement must be before_step|after_step and irjs.source noise|inversion")
+        if start_in_regions not in ("inversion", "noise"):
+            raise ValueError(f"start_in_regions must be inversion or noise, not {start_in_regions!r}")
         device = self._execution_device
         dtype = self.unet.dtype
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
@@ -311,6 +318,10 @@ class ReAtCoPipeline(DiffusionPipeline):
         elif irjs.enabled:
             # No region means nothing is marked editable: blending would return the source video.
             logger.warning("IRJS is enabled but no object has a region: IRJS is skipped for this edit")
+        if start_in_regions == "noise" and regions:
+            inside = irjs_ops.latent_region_mask(object_masks(regions, n_frames, *latent_hw), *latent_hw).to(device, dtype)
+            noise = torch.randn(latents.shape, generator=generator, device=torch.device("cpu")).to(device, dtype)
+            latents = irjs_ops.blend(noise, latents, inside)
 
         use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0
         n_prompt_tokens = len(self.tokenizer(prompt).input_ids)

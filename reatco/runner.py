@@ -225,6 +225,7 @@ class EditRunner:
             guidance_scale=cfg.sampling.guidance_scale,
             negative_prompt=cfg.sampling.negative_prompt,
             generator=generator,
+            start_in_regions=cfg.sampling.start_in_regions,
             rad=cfg.rad,
             irjs=cfg.irjs,
             window=cfg.window,

@@ -217,6 +217,8 @@ def test_wrong_types_name_the_field(cfg_dict, override, field):
     ("video.prompt=", "video.prompt", "describe"),
     ("tune.mixed_precision=fp8", "tune.mixed_precision", "bf16"),
     ("sampling.guidance_scale=0.5", "sampling.guidance_scale", "no guidance"),
+    ("sampling.start_in_regions=random", "sampling.start_in_regions", "inversion, noise"),
+    ("edits.0.sampling.start_in_regions=x", "edits[0].sampling.start_in_regions", "inversion, noise"),
     ("edits.0.name=../escape", "edits[0].name", "safe folder name"),
     ("edits.0.prompt=", "edits[0].prompt", "edited prompt"),
     ("edits.0.objects.0.word=", "edits[0].objects[0].word", "word"),

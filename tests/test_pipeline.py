@@ -156,6 +156,37 @@ def test_irjs_before_step_feeds_the_source_trajectory_outside_the_regions(pipe, 
         torch.testing.assert_close(x[1:][outside], trajectory[4 - i][outside])
 
 
+def _first_unet_input(pipe, cell, **kwargs):
+    seen = []
+    hook = pipe.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(args[0][1:].clone()) if not seen else None, with_kwargs=True)
+    try:
+        _run(pipe, cell, video=None, rad={"enabled": False}, irjs={"enabled": False}, **kwargs)
+    finally:
+        hook.remove()
+    return seen[0]
+
+
+def test_start_in_regions_noise_redraws_only_the_regions_cells(pipe, cell):
+    source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
+    trajectory = pipe.invert(source, "", 4)
+    common = dict(source_latents=source, inversion_trajectory=trajectory)
+    from reatco.regions import object_masks
+    from reatco.irjs import latent_region_mask
+
+    _, regions, _ = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    lh = SIZE // pipe.vae_scale_factor
+    inside = latent_region_mask(object_masks(regions, N_FRAMES, lh, lh), lh, lh).bool().expand_as(source)
+    assert torch.equal(_first_unet_input(pipe, cell, **common), trajectory[-1])  # the paper's start
+    start = _first_unet_input(pipe, cell, start_in_regions="noise", **common)
+    assert torch.equal(start[~inside], trajectory[-1][~inside])
+    assert (start[inside] != trajectory[-1][inside]).all()
+    assert torch.equal(start, _first_unet_input(pipe, cell, start_in_regions="noise", **common))  # seeded
+    other = _first_unet_input(pipe, cell, start_in_regions="noise", generator=torch.Generator().manual_seed(8), **common)
+    assert not torch.equal(start[inside], other[inside])
+    with pytest.raises(ValueError, match="start_in_regions"):
+        _run(pipe, cell, start_in_regions="zeros")
+
+
 def test_window_covering_the_clip_equals_a_single_pass(pipe, cell):
     whole = _run(pipe, cell).frames
     windowed = _run(pipe, cell, window={"size": N_FRAMES, "stride": 1}).frames
