@@ -36,3 +36,24 @@ def attention_overlay(frames: np.ndarray, word_maps: torch.Tensor, words: list[s
             panel[f] = np.asarray(image)
         panels.append(panel)
     return np.concatenate(panels, axis=2)
+
+
+def region_strip(source: np.ndarray, edited: np.ndarray, boxes: np.ndarray, frame_px: int = 128) -> np.ndarray:
+    """The source frames over the edited frames, each frame resized (nearest) to `frame_px`, with
+    region j's box of every frame outlined on the edited row (white, black, then the palette).
+    source, edited (F, H, W, 3) uint8; boxes (J, F, 4) x1, y1, x2, y2 in source pixels (exclusive)."""
+    n_frames, height, width = source.shape[:3]
+    scale = frame_px / width
+    frame_h = round(height * scale)
+    colours = [(255, 255, 255), (0, 0, 0), (255, 0, 255), (0, 255, 255)]
+    rows = []
+    for images, draw_boxes in ((source, False), (edited, True)):
+        strip = Image.fromarray(np.concatenate(list(images), 1)).resize((n_frames * frame_px, frame_h), Image.NEAREST)
+        if draw_boxes:
+            draw = ImageDraw.Draw(strip)
+            for j in range(boxes.shape[0]):
+                for f in range(n_frames):
+                    x1, y1, x2, y2 = (float(v) * scale for v in boxes[j, f])
+                    draw.rectangle([x1 + f * frame_px, y1, x2 + f * frame_px - 1, y2 - 1], outline=colours[j % len(colours)])
+        rows.append(np.asarray(strip))
+    return np.concatenate(rows, 0)

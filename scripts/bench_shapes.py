@@ -14,7 +14,10 @@ editing with it.
                IRJS. Placement accuracy (gate ≥ 0.9 with RAD, and a clear margin over without),
                VISOR relation accuracy, attention mass inside the regions, and the invariant-region
                PSNR against the source (gate ≥ 35 dB with IRJS; the VAE round trip of the source
-               is printed beside it as the ceiling).
+               is printed beside it as the ceiling). The region boxes are the source objects'
+               boxes rounded out to the VAE's latent cells (--edit_box_grid), the finest grid on
+               which IRJS can keep the source; with tight boxes (--edit_box_grid 1) the part of
+               a cut cell outside its box is the model's, reported as its own row.
 
   python scripts/bench_shapes.py --model data/shapes-model --out outputs/bench_shapes.json
 """
@@ -202,9 +205,10 @@ def edit_gate(args, _pipe) -> dict:
     if tune is not None and args.edit_tune_steps is not None:
         tune = dataclasses.replace(tune, steps=args.edit_tune_steps)
     steps = cfg.sampling.steps
+    box_grid = args.edit_box_grid or pipe.vae_scale_factor
     rows = []
     for i in range(args.edit_cases):
-        case = make_edit_case(BENCH_OFFSET + args.seed, 40_000 + i, n_frames=args.edit_frames)
+        case = make_edit_case(BENCH_OFFSET + args.seed, 40_000 + i, n_frames=args.edit_frames, box_grid=box_grid)
         video = case.video_tensor()
         t0 = time.time()
         if tune is not None:  # every case starts from the shipped weights
@@ -223,6 +227,7 @@ def edit_gate(args, _pipe) -> dict:
             out = pipe(case.prompt, objects=case.objects(), source_latents=latents, inversion_trajectory=trajectory,
                        num_inference_steps=steps, guidance_scale=cfg.sampling.guidance_scale,
                        negative_prompt=cfg.sampling.negative_prompt, generator=torch.Generator().manual_seed(cfg.sampling.seed),
+                       start_in_regions=cfg.sampling.start_in_regions,
                        rad=dataclasses.replace(cfg.rad, enabled=use_rad), irjs=dataclasses.replace(cfg.irjs, enabled=use_irjs),
                        attention_cell_px=cfg.model.attention_cell_px, output_type="np", return_attention=True)
             frames = (out.frames * 255).round().astype(np.uint8)
@@ -240,7 +245,7 @@ def edit_gate(args, _pipe) -> dict:
         rows.append(row)
         print(f"[editing] case {i}: {case.prompt!r} " + " ".join(
             f"{n}: place {row[n]['placement']:.2f} psnr {row[n]['invariant_psnr']:.1f}" for n in EDIT_RUNS), flush=True)
-    summary = {name: {key: float(np.nanmean([r[name][key] for r in rows]))  # nan: a case without cut cells
+    summary = {name: {key: _mean_of_numbers([r[name][key] for r in rows])  # nan: a case without cut cells
                       for key in ("placement", "relation", "shapes", "invariant_psnr", "invariant_psnr_vs_roundtrip",
                                  "kept_cells_psnr", "cut_cells_psnr", "cut_cells_share", "attention_in_regions")}
                for name in EDIT_RUNS}
@@ -251,27 +256,25 @@ def edit_gate(args, _pipe) -> dict:
         "vae_roundtrip_kept_cells_psnr": float(np.mean([r["vae_roundtrip_kept_cells_psnr"] for r in rows])),
         "placement_gate": 0.9, "placement_passed": bool(with_rad >= 0.9 and with_rad - without >= 0.2),
         "invariant_gate_db": 35.0, "invariant_passed": bool(summary["rad_irjs"]["invariant_psnr"] >= 35.0),
-        "config": args.config, "tune_steps": tune.steps if tune is not None else 0, "n_cases": len(rows),
+        "config": args.config, "tune_steps": tune.steps if tune is not None else 0, "box_grid": box_grid, "n_cases": len(rows),
         "n_frames": args.edit_frames, "cases": rows,
     }
 
 
+def _mean_of_numbers(values: list[float]) -> float:
+    """Mean over the values that are not nan (nan if none is)."""
+    numbers = [v for v in values if not np.isnan(v)]
+    return float(np.mean(numbers)) if numbers else float("nan")
+
+
 def _save_edit(path: Path, case, frames: np.ndarray):
     """Source row over edited row, region boxes drawn on the edit."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    rows = []
-    for images, boxes in ((case.source.frames, None), (frames, case.boxes)):
-        strip = Image.fromarray(np.concatenate(list(images), 1)).resize((images.shape[0] * 128, 128), Image.NEAREST)
-        if boxes is not None:
-            draw = ImageDraw.Draw(strip)
-            for j, colour in enumerate(((255, 255, 255), (0, 0, 0))):
-                for f in range(images.shape[0]):
-                    x1, y1, x2, y2 = (int(v) * 2 for v in boxes[j, f])
-                    draw.rectangle([x1 + f * 128, y1, x2 + f * 128 - 1, y2 - 1], outline=colour)
-        rows.append(np.asarray(strip))
+    from reatco.visualize import region_strip
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, 0)).save(path)
+    Image.fromarray(region_strip(case.source.frames, frames, case.boxes)).save(path)
 
 
 SECTIONS = {"vae": vae_gate, "text2image": text2image_gate, "attention": attention_gate, "editing": edit_gate}
@@ -299,14 +302,16 @@ def markdown(results: dict) -> str:
         rows.append(f"| VISOR relation accuracy, RAD | {r['relation']:.2f} (without RAD {n['relation']:.2f}) | — | — |")
         rows.append(f"| attention mass in the regions, RAD | {r['attention_in_regions']:.2f} (without RAD "
                     f"{n['attention_in_regions']:.2f}) | — | — |")
-        rows.append(f"| invariant-region PSNR vs source, IRJS (dB) | {r['invariant_psnr']:.1f} (without IRJS {o['invariant_psnr']:.1f}; "
+        grid = f"boxes on the {e['box_grid']} px grid" if e.get("box_grid", 1) > 1 else "tight boxes"
+        rows.append(f"| invariant-region PSNR vs source, IRJS (dB; {grid}) | {r['invariant_psnr']:.1f} (without IRJS {o['invariant_psnr']:.1f}; "
                     f"VAE round trip {e['vae_roundtrip_invariant_psnr']:.1f}) | ≥ 35 | {'✅' if e['invariant_passed'] else '❌'} |")
         rows.append(f"| invariant-region PSNR vs the source's VAE round trip, IRJS (dB) | {r['invariant_psnr_vs_roundtrip']:.1f} "
                     f"(without IRJS {o['invariant_psnr_vs_roundtrip']:.1f}) | — | — |")
         rows.append(f"| … in the latent cells IRJS keeps, IRJS (dB) | {r['kept_cells_psnr']:.1f} (VAE round trip "
                     f"{e['vae_roundtrip_kept_cells_psnr']:.1f}) | — | — |")
-        rows.append(f"| … in the latent cells the box edges cut ({r['cut_cells_share']:.1%} of the invariant pixels), "
-                    f"IRJS (dB) | {r['cut_cells_psnr']:.1f} | — | — |")
+        if r["cut_cells_share"] > 0:
+            rows.append(f"| … in the latent cells the box edges cut ({r['cut_cells_share']:.1%} of the invariant pixels), "
+                        f"IRJS (dB) | {r['cut_cells_psnr']:.1f} | — | — |")
     return "\n".join(rows)
 
 
@@ -329,6 +334,9 @@ def main(argv=None):
                    help="editing: override a config value, e.g. --set rad.step_size=40 (repeatable)")
     p.add_argument("--edit_cases", type=int, default=8)
     p.add_argument("--edit_frames", type=int, default=8)
+    p.add_argument("--edit_box_grid", type=int, default=None,
+                   help="editing: round the region boxes out to this many pixels (default: the VAE's latent cell, "
+                        "the finest grid IRJS can keep; 1 = the source objects' tight boxes)")
     p.add_argument("--edit_tune_steps", type=int, default=None, help="editing: override tune.steps (0 = no tuning)")
     p.add_argument("--save_edits", default=None, help="folder for source|edit strips of every case and run")
     args = p.parse_args(argv)

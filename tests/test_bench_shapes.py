@@ -11,10 +11,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "bench_shapes.py"
 
 
-def test_every_section_runs_and_reports(tmp_path):
+def _load():
     spec = importlib.util.spec_from_file_location("bench_shapes", SCRIPT)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_every_section_runs_and_reports(tmp_path):
+    bench = _load()
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()  # the script sets its own (--threads)
     try:
@@ -40,8 +45,29 @@ def test_every_section_runs_and_reports(tmp_path):
         assert (tmp_path / "edits" / f"case00_{run}.png").exists()
     # IRJS keeps what lies outside the regions; without it the background is redrawn
     assert edit["rad_irjs"]["invariant_psnr"] > edit["no_irjs"]["invariant_psnr"] + 5
-    # … in the latent cells it keeps; the cells the box edges cut are the model's, and further off
+    # the regions are on the VAE's 4 px grid by default: every invariant pixel is in a kept cell
     irjs, no_irjs = edit["rad_irjs"], edit["no_irjs"]
+    assert edit["box_grid"] == 4 and irjs["cut_cells_share"] == 0 and irjs["kept_cells_psnr"] == irjs["invariant_psnr"]
     assert irjs["kept_cells_psnr"] > no_irjs["kept_cells_psnr"] + 5
+
+
+def test_tight_boxes_leave_cut_cells_to_the_model(tmp_path):
+    bench = _load()
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        bench.main([
+            "--model", str(ROOT / "data" / "shapes-model"), "--config", str(ROOT / "configs" / "shapes.yaml"),
+            "--threads", str(threads), "--sections", "editing", "--edit_box_grid", "1",
+            "--edit_cases", "1", "--edit_frames", "2", "--edit_tune_steps", "0",
+            "--set", "sampling.steps=4", "--set", "rad.refinement_thresholds={}", "--set", "rad.max_update_steps=2",
+            "--out", str(out),
+        ])
+    finally:
+        torch.set_num_threads(threads)
+    edit = json.loads(out.read_text())["editing"]
+    irjs, no_irjs = edit["rad_irjs"], edit["no_irjs"]
+    # IRJS keeps the latent cells it keeps; the cells the box edges cut are the model's, and further off
+    assert edit["box_grid"] == 1 and irjs["kept_cells_psnr"] > no_irjs["kept_cells_psnr"] + 5
     assert irjs["cut_cells_psnr"] < irjs["kept_cells_psnr"]
     assert 0 < irjs["cut_cells_share"] == no_irjs["cut_cells_share"] < 0.2

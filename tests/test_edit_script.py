@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from reatco.video import read_video, write_video
 
@@ -90,6 +91,23 @@ def test_edit_writes_every_output(workspace, capsys):
     assert edit_script.main(["--config", str(config), "--quiet", "--only", "swap"]) == 0
     assert [p.read_bytes() for p in sorted((out / "frames").glob("*.png"))] == first_bytes
     assert "tune" not in json.loads((out / "report.json").read_text())["timings_s"]
+
+
+def test_demo_strip_draws_the_run_under_its_source(workspace, capsys):
+    strip_script = _load_script("demo_strip")
+    config = _config(workspace, output_dir=str(workspace / "strip"))
+    png = workspace / "strip.png"
+    assert strip_script.main(["--config", str(config), "--out", str(png)]) == 2  # nothing run yet
+    assert "run scripts/edit.py" in capsys.readouterr().err and not png.exists()
+    assert edit_script.main(["--config", str(config), "--quiet"]) == 0
+    assert strip_script.main(["--config", str(config), "--out", str(png)]) == 0
+    strip = np.asarray(Image.open(png).convert("RGB"))
+    assert strip.shape == (2 * 128, N_FRAMES * 128, 3)  # source row over edited row, 128 px a frame
+    edited = np.asarray(Image.open(workspace / "strip" / "swap" / "frames" / "00000.png").convert("RGB"))
+    big = edited.repeat(4, 0).repeat(4, 1)  # 32 px → 128 px, nearest
+    assert (strip[128 + 66:128 + 126, 66:126] == big[66:126, 66:126]).all()  # inside the horse's box, off its outline
+    # the rabbit's box [0, 0, 16, 16] is outlined in white on every edited frame
+    assert (strip[128:128 + 64, 63] == 255).all() and (strip[128 + 63, :64] == 255).all()
 
 
 def test_dry_run_loads_no_unet(workspace, monkeypatch, capsys):

@@ -10,7 +10,8 @@ import pytest
 from reatco.toy import world
 from reatco.toy.detector import detect, detect_present, shape_of_blob
 from reatco.metrics.fidelity import masked_psnr
-from reatco.toy.editing import invariant_breakdown, invariant_psnr, make_edit_case, placement_scores, relation
+from reatco.toy.editing import (invariant_breakdown, invariant_psnr, make_edit_case, placement_scores, relation,
+                                snap_boxes)
 
 MODEL = Path(__file__).resolve().parents[1] / "data" / "shapes-model"
 
@@ -160,6 +161,19 @@ def test_edited_cells_are_the_pipelines_irjs_mask_and_the_breakdown_splits_the_e
     assert invariant_psnr(frames, case) > split["cut_cells_psnr"]  # the same error over more pixels
     with pytest.raises(ValueError, match="latent cells"):
         case.edited_cells(24)
+
+
+def test_region_boxes_round_out_to_the_latent_grid():
+    for i in range(6):
+        tight, snapped = make_edit_case(3, i), make_edit_case(3, i, box_grid=4)
+        assert np.array_equal(tight.boxes, tight.source.boxes) and snapped.prompt == tight.prompt
+        b, t = snapped.boxes, tight.boxes
+        assert (b % 4 == 0).all() and (b[..., :2] <= t[..., :2]).all() and (b[..., 2:] >= t[..., 2:]).all()
+        assert (b[..., :2] > t[..., :2] - 4).all() and (b[..., 2:] < t[..., 2:] + 4).all()  # by less than a cell
+        assert (b >= 0).all() and (b <= world.SIZE).all()
+        # IRJS then keeps every invariant pixel's cell: nothing outside the regions is left to the model
+        assert not (snapped.outside_mask() & snapped.edited_cells(16)).any()
+    assert snap_boxes(np.array([[1, 4, 61, 63]]), 4, 64).tolist() == [[0, 4, 64, 64]]
 
 
 def test_placement_scores_an_ideal_edit_one_and_a_swapped_edit_zero():

@@ -30,6 +30,7 @@ class EditCase:
     source: world.Sample
     targets: list[tuple[str, str]]  # (colour, shape) of edited object j, placed in region j
     prompt: str
+    box_grid: int = 1  # the region boxes are the source boxes rounded out to this many pixels
 
     @property
     def words(self) -> list[str]:
@@ -37,8 +38,9 @@ class EditCase:
 
     @property
     def boxes(self) -> np.ndarray:
-        """(J, F, 4) int pixel boxes x1, y1, x2, y2 (exclusive): region j follows source object j."""
-        return self.source.boxes
+        """(J, F, 4) int pixel boxes x1, y1, x2, y2 (exclusive): region j follows source object j,
+        its tight box rounded outwards to multiples of `box_grid` pixels."""
+        return snap_boxes(self.source.boxes, self.box_grid, self.source.frames.shape[1])
 
     def objects(self) -> list[dict]:
         """The pipeline's `objects`: one word and per-frame boxes per edited object."""
@@ -77,8 +79,17 @@ class EditCase:
         return np.repeat(np.repeat(cells, h // latent_size, 1), w // latent_size, 2)
 
 
-def make_edit_case(seed: int, index: int, n_frames: int = 8) -> EditCase:
-    """Deterministic case `index` of the benchmark seeded by `seed`."""
+def snap_boxes(boxes: np.ndarray, grid: int, size: int) -> np.ndarray:
+    """Boxes (…, 4) x1, y1, x2, y2 rounded outwards to multiples of `grid` pixels, within the image."""
+    lo = boxes[..., :2] // grid * grid
+    hi = np.minimum(-(-boxes[..., 2:] // grid) * grid, size)
+    return np.concatenate([lo, hi], -1)
+
+
+def make_edit_case(seed: int, index: int, n_frames: int = 8, box_grid: int = 1) -> EditCase:
+    """Deterministic case `index` of the benchmark seeded by `seed`. `box_grid` rounds the region
+    boxes out to a pixel grid: the VAE's latent cell (4 px) puts them where IRJS can keep
+    exactly what lies outside; 1 keeps the source objects' tight boxes."""
     rng = np.random.default_rng([seed, index, 77])
     for attempt in range(100):
         try:
@@ -92,7 +103,7 @@ def make_edit_case(seed: int, index: int, n_frames: int = 8) -> EditCase:
     rng.shuffle(free)
     targets = [(str(free[j]), str(rng.choice(world.SHAPES))) for j in range(2)]
     prompt = f"a {targets[0][0]} {targets[0][1]} and a {targets[1][0]} {targets[1][1]} on a {source.background_name} background"
-    return EditCase(source, targets, prompt)
+    return EditCase(source, targets, prompt, box_grid)
 
 
 def relation(a: tuple[float, float], b: tuple[float, float]) -> str:
