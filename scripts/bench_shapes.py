@@ -330,7 +330,7 @@ def main(argv=None):
     p.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset of " + ",".join(SECTIONS))
     p.add_argument("--save_samples", default=None, help="png grid of the first text→image batch")
     p.add_argument("--config", default="configs/shapes.yaml", help="editing: the settings to benchmark")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="editing: override a config value, e.g. --set rad.step_size=40 (repeatable)")
     p.add_argument("--edit_cases", type=int, default=8)
     p.add_argument("--edit_frames", type=int, default=8)

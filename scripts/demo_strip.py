@@ -25,7 +25,7 @@ from reatco.visualize import region_strip  # noqa: E402
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="the config the run was made with")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the run's overrides, if any")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="the run's overrides, if any")
     p.add_argument("--edit", default=None, help="the edit's name (default: the config's first edit)")
     p.add_argument("--out", required=True, help="png to write")
     args = p.parse_args(argv)

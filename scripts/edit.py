@@ -24,7 +24,8 @@ from reatco.runner import EditRunner  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config (may inherit from another with base_config:)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values, e.g. sampling.seed=7")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. sampling.seed=7 (repeatable: --set a=1 --set b=2, or --set a=1 b=2)")
     parser.add_argument("--output_dir", default=None, help="write results here instead of the config's output_dir")
     parser.add_argument("--only", default=None, metavar="NAME", help="run only the edit with this name")
     parser.add_argument("--dry-run", action="store_true", help="validate, print token tables, draw regions.png; load no UNet")

@@ -25,7 +25,8 @@ from reatco.tuning import tune_from_config, tuned_unet_dir  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="YAML config (may inherit from another with base_config:)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config values, e.g. tune.steps=500")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="override config values, e.g. tune.steps=500 (repeatable: --set a=1 --set b=2, or --set a=1 b=2)")
     parser.add_argument("--output_dir", default=None, help="write the tuned UNet here (sets tune.output_dir)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished tuned UNet (sets tune.overwrite)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

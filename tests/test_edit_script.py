@@ -93,6 +93,12 @@ def test_edit_writes_every_output(workspace, capsys):
     assert "tune" not in json.loads((out / "report.json").read_text())["timings_s"]
 
 
+def test_every_set_flag_counts():
+    for script in (edit_script, _load_script("tune")):
+        args = script.parse_args(["--config", "c.yaml", "--set", "a=1", "--set", "b=2", "c=3"])
+        assert args.set == ["a=1", "b=2", "c=3"]  # a repeated --set adds to the earlier ones
+
+
 def test_demo_strip_draws_the_run_under_its_source(workspace, capsys):
     strip_script = _load_script("demo_strip")
     config = _config(workspace, output_dir=str(workspace / "strip"))
