@@ -171,6 +171,10 @@ class IRJSConfig:
     source: str = "noise"
     # Soft edge of the blend mask, in latent cells (0 = hard edge).
     feather: int = 0
+    # edit (plain VAE decode) | source: decode the edit with the normalisation statistics the VAE
+    # decoder's GroupNorm layers had for the source frames, so that the edit inside the regions
+    # does not shift the colours of the whole frame (reatco/decoding.py).
+    decode_statistics: str = "edit"
 
 
 @dataclass
@@ -581,6 +585,7 @@ _MIXED = ("auto", "no", "fp16", "bf16")
 _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
 _STARTS = ("inversion", "noise")
+_DECODE_STATISTICS = ("edit", "source")
 _REFINEMENT_LOSSES = ("full", "max_inner")
 _TOKEN_NORMALIZATIONS = ("softmax", "share")
 _WORD_TOKENS = ("mean", "sum")
@@ -626,6 +631,7 @@ def _validate_irjs(irjs: IRJSConfig, p: str) -> None:
     _choice(irjs.placement, _PLACEMENTS, f"{p}.placement")
     _choice(irjs.source, _SOURCES, f"{p}.source")
     _at_least(irjs.feather, 0, f"{p}.feather", " latent cells")
+    _choice(irjs.decode_statistics, _DECODE_STATISTICS, f"{p}.decode_statistics")
 
 
 def _validate_sampling(s: SamplingConfig, p: str) -> None:

@@ -18,6 +18,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from . import irjs as irjs_ops
 from . import rad as rad_ops
 from .config import IRJSConfig, RADConfig, WindowConfig
+from .decoding import decode_with_reference_statistics
 from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
 from .errors import ConfigError
 from .inversion import ddim_inversion
@@ -264,6 +265,8 @@ class ReAtCoPipeline(DiffusionPipeline):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
         if irjs.placement not in ("before_step", "after_step") or irjs.source not in ("noise", "inversion"):
             raise ValueError("irjs.placement must be before_step|after_step and irjs.source noise|inversion")
+        if irjs.decode_statistics not in ("edit", "source"):
+            raise ValueError(f"irjs.decode_statistics must be edit or source, not {irjs.decode_statistics!r}")
         if start_in_regions not in ("inversion", "noise"):
             raise ValueError(f"start_in_regions must be inversion or noise, not {start_in_regions!r}")
         device = self._execution_device
@@ -398,7 +401,10 @@ class ReAtCoPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames_out = latents
         else:
-            frames_out = self.decode_latents(latents).cpu()
+            if region_mask is not None and irjs.decode_statistics == "source":
+                frames_out = decode_with_reference_statistics(self.decode_latents, self.vae.decoder, source_latents, latents).cpu()
+            else:
+                frames_out = self.decode_latents(latents).cpu()
             if output_type in ("np", "pil"):
                 frames_out = frames_out.permute(0, 2, 3, 1).numpy()
             if output_type == "pil":

@@ -187,6 +187,26 @@ def test_start_in_regions_noise_redraws_only_the_regions_cells(pipe, cell):
         _run(pipe, cell, start_in_regions="zeros")
 
 
+def test_decode_statistics_source_decodes_with_the_source_frames_statistics(pipe, cell):
+    from reatco.decoding import decode_with_reference_statistics
+
+    source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
+    common = dict(source_latents=source, video=None, irjs=IRJSConfig(placement="after_step"))
+    latents = _run(pipe, cell, **common).frames
+    plain = _run(pipe, cell, output_type="pt", **common).frames
+    fixed = _run(pipe, cell, output_type="pt", irjs=IRJSConfig(placement="after_step", decode_statistics="source"),
+                 source_latents=source, video=None).frames
+    assert torch.equal(plain, pipe.decode_latents(latents)) and not torch.equal(fixed, plain)
+    torch.testing.assert_close(fixed, decode_with_reference_statistics(pipe.decode_latents, pipe.vae.decoder, source, latents))
+    pipe.enable_vae_slicing()  # one frame at a time: the same statistics, frame by frame
+    try:
+        sliced = _run(pipe, cell, output_type="pt", irjs=IRJSConfig(placement="after_step", decode_statistics="source"),
+                      source_latents=source, video=None).frames
+    finally:
+        pipe.disable_vae_slicing()
+    torch.testing.assert_close(sliced, fixed, rtol=1e-4, atol=1e-5)
+
+
 def test_window_covering_the_clip_equals_a_single_pass(pipe, cell):
     whole = _run(pipe, cell).frames
     windowed = _run(pipe, cell, window={"size": N_FRAMES, "stride": 1}).frames
