@@ -64,6 +64,8 @@ def test_defaults_are_the_papers(cfg_dict):
     assert cfg.rad.refinement_thresholds == {0: 0.05, 10: 0.5, 20: 0.8}
     assert (cfg.rad.max_update_steps, cfg.rad.step_size, cfg.rad.top_k_ratio) == (25, 20.0, 0.2)
     assert (cfg.irjs.placement, cfg.irjs.source, cfg.window.size) == ("before_step", "noise", None)
+    # the paper's start and plain decoding; the shapes demo opts into both departures
+    assert (cfg.sampling.start_in_regions, cfg.irjs.decode_statistics) == ("inversion", "edit")
     assert cfg.output_dir == os.path.join("outputs", "reatco")
     assert cfg.edits[0].objects[1].boxes == {0: [200, 32, 300, 128], 7: [250, 32, 350, 128]}
 
@@ -294,7 +296,8 @@ def test_save_load_round_trip_is_equal(cfg_dict, tmp_path):
 
 def test_config_to_dict_of_a_section(cfg_dict):
     cfg = config_from_dict(cfg_dict)
-    assert config_to_dict(cfg.irjs) == {"enabled": True, "placement": "before_step", "source": "noise", "feather": 0}
+    assert config_to_dict(cfg.irjs) == {"enabled": True, "placement": "before_step", "source": "noise", "feather": 0,
+                                        "decode_statistics": "edit"}
     with pytest.raises(TypeError):
         config_to_dict(42)
 
