@@ -10,8 +10,11 @@ Stages (run in this order; each resumes from ``--work`` when ``--resume`` is giv
           cross-attention onto the object's pixels: SD's attention localises by scale and data,
           a 3 M-parameter model trained for an hour does not, and RAD steers exactly these maps.
           Exports to --out every --export_every minutes and at the end.
-  vae --decoder_only   keeps training the decoder once the UNet uses the (frozen) encoder.
+  vae --decoder_only   keeps training the decoder once the UNet uses the (frozen) encoder;
+          --init_vae starts from a shipped model, --composite trains it on joined latents (what
+          IRJS hands the decoder: the source's latent outside the regions, the edit's inside).
   export  write the Stable Diffusion layout from the latest checkpoints (EMA UNet/text weights).
+  export_vae   replace only vae/ in --out after a --decoder_only chunk (same encoder, same UNet).
 
 Example (background, 2 cores shared; one thread per process is faster than two under contention):
   nohup nice -n 5 python scripts/train_shapes_model.py --stage vae --max_minutes 25 --resume \
@@ -19,6 +22,12 @@ Example (background, 2 cores shared; one thread per process is faster than two u
   nohup nice -n 5 python scripts/train_shapes_model.py --stage unet --max_minutes 100 --resume \
       > data/shapes-train/train.log 2>&1 &
   nohup nice -n 5 python scripts/train_shapes_model.py --stage vae --decoder_only --resume ... &
+The decoder fine-tune of the shipped model (its training.json lists every chunk):
+  python scripts/train_shapes_model.py --stage vae --decoder_only --init_vae data/shapes-model --work W \
+      --max_minutes 50 --vae_lr 5e-4 --vae_lr_end 2e-5 --vae_batch 32 --composite 0.5 --target_psnr 99
+  python scripts/train_shapes_model.py --stage vae --decoder_only --resume --work W --max_minutes 45 \
+      --vae_lr 3e-4 --vae_lr_end 1e-5 --vae_batch 32 --composite 0.75 --composite_perturb 0.5 --target_psnr 99
+  python scripts/train_shapes_model.py --stage export_vae --work W --out data/shapes-model
 """
 
 from __future__ import annotations
@@ -112,7 +121,15 @@ def train_vae(args):
     vae = build_vae()
     step, history, wall0 = 0, [], 0.0
     ck = work / "vae.pt"
-    if args.resume and ck.exists():
+    if args.init_vae and not (args.resume and ck.exists()):
+        # Continue from a shipped model's VAE (the UNet's training state need not exist).
+        from diffusers import AutoencoderKL
+
+        vae.load_state_dict(AutoencoderKL.from_pretrained(Path(args.init_vae) / "vae").state_dict())
+        info = json.loads((Path(args.init_vae) / "training.json").read_text())
+        step, history, wall0 = info["vae_steps"], info["vae_history"], info["vae_wall_s"]
+        log(f"VAE from {args.init_vae} at step {step}")
+    elif args.resume and ck.exists():
         s = torch.load(ck, weights_only=False)
         vae.load_state_dict(s["model"])
         step, history, wall0 = s["step"], s["history"], s.get("wall_s", 0.0)
@@ -129,6 +146,8 @@ def train_vae(args):
     # A fixed pool of training images (cheap to regenerate from the seed), flips/rot90 as augmentation.
     pool, _ = world.image_batch(args.seed, 0, args.vae_pool)
     held = heldout_images(args.seed, 128)
+    held_masks = rectangle_masks(64, 16, torch.Generator().manual_seed(1))  # (latent, pixel) masks
+    held_joined = join(held[:64], held[64:], held_masks[1])
     t0, last_ck, last_eval = time.time(), time.time(), time.time()
     losses = []
     gen = torch.Generator().manual_seed(args.seed * 7919 + step)
@@ -138,14 +157,32 @@ def train_vae(args):
         k = int(torch.randint(0, 4, (1,), generator=gen))
         x = torch.rot90(x, k, dims=(2, 3))
         lr = args.vae_lr * min(1.0, (step + 1) / 200)
+        if args.vae_lr_end is not None:  # linear anneal over this chunk
+            lr = args.vae_lr + (args.vae_lr_end - args.vae_lr) * min(1.0, (time.time() - t0) / 60 / args.max_minutes)
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.set_grad_enabled(not args.decoder_only):
             post = vae.encode(x).latent_dist
             z = post.sample(generator=gen)
-        rec = vae.decode(z).sample
+        weight = torch.ones_like(x[:, :1])
+        n_mix = int(round(args.composite * len(x)))
+        if n_mix:  # decode joined latents into the same join of the pixels (see rectangle_masks)
+            m_lat, m_pix = rectangle_masks(n_mix, z.shape[-1], gen)
+            inside = z[:n_mix]
+            # Edited latents are not the encoder's: some insides get a random gain (up to the
+            # edits' larger magnitudes) and no pixel target; the outside must come out the same.
+            off = (torch.rand(n_mix, 1, 1, 1, generator=gen) < args.composite_perturb).float()
+            inside = inside * (1 + off * 0.6 * torch.rand(n_mix, 1, 1, 1, generator=gen))
+            outside = z.roll(1, 0)[:n_mix]
+            joined = join(inside, outside, m_lat)
+            x = torch.cat([join(x[:n_mix], x.roll(1, 0)[:n_mix], m_pix), x[n_mix:]])
+            weight[:n_mix] = 1 - off * m_pix
+            rec = torch.cat([vae.decode(joined).sample, vae.decode(z[n_mix:]).sample])
+        else:
+            rec = vae.decode(z).sample
         kl = post.kl().mean() / z[0].numel()
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + args.vae_kl * kl
+        err = (rec - x).abs() + (rec - x) ** 2  # L1 + MSE where the target is known
+        loss = (err * weight).sum() / (weight.sum() * x.shape[1]) + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, 1.0)
@@ -161,10 +198,13 @@ def train_vae(args):
             with torch.no_grad():
                 vae.eval()
                 p = torch.cat([psnr(vae(held[i:i + 32]).sample, held[i:i + 32]) for i in range(0, len(held), 32)])
+                z_held = vae.encode(held).latent_dist.mode()
+                pc = psnr(vae.decode(join(z_held[:64], z_held[64:], held_masks[0])).sample, held_joined)
                 vae.train()
             history.append(dict(step=step, loss=float(np.mean(losses[-50:])), psnr=float(p.mean()),
-                                psnr_min=float(p.min()), minutes=minutes))
-            log(f"vae eval step {step}: held-out PSNR {p.mean():.2f} dB (min {p.min():.2f})")
+                                psnr_min=float(p.min()), composite_psnr=float(pc.mean()), minutes=minutes))
+            log(f"vae eval step {step}: held-out PSNR {p.mean():.2f} dB (min {p.min():.2f}), "
+                f"joined latents {pc.mean():.2f} dB")
             if p.mean() >= args.target_psnr:
                 done = True
         if time.time() - last_ck > 300 or done:
@@ -174,6 +214,24 @@ def train_vae(args):
         if done:
             break
     log(f"VAE done at step {step}")
+
+
+def rectangle_masks(n: int, latent_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n random rectangles on the latent grid (2 to 10 cells a side), as (n,1,h,w) latent masks and
+    the same masks at pixel resolution (×4). Editing joins latents this way (IRJS keeps the source
+    latent outside the regions); a decoder trained on such joins decodes each side as its own
+    pixels instead of bleeding one into the other across the seam."""
+    m = torch.zeros(n, 1, latent_size, latent_size)
+    for i in range(n):
+        h, w = (int(v) for v in torch.randint(2, 11, (2,), generator=gen))
+        y, x = int(torch.randint(0, latent_size - h + 1, (1,), generator=gen)), int(torch.randint(0, latent_size - w + 1, (1,), generator=gen))
+        m[i, 0, y:y + h, x:x + w] = 1
+    factor = world.SIZE // latent_size
+    return m, m.repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+
+
+def join(inside: torch.Tensor, outside: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return mask * inside + (1 - mask) * outside
 
 
 def load_vae(work: Path):
@@ -461,9 +519,33 @@ def export(args):
     log(f"exported step {s['step']} to {out}")
 
 
+def export_vae(args):
+    """Replace only the VAE of the model in --out (after a --decoder_only chunk: the encoder, hence
+    the UNet's latent space and scaling factor, are unchanged) and its VAE fields in training.json."""
+    from diffusers import AutoencoderKL
+
+    work, out = Path(args.work), Path(args.out)
+    vae, vae_state = load_vae(work)
+    old = AutoencoderKL.from_pretrained(out / "vae")
+    changed = [k for k, v in old.state_dict().items() if k.startswith(("encoder.", "quant_conv.")) and not torch.equal(v, vae.state_dict()[k])]
+    if changed:
+        raise SystemExit(f"the encoder differs from {out}/vae ({changed[0]} …): the UNet was trained on that "
+                         f"encoder's latents, so export the whole model instead")
+    vae.register_to_config(scaling_factor=old.config.scaling_factor)
+    tmp = out / "vae.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    vae.save_pretrained(tmp, safe_serialization=True)
+    replace_dir(tmp, out / "vae")
+    info = json.loads((out / "training.json").read_text())
+    info.update(vae_steps=vae_state["step"], vae_wall_s=round(vae_state.get("wall_s", 0), 1), vae_history=vae_state["history"],
+                commands=info.get("commands", []) + [c for c in _commands(work) if c not in info.get("commands", [])])
+    (out / "training.json").write_text(json.dumps(info, indent=1, default=list))
+    log(f"exported VAE step {vae_state['step']} to {out / 'vae'}")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", choices=["vae", "unet", "export"], required=True)
+    p.add_argument("--stage", choices=["vae", "unet", "export", "export_vae"], required=True)
     p.add_argument("--max_minutes", type=float, default=20.0, help="stop this chunk after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
     p.add_argument("--out", default="data/shapes-model")
@@ -476,6 +558,14 @@ def main():
     p.add_argument("--vae_kl", type=float, default=1e-6)
     p.add_argument("--target_psnr", type=float, default=31.0)
     p.add_argument("--decoder_only", action="store_true", help="VAE stage: freeze the encoder (after the UNet started)")
+    p.add_argument("--init_vae", default=None,
+                   help="VAE stage: start from this exported model's vae/ (with its training.json), not --work")
+    p.add_argument("--vae_lr_end", type=float, default=None, help="VAE: anneal linearly to this over --max_minutes")
+    p.add_argument("--composite", type=float, default=0.0,
+                   help="VAE: fraction of each batch decoded from two images' latents joined along a latent-grid "
+                        "rectangle, against the same join of their pixels")
+    p.add_argument("--composite_perturb", type=float, default=0.0,
+                   help="VAE: fraction of the joins whose inside latent gets a random gain ×1–1.6 and no pixel target")
     p.add_argument("--n_images", type=int, default=12000, help="UNet training set size")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=8e-4)
@@ -495,7 +585,7 @@ def main():
     Path(args.work).mkdir(parents=True, exist_ok=True)
     with open(Path(args.work) / "commands.log", "a") as f:  # the chunks that made the model
         f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + "python " + " ".join(sys.argv) + "\n")
-    {"vae": train_vae, "unet": train_unet, "export": export}[args.stage](args)
+    {"vae": train_vae, "unet": train_unet, "export": export, "export_vae": export_vae}[args.stage](args)
 
 
 if __name__ == "__main__":
