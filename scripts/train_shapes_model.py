@@ -22,11 +22,11 @@ Example (background, 2 cores shared; one thread per process is faster than two u
   nohup nice -n 5 python scripts/train_shapes_model.py --stage unet --max_minutes 100 --resume \
       > data/shapes-train/train.log 2>&1 &
   nohup nice -n 5 python scripts/train_shapes_model.py --stage vae --decoder_only --resume ... &
-The decoder fine-tune of the shipped model (its training.json lists every chunk):
+The shipped model's decoder was then fine-tuned on joined latents, in chunks like these (its
+training.json lists every command, with the chunks stopped early and the one discarded):
   python scripts/train_shapes_model.py --stage vae --decoder_only --init_vae data/shapes-model --work W \
-      --max_minutes 50 --vae_lr 5e-4 --vae_lr_end 2e-5 --vae_batch 32 --composite 0.5 --target_psnr 99
-  python scripts/train_shapes_model.py --stage vae --decoder_only --resume --work W --max_minutes 45 \
-      --vae_lr 3e-4 --vae_lr_end 1e-5 --vae_batch 32 --composite 0.75 --composite_perturb 0.5 --target_psnr 99
+      --max_minutes 45 --vae_lr 3e-4 --vae_lr_end 1e-5 --vae_batch 32 --composite 0.75 --composite_perturb 0.5 \
+      --target_psnr 99 --threads 1
   python scripts/train_shapes_model.py --stage export_vae --work W --out data/shapes-model
 """
 
