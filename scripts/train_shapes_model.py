@@ -27,6 +27,9 @@ training.json lists every command, with the chunks stopped early and the one dis
   python scripts/train_shapes_model.py --stage vae --decoder_only --init_vae data/shapes-model --work W \
       --max_minutes 45 --vae_lr 3e-4 --vae_lr_end 1e-5 --vae_batch 32 --composite 0.75 --composite_perturb 0.5 \
       --target_psnr 99 --threads 1
+  python scripts/train_shapes_model.py --stage vae --decoder_only --resume --work W --max_minutes 22 \
+      --vae_lr 1e-4 --vae_lr_end 5e-6 --vae_batch 32 --composite 0.75 --composite_perturb 0.5 \
+      --composite_seam_weight 4 --target_psnr 99 --threads 1
   python scripts/train_shapes_model.py --stage export_vae --work W --out data/shapes-model
 """
 
@@ -177,6 +180,8 @@ def train_vae(args):
             joined = join(inside, outside, m_lat)
             x = torch.cat([join(x[:n_mix], x.roll(1, 0)[:n_mix], m_pix), x[n_mix:]])
             weight[:n_mix] = 1 - off * m_pix
+            if args.composite_seam_weight:  # where the edits' remaining error is
+                weight[:n_mix] *= 1 + args.composite_seam_weight * outer_ring(m_pix, 2)
             rec = torch.cat([vae.decode(joined).sample, vae.decode(z[n_mix:]).sample])
         else:
             rec = vae.decode(z).sample
@@ -228,6 +233,11 @@ def rectangle_masks(n: int, latent_size: int, gen: torch.Generator) -> tuple[tor
         m[i, 0, y:y + h, x:x + w] = 1
     factor = world.SIZE // latent_size
     return m, m.repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+
+
+def outer_ring(mask: torch.Tensor, width: int) -> torch.Tensor:
+    """(n,1,H,W) 1.0 on the pixels outside `mask` within `width` px (Chebyshev) of it."""
+    return F.max_pool2d(mask, 2 * width + 1, stride=1, padding=width) - mask
 
 
 def join(inside: torch.Tensor, outside: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -564,6 +574,8 @@ def main():
     p.add_argument("--composite", type=float, default=0.0,
                    help="VAE: fraction of each batch decoded from two images' latents joined along a latent-grid "
                         "rectangle, against the same join of their pixels")
+    p.add_argument("--composite_seam_weight", type=float, default=0.0,
+                   help="VAE: extra loss weight on the outside pixels within 2 px of a join's seam")
     p.add_argument("--composite_perturb", type=float, default=0.0,
                    help="VAE: fraction of the joins whose inside latent gets a random gain ×1–1.6 and no pixel target")
     p.add_argument("--n_images", type=int, default=12000, help="UNet training set size")

@@ -31,6 +31,16 @@ def test_joins_are_latent_grid_rectangles_with_their_pixel_twins(train):
     assert torch.equal(train.join(a, b, pix), (1 - pix).expand(6, 3, 64, 64))
 
 
+def test_the_seam_ring_is_the_outside_band_around_the_join(train):
+    m = torch.zeros(1, 1, 12, 12)
+    m[..., 4:8, 4:8] = 1
+    ring = train.outer_ring(m, 2)
+    expected = torch.zeros(1, 1, 12, 12)
+    expected[..., 2:10, 2:10] = 1
+    expected[..., 4:8, 4:8] = 0
+    assert torch.equal(ring, expected)
+
+
 def test_export_vae_replaces_only_the_decoder_and_refuses_a_new_encoder(train, tmp_path):
     from diffusers import AutoencoderKL
 
