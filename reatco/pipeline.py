@@ -313,18 +313,17 @@ class ReAtCoPipeline(DiffusionPipeline):
         grid = (height // cell_px, width // cell_px)
         latent_hw = (latents.shape[3], latents.shape[4])
         attn_masks = object_masks(regions, n_frames, *grid).to(device) if regions else None
+        # The regions' latent cells (1 = editable): IRJS blends with them, a noise start re-draws them.
+        cells = irjs_ops.latent_region_mask(object_masks(regions, n_frames, *latent_hw), *latent_hw).to(device, dtype) if regions else None
         region_mask = None
         if irjs.enabled and regions:
-            region_mask = irjs_ops.latent_region_mask(object_masks(regions, n_frames, *latent_hw), *latent_hw).to(device, dtype)
-            if irjs.feather:
-                region_mask = irjs_ops.feather_mask(region_mask, irjs.feather)
+            region_mask = irjs_ops.feather_mask(cells, irjs.feather) if irjs.feather else cells
         elif irjs.enabled:
             # No region means nothing is marked editable: blending would return the source video.
             logger.warning("IRJS is enabled but no object has a region: IRJS is skipped for this edit")
         if start_in_regions == "noise" and regions:
-            inside = irjs_ops.latent_region_mask(object_masks(regions, n_frames, *latent_hw), *latent_hw).to(device, dtype)
             noise = torch.randn(latents.shape, generator=generator, device=torch.device("cpu")).to(device, dtype)
-            latents = irjs_ops.blend(noise, latents, inside)
+            latents = irjs_ops.blend(noise, latents, cells)
 
         use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0
         n_prompt_tokens = len(self.tokenizer(prompt).input_ids)
