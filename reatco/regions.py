@@ -259,6 +259,14 @@ def object_masks(regions: Sequence[Region], n_frames: int, grid_h: int, grid_w: 
     return torch.stack([r.masks(n_frames, grid_h, grid_w) for r in regions])
 
 
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Tight box x1, y1, x2, y2 (exclusive) of an (H, W) boolean mask; zeros when it is empty."""
+    ys, xs = np.nonzero(mask)
+    if len(xs) == 0:
+        return np.zeros(4, int)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], int)
+
+
 def union_mask(masks: torch.Tensor) -> torch.Tensor:
     """(J, F, h, w) → (F, h, w): 1 where any object's region is (the editable part for IRJS)."""
     return masks.amax(dim=0)

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reatco.config import load_config  # noqa: E402
 from reatco.errors import ConfigError  # noqa: E402
+from reatco.regions import mask_box  # noqa: E402
 from reatco.runner import EditRunner  # noqa: E402
 from reatco.visualize import region_strip  # noqa: E402
 
@@ -43,22 +44,13 @@ def main(argv=None) -> int:
         return 2
     source = ((runner.source_video().permute(0, 2, 3, 1).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
     edited = np.stack([np.asarray(Image.open(q).convert("RGB")) for q in paths])
-    boxes = np.stack([r.boxes.numpy() if r.boxes is not None else _mask_boxes(r.pixel_masks.numpy()) for r in prepared.regions])
+    boxes = np.stack([r.boxes.numpy() if r.boxes is not None else np.stack([mask_box(m > 0.5) for m in r.pixel_masks.numpy()])
+                      for r in prepared.regions])
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(region_strip(source, edited, boxes)).save(out)
     print(f"wrote {out}")
     return 0
-
-
-def _mask_boxes(masks: np.ndarray) -> np.ndarray:
-    """(F, H, W) masks → (F, 4) bounding boxes (zeros for an empty frame)."""
-    boxes = np.zeros((len(masks), 4))
-    for f, m in enumerate(masks > 0.5):
-        ys, xs = np.nonzero(m)
-        if len(xs):
-            boxes[f] = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-    return boxes
 
 
 if __name__ == "__main__":

@@ -176,15 +176,12 @@ def train_vae(args):
             # edits' larger magnitudes) and no pixel target; the outside must come out the same.
             off = (torch.rand(n_mix, 1, 1, 1, generator=gen) < args.composite_perturb).float()
             inside = inside * (1 + off * 0.6 * torch.rand(n_mix, 1, 1, 1, generator=gen))
-            outside = z.roll(1, 0)[:n_mix]
-            joined = join(inside, outside, m_lat)
+            z = torch.cat([join(inside, z.roll(1, 0)[:n_mix], m_lat), z[n_mix:]])
             x = torch.cat([join(x[:n_mix], x.roll(1, 0)[:n_mix], m_pix), x[n_mix:]])
             weight[:n_mix] = 1 - off * m_pix
             if args.composite_seam_weight:  # where the edits' remaining error is
                 weight[:n_mix] *= 1 + args.composite_seam_weight * outer_ring(m_pix, 2)
-            rec = torch.cat([vae.decode(joined).sample, vae.decode(z[n_mix:]).sample])
-        else:
-            rec = vae.decode(z).sample
+        rec = vae.decode(z).sample
         kl = post.kl().mean() / z[0].numel()
         err = (rec - x).abs() + (rec - x) ** 2  # L1 + MSE where the target is known
         loss = (err * weight).sum() / (weight.sum() * x.shape[1]) + args.vae_kl * kl

@@ -232,3 +232,11 @@ def test_draw_regions_outlines_boxes_and_mask_contours(tmp_path):
     # A smaller image (e.g. a thumbnail) gets rescaled coordinates.
     small = draw_regions(np.zeros((H // 2, W // 2, 3), np.uint8), regions[:1], ["cat"])
     assert small[100, 50].any() and not small[100, 100].any()
+
+
+def test_mask_box_is_the_tight_exclusive_box():
+    from reatco.regions import mask_box
+
+    m = np.zeros((5, 6), bool)
+    m[1:3, 2:5] = True
+    assert mask_box(m).tolist() == [2, 1, 5, 3] and mask_box(np.zeros((3, 3), bool)).tolist() == [0, 0, 0, 0]
