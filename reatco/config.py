@@ -115,7 +115,9 @@ class SamplingConfig:
     # Where the edit starts inside the regions: inversion (the paper: the DDIM-inverted source
     # everywhere) | noise (fresh seeded noise in the regions' latent cells, the inverted source
     # outside). The inverted latent keeps the source object's layout, which fights a new shape
-    # in the same place; noise leaves the regions to the prompt and RAD.
+    # in the same place; noise leaves the regions to the prompt and RAD | tracked_noise (the same,
+    # but each object's noise is one patch that moves with its region, so every frame of the
+    # object starts from the same noise; independent draws per frame left single frames empty).
     start_in_regions: str = "inversion"
 
 
@@ -584,7 +586,7 @@ _DTYPES = ("auto", "float32", "float16", "bfloat16")
 _MIXED = ("auto", "no", "fp16", "bf16")
 _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
-_STARTS = ("inversion", "noise")
+_STARTS = ("inversion", "noise", "tracked_noise")
 _DECODE_STATISTICS = ("edit", "source")
 _REFINEMENT_LOSSES = ("full", "max_inner")
 _TOKEN_NORMALIZATIONS = ("softmax", "share")

@@ -23,6 +23,7 @@ from .attention_maps import AttentionStore, RADForwardComplete, record_cross_att
 from .errors import ConfigError
 from .inversion import ddim_inversion
 from .models import TuneAVideoUNet, rad_attention_layers
+from .region_noise import tracked_noise
 from .regions import object_masks, parse_region
 from .tokens import resolve_objects_tokens
 from .windows import merge_windows, temporal_windows
@@ -256,7 +257,9 @@ class ReAtCoPipeline(DiffusionPipeline):
 
         start_in_regions: "inversion" starts from the inverted source everywhere (the paper);
         "noise" re-draws the regions' latent cells as fresh noise from `generator`, so that the
-        source object's layout, kept by the inversion, does not fight a new shape in its place.
+        source object's layout, kept by the inversion, does not fight a new shape in its place;
+        "tracked_noise" does the same with one noise patch per object that moves with its region
+        (`reatco.region_noise.tracked_noise`), so every frame of an object starts alike.
         """
         rad = _settings(RADConfig, rad)
         irjs = _settings(IRJSConfig, irjs)
@@ -267,8 +270,8 @@ class ReAtCoPipeline(DiffusionPipeline):
             raise ValueError("irjs.placement must be before_step|after_step and irjs.source noise|inversion")
         if irjs.decode_statistics not in ("edit", "source"):
             raise ValueError(f"irjs.decode_statistics must be edit or source, not {irjs.decode_statistics!r}")
-        if start_in_regions not in ("inversion", "noise"):
-            raise ValueError(f"start_in_regions must be inversion or noise, not {start_in_regions!r}")
+        if start_in_regions not in ("inversion", "noise", "tracked_noise"):
+            raise ValueError(f"start_in_regions must be inversion, noise or tracked_noise, not {start_in_regions!r}")
         device = self._execution_device
         dtype = self.unet.dtype
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
@@ -321,8 +324,11 @@ class ReAtCoPipeline(DiffusionPipeline):
         elif irjs.enabled:
             # No region means nothing is marked editable: blending would return the source video.
             logger.warning("IRJS is enabled but no object has a region: IRJS is skipped for this edit")
-        if start_in_regions == "noise" and regions:
+        if start_in_regions != "inversion" and regions:
             noise = torch.randn(latents.shape, generator=generator, device=torch.device("cpu")).to(device, dtype)
+            if start_in_regions == "tracked_noise":  # one patch per object, moved with its region
+                object_cells = object_masks(regions, n_frames, *latent_hw) >= 0.5
+                noise = torch.stack([tracked_noise(object_cells, n, generator) for n in noise])
             latents = irjs_ops.blend(noise, latents, cells)
 
         use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0

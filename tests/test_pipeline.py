@@ -187,6 +187,30 @@ def test_start_in_regions_noise_redraws_only_the_regions_cells(pipe, cell):
         _run(pipe, cell, start_in_regions="zeros")
 
 
+def test_start_in_regions_tracked_noise_moves_each_objects_noise_with_its_region(pipe, cell):
+    source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
+    trajectory = pipe.invert(source, "", 4)
+    common = dict(source_latents=source, inversion_trajectory=trajectory)
+    from reatco.regions import object_masks
+    from reatco.irjs import latent_region_mask
+
+    _, regions, _ = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    lh = SIZE // pipe.vae_scale_factor
+    per_object = object_masks(regions, N_FRAMES, lh, lh) >= 0.5
+    inside = latent_region_mask(per_object.float(), lh, lh).bool().expand_as(source)
+    start = _first_unet_input(pipe, cell, start_in_regions="tracked_noise", **common)
+    assert torch.equal(start[~inside], trajectory[-1][~inside])
+    assert not torch.equal(start[inside], _first_unet_input(pipe, cell, start_in_regions="noise", **common)[inside])
+    dog = per_object[1]  # the dog's box moves up between frames
+    rows = [int(dog[f].any(1).nonzero()[0, 0]) for f in range(N_FRAMES)]
+    assert rows[0] != rows[2]
+    h = int(dog[0].any(1).sum())
+    cols = dog[0].any(0)
+    for f in range(1, N_FRAMES):
+        torch.testing.assert_close(start[0, :, f, rows[f]:rows[f] + h][..., cols], start[0, :, 0, rows[0]:rows[0] + h][..., cols],
+                                   rtol=0, atol=0)
+
+
 def test_decode_statistics_source_decodes_with_the_source_frames_statistics(pipe, cell):
     from reatco.decoding import decode_with_reference_statistics
 
