@@ -30,6 +30,9 @@ training.json lists every command, with the chunks stopped early and the one dis
   python scripts/train_shapes_model.py --stage vae --decoder_only --resume --work W --max_minutes 22 \
       --vae_lr 1e-4 --vae_lr_end 5e-6 --vae_batch 32 --composite 0.75 --composite_perturb 0.5 \
       --composite_seam_weight 4 --target_psnr 99 --threads 1
+  python scripts/train_shapes_model.py --stage vae --decoder_only --resume --work W --max_minutes 30 \
+      --vae_lr 8e-5 --vae_lr_end 5e-6 --vae_batch 32 --composite 0.75 --composite_perturb 0.5 \
+      --composite_seam_weight 8 --target_psnr 99 --threads 1
   python scripts/train_shapes_model.py --stage export_vae --work W --out data/shapes-model
 """
 

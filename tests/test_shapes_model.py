@@ -76,7 +76,7 @@ def test_irjs_keeps_the_invariant_region(edit):
     free, _ = _run(edit, RADConfig(enabled=False), IRJSConfig(enabled=False))
     with_irjs, without = psnr(kept, roundtrip, outside), psnr(free, roundtrip, outside)
     # Against the source's own VAE round trip, which bounds what any latent edit can reach (the
-    # source itself is 41 dB away from it here). Measured: 31.4 dB with IRJS, 16.2 dB without; what
+    # source itself is 41 dB away from it here). Measured: 31.7 dB with IRJS, 16.2 dB without; what
     # is left are the pixels next to the boxes, which the VAE decoder mixes with the edited inside,
     # and the parts of the cells the tight boxes cut, which IRJS leaves to the model.
     assert with_irjs >= 27.0 and with_irjs > without + 10.0, (with_irjs, without)
@@ -84,14 +84,17 @@ def test_irjs_keeps_the_invariant_region(edit):
 
 def test_decoding_with_the_source_statistics_keeps_more_of_the_invariant_region(edit):
     # the benchmark's regions (boxes on the 4 px latent grid, so IRJS keeps every invariant pixel's
-    # cell) and the demo's start (fresh noise in the regions, so that their content changes)
+    # cell) and fresh noise in the regions (start_in_regions="noise"), so that their content changes
     case = make_edit_case(2, 0, n_frames=4, box_grid=4)
     outside = case.outside_mask()
     plain, _ = _run(edit, RADConfig(enabled=False), IRJS, start_in_regions="noise", case=case)
     fixed, _ = _run(edit, RADConfig(enabled=False), dataclasses.replace(IRJS, decode_statistics="source"),
                     start_in_regions="noise", case=case)
     plain_psnr, fixed_psnr = psnr(plain, case.source.frames, outside), psnr(fixed, case.source.frames, outside)
-    # Against the source itself. Measured: 37.0 dB with the source's statistics, 34.7 dB plain.
+    # Against the source itself. Measured: 36.9 dB with the source's statistics, 35.4 dB plain. Not a
+    # rule for every edit: with the demo's tracked_noise start this case comes out 1 dB the other
+    # way; on bench_shapes.py's 24 editing cases the source's statistics win 22 of 24, by 3.9 dB
+    # on average.
     assert fixed_psnr > plain_psnr + 1.0, (fixed_psnr, plain_psnr)
-    # inside the regions both decodes show the same edit (the same latents; measured: 3.3 grey levels apart)
+    # inside the regions both decodes show the same edit (the same latents; measured: 3.1 grey levels apart)
     assert np.abs(fixed[~outside].astype(float) - plain[~outside]).mean() < 8
