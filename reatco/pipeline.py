@@ -317,7 +317,8 @@ class ReAtCoPipeline(DiffusionPipeline):
         latent_hw = (latents.shape[3], latents.shape[4])
         attn_masks = object_masks(regions, n_frames, *grid).to(device) if regions else None
         # The regions' latent cells (1 = editable): IRJS blends with them, a noise start re-draws them.
-        cells = irjs_ops.latent_region_mask(object_masks(regions, n_frames, *latent_hw), *latent_hw).to(device, dtype) if regions else None
+        latent_coverage = object_masks(regions, n_frames, *latent_hw) if regions else None
+        cells = irjs_ops.latent_region_mask(latent_coverage, *latent_hw).to(device, dtype) if regions else None
         region_mask = None
         if irjs.enabled and regions:
             region_mask = irjs_ops.feather_mask(cells, irjs.feather) if irjs.feather else cells
@@ -327,8 +328,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         if start_in_regions != "inversion" and regions:
             noise = torch.randn(latents.shape, generator=generator, device=torch.device("cpu")).to(device, dtype)
             if start_in_regions == "tracked_noise":  # one patch per object, moved with its region
-                object_cells = object_masks(regions, n_frames, *latent_hw) >= 0.5
-                noise = torch.stack([tracked_noise(object_cells, n, generator) for n in noise])
+                noise = torch.stack([tracked_noise(latent_coverage >= 0.5, n, generator) for n in noise])
             latents = irjs_ops.blend(noise, latents, cells)
 
         use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0

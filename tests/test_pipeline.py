@@ -166,16 +166,23 @@ def _first_unet_input(pipe, cell, **kwargs):
     return seen[0]
 
 
-def test_start_in_regions_noise_redraws_only_the_regions_cells(pipe, cell):
-    source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
-    trajectory = pipe.invert(source, "", 4)
-    common = dict(source_latents=source, inversion_trajectory=trajectory)
+def _start_case(pipe, cell):
+    """The source latents' inversion (as pipeline kwargs), its last latent, each object's latent
+    cells (J, F, h, w) and the union of the regions' cells in the latents' shape."""
     from reatco.regions import object_masks
     from reatco.irjs import latent_region_mask
 
+    source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
+    trajectory = pipe.invert(source, "", 4)
     _, regions, _ = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
     lh = SIZE // pipe.vae_scale_factor
-    inside = latent_region_mask(object_masks(regions, N_FRAMES, lh, lh), lh, lh).bool().expand_as(source)
+    coverage = object_masks(regions, N_FRAMES, lh, lh)
+    inside = latent_region_mask(coverage, lh, lh).bool().expand_as(source)
+    return dict(source_latents=source, inversion_trajectory=trajectory), trajectory, coverage >= 0.5, inside
+
+
+def test_start_in_regions_noise_redraws_only_the_regions_cells(pipe, cell):
+    common, trajectory, _, inside = _start_case(pipe, cell)
     assert torch.equal(_first_unet_input(pipe, cell, **common), trajectory[-1])  # the paper's start
     start = _first_unet_input(pipe, cell, start_in_regions="noise", **common)
     assert torch.equal(start[~inside], trajectory[-1][~inside])
@@ -188,16 +195,7 @@ def test_start_in_regions_noise_redraws_only_the_regions_cells(pipe, cell):
 
 
 def test_start_in_regions_tracked_noise_moves_each_objects_noise_with_its_region(pipe, cell):
-    source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
-    trajectory = pipe.invert(source, "", 4)
-    common = dict(source_latents=source, inversion_trajectory=trajectory)
-    from reatco.regions import object_masks
-    from reatco.irjs import latent_region_mask
-
-    _, regions, _ = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
-    lh = SIZE // pipe.vae_scale_factor
-    per_object = object_masks(regions, N_FRAMES, lh, lh) >= 0.5
-    inside = latent_region_mask(per_object.float(), lh, lh).bool().expand_as(source)
+    common, trajectory, per_object, inside = _start_case(pipe, cell)
     start = _first_unet_input(pipe, cell, start_in_regions="tracked_noise", **common)
     assert torch.equal(start[~inside], trajectory[-1][~inside])
     assert not torch.equal(start[inside], _first_unet_input(pipe, cell, start_in_regions="noise", **common)[inside])
