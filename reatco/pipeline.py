@@ -17,6 +17,10 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import irjs as irjs_ops
 from . import rad as rad_ops
+from .config import _DECODE_STATISTICS as DECODE_STATISTICS
+from .config import _PLACEMENTS as PLACEMENTS
+from .config import _SOURCES as IRJS_SOURCES
+from .config import _STARTS as STARTS
 from .config import IRJSConfig, RADConfig, WindowConfig
 from .decoding import decode_with_reference_statistics
 from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
@@ -266,12 +270,12 @@ class ReAtCoPipeline(DiffusionPipeline):
         window = _settings(WindowConfig, window)
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
-        if irjs.placement not in ("before_step", "after_step") or irjs.source not in ("noise", "inversion"):
-            raise ValueError("irjs.placement must be before_step|after_step and irjs.source noise|inversion")
-        if irjs.decode_statistics not in ("edit", "source"):
-            raise ValueError(f"irjs.decode_statistics must be edit or source, not {irjs.decode_statistics!r}")
-        if start_in_regions not in ("inversion", "noise", "tracked_noise"):
-            raise ValueError(f"start_in_regions must be inversion, noise or tracked_noise, not {start_in_regions!r}")
+        # the config schema's choices, for callers that pass values without a config
+        for name, value, choices in (("irjs.placement", irjs.placement, PLACEMENTS), ("irjs.source", irjs.source, IRJS_SOURCES),
+                                     ("irjs.decode_statistics", irjs.decode_statistics, DECODE_STATISTICS),
+                                     ("start_in_regions", start_in_regions, STARTS)):
+            if value not in choices:
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
         device = self._execution_device
         dtype = self.unet.dtype
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
