@@ -9,6 +9,9 @@ Relative file paths in a YAML file are taken from that file's folder and made ab
 `video.path` and object `mask`s always, `model.pretrained` / `model.tuned_unet` only when such a
 folder exists (otherwise they are hub ids). Output folders (`output_dir`, `tune.output_dir`,
 `inversion.cache_dir`) stay relative to the working directory, like any command-line path.
+
+A local model folder may carry its own defaults (`reatco_defaults.json`, model_defaults.py): they
+take the place of the library's for every setting that no file and no override sets.
 """
 
 import copy
@@ -360,8 +363,8 @@ def _read_yaml(path: Path) -> dict:
     return raw
 
 
-def _load_tree(path: Path, chain: tuple = ()) -> dict:
-    """A YAML file merged over its base_config chain, paths resolved per file."""
+def _load_layers(path: Path, chain: tuple = ()) -> List[dict]:
+    """A YAML file and its base_config chain, base first, each with its paths resolved."""
     path = path.resolve()
     if path in chain:
         cycle = " -> ".join(str(p) for p in chain + (path,))
@@ -370,13 +373,50 @@ def _load_tree(path: Path, chain: tuple = ()) -> dict:
     base = raw.pop(_BASE_KEY, None)
     _resolve_paths(raw, path.parent)
     if base is None:
-        return raw
+        return [raw]
     if not isinstance(base, str) or not base:
         raise ConfigError(_BASE_KEY, f"in {path}: must be a path to a YAML file, got {base!r}")
     base_path = path.parent / os.path.expanduser(base)
     if not base_path.is_file():
         raise ConfigError(_BASE_KEY, f"in {path}: {base_path} does not exist (base_config is relative to the file)")
-    return _merge(_load_tree(base_path, chain + (path,)), raw)
+    return _load_layers(base_path, chain + (path,)) + [raw]
+
+
+def _restates_defaults(node, default) -> bool:
+    """Every value of `node` is the library default (configs/base.yaml writes them all out)."""
+    if isinstance(node, dict) and isinstance(default, dict):
+        return all(key in default and _restates_defaults(value, default[key]) for key, value in node.items())
+    return node == default
+
+
+def _with_model_defaults(layers: List[dict], overrides: Sequence[str]) -> dict:
+    """Merge the layers, apply the overrides, and fill in the model folder's own defaults
+    (reatco_defaults.json, model_defaults.py) for every setting that no layer sets, where a layer
+    that only restates the library defaults (configs/base.yaml) sets nothing."""
+    from .model_defaults import read_model_defaults
+
+    raw: dict = {}
+    for layer in layers:
+        raw = _merge(raw, layer)
+    raw.pop(_BASE_KEY, None)
+    for item in overrides:
+        _apply_override(raw, item)
+    pretrained = (raw.get("model") or {}).get("pretrained", ModelConfig.pretrained)
+    model_defaults = read_model_defaults(pretrained, local_only=True) if _is_local(pretrained) else {}
+    if not model_defaults:
+        return raw
+    library = config_to_dict(ReAtCoConfig())
+    explicit = [layer for layer in layers if not _restates_defaults(layer, library)]
+    for item in overrides:  # an override is one more explicit layer: `rad.step_size=3` or `rad={step_size: 3}`
+        key, _, text = item.partition("=")
+        parts = _split_key(key.strip())
+        value = _parse_value(text, _child_type(ReAtCoConfig, parts[0], "")) if len(parts) == 1 else None
+        explicit.append({parts[0]: value if isinstance(value, dict) else {}} if len(parts) == 1 else {parts[0]: {parts[1]: None}})
+    for section, values in model_defaults.items():
+        for key, value in values.items():
+            if not any(isinstance(layer.get(section), dict) and key in layer[section] for layer in explicit):
+                raw.setdefault(section, {})[key] = copy.deepcopy(value)
+    return raw
 
 
 def _split_key(key: str) -> List[Any]:
@@ -481,12 +521,10 @@ def _replace_atomic(node, raw: dict, cls) -> None:
             _replace_atomic(node[key], value, tp)
 
 
-def _build(raw: dict, overrides: Sequence[str], name: str, check_paths: bool) -> ReAtCoConfig:
+def _build(layers: List[dict], overrides: Sequence[str], name: str, check_paths: bool) -> ReAtCoConfig:
     if isinstance(overrides, str):
         overrides = [overrides]
-    raw.pop(_BASE_KEY, None)
-    for item in overrides:
-        _apply_override(raw, item)
+    raw = _with_model_defaults(layers, overrides)
     _check_keys(raw, ReAtCoConfig)
     cfg = _typed(ReAtCoConfig, raw)
     if cfg.output_dir is None:
@@ -498,9 +536,11 @@ def _build(raw: dict, overrides: Sequence[str], name: str, check_paths: bool) ->
 def load_config(path, overrides: Sequence[str] = (), check_paths: bool = True) -> ReAtCoConfig:
     """Load a YAML config (with its base_config chain), apply overrides, validate.
 
-    check_paths=False skips the existence checks of input files (schema-only use)."""
+    Settings that no file and no override sets come from the model folder's
+    `reatco_defaults.json` when `model.pretrained` is a local folder that has one, else from the
+    library's defaults. check_paths=False skips the existence checks of input files."""
     path = Path(path)
-    return _build(_load_tree(path), overrides, path.stem, check_paths)
+    return _build(_load_layers(path), overrides, path.stem, check_paths)
 
 
 def config_from_dict(d: dict, overrides: Sequence[str] = (), check_paths: bool = True,
@@ -508,15 +548,16 @@ def config_from_dict(d: dict, overrides: Sequence[str] = (), check_paths: bool =
     """Same as load_config for a dict; relative input paths are taken from `base_dir` when given
     (a `base_config` key needs it), output_dir defaults to outputs/<name>."""
     raw = OmegaConf.to_container(OmegaConf.create(d), resolve=False) if not isinstance(d, dict) else copy.deepcopy(d)
+    layers = [raw]
     if base_dir is not None:
         folder = Path(base_dir)
         base = raw.pop(_BASE_KEY, None)
         _resolve_paths(raw, folder)
         if base is not None:
-            raw = _merge(_load_tree(folder / base), raw)
+            layers = _load_layers(folder / base) + [raw]
     elif raw.get(_BASE_KEY) is not None:
         raise ConfigError(_BASE_KEY, "config_from_dict needs base_dir= to find the base config")
-    return _build(raw, overrides, name, check_paths)
+    return _build(layers, overrides, name, check_paths)
 
 
 # ----------------------------------------------------------------------------- saving

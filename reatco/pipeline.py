@@ -4,13 +4,16 @@ Joint Sampling (IRJS), as a regular `diffusers.DiffusionPipeline`."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput, logging
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
@@ -26,10 +29,12 @@ from .decoding import decode_with_reference_statistics
 from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
 from .errors import ConfigError
 from .inversion import ddim_inversion
+from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
 from .models import TuneAVideoUNet, rad_attention_layers
 from .region_noise import tracked_noise
 from .regions import object_masks, parse_region
 from .tokens import resolve_objects_tokens
+from .video import check_video_tensor
 from .windows import merge_windows, temporal_windows
 
 logger = logging.get_logger(__name__)
@@ -50,9 +55,12 @@ def _settings(cls, value):
 
 @dataclass
 class ReAtCoPipelineOutput(BaseOutput):
-    """frames: (F, 3, H, W) in [0, 1] for "pt", (F, H, W, 3) for "np", a list of PIL images for "pil".
+    """frames: (F, 3, H, W) in [0, 1] for "pt", (F, H, W, 3) floats in [0, 1] for "np", a list of
+    PIL images for "pil" (one video: no batch axis). `reatco.write_video(frames, path)` takes each
+    as it comes, diffusers' `export_to_video(frames, path)` the "np" and "pil" ones.
     rad_losses: one record per RAD pass (step, timestep, total, per-word inner/outer terms).
-    attention_maps: (J, F, h, w) per-word attention averaged over the RAD passes, when asked."""
+    attention_maps: (J, F, h, w) per-word attention averaged over the RAD passes, when asked.
+    With `return_dict=False` the pipeline returns the tuple (frames, rad_losses, attention_maps)."""
 
     frames: Any
     rad_losses: list
@@ -80,7 +88,14 @@ class _RADPass:
 
 
 class ReAtCoPipeline(DiffusionPipeline):
+    """Load with `ReAtCoPipeline.from_pretrained(folder_or_hub_id)`; a folder saved by
+    `save_pretrained` also loads with `diffusers.DiffusionPipeline.from_pretrained(folder,
+    trust_remote_code=True)` (its model_index.json names `reatco_pipeline.ReAtCoPipeline`, a
+    one-line file that imports this class from the installed reatco)."""
+
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    # what `callback_on_step_end` may read and replace (diffusers' SD names), e.g. for SDCFGCutoffCallback
+    _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
         self,
@@ -95,23 +110,89 @@ class ReAtCoPipeline(DiffusionPipeline):
             unet = TuneAVideoUNet.from_unet2d(unet)
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self._model_defaults = None
+        self._guidance_scale, self._num_timesteps, self._interrupt = None, None, False
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, unet=None, scheduler=None, **kwargs):
         """Load a Stable-Diffusion-layout model (hub id or folder). `unet` may be a Tune-A-Video
         UNet (object or folder); by default the model's 2-D UNet is inflated. The scheduler is
-        always DDIM, built from the model's scheduler config."""
-        torch_dtype = kwargs.get("torch_dtype")
+        always DDIM, built from the model's scheduler config. `dtype=` (or the older spelling
+        `torch_dtype=`) puts every component in that dtype. The model's `reatco_defaults.json`,
+        where it has one, becomes `pipe.model_defaults`: the settings the call falls back to.
+
+        A Tune-A-Video UNet folder (`scripts/tune.py`'s output) says `_class_name:
+        UNet3DConditionModel` for the original code's sake, but diffusers' own class of that name
+        is another architecture and refuses it: load it with `TuneAVideoUNet.from_pretrained`
+        (or pass the folder as `unet=` here)."""
+        dtype = _resolve_dtype(kwargs.pop("dtype", None), kwargs.pop("torch_dtype", None))
         hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "local_files_only", "revision", "token") if k in kwargs}
         if unet is None:
-            unet = TuneAVideoUNet.from_pretrained(pretrained_model_name_or_path, subfolder="unet", torch_dtype=torch_dtype, **hub_kwargs)
+            unet = TuneAVideoUNet.from_pretrained(pretrained_model_name_or_path, subfolder="unet", torch_dtype=dtype, **hub_kwargs)
         elif isinstance(unet, (str, os.PathLike)):
-            unet = TuneAVideoUNet.from_pretrained(unet, torch_dtype=torch_dtype, **hub_kwargs)
+            unet = TuneAVideoUNet.from_pretrained(unet, torch_dtype=dtype, **hub_kwargs)
         elif not isinstance(unet, TuneAVideoUNet) and isinstance(unet, UNet2DConditionModel):
             unet = TuneAVideoUNet.from_unet2d(unet)
+        if dtype is not None and unet.dtype != dtype:  # a UNet object given in another dtype
+            unet = unet.to(dtype=dtype)
         if scheduler is None:
             scheduler = DDIMScheduler.from_pretrained(pretrained_model_name_or_path, subfolder="scheduler", **hub_kwargs)
-        return super().from_pretrained(pretrained_model_name_or_path, unet=unet, scheduler=scheduler, **kwargs)
+        if _is_own_shim(pretrained_model_name_or_path):  # our saved folder: its one-line import is ours
+            kwargs.setdefault("trust_remote_code", True)
+        if dtype is not None:
+            kwargs[_DTYPE_KWARG] = dtype
+        pipe = super().from_pretrained(pretrained_model_name_or_path, unet=unet, scheduler=scheduler, **kwargs)
+        pipe._model_defaults = read_model_defaults(pretrained_model_name_or_path, hub_kwargs)
+        return pipe
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """diffusers' save, plus what makes the folder reatco's: model_index.json names
+        `["reatco_pipeline", "ReAtCoPipeline"]` with that one-line file beside it (so that
+        `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)` finds this class), and
+        the model's defaults in `reatco_defaults.json`."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        folder = os.fspath(save_directory)
+        index_path = os.path.join(folder, "model_index.json")
+        with open(index_path) as f:
+            index = json.load(f)
+        index["_class_name"] = [_SHIM_MODULE, "ReAtCoPipeline"]
+        _write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
+        _write_text(os.path.join(folder, f"{_SHIM_MODULE}.py"), _SHIM)
+        if self.model_defaults:
+            _write_text(os.path.join(folder, DEFAULTS_FILE), json.dumps(self.model_defaults, indent=2) + "\n")
+
+    @property
+    def model_defaults(self) -> dict:
+        """The model folder's reatco settings (reatco_defaults.json); {} where it has none. The
+        call's own arguments win over them; see reatco/model_defaults.py."""
+        if self._model_defaults is None:  # loaded by DiffusionPipeline.from_pretrained: read the folder
+            location = getattr(self.config, "_name_or_path", None)
+            self._model_defaults = read_model_defaults(location, local_only=True) if location else {}
+        return self._model_defaults
+
+    @model_defaults.setter
+    def model_defaults(self, value: dict) -> None:
+        from .model_defaults import check_model_defaults
+
+        self._model_defaults = check_model_defaults(value or {}, "model_defaults")
+
+    # diffusers' pipeline state, for callbacks (PipelineCallback, SDCFGCutoffCallback, ...)
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale is not None and self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self):
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set `pipe._interrupt = True` from a callback to skip the remaining steps (as in diffusers)."""
+        return self._interrupt
 
     def enable_vae_slicing(self):
         """Decode (and encode) one frame at a time: VAE memory no longer grows with the clip."""
@@ -231,15 +312,15 @@ class ReAtCoPipeline(DiffusionPipeline):
         prompt: str,
         video: torch.Tensor | Sequence | None = None,
         objects: Sequence = (),
-        num_inference_steps: int = 50,
-        guidance_scale: float = 12.5,
-        negative_prompt: str = "",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        negative_prompt: str | None = None,
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         source_latents: torch.Tensor | None = None,
         inversion_trajectory: torch.Tensor | None = None,
         inversion_prompt: str = "",
-        start_in_regions: str = "inversion",
+        start_in_regions: str | None = None,
         rad: RADConfig | dict | None = None,
         irjs: IRJSConfig | dict | None = None,
         window: WindowConfig | dict | None = None,
@@ -247,11 +328,12 @@ class ReAtCoPipeline(DiffusionPipeline):
         height: int | None = None,
         width: int | None = None,
         n_frames: int | None = None,
-        callback_on_step_end: Callable | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         output_type: str = "pt",
         return_attention: bool = False,
-    ) -> ReAtCoPipelineOutput:
+        return_dict: bool = True,
+    ) -> ReAtCoPipelineOutput | tuple:
         """Edit `video` (F, 3, H, W in [-1, 1], or a list of PIL images / uint8 arrays) towards `prompt`.
 
         objects: one entry per word of interest, as in the config: {"word": …, "box" | "boxes" |
@@ -264,10 +346,35 @@ class ReAtCoPipeline(DiffusionPipeline):
         source object's layout, kept by the inversion, does not fight a new shape in its place;
         "tracked_noise" does the same with one noise patch per object that moves with its region
         (`reatco.region_noise.tracked_noise`), so every frame of an object starts alike.
+
+        Arguments left as None take the model's defaults (`pipe.model_defaults`, from the folder's
+        reatco_defaults.json), then the library's (the paper's SD settings: 50 steps, guidance
+        12.5, start from the inversion, a 32 px attention cell). A `rad`/`irjs`/`window` dict is
+        merged over the model's settings; a RADConfig/IRJSConfig/WindowConfig replaces them.
+
+        One video and one prompt per call: a list of one prompt or one generator is taken as
+        that one; longer lists are refused before any work. `callback_on_step_end` may be a
+        function `(pipe, step, timestep, tensors) -> dict` or one of diffusers' PipelineCallbacks
+        (e.g. `SDCFGCutoffCallback`); it reads and may replace the tensors named in
+        `callback_on_step_end_tensor_inputs` (see `_callback_tensor_inputs`).
         """
-        rad = _settings(RADConfig, rad)
-        irjs = _settings(IRJSConfig, irjs)
-        window = _settings(WindowConfig, window)
+        prompt = _single("prompt", prompt, str, "call the pipeline once per prompt")
+        generator = _single("generator", generator, torch.Generator, "pass one torch.Generator")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs: {unknown} are not tensors this pipeline offers; "
+                             f"it offers {self._callback_tensor_inputs}")
+        defaults = call_defaults(self.model_defaults)
+        num_inference_steps = num_inference_steps if num_inference_steps is not None else defaults.get("num_inference_steps", 50)
+        guidance_scale = guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 12.5)
+        negative_prompt = negative_prompt if negative_prompt is not None else defaults.get("negative_prompt", "")
+        start_in_regions = start_in_regions if start_in_regions is not None else defaults.get("start_in_regions", "inversion")
+        attention_cell_px = attention_cell_px if attention_cell_px is not None else defaults.get("attention_cell_px")
+        rad = _settings(RADConfig, merge_section(defaults.get("rad"), rad))
+        irjs = _settings(IRJSConfig, merge_section(defaults.get("irjs"), irjs))
+        window = _settings(WindowConfig, merge_section(defaults.get("window"), window))
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
         # the config schema's choices, for callers that pass values without a config
@@ -283,6 +390,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         # Source: frames → latents → inversion trajectory.
         if video is not None:
             video = _video_tensor(video)
+            check_video_tensor(video, "video")
             n_frames, _, height, width = video.shape
             if source_latents is None:
                 source_latents = self.encode_video(video, generator)
@@ -340,12 +448,14 @@ class ReAtCoPipeline(DiffusionPipeline):
         n_text_tokens = n_prompt_tokens - 2 if rad.normalize_eot else self.tokenizer.model_max_length - 2
 
         cond = self.encode_prompt(prompt).to(dtype)
-        uncond = self.encode_prompt(negative_prompt).to(dtype)
-        do_cfg = guidance_scale > 1.0
-        text_embeddings = torch.cat([uncond, cond]) if do_cfg else cond
+        negative_prompt_embeds = self.encode_prompt(negative_prompt).to(dtype)
+        self._guidance_scale, self._interrupt = guidance_scale, False
+        # diffusers' layout: [negative, prompt] under guidance; a callback may swap it (CFG cut-off)
+        prompt_embeds = torch.cat([negative_prompt_embeds, cond]) if self.do_classifier_free_guidance else cond
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
         step_sizes = rad_ops.step_sizes(len(timesteps), rad.step_size, tuple(rad.step_size_range))
         windows = temporal_windows(n_frames, window.size, window.stride)
         store = AttentionStore(grid=grid, stop_early=rad.early_stop)
@@ -362,6 +472,9 @@ class ReAtCoPipeline(DiffusionPipeline):
                     stack.enter_context(_gradient_checkpointing(self.unet))
             with self.progress_bar(total=len(timesteps)) as progress:
                 for i, t in enumerate(timesteps):
+                    if self.interrupt:
+                        continue
+                    do_cfg = self.do_classifier_free_guidance  # a callback may have turned guidance off
                     source_t = None
                     if region_mask is not None and irjs.placement == "before_step":
                         source_t = self._irjs_source(irjs, source_latents, inversion_trajectory, i, t, generator)
@@ -373,6 +486,8 @@ class ReAtCoPipeline(DiffusionPipeline):
                                 x, i, t, cond, token_indices, attn_masks[:, frames], store, rad, float(step_sizes[i]), n_text_tokens, words
                             )
                             record["frames"] = [frames[0], frames[-1]]
+                            if not rad_records:
+                                self._warn_if_unattended(record, cell_px, words, token_indices, rad)
                             rad_records.append(record)
                             if return_attention:
                                 attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
@@ -383,7 +498,8 @@ class ReAtCoPipeline(DiffusionPipeline):
                         observe = return_attention and not use_rad and bool(regions) and i < rad.max_update_steps
                         if observe:  # attention pictures without RAD: the conditional half, detached
                             store.mode, store.observe_rows = "observe", len(frames)
-                        noise = self.unet(x_in, t, encoder_hidden_states=text_embeddings).sample
+                        embeds = prompt_embeds if prompt_embeds.shape[0] == x_in.shape[0] else prompt_embeds[-x_in.shape[0]:]
+                        noise = self.unet(x_in, t, encoder_hidden_states=embeds).sample
                         if observe:
                             word_maps = self._word_maps(store.maps().float(), token_indices, rad, n_text_tokens)
                             store.mode = "off"
@@ -391,17 +507,19 @@ class ReAtCoPipeline(DiffusionPipeline):
                             attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
                         if do_cfg:
                             noise_u, noise_c = noise.chunk(2)
-                            noise = noise_u + guidance_scale * (noise_c - noise_u)
+                            noise = noise_u + self._guidance_scale * (noise_c - noise_u)
                         outputs.append(self.scheduler.step(noise, t, x).prev_sample)
                     latents = merge_windows(outputs, windows, n_frames) if len(windows) > 1 else outputs[0]
                     if region_mask is not None and irjs.placement == "after_step":
                         prev = self._irjs_source(irjs, source_latents, inversion_trajectory, i + 1, None, generator)
                         latents = irjs_ops.blend(latents, prev, region_mask)
                     if callback_on_step_end is not None:
-                        available = {"latents": latents, "source_t": source_t}
+                        available = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
                         values = {name: available[name] for name in callback_on_step_end_tensor_inputs}
                         result = callback_on_step_end(self, i, t, values) or {}
                         latents = result.get("latents", latents)
+                        prompt_embeds = result.get("prompt_embeds", prompt_embeds)
+                        negative_prompt_embeds = result.get("negative_prompt_embeds", negative_prompt_embeds)
                     progress.update()
 
         attention = None
@@ -419,7 +537,29 @@ class ReAtCoPipeline(DiffusionPipeline):
             if output_type == "pil":
                 frames_out = [Image.fromarray((f * 255).round().astype(np.uint8)) for f in frames_out]
         self.maybe_free_model_hooks()
+        if not return_dict:
+            return frames_out, rad_records, attention
         return ReAtCoPipelineOutput(frames=frames_out, rad_losses=rad_records, attention_maps=attention)
+
+    def _warn_if_unattended(self, record: dict, cell_px: int, words, token_indices, rad: RADConfig) -> None:
+        """At the first RAD pass, a word whose attention inside its region is ~0 (inner term ≈ 1)
+        cannot be pulled in by any step size: say what usually causes it."""
+        lost = [w for w in words if record["inner"][w] > _UNATTENDED]
+        if not lost:
+            return
+        tokens = {w: idx for w, idx in zip(words, token_indices)}
+        logger.warning(
+            "RAD: %s %s almost no attention inside %s region at the first step (inner term %s); RAD cannot move "
+            "attention that is not there. Likely causes: attention_cell_px=%d is not the grid this model attends on "
+            "(SD v1.x: 32; the shapes model: 8; a model folder's reatco_defaults.json sets it, pipe.model_defaults "
+            "shows what was read); rad.token_normalization=%r on a model that gives nearly all its attention to the "
+            "end/padding tokens (then use rad={'token_normalization': 'share', 'normalize_eot': True}); or the "
+            "word's tokens %s are not the ones the model ties to the object (see "
+            "reatco.tokens.token_table(pipe.tokenizer, prompt))",
+            ", ".join(repr(w) for w in lost), "has" if len(lost) == 1 else "have", "its" if len(lost) == 1 else "their",
+            ", ".join(f"{record['inner'][w]:.3f}" for w in lost), cell_px, rad.token_normalization,
+            {w: tokens[w] for w in lost},
+        )
 
     def _irjs_source(self, irjs: IRJSConfig, source_latents, trajectory, step_index, t, generator):
         """V at the noise level of sampling step `step_index` (step_index == steps → the clean V_0)."""
@@ -431,6 +571,65 @@ class ReAtCoPipeline(DiffusionPipeline):
         timestep = self.scheduler.timesteps[step_index] if t is None else t
         noise = torch.randn(source_latents.shape, generator=generator, device=torch.device("cpu")).to(source_latents)
         return irjs_ops.noise_source(self.scheduler, source_latents, timestep, noise)
+
+
+try:  # diffusers ≥ 0.36 spells it dtype= and warns on torch_dtype=
+    from diffusers.utils.deprecation_utils import _resolve_dtype as _diffusers_resolve_dtype  # noqa: F401
+
+    _DTYPE_KWARG = "dtype"
+except ImportError:
+    _DTYPE_KWARG = "torch_dtype"
+
+# inner RAD term (1 − the word's mean top-K attention in its region) above which the word is lost
+_UNATTENDED = 0.99
+
+# A saved pipeline's model_index.json names this module: DiffusionPipeline.from_pretrained imports it.
+_SHIM_MODULE = "reatco_pipeline"
+_SHIM = (
+    '"""ReAtCoPipeline for diffusers\' DiffusionPipeline.from_pretrained(folder, trust_remote_code=True):\n'
+    'the class comes from the installed reatco package (pip install reatco)."""\n\n'
+    "from reatco.pipeline import ReAtCoPipeline  # noqa: F401\n"
+)
+
+
+def _resolve_dtype(dtype, torch_dtype):
+    if dtype is not None and torch_dtype is not None and dtype != torch_dtype:
+        raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree; pass only dtype=")
+    return dtype if dtype is not None else torch_dtype
+
+
+def _is_own_shim(location) -> bool:
+    path = os.path.join(os.fspath(location), f"{_SHIM_MODULE}.py")
+    try:
+        with open(path) as f:
+            return f.read() == _SHIM
+    except OSError:
+        return False
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write through a temp file and rename: never a half-written file."""
+    fd, tmp = tempfile.mkstemp(prefix=".reatco.", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _single(name: str, value, kind, fix: str):
+    """One prompt / one generator per call: a one-item list is that item, more is refused early."""
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1 and isinstance(value[0], kind):
+            return value[0]
+        raise ValueError(f"{name}: ReAtCoPipeline edits one video per call, with one {name}; got a list of "
+                         f"{len(value)}: {fix}")
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def _as_object(obj):

@@ -281,6 +281,6 @@ class EditRunner:
     def write_regions_png(self, prepared: PreparedEdit, path: Path) -> None:
         from PIL import Image
 
-        first = to_uint8(self.source_video()[:1])[0]
+        first = to_uint8((self.source_video()[:1] + 1) / 2)[0]  # read_video's [-1, 1] → [0, 1]
         words = [o.word for o in prepared.edit.objects]
         Image.fromarray(draw_regions(first, prepared.regions, words, frame=0)).save(path)

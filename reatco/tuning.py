@@ -117,12 +117,22 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
     """Tune `components["unet"]` (2-D: inflated first; a TuneAVideoUNet is tuned in place) on one
     video (F, 3, H, W) in [-1, 1] with its prompt.
 
+        pipe = ReAtCoPipeline.from_pretrained("data/shapes-model")
+        video = read_video("data/shapes-demo/frames", height=64, width=64, n_frames=8)
+        tune_unet(pipe.components, video, "a red circle and a blue square on a gray background",
+                  pipe.model_defaults["tune"])       # or TuneSettings(steps=100, learning_rate=1e-4)
+        pipe.unet.save_pretrained("tuned_unet")      # optional: TuneAVideoUNet.from_pretrained reads it
+
+    settings: a TuneSettings, a dict of its fields, or the config's `tune` section (None: defaults).
+
     components: vae, text_encoder, tokenizer, unet, scheduler (its config gives the DDPM schedule).
     The frozen VAE and text encoder are moved to the training device (and to fp16/bf16 under
     mixed precision). Returns the tuned UNet (fp32, eval, frozen) and the per-step losses."""
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    if isinstance(settings, dict):  # e.g. pipe.model_defaults["tune"]
+        settings = TuneSettings(**settings)
     s = settings if isinstance(settings, TuneSettings) else TuneSettings.from_config(settings) if settings is not None else TuneSettings()
     if video.ndim != 4 or video.shape[1] != 3:
         raise ValueError(f"video must be (frames, 3, height, width) in [-1, 1], got shape {tuple(video.shape)}")

@@ -1,7 +1,11 @@
 """Video in and out: read a clip (file or folder of frames) at the working size; write mp4/gif/frames.
 
-Frames travel as float tensors (F, 3, H, W) in [-1, 1] (what the VAE takes) or as uint8 arrays
-(F, H, W, 3) (what files hold). Every bad input is a ConfigError naming its field.
+Two value ranges, each where diffusers has it: what goes *into* the pipeline is the VAE's
+[-1, 1] (`read_video` returns (F, 3, H, W) floats in [-1, 1]; the pipeline checks its input with
+`check_video_tensor`), what comes *out* is [0, 1] (the pipeline's "pt" and "np" frames). The
+writers take the pipeline's output as it comes: float frames in [0, 1], uint8 frames, or PIL
+images; a float video in [-1, 1] is refused with the fix, never written washed out. Every bad
+input is a ConfigError (reading) or a ValueError (writing) naming its field.
 """
 
 from __future__ import annotations
@@ -183,23 +187,68 @@ def read_video(path, height: int, width: int, n_frames: Optional[int] = None, st
     return video / 127.5 - 1.0
 
 
+# ----------------------------------------------------------------------------- value ranges
+
+# Decoded frames overshoot a little before clamping; anything beyond this is another range.
+_RANGE_SLACK = 1e-3
+
+
+def check_video_tensor(video, field: str = "video") -> None:
+    """A pipeline input: finite floats in [-1, 1] (the VAE's range, what read_video returns).
+    Raises ValueError naming `field` and the fix for 0–255 values or anything outside [-1, 1];
+    warns when every value is in [0, 1], the range of diffusers' image tensors and of the
+    pipeline's own output, which the VAE would read as a washed-out video."""
+    import torch
+
+    if not video.is_floating_point():
+        raise ValueError(f"{field}: a {video.dtype} tensor; give floats in [-1, 1] (uint8 x: x.float() / 127.5 - 1)")
+    values = video.detach()
+    if not torch.isfinite(values).all():
+        raise ValueError(f"{field}: has NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if high > 1 + _RANGE_SLACK and low >= 0:
+        raise ValueError(f"{field}: values reach {high:.1f}, like 0–255 pixels; the pipeline takes [-1, 1]: pass x / 127.5 - 1")
+    if low < -1 - _RANGE_SLACK or high > 1 + _RANGE_SLACK:
+        raise ValueError(f"{field}: values span [{low:.3f}, {high:.3f}]; the pipeline takes [-1, 1] (read_video's range)")
+    if low >= 0 and high <= 1 and high > low:
+        import warnings
+
+        warnings.warn(f"{field}: every value is in [0, 1] (range [{low:.3f}, {high:.3f}]): the pipeline takes [-1, 1], "
+                      "read_video's range; if this is a [0, 1] video (diffusers' image tensors, the pipeline's own "
+                      "output), pass x * 2 - 1", stacklevel=3)
+
+
+def _float_frames_to_uint8(frames: np.ndarray) -> np.ndarray:
+    """Float frames in [0, 1] (the pipeline's output) → uint8; any other range is refused."""
+    if not np.isfinite(frames).all():
+        raise ValueError("frames have NaN or infinite values; nothing was written")
+    low, high = float(frames.min()), float(frames.max())
+    if low < -_RANGE_SLACK:
+        raise ValueError(f"float frames must be in [0, 1] (the pipeline's output), these reach {low:.3f}: for a [-1, 1] "
+                         "video (read_video's range, the VAE's) pass (x + 1) / 2")
+    if high > 1 + _RANGE_SLACK:
+        raise ValueError(f"float frames must be in [0, 1] (the pipeline's output), these reach {high:.1f}: for 0–255 "
+                         "floats pass x / 255")
+    return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
+
+
 # ----------------------------------------------------------------------------- encoding
 
 
 def to_uint8(frames) -> np.ndarray:
-    """(F, H, W, 3) uint8 from a float tensor (F, 3, H, W) in [-1, 1], a uint8 tensor or array
-    (channels first or last), or a list of PIL images."""
+    """(F, H, W, 3) uint8 from what the pipeline returns: float frames in [0, 1] (a tensor or an
+    array, channels first or last), uint8 frames, or a list of PIL images."""
     if isinstance(frames, (list, tuple)) and frames and isinstance(frames[0], Image.Image):
         return np.stack([np.asarray(f.convert("RGB")) for f in frames])
     torch = sys.modules.get("torch")  # a tensor implies torch is already imported
     if torch is not None and isinstance(frames, torch.Tensor):
-        if frames.is_floating_point():
-            frames = ((frames.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        frames = frames.cpu().numpy()
+        frames = frames.detach().cpu()
+        frames = (frames.float() if frames.is_floating_point() else frames).numpy()
     frames = np.asarray(frames)
+    if np.issubdtype(frames.dtype, np.floating):
+        frames = _float_frames_to_uint8(frames)
     if frames.dtype != np.uint8:
-        raise TypeError(f"to_uint8 takes uint8 arrays or float tensors in [-1, 1]; got a {frames.dtype} array "
-                        "(scale [0, 1] floats with (x * 255).round().astype(np.uint8))")
+        raise TypeError(f"to_uint8 takes float frames in [0, 1], uint8 frames or PIL images; got a {frames.dtype} array")
     if frames.ndim != 4:
         raise ValueError(f"expected frames shaped (F, H, W, 3) or (F, 3, H, W), got {frames.shape}")
     if frames.shape[-1] != 3 and frames.shape[1] == 3:
@@ -253,7 +302,8 @@ def _atomic(path: Path, write) -> None:
 
 
 def write_video(frames, path, fps: float = 8) -> Path:
-    """Write frames as .mp4 (h264, yuv420p) or .gif, chosen by the suffix; atomic."""
+    """Write frames as .mp4 (h264, yuv420p) or .gif, chosen by the suffix; atomic. `frames` as the
+    pipeline returns them (float [0, 1] "pt"/"np" frames, PIL images) or uint8 (see to_uint8)."""
     path = Path(path)
     array = to_uint8(frames)
     if len(array) == 0:
@@ -283,4 +333,5 @@ def write_frames(frames, folder, ext: str = "png") -> List[Path]:
     return paths
 
 
-__all__ = ["read_video", "count_frames", "write_video", "write_frames", "to_uint8", "check_size", "frame_files"]
+__all__ = ["read_video", "count_frames", "write_video", "write_frames", "to_uint8", "check_size", "frame_files",
+           "check_video_tensor"]

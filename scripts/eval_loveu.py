@@ -196,7 +196,7 @@ def config_inputs(edit: ev.EvalEdit, frames: np.ndarray) -> ev.EditInputs:
     n, height, width = frames.shape[:3]
     if n != v.n_frames:
         raise ConfigError("--pred_root", f"{edit.key}: {n} predicted frames but video.n_frames is {v.n_frames}")
-    source = to_uint8(read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride))
+    source = to_uint8((read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride) + 1) / 2)
     if source.shape[1:3] != (height, width):
         source = np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in source])
     objects = cfg.edits[edit.edit_index].objects

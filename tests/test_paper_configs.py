@@ -39,7 +39,7 @@ def test_paper_config_dry_run_draws_regions_on_the_clip(name, tmp_path, capsys):
                              "--output_dir", str(out), "--dry-run"])
     assert code == 0, capsys.readouterr().err
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"video.path={clip}"])
-    source = to_uint8(read_video(clip, 448, 768, n_frames=1))[0]
+    source = to_uint8((read_video(clip, 448, 768, n_frames=1) + 1) / 2)[0]
     for edit in cfg.edits:
         drawn = np.asarray(Image.open(out / edit.name / "regions.png").convert("RGB"))
         assert drawn.shape == source.shape

@@ -25,7 +25,7 @@ def solid_frames(n=N, h=H, w=W):
 
 def frame_ids(video):
     """Index of the palette colour nearest to each read frame's mean colour."""
-    means = to_uint8(video).reshape(len(video), -1, 3).mean(1)
+    means = to_uint8((video + 1) / 2).reshape(len(video), -1, 3).mean(1)
     dist = ((means[:, None, :] - palette().astype(float)[None]) ** 2).sum(-1)
     assert dist.min(1).max() < 12**2 * 3, "a frame's colour is far from every written colour"
     return dist.argmin(1).tolist()
@@ -49,12 +49,12 @@ def test_write_read_round_trip_keeps_count_size_and_order(tmp_path, suffix):
 
 
 def test_frames_folder_round_trip(tmp_path):
-    paths = write_frames(torch.from_numpy(solid_frames()).permute(0, 3, 1, 2).float() / 127.5 - 1, tmp_path / "f")
+    paths = write_frames(torch.from_numpy(solid_frames()).permute(0, 3, 1, 2).float() / 255, tmp_path / "f")
     assert [p.name for p in paths[:2]] == ["00000.png", "00001.png"]
     video = read_video(tmp_path / "f", H, W)
     assert video.shape == (N, 3, H, W)
     assert frame_ids(video) == list(range(N))
-    assert np.array_equal(to_uint8(video), solid_frames())  # png is lossless
+    assert np.array_equal(to_uint8((video + 1) / 2), solid_frames())  # png is lossless
 
 
 def test_folder_is_sorted_naturally(tmp_path):
@@ -75,7 +75,7 @@ def test_resizes_to_the_working_size_without_crop(tmp_path):
     frames = solid_frames(3)
     frames[:, :, : W // 2] = 0  # left half black, right half coloured
     path = write_video(frames, tmp_path / "v.mp4")
-    out = to_uint8(read_video(path, 32, 128))
+    out = to_uint8((read_video(path, 32, 128) + 1) / 2)
     assert out.shape == (3, 32, 128, 3)
     assert out[:, :, :56].max() < 20 and out[:, :, 72:].mean() > 40  # the halves stay halves
 
@@ -183,12 +183,38 @@ def test_write_video_rejects_unknown_suffix(tmp_path):
 
 
 def test_to_uint8_layouts():
-    x = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2)
+    x = torch.tensor([0.0, 0.5, 1.0]).view(1, 3, 1, 1).expand(2, 3, 2, 2)  # the pipeline's [0, 1]
     out = to_uint8(x)
     assert out.shape == (2, 2, 2, 3) and out.dtype == np.uint8
     assert out[0, 0, 0].tolist() == [0, 128, 255]
+    assert np.array_equal(to_uint8(x.permute(0, 2, 3, 1).numpy()), out)  # "np" frames, channels last
     chw = np.zeros((2, 3, 4, 5), np.uint8)
     assert to_uint8(chw).shape == (2, 4, 5, 3)
     assert to_uint8([Image.new("RGB", (5, 4))]).shape == (1, 4, 5, 3)
     with pytest.raises(TypeError, match="uint8"):
-        to_uint8(np.zeros((1, 4, 4, 3), np.float32))
+        to_uint8(np.zeros((1, 4, 4, 3), np.int32))
+
+
+def test_writers_refuse_other_float_ranges_with_the_fix(tmp_path):
+    video = torch.rand(2, 3, 8, 8) * 2 - 1  # read_video's [-1, 1]
+    with pytest.raises(ValueError, match=r"\(x \+ 1\) / 2"):
+        write_video(video, tmp_path / "v.mp4")
+    with pytest.raises(ValueError, match="x / 255"):
+        write_video(torch.rand(2, 3, 8, 8) * 255, tmp_path / "v.mp4")
+    with pytest.raises(ValueError, match="NaN"):
+        write_frames(torch.full((1, 3, 8, 8), float("nan")), tmp_path / "f")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_video_input_range_is_checked():
+    from reatco.video import check_video_tensor
+
+    check_video_tensor(torch.rand(2, 3, 8, 8) * 2 - 1)  # [-1, 1]: fine
+    with pytest.raises(ValueError, match="video: values reach .*x / 127.5 - 1"):
+        check_video_tensor(torch.rand(2, 3, 8, 8) * 255)
+    with pytest.raises(ValueError, match="source: values span"):
+        check_video_tensor(torch.rand(2, 3, 8, 8) * 4 - 2, field="source")
+    with pytest.raises(ValueError, match="NaN"):
+        check_video_tensor(torch.full((1, 3, 8, 8), float("inf")))
+    with pytest.warns(UserWarning, match=r"x \* 2 - 1"):
+        check_video_tensor(torch.rand(2, 3, 8, 8))  # [0, 1] is likely the wrong range
