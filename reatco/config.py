@@ -382,17 +382,10 @@ def _load_layers(path: Path, chain: tuple = ()) -> List[dict]:
     return _load_layers(base_path, chain + (path,)) + [raw]
 
 
-def _restates_defaults(node, default) -> bool:
-    """Every value of `node` is the library default (configs/base.yaml writes them all out)."""
-    if isinstance(node, dict) and isinstance(default, dict):
-        return all(key in default and _restates_defaults(value, default[key]) for key, value in node.items())
-    return node == default
-
-
 def _with_model_defaults(layers: List[dict], overrides: Sequence[str]) -> dict:
     """Merge the layers, apply the overrides, and fill in the model folder's own defaults
     (reatco_defaults.json, model_defaults.py) for every setting that no layer sets, where a layer
-    that only restates the library defaults (configs/base.yaml) sets nothing."""
+    that writes out the library's defaults in full (configs/base.yaml) sets nothing."""
     from .model_defaults import read_model_defaults
 
     raw: dict = {}
@@ -406,7 +399,7 @@ def _with_model_defaults(layers: List[dict], overrides: Sequence[str]) -> dict:
     if not model_defaults:
         return raw
     library = config_to_dict(ReAtCoConfig())
-    explicit = [layer for layer in layers if not _restates_defaults(layer, library)]
+    explicit = [layer for layer in layers if layer != library]
     for item in overrides:  # an override is one more explicit layer: `rad.step_size=3` or `rad={step_size: 3}`
         key, _, text = item.partition("=")
         parts = _split_key(key.strip())

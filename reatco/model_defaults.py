@@ -7,9 +7,9 @@ demo's RAD settings. The file holds them in the config's own sections and names:
     {"model": {"attention_cell_px": 8}, "sampling": {"guidance_scale": 10.0}, "rad": {"step_size": 50.0}}
 
 `ReAtCoPipeline.from_pretrained` reads it (the call's arguments win over it) and so does the
-config loader (the config's files and `--set` win over it; a file that only restates the library
-defaults, like configs/base.yaml, does not). Precedence, lowest first:
-library defaults → the model's file → your config or arguments.
+config loader (the config's files and `--set` win over it; configs/base.yaml, which writes out
+every library default, does not). Precedence, lowest first:
+library defaults (and base.yaml) → the model's file → your config or arguments.
 """
 
 from __future__ import annotations

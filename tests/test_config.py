@@ -311,3 +311,59 @@ def test_paper_configs_load(name, clip):
     cfg = load_config(path, [f"video.path={CLIPS / clip}.mp4"])
     assert (cfg.video.height, cfg.video.width, cfg.video.n_frames) == (448, 768, 16)
     assert cfg.edits and all(e.objects for e in cfg.edits)
+
+
+# ----------------------------------------------------------------------------- a model's own defaults
+
+
+def _model_with_defaults(tmp_path, defaults) -> Path:
+    import json
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    (model / "reatco_defaults.json").write_text(json.dumps(defaults))
+    return model
+
+
+def test_a_model_folders_defaults_fill_what_the_config_does_not_set(tmp_path, clip):
+    model = _model_with_defaults(tmp_path, {"model": {"attention_cell_px": 8}, "video": {"height": 64, "width": 64},
+                                            "rad": {"step_size": 50.0, "top_k_ratio": 1.0}, "sampling": {"guidance_scale": 10.0}})
+    write_yaml(tmp_path / "base.yaml", OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "base.yaml")))
+    write_yaml(tmp_path / "c.yaml", {"base_config": "base.yaml", "model": {"pretrained": "model"},
+                                     "video": {"path": str(clip), "prompt": "x"}, "rad": {"top_k_ratio": 0.5}})
+    cfg = load_config(tmp_path / "c.yaml")
+    # base.yaml restates the library's defaults (32, 512, 20.0, 12.5): the model's win over it,
+    # the config's own top_k_ratio over the model's
+    assert (cfg.model.attention_cell_px, cfg.video.height, cfg.rad.step_size, cfg.sampling.guidance_scale) == (8, 64, 50.0, 10.0)
+    assert cfg.rad.top_k_ratio == 0.5
+    # overrides win, whether dotted or a section mapping (which keeps the model's other keys)
+    cfg = load_config(tmp_path / "c.yaml", ["model.attention_cell_px=16", "rad={step_size: 3.0}"])
+    assert (cfg.model.attention_cell_px, cfg.rad.step_size, cfg.rad.top_k_ratio, cfg.video.height) == (16, 3.0, 0.5, 64)
+    # a value that equals the library default still counts when the config itself sets it
+    write_yaml(tmp_path / "d.yaml", {"base_config": "c.yaml", "model": {"attention_cell_px": 32}, "video": {"height": 512, "width": 512}})
+    assert load_config(tmp_path / "d.yaml").model.attention_cell_px == 32
+    # and config_from_dict reads them the same way
+    cfg = config_from_dict({"model": {"pretrained": str(model)}, "video": {"path": str(clip), "prompt": "x"}})
+    assert cfg.model.attention_cell_px == 8 and cfg.rad.top_k_ratio == 1.0
+
+
+def test_a_bad_model_defaults_file_names_the_file_and_key(tmp_path, clip):
+    model = _model_with_defaults(tmp_path, {"rad": {"stepsize": 5}})
+    err = error_of(config_from_dict, {"model": {"pretrained": str(model)}, "video": {"path": str(clip), "prompt": "x"}})
+    assert "reatco_defaults.json" in err.field and "rad.stepsize" in err.field and "step_size" in str(err)
+    (model / "reatco_defaults.json").write_text('{"model": {"pretrained": "elsewhere"}}')
+    err = error_of(config_from_dict, {"model": {"pretrained": str(model)}, "video": {"path": str(clip), "prompt": "x"}})
+    assert "model.pretrained" in err.field and "run's config" in str(err)
+
+
+def test_the_shipped_model_carries_the_demos_settings():
+    """configs/shapes.yaml sets what data/shapes-model/reatco_defaults.json carries: a config that
+    names only the model, the video and the edit gets the same settings."""
+    demo = load_config(REPO / "configs" / "shapes.yaml")
+    bare = config_from_dict({"base_config": "base.yaml", "model": {"pretrained": "../data/shapes-model"},
+                             "video": {"path": "../data/shapes-demo/frames", "prompt": demo.video.prompt,
+                                       "n_frames": 8, "fps": 4},
+                             "output_dir": demo.output_dir, "edits": config_to_dict(demo)["edits"]},
+                            base_dir=REPO / "configs", name="shapes")
+    assert config_to_dict(bare) == config_to_dict(demo)

@@ -177,5 +177,25 @@ class TuneAVideoUNet(UNet2DConditionModel):
         """Tune-A-Video format: config.json with `*3D` block names and `_class_name:
         UNet3DConditionModel`; fp32 weights in `diffusion_pytorch_model.bin` (what the original
         code reads) or `.safetensors`. Other keyword arguments (diffusers' pipeline saver passes
-        some) are ignored."""
-        ckpt.write_checkpoint(os.fspath(save_directory), ckpt.to_tav_config(dict(self.config)), self.state_dict(), safe_serialization)
+        some) are ignored. A README.md beside them says how to load the folder: diffusers' own
+        `UNet3DConditionModel` is another architecture and refuses it."""
+        folder = os.fspath(save_directory)
+        ckpt.write_checkpoint(folder, ckpt.to_tav_config(dict(self.config)), self.state_dict(), safe_serialization)
+        with open(os.path.join(folder, "README.md"), "w") as f:
+            f.write(LOADING_NOTE)
+
+
+LOADING_NOTE = """# A Tune-A-Video UNet (reatco)
+
+Load it with reatco, which reads and writes the original Tune-A-Video format:
+
+```python
+from reatco.models import TuneAVideoUNet
+unet = TuneAVideoUNet.from_pretrained("this/folder")
+pipe = ReAtCoPipeline.from_pretrained("model/folder", unet="this/folder")   # or unet=unet
+```
+
+`config.json` says `_class_name: UNet3DConditionModel` because the original Tune-A-Video code
+reads that name; diffusers' own `UNet3DConditionModel` is a different architecture (ModelScope's
+text-to-video UNet) and refuses these weights.
+"""

@@ -1,0 +1,253 @@
+"""ReAtCoPipeline as a diffusers user drives it: dtype=, return_dict, diffusers' callbacks,
+interrupt, one prompt per call, saving and loading through DiffusionPipeline, the model folder's
+own defaults, and the writers taking the output as it comes."""
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from reatco.errors import ConfigError
+from reatco.pipeline import ReAtCoPipeline
+from reatco.video import read_video, write_video
+
+from tiny_models import save_tiny_sd
+
+N_FRAMES, SIZE, CELL = 3, 32, 4
+PROMPT = "a cat and a dog on the grass"
+OBJECTS = [{"word": "cat", "box": [0, 0, 16, 16]}, {"word": "dog", "box": [16, 16, 32, 32]}]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_tiny_sd(tmp_path_factory.mktemp("sd") / "model")
+
+
+@pytest.fixture(scope="module")
+def pipe(folder):
+    pipe = ReAtCoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _video():
+    return torch.rand(N_FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+def _args(**changes):
+    args = dict(prompt=PROMPT, video=_video(), objects=OBJECTS, num_inference_steps=4, guidance_scale=3.0,
+                generator=torch.Generator().manual_seed(7), attention_cell_px=CELL, output_type="latent",
+                rad={"max_update_steps": 2, "refinement_thresholds": {}})
+    args.update(changes)
+    return args
+
+
+class _UNetCalls:
+    """Records the batch of text embeddings of every UNet forward (CFG: 2, without: 1)."""
+
+    def __init__(self, unet):
+        self.batches = []
+        self.handle = unet.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        states = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        self.batches.append(states.shape[0])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+# ----------------------------------------------------------------------------- dtype, return_dict
+
+
+@pytest.mark.parametrize("spelling", ["dtype", "torch_dtype"])
+def test_dtype_puts_every_component_in_it_and_the_call_runs(folder, spelling):
+    with warnings.catch_warnings():
+        if spelling == "dtype":  # the current spelling: no deprecation warning
+            warnings.simplefilter("error", FutureWarning)
+        pipe = ReAtCoPipeline.from_pretrained(folder, **{spelling: torch.bfloat16})
+    pipe.set_progress_bar_config(disable=True)
+    assert {pipe.vae.dtype, pipe.text_encoder.dtype, pipe.unet.dtype} == {torch.bfloat16}
+    frames = pipe(**_args(num_inference_steps=2, output_type="pt")).frames
+    assert frames.shape == (N_FRAMES, 3, SIZE, SIZE) and torch.isfinite(frames).all()
+
+
+def test_dtype_and_torch_dtype_must_agree(folder):
+    with pytest.raises(ValueError, match="only dtype="):
+        ReAtCoPipeline.from_pretrained(folder, dtype=torch.float16, torch_dtype=torch.float32)
+
+
+def test_return_dict_false_gives_the_tuple(pipe):
+    out = pipe(**_args(return_attention=True))
+    frames, losses, attention = pipe(**_args(return_attention=True, return_dict=False))
+    assert torch.equal(frames, out.frames) and losses == out.rad_losses and torch.equal(attention, out.attention_maps)
+
+
+# ----------------------------------------------------------------------------- callbacks
+
+
+def test_diffusers_cfg_cutoff_callback_turns_guidance_off_after_its_step(pipe):
+    from diffusers.callbacks import SDCFGCutoffCallback
+
+    with _UNetCalls(pipe.unet) as calls:
+        pipe(**_args(rad={"enabled": False}, callback_on_step_end=SDCFGCutoffCallback(cutoff_step_ratio=0.25)))
+    assert pipe.num_timesteps == 4 and pipe.guidance_scale == 0.0
+    # 4 inversion steps (no guidance), then sampling: the cut-off at step int(4 × 0.25) = 1 acts
+    # after that step's forward, so steps 2 and 3 run without guidance
+    assert calls.batches == [1, 1, 1, 1] + [2, 2, 1, 1]
+
+
+def test_callback_reads_and_replaces_the_offered_tensors(pipe):
+    seen = []
+
+    def callback(p, step, timestep, tensors):
+        seen.append({k: tuple(v.shape) for k, v in tensors.items()})
+        return {"latents": torch.zeros_like(tensors["latents"])} if step == 3 else {}
+
+    out = pipe(**_args(callback_on_step_end=callback,
+                       callback_on_step_end_tensor_inputs=["latents", "prompt_embeds", "negative_prompt_embeds"]))
+    assert len(seen) == 4 and seen[0]["prompt_embeds"][0] == 2 and seen[0]["negative_prompt_embeds"][0] == 1
+    assert torch.equal(out.frames, torch.zeros_like(out.frames))  # the last step's replacement is the output
+
+
+def test_interrupt_skips_the_remaining_steps(pipe):
+    def stop(p, step, timestep, tensors):
+        if step == 1:
+            p._interrupt = True
+        return {}
+
+    with _UNetCalls(pipe.unet) as calls:
+        out = pipe(**_args(rad={"enabled": False}, callback_on_step_end=stop))
+    assert len(calls.batches) == 4 + 2 and pipe.interrupt  # the inversion's 4, then 2 sampling steps
+    assert out.frames.shape[2] == N_FRAMES
+
+
+def _no_work(pipe, monkeypatch):
+    monkeypatch.setattr(pipe, "encode_video", lambda *a, **k: pytest.fail("work started before the check"))
+
+
+def test_unknown_callback_tensor_is_refused_before_any_work(pipe, monkeypatch):
+    _no_work(pipe, monkeypatch)
+    with pytest.raises(ValueError, match=r"source_t.*offers \['latents', 'prompt_embeds', 'negative_prompt_embeds'\]"):
+        pipe(**_args(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["latents", "source_t"]))
+
+
+def test_lists_of_prompts_or_generators_are_refused_before_any_work(pipe, monkeypatch):
+    one = pipe(**_args(prompt=[PROMPT], generator=[torch.Generator().manual_seed(7)])).frames
+    assert torch.equal(one, pipe(**_args()).frames)  # a list of one is that one
+    _no_work(pipe, monkeypatch)
+    with pytest.raises(ValueError, match="prompt: ReAtCoPipeline edits one video per call.*list of 2"):
+        pipe(**_args(prompt=[PROMPT, PROMPT]))
+    with pytest.raises(ValueError, match="generator: .*list of 2"):
+        pipe(**_args(generator=[torch.Generator(), torch.Generator()]))
+
+
+# ----------------------------------------------------------------------------- saving and loading
+
+
+def test_a_saved_pipeline_loads_through_diffusers_and_reatco(pipe, tmp_path):
+    from diffusers import DiffusionPipeline, UNet3DConditionModel
+
+    pipe.model_defaults = {"model": {"attention_cell_px": CELL}, "sampling": {"steps": 3}}
+    try:
+        pipe.save_pretrained(tmp_path / "saved")
+    finally:
+        pipe.model_defaults = {}
+    index = json.loads((tmp_path / "saved" / "model_index.json").read_text())
+    assert index["_class_name"] == ["reatco_pipeline", "ReAtCoPipeline"] and index["unet"][0].startswith("reatco")
+    with pytest.raises(ValueError, match="trust_remote_code=True"):  # diffusers' rule for code in a folder
+        DiffusionPipeline.from_pretrained(tmp_path / "saved")
+    loaded = {
+        "diffusers": DiffusionPipeline.from_pretrained(tmp_path / "saved", trust_remote_code=True),
+        "reatco": ReAtCoPipeline.from_pretrained(tmp_path / "saved"),  # its own one-line file: trusted
+    }
+    expected = pipe(**_args(num_inference_steps=3)).frames
+    for name, other in loaded.items():
+        assert type(other) is ReAtCoPipeline, name
+        assert other.model_defaults == {"model": {"attention_cell_px": CELL}, "sampling": {"steps": 3}}, name
+        other.set_progress_bar_config(disable=True)
+        # the folder's defaults give the steps and the cell the explicit call above named
+        frames = other(**{k: v for k, v in _args().items() if k not in ("num_inference_steps", "attention_cell_px")}).frames
+        assert torch.equal(frames, expected), name
+    # the UNet folder keeps the Tune-A-Video format, which diffusers' class of that name refuses
+    assert "TuneAVideoUNet.from_pretrained" in (tmp_path / "saved" / "unet" / "README.md").read_text()
+    with pytest.raises(Exception):
+        UNet3DConditionModel.from_pretrained(tmp_path / "saved" / "unet")
+
+
+# ----------------------------------------------------------------------------- the model's defaults
+
+
+def test_model_defaults_fill_what_the_call_leaves_out(folder, tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(folder, model)
+    (model / "reatco_defaults.json").write_text(json.dumps({
+        "model": {"attention_cell_px": CELL}, "sampling": {"steps": 3, "guidance_scale": 2.0},
+        "rad": {"max_update_steps": 1, "refinement_thresholds": {"0": 0.5}, "max_refinement_iters": 1}}))
+    pipe = ReAtCoPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.model_defaults["rad"]["refinement_thresholds"] == {0: 0.5}
+    out = pipe(PROMPT, video=_video(), objects=OBJECTS, generator=torch.Generator().manual_seed(7), output_type="latent")
+    assert pipe.num_timesteps == 3 and pipe.guidance_scale == 2.0 and len(out.rad_losses) == 1
+    # the call's arguments win; a rad dict is merged over the model's rad settings
+    out = pipe(PROMPT, video=_video(), objects=OBJECTS, num_inference_steps=4, guidance_scale=3.0,
+               rad={"max_update_steps": 2}, generator=torch.Generator().manual_seed(7), output_type="latent")
+    assert pipe.num_timesteps == 4 and pipe.guidance_scale == 3.0 and len(out.rad_losses) == 2
+    (model / "reatco_defaults.json").write_text(json.dumps({"rad": {"step_sise": 3}}))
+    with pytest.raises(ConfigError, match=r"reatco_defaults.json: rad.step_sise.*step_size"):
+        ReAtCoPipeline.from_pretrained(model)
+
+
+def test_warns_when_a_word_has_no_attention_in_its_region(caplog):
+    """The shipped shapes model with the library's RAD defaults (softmax over tokens): its
+    attention sits in EOT/padding, the words' maps are ~0 and RAD could not move them."""
+    from pathlib import Path
+
+    shapes = Path(__file__).resolve().parents[1] / "data" / "shapes-model"
+    pipe = ReAtCoPipeline.from_pretrained(shapes)
+    pipe.set_progress_bar_config(disable=True)
+    video = read_video(shapes.parent / "shapes-demo" / "frames", 64, 64, n_frames=2)
+    args = dict(prompt="a green circle and a yellow triangle on a gray background", video=video,
+                objects=[{"word": "green circle", "box": [24, 40, 48, 64]}], num_inference_steps=2,
+                generator=torch.Generator().manual_seed(0), output_type="latent")
+    with caplog.at_level("WARNING", logger="reatco.pipeline"):
+        pipe(**args)  # the model's defaults: no warning
+    assert not [r for r in caplog.records if "almost no attention" in r.getMessage()]
+    with caplog.at_level("WARNING", logger="reatco.pipeline"):
+        out = pipe(**args, rad={"token_normalization": "softmax", "normalize_eot": False})
+    assert out.rad_losses[0]["inner"]["green circle"] > 0.99
+    message = next(r.getMessage() for r in caplog.records if "almost no attention" in r.getMessage())
+    assert "'green circle'" in message and "attention_cell_px=8" in message and "token_normalization='softmax'" in message
+
+
+# ----------------------------------------------------------------------------- output range
+
+
+@pytest.mark.parametrize("output_type", ["pt", "np", "pil"])
+def test_writers_take_the_output_as_it_comes(pipe, tmp_path, output_type):
+    from reatco.video import write_frames
+
+    out = pipe(**_args(output_type=output_type))
+    reference = pipe(**_args(output_type="pt")).frames  # [0, 1]
+    expected = (reference.permute(0, 2, 3, 1).numpy() * 255).round()
+    write_frames(out.frames, tmp_path / "frames")  # png: exact
+    back = ((read_video(tmp_path / "frames", SIZE, SIZE) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(back, expected)
+
+    def frame_means(path):  # h264 blurs 32 px noise; a frame's mean colour survives (washed out: +64)
+        return ((read_video(path, SIZE, SIZE) + 1) * 127.5).mean(dim=(2, 3)).numpy()
+
+    write_video(out.frames, tmp_path / "edited.mp4")
+    assert np.abs(frame_means(tmp_path / "edited.mp4") - expected.mean(axis=(1, 2))).max() < 3
+    if output_type != "pt":  # diffusers' writer takes the "np" and "pil" frames too
+        from diffusers.utils import export_to_video
+
+        export_to_video(out.frames, str(tmp_path / "diffusers.mp4"), fps=4)
+        assert np.abs(frame_means(tmp_path / "diffusers.mp4") - expected.mean(axis=(1, 2))).max() < 3
