@@ -251,3 +251,29 @@ def test_writers_take_the_output_as_it_comes(pipe, tmp_path, output_type):
 
         export_to_video(out.frames, str(tmp_path / "diffusers.mp4"), fps=4)
         assert np.abs(frame_means(tmp_path / "diffusers.mp4") - expected.mean(axis=(1, 2))).max() < 3
+
+
+# ----------------------------------------------------------------------------- notebooks: config → call
+
+
+def test_pipeline_arguments_turn_a_config_edit_into_the_call(pipe, folder, tmp_path):
+    from reatco import pipeline_arguments
+    from reatco.config import config_from_dict
+    from reatco.video import write_frames
+
+    write_frames((_video() + 1) / 2, tmp_path / "frames")
+    cfg = config_from_dict({
+        "model": {"pretrained": str(folder), "attention_cell_px": CELL},
+        "video": {"path": str(tmp_path / "frames"), "prompt": "x", "height": SIZE, "width": SIZE, "n_frames": N_FRAMES},
+        "sampling": {"steps": 4, "guidance_scale": 3.0, "seed": 7},
+        "rad": {"max_update_steps": 2, "refinement_thresholds": {}},
+        "edits": [{"name": "a", "prompt": PROMPT, "objects": OBJECTS},
+                  {"name": "b", "prompt": PROMPT, "objects": OBJECTS, "rad": {"max_update_steps": 1}}]})
+    args = pipeline_arguments(cfg, "b")
+    assert args["rad"].max_update_steps == 1 and args["objects"][1] == {"word": "dog", "occurrence": None, "box": [16, 16, 32, 32]}
+    out = pipe(**{**pipeline_arguments(cfg), "output_type": "latent"})
+    video = read_video(tmp_path / "frames", SIZE, SIZE)
+    same = pipe(**_args(video=video, rad={**_args()["rad"], "enabled": True}))
+    assert torch.equal(out.frames, same.frames) and len(out.rad_losses) == 2
+    with pytest.raises(ValueError, match=r"no edit named 'c'.*\['a', 'b'\]"):
+        pipeline_arguments(cfg, "c")

@@ -1,0 +1,65 @@
+"""From a config to a pipeline call, for notebooks:
+
+    cfg = load_config("configs/shapes.yaml")
+    pipe = ReAtCoPipeline.from_pretrained(cfg.model.pretrained)
+    out = pipe(**pipeline_arguments(cfg, "triangle-and-circle"))
+
+`scripts/edit.py` does more around the same call (tuning, cached inversion, outputs); this gives
+the call itself, with the edit's own rad/irjs/sampling/window overrides merged in.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _edit(cfg, edit):
+    edits = list(cfg.edits)
+    if edit is None:
+        if not edits:
+            raise ValueError("the config has no edits; add one under edits: or pass edit=EditConfig(...)")
+        return edits[0]
+    if isinstance(edit, int):
+        return edits[edit]
+    if isinstance(edit, str):
+        for e in edits:
+            if e.name == edit:
+                return e
+        raise ValueError(f"no edit named {edit!r}; the config has {[e.name for e in edits]}")
+    return edit
+
+
+def pipeline_arguments(cfg, edit=None, video=None) -> dict[str, Any]:
+    """Keyword arguments of `ReAtCoPipeline.__call__` for one edit of a loaded config.
+
+    edit: an EditConfig, its name, its index, or None for the first. video: the source frames
+    ((F, 3, H, W) in [-1, 1]); None reads `cfg.video` (at its size, frames and stride). The
+    generator is seeded with `sampling.seed`; outputs are "pt" frames with the attention maps."""
+    import torch
+
+    from .config import edit_config
+
+    edit = _edit(cfg, edit)
+    merged = edit_config(cfg, edit)
+    if video is None:
+        from .video import read_video
+
+        v = cfg.video
+        video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
+    objects = []
+    for obj in edit.objects:
+        entry = {"word": obj.word, "occurrence": obj.occurrence}
+        for kind in ("box", "boxes", "mask"):
+            if getattr(obj, kind) is not None:
+                entry[kind] = getattr(obj, kind)
+        objects.append(entry)
+    s = merged.sampling
+    return dict(
+        prompt=edit.prompt, video=video, objects=objects, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+        negative_prompt=s.negative_prompt, generator=torch.Generator().manual_seed(s.seed),
+        inversion_prompt=cfg.inversion.prompt, start_in_regions=s.start_in_regions, rad=merged.rad, irjs=merged.irjs,
+        window=merged.window, attention_cell_px=cfg.model.attention_cell_px, return_attention=cfg.save_attention,
+    )
+
+
+__all__ = ["pipeline_arguments"]
