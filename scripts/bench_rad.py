@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Benchmark of the RAD pass: the official strategy against ours (issue 6).
+"""Benchmark of the RAD pass: the official strategy against ours.
 
     python scripts/bench_rad.py --out bench.json                      # SD-1.4 architecture, random weights, CPU
     python scripts/bench_rad.py --out bench.json --device cuda        # on a GPU (peaks = CUDA max allocated)
@@ -40,7 +40,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reatco.cli import help_without_imports  # noqa: E402
+
+help_without_imports(__file__)  # --help at once, before the heavy imports below
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

@@ -30,10 +30,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reatco.cli import help_without_imports  # noqa: E402
+
+help_without_imports(__file__)  # --help at once, before the heavy imports below
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
 
 from reatco.toy import world  # noqa: E402
 from reatco.toy.detector import detect  # noqa: E402

@@ -11,10 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reatco.cli import help_without_imports  # noqa: E402
+
+help_without_imports(__file__)  # --help at once, before the heavy imports below
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
 
 from reatco.config import load_config  # noqa: E402
 from reatco.errors import ConfigError  # noqa: E402

@@ -2,9 +2,13 @@
 """Edit a video with ReAtCo: tune (Tune-A-Video), invert, edit, and write the edited video with
 what explains it (attention maps, regions, resolved config, report).
 
-    python scripts/edit.py --config configs/dolphins.yaml
-    python scripts/edit.py --config configs/shapes.yaml --set sampling.seed=7 --only swap
+    python scripts/edit.py --config configs/shapes.yaml
+    python scripts/edit.py --config configs/shapes.yaml --set sampling.seed=7 --only triangle-and-circle --overwrite
     python scripts/edit.py --config configs/hares.yaml --dry-run
+
+Each edit goes to <output_dir>/<edit name>/. A finished edit folder is never replaced silently:
+rerunning an edit that is already there stops with exit code 2 unless --overwrite is given (then
+the new folder replaces the old one only once it is complete).
 """
 
 from __future__ import annotations
@@ -16,10 +20,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reatco.config import load_config  # noqa: E402
-from reatco.errors import ConfigError  # noqa: E402
-from reatco.runner import EditRunner  # noqa: E402
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -27,20 +27,36 @@ def parse_args(argv=None):
     parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                         help="override config values, e.g. sampling.seed=7 (repeatable: --set a=1 --set b=2, or --set a=1 b=2)")
     parser.add_argument("--output_dir", default=None, help="write results here instead of the config's output_dir")
-    parser.add_argument("--only", default=None, metavar="NAME", help="run only the edit with this name")
+    parser.add_argument("--only", default=None, metavar="NAME", help="run only the edit with this name (one of the config's edits[].name)")
+    parser.add_argument("--overwrite", action="store_true", help="replace edit folders that are already finished (default: stop)")
     parser.add_argument("--dry-run", action="store_true", help="validate, print token tables, draw regions.png; load no UNet")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
+def finished_edits(prepared, output_dir) -> list[Path]:
+    """The edit folders that already hold a finished edit (report.json is written last)."""
+    return [Path(output_dir) / item.edit.name for item in prepared
+            if (Path(output_dir) / item.edit.name / "report.json").is_file()]
+
+
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # before the imports below: --help is instant
+    from reatco.config import load_config
+    from reatco.errors import ConfigError
+    from reatco.runner import EditRunner
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     try:
         cfg = load_config(args.config, overrides)
         runner = EditRunner(cfg, progress=not args.quiet)
         prepared = runner.prepare(only=args.only)
+        done = [] if args.overwrite or args.dry_run else finished_edits(prepared, cfg.output_dir)
+        if done:
+            raise ConfigError("--overwrite", f"{', '.join(str(d) for d in done)} already "
+                              f"{'holds a finished edit' if len(done) == 1 else 'hold finished edits'}; pass --overwrite "
+                              "to replace, or choose another --output_dir (or --only another edit)")
         runner.source_video()  # a missing or short video fails here, before any weights load
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

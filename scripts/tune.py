@@ -17,10 +17,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reatco.config import load_config  # noqa: E402
-from reatco.errors import ConfigError  # noqa: E402
-from reatco.tuning import tune_from_config, tuned_unet_dir  # noqa: E402
-
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,7 +30,11 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    args = parse_args(argv)  # before the imports below: --help is instant
+    from reatco.config import load_config
+    from reatco.errors import ConfigError
+    from reatco.tuning import tune_from_config, tuned_unet_dir
+
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.set)
     if args.output_dir:

@@ -85,10 +85,16 @@ def test_edit_writes_every_output(workspace, capsys):
     assert list((workspace / "out" / ".cache" / "inversion").glob("*.pt"))
     assert "rabbit" in capsys.readouterr().out
 
-    # A second run reuses the tuned UNet and the inversion and reproduces the frames exactly.
+    # A rerun does not replace the finished edit silently: exit 2, naming the folder and the flag.
     first = sorted((out / "frames").glob("*.png"))
     first_bytes = [p.read_bytes() for p in first]
-    assert edit_script.main(["--config", str(config), "--quiet", "--only", "swap"]) == 0
+    report_bytes = (out / "report.json").read_bytes()
+    assert edit_script.main(["--config", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and str(out) in err and (out / "report.json").read_bytes() == report_bytes
+
+    # With --overwrite, it reuses the tuned UNet and the inversion and reproduces the frames exactly.
+    assert edit_script.main(["--config", str(config), "--quiet", "--only", "swap", "--overwrite"]) == 0
     assert [p.read_bytes() for p in sorted((out / "frames").glob("*.png"))] == first_bytes
     assert "tune" not in json.loads((out / "report.json").read_text())["timings_s"]
 
