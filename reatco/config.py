@@ -565,12 +565,39 @@ def config_to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def save_config(cfg, path) -> None:
-    """Write the resolved config as YAML (atomically); load_config reads it back equal."""
+def _relative_inputs(d: dict, folder: Path) -> dict:
+    """The input paths of a config dict made relative to `folder` where they can be (the way
+    load_config reads them: from the file's own folder); hub ids and other drives stay as they are."""
+    def rel(p):
+        if not isinstance(p, str) or not os.path.isabs(p) or not os.path.exists(p):
+            return p
+        try:
+            return os.path.relpath(p, folder.resolve())
+        except ValueError:  # another drive
+            return p
+
+    d["video"]["path"] = rel(d["video"]["path"])
+    d["model"]["pretrained"] = rel(d["model"]["pretrained"])
+    d["model"]["tuned_unet"] = rel(d["model"]["tuned_unet"])
+    for edit in d["edits"]:
+        for obj in edit["objects"]:
+            obj["mask"] = rel(obj["mask"])
+    return d
+
+
+def save_config(cfg, path, relative_inputs: bool = False) -> None:
+    """Write the resolved config as YAML (atomically); load_config reads it back equal.
+    relative_inputs: write the input paths (video, masks, local model folders) relative to the
+    file's folder, so that a results folder moved with its inputs still reruns."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    data = config_to_dict(cfg)
+    if relative_inputs and "video" in data:
+        data = _relative_inputs(data, path.parent)
     text = "# Resolved reatco config: every value, base configs and overrides applied.\n"
-    text += OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg)))
+    if relative_inputs:
+        text += "# Input paths are relative to this file's folder; output folders to the working directory.\n"
+    text += OmegaConf.to_yaml(OmegaConf.create(data))
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:

@@ -60,11 +60,13 @@ class ReAtCoPipelineOutput(BaseOutput):
     as it comes, diffusers' `export_to_video(frames, path)` the "np" and "pil" ones.
     rad_losses: one record per RAD pass (step, timestep, total, per-word inner/outer terms).
     attention_maps: (J, F, h, w) per-word attention averaged over the RAD passes, when asked.
+    attention_by_step: {step index: (J, F, h, w)} at the steps asked for in `attention_steps`.
     With `return_dict=False` the pipeline returns the tuple (frames, rad_losses, attention_maps)."""
 
     frames: Any
     rad_losses: list
     attention_maps: torch.Tensor | None = None
+    attention_by_step: dict | None = None
 
 
 @dataclass
@@ -332,6 +334,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         output_type: str = "pt",
         return_attention: bool = False,
+        attention_steps: Sequence[int] = (),
         return_dict: bool = True,
     ) -> ReAtCoPipelineOutput | tuple:
         """Edit `video` (F, 3, H, W in [-1, 1], or a list of PIL images / uint8 arrays) towards `prompt`.
@@ -357,6 +360,9 @@ class ReAtCoPipeline(DiffusionPipeline):
         function `(pipe, step, timestep, tensors) -> dict` or one of diffusers' PipelineCallbacks
         (e.g. `SDCFGCutoffCallback`); it reads and may replace the tensors named in
         `callback_on_step_end_tensor_inputs` (see `_callback_tensor_inputs`).
+
+        return_attention: also return each word's attention map, averaged over the steps that
+        record it (the RAD steps), and at each step of `attention_steps` on its own.
         """
         prompt = _single("prompt", prompt, str, "call the pipeline once per prompt")
         generator = _single("generator", generator, torch.Generator, "pass one torch.Generator")
@@ -462,6 +468,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         rad_layers = rad_attention_layers(self.unet, self.vae_scale_factor, cell_px) if (use_rad or return_attention) and regions else []
         rad_records: list[dict] = []
         attention_sum, attention_count = None, 0
+        by_step: dict[int, tuple] = {}  # step index → (sum, count) over its windows
 
         with contextlib.ExitStack() as stack:
             if rad_layers:
@@ -491,6 +498,8 @@ class ReAtCoPipeline(DiffusionPipeline):
                             rad_records.append(record)
                             if return_attention:
                                 attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
+                                if i in attention_steps:
+                                    by_step[i] = _accumulate(*by_step.get(i, (None, 0)), word_maps, frames, n_frames)
                         if source_t is not None:
                             x = irjs_ops.blend(x, source_t[:, :, frames], region_mask[:, :, frames])
                         x_in = torch.cat([x, x]) if do_cfg else x
@@ -505,6 +514,8 @@ class ReAtCoPipeline(DiffusionPipeline):
                             store.mode = "off"
                             store.reset()
                             attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
+                            if i in attention_steps:
+                                by_step[i] = _accumulate(*by_step.get(i, (None, 0)), word_maps, frames, n_frames)
                         if do_cfg:
                             noise_u, noise_c = noise.chunk(2)
                             noise = noise_u + self._guidance_scale * (noise_c - noise_u)
@@ -525,6 +536,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         attention = None
         if return_attention and attention_sum is not None:
             attention = (attention_sum / attention_count.clamp(min=1)).cpu()
+        attention_by_step = {i: (total / count.clamp(min=1)).cpu() for i, (total, count) in sorted(by_step.items())}
         if output_type == "latent":
             frames_out = latents
         else:
@@ -539,7 +551,8 @@ class ReAtCoPipeline(DiffusionPipeline):
         self.maybe_free_model_hooks()
         if not return_dict:
             return frames_out, rad_records, attention
-        return ReAtCoPipelineOutput(frames=frames_out, rad_losses=rad_records, attention_maps=attention)
+        return ReAtCoPipelineOutput(frames=frames_out, rad_losses=rad_records, attention_maps=attention,
+                                    attention_by_step=attention_by_step if return_attention else None)
 
     def _warn_if_unattended(self, record: dict, cell_px: int, words, token_indices, rad: RADConfig) -> None:
         """At the first RAD pass, a word whose attention inside its region is ~0 (inner term ≈ 1)

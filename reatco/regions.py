@@ -274,7 +274,8 @@ def union_mask(masks: torch.Tensor) -> torch.Tensor:
 
 def draw_regions(image: np.ndarray, regions: Sequence[Region], labels: Sequence[str], frame: int = 0) -> np.ndarray:
     """The regions of `frame` drawn on an (H, W, 3) uint8 image: coloured box outlines or mask
-    contours, each with its word. Coordinates are rescaled when the image is not at the working size."""
+    contours, each with its word (None: the outline only). Coordinates are rescaled when the image is
+    not at the working size."""
     from PIL import Image, ImageDraw, ImageFont
 
     canvas = Image.fromarray(np.ascontiguousarray(image[..., :3]).astype(np.uint8))
@@ -303,6 +304,8 @@ def draw_regions(image: np.ndarray, regions: Sequence[Region], labels: Sequence[
             draw = ImageDraw.Draw(canvas)
             ys, xs = np.nonzero(m.numpy())
             x1, y1 = (float(xs.min()), float(ys.min())) if len(xs) else (0.0, 0.0)
+        if label is None:  # outline only (regions_sheet puts the words in a legend)
+            continue
         text_box = draw.textbbox((x1 + line + 2, y1 + line + 1), str(label), font=font)
         draw.rectangle([text_box[0] - 2, text_box[1] - 1, text_box[2] + 2, text_box[3] + 1], fill=colour)
         draw.text((x1 + line + 2, y1 + line + 1), str(label), fill=(0, 0, 0), font=font)

@@ -22,7 +22,7 @@ from .config import edit_config, save_config
 from .errors import ConfigError
 from .files import replace_dir
 from .inversion import file_fingerprint, inversion_cache_key, load_or_invert
-from .regions import Region, draw_regions, parse_region
+from .regions import Region, parse_region
 from .tokens import load_tokenizer, resolve_objects_tokens, token_table
 from .video import read_video, to_uint8, write_frames, write_video
 
@@ -76,6 +76,13 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def attention_steps(recorded_steps: int, steps: int) -> list[int]:
+    """The denoising steps attention.mp4 shows on their own (besides the mean): the first, the
+    middle and the last of the steps that record attention (the RAD steps)."""
+    last = min(recorded_steps, steps) - 1
+    return sorted({0, last // 2, last}) if last >= 0 else []
 
 
 class EditRunner:
@@ -137,12 +144,12 @@ class EditRunner:
             from .pipeline import ReAtCoPipeline
 
             start = time.perf_counter()
-            unet = self._unet()
-            pipe = ReAtCoPipeline.from_pretrained(self.cfg.model.pretrained, unet=unet, torch_dtype=self.dtype)
+            unet = self._unet()  # may tune first: that is timed as "tune", not as loading
+            pipe = ReAtCoPipeline.from_pretrained(self.cfg.model.pretrained, unet=unet, dtype=self.dtype)
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=not self.progress)
             self._pipe = pipe
-            self.timings["load"] = time.perf_counter() - start
+            self.timings["load"] = time.perf_counter() - start - self.timings.get("tune", 0.0)
         return self._pipe
 
     def _unet(self):
@@ -232,6 +239,7 @@ class EditRunner:
             attention_cell_px=cfg.model.attention_cell_px,
             output_type="np",
             return_attention=cfg.save_attention,
+            attention_steps=attention_steps(cfg.rad.max_update_steps if cfg.rad.enabled else 0, cfg.sampling.steps),
         )
         edit_seconds = time.perf_counter() - start
         frames = (output.frames * 255).round().astype(np.uint8)
@@ -251,11 +259,12 @@ class EditRunner:
             report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
         result = EditResult(prepared.edit.name, frames, None, report)
         if write:
-            result.out_dir = self.write_outputs(prepared, result, output.attention_maps, out_dir)
+            result.out_dir = self.write_outputs(prepared, result, output, out_dir)
         return result
 
-    def write_outputs(self, prepared: PreparedEdit, result: EditResult, attention, out_dir=None) -> Path:
-        """Everything goes into `<name>.partial/` first and replaces `<name>/` only when complete."""
+    def write_outputs(self, prepared: PreparedEdit, result: EditResult, output=None, out_dir=None) -> Path:
+        """Everything goes into `<name>.partial/` first and replaces `<name>/` only when complete.
+        `output`: the pipeline's output, whose attention maps (if any) become attention.mp4."""
         cfg = prepared.cfg
         final = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / prepared.edit.name
         partial = final.with_name(final.name + ".partial")
@@ -267,20 +276,28 @@ class EditRunner:
             write_video(result.frames, partial / "edited.gif", fps=fps)
         if cfg.save_frames:
             write_frames(result.frames, partial / "frames")
-        if attention is not None:
-            from .visualize import attention_overlay
+        if output is not None and output.attention_maps is not None:
+            from .visualize import attention_video, region_boxes
 
             words = [o.word for o in prepared.edit.objects]
-            write_video(attention_overlay(result.frames, attention, words), partial / "attention.mp4", fps=fps)
+            columns = [(f"step {i}", maps) for i, maps in (output.attention_by_step or {}).items()]
+            recorded = sorted({r["step"] for r in output.rad_losses}) or list(output.attention_by_step or [])
+            mean_title = f"mean, steps {recorded[0]}-{recorded[-1]}" if recorded else "mean"
+            columns.append((mean_title, output.attention_maps))
+            video = attention_video(result.frames, columns, words, region_boxes(prepared.regions, len(result.frames)))
+            write_video(video, partial / "attention.mp4", fps=fps)
         self.write_regions_png(prepared, partial / "regions.png")
-        save_config(cfg, partial / "config.yaml")
+        save_config(cfg, partial / "config.yaml", relative_inputs=True)  # reruns from where it lies
         with open(partial / "report.json", "w") as f:
             json.dump(result.report, f, indent=2)
         return replace_dir(partial, final)
 
     def write_regions_png(self, prepared: PreparedEdit, path: Path) -> None:
+        """Every source frame with the regions outlined, frame numbers, and a legend of the words."""
         from PIL import Image
 
-        first = to_uint8((self.source_video()[:1] + 1) / 2)[0]  # read_video's [-1, 1] → [0, 1]
+        from .visualize import regions_sheet
+
+        frames = to_uint8((self.source_video() + 1) / 2)  # read_video's [-1, 1] → [0, 1]
         words = [o.word for o in prepared.edit.objects]
-        Image.fromarray(draw_regions(first, prepared.regions, words, frame=0)).save(path)
+        Image.fromarray(regions_sheet(frames, prepared.regions, words)).save(path)

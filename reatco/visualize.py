@@ -1,4 +1,5 @@
-"""Pictures that explain an edit: per-word attention heat maps over the frames."""
+"""Pictures that explain an edit: per-word attention heat maps over the frames (attention.mp4) and
+the regions on the source frames (regions.png), at a readable size, labelled outside the image."""
 
 from __future__ import annotations
 
@@ -18,24 +19,124 @@ def heat_colormap(values: np.ndarray) -> np.ndarray:
     return rgb.astype(np.uint8)
 
 
-def attention_overlay(frames: np.ndarray, word_maps: torch.Tensor, words: list[str], alpha: float = 0.55) -> np.ndarray:
-    """frames (F, H, W, 3) uint8, word_maps (J, F, h, w) → (F, H, J·W, 3): one panel per word, the
-    map (normalised per word over the whole clip, so panels compare across frames) over the frame."""
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:  # Pillow's default font, scalable where FreeType is available
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _upscale(image: np.ndarray, width: int) -> Image.Image:
+    """An (H, W, 3) frame at `width` px wide: nearest when enlarging (cells stay sharp)."""
+    h, w = image.shape[:2]
+    height = max(1, round(h * width / w))
+    return Image.fromarray(image).resize((width, height), Image.NEAREST if width >= w else Image.BICUBIC)
+
+
+def region_boxes(regions, n_frames: int) -> np.ndarray:
+    """(J, F, 4) pixel boxes of the regions (a mask region: its tight box per frame)."""
+    from .regions import mask_box
+
+    out = []
+    for region in regions:
+        if region.boxes is not None:
+            boxes = region.boxes.numpy()
+            out.append(np.broadcast_to(boxes, (n_frames, 4)) if len(boxes) == 1 else boxes)
+        else:
+            out.append(np.stack([mask_box(m > 0.5) for m in region.pixel_masks.numpy()]))
+    return np.stack(out).astype(float) if out else np.zeros((0, n_frames, 4))
+
+
+def colour_bar(height: int, vmax: float, width: int = 14, font=None) -> Image.Image:
+    """A vertical bar of `heat_colormap` from 0 (bottom) to vmax (top), with three tick labels."""
+    font = font or _font(12)
+    ramp = heat_colormap(np.linspace(1, 0, height)[:, None].repeat(width, 1))
+    labels = [f"{vmax:.2g}", f"{vmax / 2:.2g}", "0"]
+    label_w = max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font)) for t in labels) + 4
+    bar = Image.new("RGB", (width + 4 + label_w, height), (0, 0, 0))
+    bar.paste(Image.fromarray(ramp), (0, 0))
+    draw = ImageDraw.Draw(bar)
+    for text, y in zip(labels, (0, height // 2 - 6, height - 13)):
+        draw.text((width + 4, max(0, y)), text, fill=(255, 255, 255), font=font)
+    return bar
+
+
+def attention_video(frames: np.ndarray, columns: list[tuple[str, torch.Tensor]], words: list[str],
+                    boxes: np.ndarray | None = None, panel_px: int = 160, alpha: float = 0.6) -> np.ndarray:
+    """The attention of each word (rows) in each column (e.g. a few denoising steps and their mean)
+    over every frame: (F, H', W', 3) uint8, one video frame per source frame.
+
+    frames: (F, H, W, 3) uint8, the edited frames under the maps. columns: (title, maps (J, F, h, w)).
+    boxes: (J, F, 4) pixel boxes of the regions, outlined in white. Every panel shares one colour
+    scale, 0 to the largest value shown, drawn as a colour bar: a weak map looks weak."""
     n_frames, height, width, _ = frames.shape
-    maps = word_maps.float()
-    maps = torch.nn.functional.interpolate(maps, size=(height, width), mode="bilinear", align_corners=False)
-    panels = []
+    font, small = _font(14), _font(12)
+    vmax = max(float(m.max()) for _, m in columns) if columns else 1.0
+    vmax = vmax if vmax > 0 else 1.0
+    panel_h = round(height * panel_px / width)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max([int(measure.textlength(w, font=font)) for w in words] + [40]) + 12
+    header_h, title_h = 22, 20
+    bar = colour_bar(panel_h * len(words), vmax, font=small)
+    canvas_w = label_w + panel_px * len(columns) + 8 + bar.width + 4
+    canvas_h = header_h + title_h + panel_h * len(words)
+    scaled = [torch.nn.functional.interpolate(m.float(), size=(panel_h, panel_px), mode="nearest").numpy() / vmax
+              for _, m in columns]
+    out = []
+    for f in range(n_frames):
+        canvas = Image.new("RGB", (canvas_w, canvas_h), (0, 0, 0))
+        draw = ImageDraw.Draw(canvas)
+        draw.text((4, 3), f"frame {f} of {n_frames} (0-based)   attention of each word, one scale: 0 to {vmax:.2g}",
+                  fill=(255, 255, 255), font=font)
+        base = np.asarray(_upscale(frames[f], panel_px)).astype(np.float32)
+        for c, (title, _) in enumerate(columns):
+            draw.text((label_w + c * panel_px + 4, header_h + 2), title, fill=(255, 255, 255), font=small)
+        for j, word in enumerate(words):
+            y = header_h + title_h + j * panel_h
+            draw.text((6, y + panel_h // 2 - 8), word, fill=(255, 255, 255), font=font)
+            for c in range(len(columns)):
+                heat = heat_colormap(scaled[c][j, f]).astype(np.float32)
+                panel = Image.fromarray((base * (1 - alpha) + heat * alpha).astype(np.uint8))
+                if boxes is not None and len(boxes) > j:
+                    s = panel_px / width
+                    x1, y1, x2, y2 = (float(v) * s for v in boxes[j, f])
+                    ImageDraw.Draw(panel).rectangle([x1, y1, x2 - 1, y2 - 1], outline=(255, 255, 255), width=2)
+                canvas.paste(panel, (label_w + c * panel_px, y))
+        canvas.paste(bar, (label_w + panel_px * len(columns) + 8, header_h + title_h))
+        out.append(np.asarray(canvas))
+    return np.stack(out)
+
+
+def regions_sheet(frames: np.ndarray, regions, words: list[str], frame_px: int = 192, per_row: int = 8) -> np.ndarray:
+    """Every frame of the source with every region outlined in its word's colour, frame numbers
+    above, and a legend (colour → word) below: (H', W', 3) uint8. frames (F, H, W, 3) uint8."""
+    from .regions import _PALETTE, draw_regions
+
+    n_frames = len(frames)
+    font = _font(14)
+    tiles = []
+    for f in range(n_frames):
+        big = np.asarray(_upscale(frames[f], frame_px))
+        tiles.append(draw_regions(big, regions, [None] * len(regions), frame=f))
+    tile_h = tiles[0].shape[0]
+    cols = min(per_row, n_frames)
+    rows = -(-n_frames // cols)
+    legend_h = 24
+    sheet = Image.new("RGB", (cols * (frame_px + 4) + 4, rows * (tile_h + 22) + legend_h + 4), (0, 0, 0))
+    draw = ImageDraw.Draw(sheet)
+    for f, tile in enumerate(tiles):
+        x, y = 4 + (f % cols) * (frame_px + 4), (f // cols) * (tile_h + 22)
+        draw.text((x, y + 3), f"frame {f}", fill=(255, 255, 255), font=font)
+        sheet.paste(Image.fromarray(tile), (x, y + 20))
+    x, y = 4, rows * (tile_h + 22) + 4
     for j, word in enumerate(words):
-        m = maps[j]
-        m = (m - m.min()) / (m.max() - m.min()).clamp(min=1e-8)
-        heat = heat_colormap(m.numpy())
-        panel = (frames.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
-        for f in range(n_frames):
-            image = Image.fromarray(panel[f])
-            ImageDraw.Draw(image).text((4, 4), word, fill=(255, 255, 255))
-            panel[f] = np.asarray(image)
-        panels.append(panel)
-    return np.concatenate(panels, axis=2)
+        colour = _PALETTE[j % len(_PALETTE)]
+        draw.rectangle([x, y + 3, x + 14, y + 17], fill=colour)
+        draw.text((x + 20, y + 2), word, fill=(255, 255, 255), font=font)
+        x += 20 + int(draw.textlength(word, font=font)) + 24
+    return np.asarray(sheet)
 
 
 def region_strip(source: np.ndarray, edited: np.ndarray, boxes: np.ndarray, frame_px: int = 128) -> np.ndarray:

@@ -84,6 +84,7 @@ def test_edit_writes_every_output(workspace, capsys):
     assert (workspace / "out" / "tuned_unet" / "config.json").is_file()  # tuned once, cached
     assert list((workspace / "out" / ".cache" / "inversion").glob("*.pt"))
     assert "rabbit" in capsys.readouterr().out
+    _check_explaining_outputs(out, config, report)
 
     # A rerun does not replace the finished edit silently: exit 2, naming the folder and the flag.
     first = sorted((out / "frames").glob("*.png"))
@@ -97,6 +98,49 @@ def test_edit_writes_every_output(workspace, capsys):
     assert edit_script.main(["--config", str(config), "--quiet", "--only", "swap", "--overwrite"]) == 0
     assert [p.read_bytes() for p in sorted((out / "frames").glob("*.png"))] == first_bytes
     assert "tune" not in json.loads((out / "report.json").read_text())["timings_s"]
+
+
+def _check_explaining_outputs(out, config, report):
+    from reatco.config import load_config
+
+    # each stage timed on its own: loading the editing pipeline is not the tuning
+    timings = report["timings_s"]
+    assert {"tune", "load", "invert", "edit"} <= set(timings) and timings["load"] < timings["tune"]
+    # regions.png: every frame at a readable size (192 px a frame), the words in a legend
+    regions = np.asarray(Image.open(out / "regions.png").convert("RGB"))
+    assert regions.shape[1] >= N_FRAMES * 192 and regions.shape[0] >= 192
+    # attention.mp4: a frame per source frame; rows per word, columns per shown step and the mean
+    attention = read_video(out / "attention.mp4", 64, 64)
+    assert len(attention) == N_FRAMES
+    import imageio.v3 as iio
+
+    first = iio.imread(out / "attention.mp4", plugin="pyav", index=0)
+    assert first.shape[0] >= 2 * 160 and first.shape[1] >= 3 * 160  # 2 words × (steps 0, 1 and the mean)
+    # config.yaml: input paths relative to its folder, and it loads back to the same inputs
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert not Path(saved["video"]["path"]).is_absolute() and not Path(saved["model"]["pretrained"]).is_absolute()
+    again, original = load_config(out / "config.yaml"), load_config(config)
+    assert again.video.path == original.video.path and again.model.pretrained == original.model.pretrained
+
+
+def test_attention_video_shares_one_scale_and_outlines_the_regions():
+    import torch
+
+    from reatco.visualize import attention_video, heat_colormap
+
+    frames = np.zeros((2, 32, 32, 3), np.uint8)
+    strong = torch.zeros(2, 2, 4, 4)
+    strong[0, :, :2, :2] = 0.8  # word 0: attention in its top-left cells
+    strong[1, :, :, :] = 0.1  # word 1: a weak, flat map
+    boxes = np.array([[[0, 0, 16, 16]] * 2, [[16, 16, 32, 32]] * 2], float)
+    video = attention_video(frames, [("step 0", strong), ("mean", strong)], ["cat", "dog"], boxes, panel_px=64, alpha=1.0)
+    assert video.shape[0] == 2
+    frame = video[0].astype(int)
+    # the weak map stays weak: its colour is the colour bar's at 0.1 / 0.8, not its own maximum's
+    expected = heat_colormap(np.array(0.1 / 0.8)).astype(int)
+    assert (np.abs(frame - expected).sum(-1) <= 3).sum() > 64 * 40
+    assert (np.abs(frame - heat_colormap(np.array(1.0)).astype(int)).sum(-1) <= 3).sum() > 2 * 28 * 28
+    assert ((frame == 255).all(-1)).sum() > 4 * 4 * 30  # white region outlines and labels
 
 
 def test_every_set_flag_counts():

@@ -105,7 +105,7 @@ def test_save_load_round_trip_is_bit_identical(unet2d, tmp_path, safe):
     model = TuneAVideoUNet.from_pretrained(_save_tav(tmp_path, unet2d))
     model.save_pretrained(tmp_path / "out", safe_serialization=safe)
     weights = "diffusion_pytorch_model." + ("safetensors" if safe else "bin")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", weights]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", weights]  # README: how to load it
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert config["_class_name"] == "UNet3DConditionModel"
     assert [config["down_block_types"], config["mid_block_type"], config["up_block_types"]] == list(TAV_BLOCKS.values())

@@ -92,7 +92,7 @@ def test_save_is_atomic_and_refuses_to_overwrite(tmp_path):
     unet = TuneAVideoUNet.from_unet2d(tiny_unet2d())
     out = tmp_path / "tuned"
     save_tuned(unet, out, {"losses": [1.0]})
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.bin", "tune_report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "diffusion_pytorch_model.bin", "tune_report.json"]
     assert not (tmp_path / "tuned.tmp").exists()
     with pytest.raises(ConfigError, match="tune.output_dir: .*already holds a tuned UNet.*overwrite"):
         save_tuned(unet, out, {"losses": [2.0]})
@@ -124,7 +124,7 @@ def test_tune_from_config_writes_the_result_and_refuses_a_second_run(tmp_path):
     result = tune_from_config(cfg, video=_video(), progress=False)
     folder = tuned_unet_dir(cfg)
     assert folder == tmp_path / "out" / "tuned_unet"
-    assert {p.name for p in folder.iterdir()} == {"config.json", "diffusion_pytorch_model.bin", "tune_config.yaml", "tune_report.json"}
+    assert {p.name for p in folder.iterdir()} == {"README.md", "config.json", "diffusion_pytorch_model.bin", "tune_config.yaml", "tune_report.json"}
     assert json.loads((folder / "config.json").read_text())["_class_name"] == "UNet3DConditionModel"
     assert len(result.losses) == 1
     with pytest.raises(ConfigError, match="tune.output_dir"):
