@@ -109,12 +109,14 @@ def attention_video(frames: np.ndarray, columns: list[tuple[str, torch.Tensor]],
     return np.stack(out)
 
 
-def regions_sheet(frames: np.ndarray, regions, words: list[str], frame_px: int = 192, per_row: int = 8) -> np.ndarray:
+def regions_sheet(frames: np.ndarray, regions, words: list[str], frame_px: int | None = None, per_row: int = 8) -> np.ndarray:
     """Every frame of the source with every region outlined in its word's colour, frame numbers
-    above, and a legend (colour → word) below: (H', W', 3) uint8. frames (F, H, W, 3) uint8."""
+    above, and a legend (colour → word) below: (H', W', 3) uint8. frames (F, H, W, 3) uint8;
+    frame_px: each frame's width (default: its own, within 192–384 px)."""
     from .regions import _PALETTE, draw_regions
 
     n_frames = len(frames)
+    frame_px = frame_px or int(np.clip(frames.shape[2], 192, 384))
     font = _font(14)
     tiles = []
     for f in range(n_frames):

@@ -18,8 +18,9 @@ from reatco.config import (
 )
 from reatco.errors import ConfigError
 
+from paper_clips import CLIPS
+
 REPO = Path(__file__).resolve().parent.parent
-CLIPS = REPO.parent / "shared" / "data" / "paper-clips"
 
 EDIT = {
     "name": "cat-dog",
