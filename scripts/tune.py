@@ -5,7 +5,11 @@
     python scripts/tune.py --config configs/hares.yaml --set tune.steps=500 --output_dir outputs/hares_unet --overwrite
 
 Writes the tuned UNet in Tune-A-Video format (config.json, diffusion_pytorch_model.bin) with
-tune_config.yaml and tune_report.json to tune.output_dir (default <output_dir>/tuned_unet).
+tune_config.yaml and tune_report.json to tune.output_dir (default <output_dir>/tuned_unet). Load it
+with reatco (`model.tuned_unet: <folder>`, `TuneAVideoUNet.from_pretrained(folder)` or
+`ReAtCoPipeline.from_pretrained(model, unet=folder)`): its config.json says UNet3DConditionModel,
+as the original code expects, but diffusers' own class of that name is another architecture and
+refuses it.
 """
 
 from __future__ import annotations
