@@ -183,6 +183,16 @@ def read_video(path, height: int, width: int, n_frames: Optional[int] = None, st
     return video / 127.5 - 1.0
 
 
+def native_frame_size(path, field: str = "video.path") -> tuple[int, int]:
+    """(width, height) of a video's own frames (its first frame), before any resizing."""
+    path = _check_path(path, field)
+    if path.is_dir():
+        frame = _load_image(frame_files(path, field)[0], field)
+    else:
+        frame = _with_fallback(path, field, _decord_frames, _pyav_frames, [0])[0]
+    return int(frame.shape[1]), int(frame.shape[0])
+
+
 # ----------------------------------------------------------------------------- encoding
 
 
