@@ -48,6 +48,7 @@ class EditResult:
     frames: np.ndarray  # (F, H, W, 3) uint8
     out_dir: Path | None
     report: dict = field(default_factory=dict)
+    attention: Any = None  # (J, F, h, w) per-word attention when cfg.save_attention
 
 
 def package_versions() -> dict:
@@ -312,7 +313,7 @@ class EditRunner:
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        result = EditResult(prepared.edit.name, frames, None, report)
+        result = EditResult(prepared.edit.name, frames, None, report, output.attention_maps)
         if write:
             result.out_dir = self.write_outputs(prepared, result, output.attention_maps, out_dir)
         return result
