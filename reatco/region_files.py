@@ -213,9 +213,11 @@ def _mask_region(folder: Path, files: Sequence[str], n_frames: int, height: int,
 
 
 def regions_document(regions: Sequence[Region], words: Sequence[str], origins: Sequence[str] | None = None,
-                     mask_files: Sequence[Sequence[str] | None] | None = None) -> dict:
-    """The `regions.json` document: per object, per frame, its box in pixels of the working
-    resolution (a mask region's tight box) and, for mask regions, the mask file."""
+                     mask_files: Sequence[Sequence[str] | None] | None = None,
+                     frame_numbers: Sequence[int] | None = None) -> dict:
+    """The `regions.json` document: per object, per frame (numbered as the source video's frames,
+    `frame_numbers`, default 0, 1, …), its box in pixels of the working resolution (a mask
+    region's tight box) and, for mask regions, the mask file."""
     objects = []
     for j, (region, word) in enumerate(zip(regions, words)):
         frames = []
@@ -226,7 +228,7 @@ def regions_document(regions: Sequence[Region], words: Sequence[str], origins: S
                 from .regions import mask_box
 
                 box = [int(v) for v in mask_box(region.pixel_masks[f].numpy())]
-            item: dict[str, Any] = {"frame": f, "box": box}
+            item: dict[str, Any] = {"frame": int(frame_numbers[f]) if frame_numbers is not None else f, "box": box}
             if mask_files is not None and mask_files[j] is not None:
                 item["mask"] = mask_files[j][f]
             frames.append(item)
@@ -236,17 +238,19 @@ def regions_document(regions: Sequence[Region], words: Sequence[str], origins: S
         "width": first.width if first else None,
         "height": first.height if first else None,
         "n_frames": first.n_frames if first else 0,
-        "note": "boxes are [x1, y1, x2, y2] pixels of the working resolution (x2, y2 exclusive); reusable as an object's boxes_file "
-                "with track: <word>; frames are clip frames (use start_frame 0 and frame_stride 1 when reusing it)",
+        "note": "boxes are [x1, y1, x2, y2] pixels of width x height (x2, y2 exclusive); frames are the source video's "
+                "frame numbers; reusable as an object's boxes_file with track: <word>",
         "objects": objects,
     }
 
 
-def write_regions(folder, regions: Sequence[Region], words: Sequence[str], origins: Sequence[str] | None = None) -> Path:
+def write_regions(folder, regions: Sequence[Region], words: Sequence[str], origins: Sequence[str] | None = None,
+                  frame_numbers: Sequence[int] | None = None) -> Path:
     """Write `regions.json` (and `masks/<j>/<frame>.png` for mask regions) into `folder`."""
     from PIL import Image
 
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     mask_files: list[list[str] | None] = []
     for j, region in enumerate(regions):
         if region.pixel_masks is None:
@@ -260,5 +264,5 @@ def write_regions(folder, regions: Sequence[Region], words: Sequence[str], origi
             names.append(name)
         mask_files.append(names)
     path = folder / "regions.json"
-    path.write_text(json.dumps(regions_document(regions, words, origins, mask_files), indent=1))
+    path.write_text(json.dumps(regions_document(regions, words, origins, mask_files, frame_numbers), indent=1))
     return path

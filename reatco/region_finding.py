@@ -284,8 +284,8 @@ def region_from_instances(per_frame: Sequence[Sequence[Instance]], height: int, 
 
 def finding_layers(unet, vae_scale_factor: int, cell_px: int | None, rad_cell_px: int) -> tuple[list[str], int]:
     """The cross-attention layers to read and their cell size in pixels: `cell_px` when given,
-    otherwise the finest level coarser than a quarter of the RAD cell (SD: 16 px, one level finer
-    than RAD's 32 px; the shapes model has nothing finer than its 8 px RAD grid)."""
+    otherwise the finest level of at least half the RAD cell (SD: 16 px, one level finer than
+    RAD's 32 px; the shapes model has nothing finer than its 8 px RAD grid)."""
     from .models.layers import cross_attention_scales, rad_attention_layers
 
     scales = cross_attention_scales(unet)

@@ -337,7 +337,9 @@ class EditRunner:
             words = [o.word for o in prepared.edit.objects]
             write_video(attention_overlay(result.frames, attention, words), partial / "attention.mp4", fps=fps)
         self.write_regions_png(prepared, partial / "regions.png")
-        write_regions(partial, prepared.regions, [o.word for o in prepared.edit.objects], prepared.origins)
+        v = cfg.video
+        write_regions(partial, prepared.regions, [o.word for o in prepared.edit.objects], prepared.origins,
+                      [v.start_frame + i * v.frame_stride for i in range(v.n_frames)])
         save_config(cfg, partial / "config.yaml")
         with open(partial / "report.json", "w") as f:
             json.dump(result.report, f, indent=2)

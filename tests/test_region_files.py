@@ -85,6 +85,10 @@ def test_regions_json_round_trip_boxes_and_masks(tmp_path):
     assert again.kind == "boxes" and torch.equal(again.boxes, boxes.boxes)
     again = read_boxes_file(path, 2, 32, 32, track="horse")
     assert again.kind == "mask" and torch.equal(again.pixel_masks, masks)
+    # numbered as the source video's frames: a clip from frame 10, every 2nd, reads them back
+    path = write_regions(tmp_path / "later", [boxes], ["rabbit"], frame_numbers=[10, 12])
+    assert [f["frame"] for f in json.loads(path.read_text())["objects"][0]["frames"]] == [10, 12]
+    assert torch.equal(read_boxes_file(path, 2, 32, 32, start_frame=10, frame_stride=2).boxes, boxes.boxes)
 
 
 def test_config_takes_boxes_file_relative_to_the_yaml(tmp_path):
