@@ -124,8 +124,8 @@ class EditSession:
         return [draw_regions(upscale(frame, 4), regions, words, frame=f) for f, frame in enumerate(frames)]
 
     def run(self, cfg) -> dict:
-        """Run the config's edit; returns the output folder, the edited frames and a strip of
-        three rows (source, edited, attention), one column per frame."""
+        """Run the config's edit; returns the output folder, the edited frames and a strip with
+        one column per frame and rows source, edited, and each word's attention."""
         from .visualize import attention_overlay
 
         runner = self.runner_for(cfg)
@@ -133,9 +133,12 @@ class EditSession:
         result = runner.run(prepared)
         source = to_uint8(runner.source_video())
         words = [o.word for o in prepared.edit.objects]
-        attention = (attention_overlay(result.frames, result.attention, words) if result.attention is not None
-                     else np.zeros_like(result.frames))
-        rows = [np.concatenate([upscale(f, 2) for f in video], axis=1) for video in (source, result.frames, attention)]
+        videos = [source, result.frames]
+        if result.attention is not None:  # (F, H, J·W, 3): one panel per word, one row each here
+            overlay = attention_overlay(result.frames, result.attention, words)
+            width = result.frames.shape[2]
+            videos += [overlay[:, :, j * width:(j + 1) * width] for j in range(len(words))]
+        rows = [np.concatenate([upscale(f, 2) for f in video], axis=1) for video in videos]
         return {"out_dir": result.out_dir, "frames": result.frames, "strip": np.concatenate(rows, axis=0),
                 "files": sorted(str(p) for p in Path(result.out_dir).iterdir() if p.is_file())}
 
