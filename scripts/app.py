@@ -138,7 +138,7 @@ def build_app(cfg):
             try:
                 frames = session.frames(current_config(path, src_prompt, e_prompt, []))
             except ConfigError as err:
-                return None, gr.update(), gr.update(), f"❌ {err}", path
+                return None, gr.update(), gr.update(), f"error: {err}", path
             return (frames, gr.update(maximum=len(frames) - 1, value=0), frame_view(frames, drafts, "1", 0),
                     f"opened {path}: {len(frames)} frames", path)
 
@@ -155,20 +155,21 @@ def build_app(cfg):
 
         obj.change(on_object, [drafts_state, obj, frames_state, frame], [word, mode, source_word, instance, annotator])
 
-        def on_fields(drafts, j, w, m, sw, inst):
+        def on_fields(drafts, j, w, m, sw, inst, frames, f):
             d = drafts[int(j) - 1]
             d.word = w or ""
             d.source_word = sw if m == "source word" and sw else None
             d.instance = int(inst) if str(inst).isdigit() else inst
-            return drafts, keyframes_text(drafts)
+            return drafts, keyframes_text(drafts), frame_view(frames, drafts, j, f)
 
         for component in (word, mode, source_word, instance):
-            component.change(on_fields, [drafts_state, obj, word, mode, source_word, instance], [drafts_state, summary])
+            component.change(on_fields, [drafts_state, obj, word, mode, source_word, instance, frames_state, frame],
+                             [drafts_state, summary, annotator])
 
         def on_set_key(drafts, j, f, value):
             boxes = (value or {}).get("boxes") or []
             if not boxes:
-                return drafts, keyframes_text(drafts), "❌ draw a box first"
+                return drafts, keyframes_text(drafts), "error: draw a box first"
             b = boxes[-1]
             box = scale_box([b["xmin"], b["ymin"], b["xmax"], b["ymax"]], 1 / DISPLAY)
             d = drafts[int(j) - 1]
@@ -188,7 +189,7 @@ def build_app(cfg):
             try:
                 images = session.preview(current_config(path, src_prompt, e_prompt, drafts))
             except ConfigError as err:
-                return gr.update(), f"❌ {err}"
+                return gr.update(), f"error: {err}"
             return images, "regions on every frame (regions from source words are found with the model)"
 
         preview_btn.click(on_preview, [video_path, source_prompt, edit_prompt, drafts_state], [gallery, status])
@@ -199,9 +200,9 @@ def build_app(cfg):
                 progress(0, desc="tuning / inverting (cached) and editing")
                 out = session.run(run_cfg)
             except ConfigError as err:
-                return gr.update(), gr.update(), gr.update(), f"❌ {err}"
+                return gr.update(), gr.update(), gr.update(), f"error: {err}"
             yaml_text = (Path(out["out_dir"]) / "config.yaml").read_text()
-            return out["strip"], out["files"], yaml_text, f"✅ done: outputs in {out['out_dir']}"
+            return out["strip"], out["files"], yaml_text, f"done: outputs in {out['out_dir']}"
 
         run_btn.click(on_run, [video_path, source_prompt, edit_prompt, drafts_state], [result, downloads, config_text, status])
     return demo
