@@ -192,6 +192,47 @@ class WindowConfig:
 
 
 @dataclass
+class SourceRegionConfig:
+    """Where an object is in the source video, found instead of typed (reatco/region_finding.py,
+    reatco/region_detector.py): per-frame boxes (or masks) of one instance, tracked over frames."""
+
+    # The word of the source prompt (video.prompt) naming the object the edited word replaces;
+    # found from the model's own cross-attention on the source clip. Null when `detector` is set.
+    word: Optional[str] = None
+    # null: the word occurs once in the source prompt; k: its k-th occurrence (1-based).
+    occurrence: Optional[int] = None
+    # An open-vocabulary detector (hub id or folder of OWL-ViT / OWLv2, e.g.
+    # google/owlvit-base-patch32) used instead of the attention, with the text `query`.
+    detector: Optional[str] = None
+    query: Optional[str] = None
+    # Detector: keep detections scoring at least this (VISOR's OWL-ViT threshold: 0.1).
+    score: float = 0.1
+    # Which instance when several are found: largest | left | right | top | bottom (by mean
+    # centre over the frames) | all (the box around every instance) | k ≥ 1 (the k-th counted
+    # from the `order` side).
+    instance: Any = "largest"
+    # Where instance k counts from: left | right | top | bottom.
+    order: str = "left"
+    # Pixels added around the found object on every side.
+    margin: float = 0.0
+    # boxes (per-frame boxes) | mask (per-frame masks of the found blobs).
+    region: str = "boxes"
+    # Attention: the word's seed blobs are where its map is ≥ threshold × the frame's peak.
+    threshold: float = 0.5
+    # Attention: a seed grows over the pixels whose features (the UNet's finest features and,
+    # weighted by colour_weight, the source colours) have cosine ≥ similarity with the seed's.
+    similarity: float = 0.6
+    colour_weight: float = 1.0
+    # Attention: noise levels (scheduler timesteps) the source clip is read at, averaged.
+    timesteps: List[int] = field(default_factory=lambda: [50, 150])
+    # Attention: pixels per cell of the attention level read; null: one level finer than RAD's
+    # when the model has one (SD: 16), else RAD's own.
+    attention_cell_px: Optional[int] = None
+    # Seeds the forward noise of the attention passes.
+    seed: int = 0
+
+
+@dataclass
 class ObjectConfig:
     """A word of interest of the edit prompt and where its object must appear (one region kind)."""
 
@@ -205,6 +246,13 @@ class ObjectConfig:
     boxes: Optional[Any] = None
     # A PNG (every frame) or a folder of per-frame PNGs; white = object.
     mask: Optional[str] = None
+    # A JSON or CSV of per-frame boxes (trackers' MOT CSV, {"boxes": {name: [...]}}, or an
+    # edit's own regions.json); see reatco/region_files.py.
+    boxes_file: Optional[str] = None
+    # Which object of boxes_file (its name or id); null when the file holds one object.
+    track: Optional[Any] = None
+    # Found in the source video instead: {word: <source prompt word>} or {detector: ..., query: ...}.
+    source: Optional[SourceRegionConfig] = None
 
 
 @dataclass
@@ -344,8 +392,9 @@ def _resolve_paths(raw: dict, folder: Path) -> None:
                 model[key] = absolute(value)
     for edit in raw.get("edits") or []:
         for obj in (edit.get("objects") or []) if isinstance(edit, dict) else []:
-            if isinstance(obj, dict) and _is_local(obj.get("mask")):
-                obj["mask"] = absolute(obj["mask"])
+            for key in ("mask", "boxes_file"):
+                if isinstance(obj, dict) and _is_local(obj.get(key)):
+                    obj[key] = absolute(obj[key])
 
 
 def _read_yaml(path: Path) -> dict:
@@ -756,6 +805,39 @@ def _validate_tune(t: TuneConfig) -> None:
     _require(t.max_grad_norm > 0, "tune.max_grad_norm", f"must be > 0 (default 1.0), got {t.max_grad_norm}")
 
 
+REGION_KEYS = ("box", "boxes", "mask", "boxes_file", "source")
+_INSTANCES = ("largest", "left", "right", "top", "bottom", "all")
+_ORDERS = ("left", "right", "top", "bottom")
+_SOURCE_REGIONS = ("boxes", "mask")
+
+
+def _validate_source(src: SourceRegionConfig, cfg: ReAtCoConfig, p: str) -> None:
+    if src.detector:
+        _require(bool(src.query and src.query.strip()), f"{p}.query", "is empty; a detector needs a text query, e.g. \"a dolphin\"")
+        _require(src.word is None, f"{p}.word", "give either word (the model's own attention) or detector + query, not both")
+        _require(0 <= src.score <= 1, f"{p}.score", f"must be in [0, 1] (default 0.1), got {src.score}")
+    else:
+        _require(bool(src.word and src.word.strip()), f"{p}.word",
+                 "is empty; name the word of the source prompt (video.prompt) for the object, or set detector + query")
+        _require(bool(cfg.video.prompt.strip()), "video.prompt", f"is empty, but {p}.word looks for a word in it")
+        _require(src.query is None, f"{p}.query", "is for detector: set detector too, or use word")
+    if src.occurrence is not None:
+        _at_least(src.occurrence, 1, f"{p}.occurrence", " (1 = first occurrence; null if the word occurs once)")
+    inst = src.instance
+    _require((isinstance(inst, int) and not isinstance(inst, bool) and inst >= 1) or inst in _INSTANCES, f"{p}.instance",
+             f"{inst!r} is not one of {', '.join(_INSTANCES)} or a number k ≥ 1 (the k-th from the `order` side)")
+    _choice(src.order, _ORDERS, f"{p}.order")
+    _at_least(src.margin, 0, f"{p}.margin", " px")
+    _choice(src.region, _SOURCE_REGIONS, f"{p}.region")
+    _require(0 < src.threshold <= 1, f"{p}.threshold", f"must be in (0, 1] (default 0.5), got {src.threshold}")
+    _require(-1 <= src.similarity <= 1, f"{p}.similarity", f"is a cosine, in [-1, 1] (default 0.6), got {src.similarity}")
+    _at_least(src.colour_weight, 0, f"{p}.colour_weight")
+    _require(len(src.timesteps) > 0 and all(0 <= t < 1000 for t in src.timesteps), f"{p}.timesteps",
+             f"must be scheduler timesteps in [0, 1000), e.g. [50, 150], got {src.timesteps}")
+    if src.attention_cell_px is not None:
+        _at_least(src.attention_cell_px, 1, f"{p}.attention_cell_px", " px")
+
+
 def _validate_edit(cfg: ReAtCoConfig, k: int, edit: EditConfig, inversion_steps: int) -> None:
     p = f"edits[{k}]"
     _require(bool(_SAFE_NAME.match(edit.name)), f"{p}.name",
@@ -766,8 +848,11 @@ def _validate_edit(cfg: ReAtCoConfig, k: int, edit: EditConfig, inversion_steps:
         _require(bool(obj.word.strip()), f"{q}.word", "is empty; name a word of the edit prompt")
         if obj.occurrence is not None:
             _at_least(obj.occurrence, 1, f"{q}.occurrence", " (1 = first occurrence; null if the word occurs once)")
-        given = [n for n in ("box", "boxes", "mask") if getattr(obj, n) is not None]
-        _require(len(given) == 1, q, f"give exactly one of box, boxes or mask (got {' and '.join(given) or 'none'})")
+        given = [n for n in REGION_KEYS if getattr(obj, n) is not None]
+        _require(len(given) == 1, q, f"give exactly one of box, boxes, mask, boxes_file or source (got {' and '.join(given) or 'none'})")
+        _require(obj.track is None or obj.boxes_file is not None, f"{q}.track", "names an object of boxes_file; give boxes_file too")
+        if obj.source is not None:
+            _validate_source(obj.source, cfg, f"{q}.source")
     merged = edit_config(cfg, edit)
     if edit.sampling:
         _validate_sampling(merged.sampling, f"{p}.sampling")
@@ -815,6 +900,6 @@ def validate(cfg: ReAtCoConfig, check_paths: bool = True) -> None:
 
 __all__ = [
     "ModelConfig", "VideoConfig", "TuneConfig", "InversionConfig", "SamplingConfig", "RADConfig",
-    "IRJSConfig", "WindowConfig", "ObjectConfig", "EditConfig", "ReAtCoConfig",
+    "IRJSConfig", "WindowConfig", "SourceRegionConfig", "ObjectConfig", "EditConfig", "ReAtCoConfig",
     "load_config", "config_from_dict", "config_to_dict", "save_config", "edit_config", "validate",
 ]

@@ -650,7 +650,7 @@ def _as_object(obj):
     if isinstance(obj, dict):
         from types import SimpleNamespace
 
-        return SimpleNamespace(**{"occurrence": None, "box": None, "boxes": None, "mask": None, "region": None, **obj})
+        return SimpleNamespace(**{"occurrence": None, "box": None, "boxes": None, "mask": None, "boxes_file": None, "track": None, "source": None, "region": None, **obj})
     return obj
 
 

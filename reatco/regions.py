@@ -228,19 +228,36 @@ def _parse_mask(mask, n_frames: int, height: int, width: int, field: str, base_d
     return masks
 
 
+REGION_KEYS = ("box", "boxes", "mask", "boxes_file", "source")
+
+
 def parse_region(obj, n_frames: int, height: int, width: int, cell_px: int, field: str = "objects[0]",
-                 base_dir: str | None = None) -> Region:
-    """Validate an object's region (exactly one of `box`, `boxes`, `mask`; attributes or dict keys)
-    for a clip of `n_frames` frames at `width`×`height` px; boxes must span at least `cell_px` px
-    (one attention cell) each way. Errors are ConfigError naming e.g. `edits[0].objects[1].box`.
-    Relative mask paths are taken from `base_dir` when given."""
-    given = [name for name in ("box", "boxes", "mask") if _get(obj, name) is not None]
+                 base_dir: str | None = None, start_frame: int = 0, frame_stride: int = 1,
+                 native_size: tuple[int, int] | None = None) -> Region:
+    """Validate an object's region (exactly one of `box`, `boxes`, `mask`, `boxes_file`; attributes
+    or dict keys) for a clip of `n_frames` frames at `width`×`height` px; boxes must span at least
+    `cell_px` px (one attention cell) each way. Errors are ConfigError naming e.g.
+    `edits[0].objects[1].box`. Relative mask and boxes-file paths are taken from `base_dir` when
+    given; a boxes file is read at the clip's `start_frame`/`frame_stride`, in pixels of
+    `native_size` (see region_files.py). A `source` region needs the model: EditRunner finds it."""
+    given = [name for name in REGION_KEYS if _get(obj, name) is not None]
     if len(given) != 1:
         what = "none" if not given else " and ".join(given)
-        raise ConfigError(field, f"give exactly one of `box`, `boxes` or `mask` for each object (got {what})")
+        raise ConfigError(field, f"give exactly one of `box`, `boxes`, `mask`, `boxes_file` or `source` for each object (got {what})")
     kind = given[0]
     value = _get(obj, kind)
     sub = f"{field}.{kind}"
+    if kind == "source":
+        raise ConfigError(sub, "a region found in the source video needs the model and the source clip: run the edit with "
+                               "EditRunner (scripts/edit.py), or find it with reatco.region_finding and pass `region=`")
+    if kind == "boxes_file":
+        from .region_files import read_boxes_file
+
+        path = os.fspath(value)
+        if base_dir is not None and not os.path.isabs(path):
+            path = os.path.join(base_dir, path)
+        return read_boxes_file(path, n_frames, height, width, cell_px, track=_get(obj, "track"), start_frame=start_frame,
+                               frame_stride=frame_stride, native_size=native_size, field=sub)
     if kind == "box":
         box = _check_box(value, height, width, cell_px, sub)
         return Region("box", n_frames, height, width, boxes=torch.tensor([box], dtype=torch.float64).expand(n_frames, 4).clone())

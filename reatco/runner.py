@@ -22,8 +22,9 @@ from .config import edit_config, save_config
 from .errors import ConfigError
 from .files import replace_dir
 from .inversion import file_fingerprint, inversion_cache_key, load_or_invert
+from .region_files import write_regions
 from .regions import Region, parse_region
-from .tokens import load_tokenizer, resolve_objects_tokens, token_table
+from .tokens import load_tokenizer, resolve_objects_tokens, token_table, word_token_indices
 from .video import read_video, to_uint8, write_frames, write_video
 
 logger = logging.getLogger(__name__)
@@ -35,9 +36,10 @@ class PreparedEdit:
 
     cfg: Any  # the config with this edit's overrides merged in
     edit: Any
-    regions: list[Region]
+    regions: list[Region | None]  # None: found in the source video when the edit runs (resolve_regions)
     token_indices: list[list[int]]
     token_table: str
+    origins: list[str] = field(default_factory=list)  # where each region came from, for regions.json
 
 
 @dataclass
@@ -46,6 +48,7 @@ class EditResult:
     frames: np.ndarray  # (F, H, W, 3) uint8
     out_dir: Path | None
     report: dict = field(default_factory=dict)
+    attention: Any = None  # (J, F, h, w) per-word attention when cfg.save_attention
 
 
 def package_versions() -> dict:
@@ -85,6 +88,12 @@ def attention_steps(recorded_steps: int, steps: int) -> list[int]:
     return sorted({0, last // 2, last}) if last >= 0 else []
 
 
+def source_origin(src) -> str:
+    """A short description of a `source:` region, for regions.json."""
+    what = f"detector {src.detector} query {src.query!r}" if src.detector else f"attention of source word {src.word!r}"
+    return f"source: {what}, instance {src.instance}" + (f", margin {src.margin:g} px" if src.margin else "")
+
+
 class EditRunner:
     """Holds one config's model, source video and inversion; runs its edits one by one."""
 
@@ -99,6 +108,8 @@ class EditRunner:
         self._pipe = None
         self._source: tuple[torch.Tensor, torch.Tensor] | None = None
         self._tuned_from: str | None = None
+        self._native_size: tuple[int, int] | None = None
+        self._found: dict[str, Region] = {}  # regions found in the source video, by their settings
 
     # ------------------------------------------------------------------ validation (no weights)
 
@@ -123,13 +134,65 @@ class EditRunner:
             if edit not in edits:
                 continue
             field_prefix = f"edits[{k}]"
-            regions = [
-                parse_region(obj, cfg.video.n_frames, cfg.video.height, cfg.video.width, cell, field=f"{field_prefix}.objects[{j}]")
-                for j, obj in enumerate(edit.objects)
-            ]
+            regions, origins = [], []
+            for j, obj in enumerate(edit.objects):
+                where = f"{field_prefix}.objects[{j}]"
+                if getattr(obj, "source", None) is not None:  # found later, with the model; the word is checked now
+                    src = obj.source
+                    if not src.detector:
+                        word_token_indices(self.tokenizer, cfg.video.prompt, src.word, src.occurrence, field=f"{where}.source.word")
+                    regions.append(None)
+                    origins.append(source_origin(src))
+                    continue
+                native = self.native_size() if getattr(obj, "boxes_file", None) is not None else None
+                regions.append(parse_region(obj, cfg.video.n_frames, cfg.video.height, cfg.video.width, cell, field=where,
+                                            start_frame=cfg.video.start_frame, frame_stride=cfg.video.frame_stride,
+                                            native_size=native))
+                origins.append(f"boxes_file {obj.boxes_file}" if getattr(obj, "boxes_file", None) else regions[-1].kind)
             indices = resolve_objects_tokens(self.tokenizer, edit.prompt, edit.objects, f"{field_prefix}.objects")
-            prepared.append(PreparedEdit(edit_config(cfg, edit), edit, regions, indices, token_table(self.tokenizer, edit.prompt)))
+            prepared.append(PreparedEdit(edit_config(cfg, edit), edit, regions, indices, token_table(self.tokenizer, edit.prompt),
+                                         origins))
         return prepared
+
+    def native_size(self) -> tuple[int, int]:
+        """(width, height) of the source video's own frames: the unit of boxes files that do not state theirs."""
+        if self._native_size is None:
+            from .video import native_frame_size
+
+            self._native_size = native_frame_size(self.cfg.video.path)
+        return self._native_size
+
+    def resolve_regions(self, prepared: PreparedEdit) -> list[Region]:
+        """Find the regions of the objects given as `source:` (the model's attention or a detector on
+        the source clip); found regions are kept for the other edits of this runner."""
+        missing = [j for j, r in enumerate(prepared.regions) if r is None]
+        if not missing:
+            return prepared.regions
+        from .config import config_to_dict
+
+        cfg = self.cfg
+        k = next((i for i, e in enumerate(cfg.edits) if e.name == prepared.edit.name), 0)
+        start = time.perf_counter()
+        for j in missing:
+            spec = prepared.edit.objects[j].source
+            key = json.dumps(config_to_dict(spec), sort_keys=True)
+            if key not in self._found:
+                field_name = f"edits[{k}].objects[{j}].source"
+                if spec.detector:
+                    from .region_detector import detect_source_regions
+
+                    self._found[key] = detect_source_regions(self.source_frames(), [spec], cfg.model.attention_cell_px,
+                                                             str(self.device), [field_name])[0]
+                else:
+                    from .region_finding import find_source_regions
+
+                    pipe = self.pipeline()
+                    source_latents, _ = self.source()
+                    self._found[key] = find_source_regions(pipe, self.source_video().to(self.device), source_latents,
+                                                           cfg.video.prompt, [spec], cfg.model.attention_cell_px, [field_name])[0]
+            prepared.regions[j] = self._found[key]
+        self.timings["find_regions"] = self.timings.get("find_regions", 0.0) + time.perf_counter() - start
+        return prepared.regions
 
     # ------------------------------------------------------------------ heavy state, loaded once
 
@@ -138,6 +201,10 @@ class EditRunner:
             v = self.cfg.video
             self._video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
         return self._video
+
+    def source_frames(self) -> np.ndarray:
+        """The source clip as (F, H, W, 3) uint8 (source_video is the VAE's [-1, 1])."""
+        return to_uint8((self.source_video() + 1) / 2)
 
     def pipeline(self):
         if self._pipe is None:
@@ -216,6 +283,7 @@ class EditRunner:
         cfg = prepared.cfg
         pipe = self.pipeline()
         source_latents, trajectory = self.source()
+        self.resolve_regions(prepared)
         if trajectory.shape[0] != cfg.sampling.steps + 1:
             raise ConfigError("inversion.steps", f"must equal sampling.steps ({cfg.sampling.steps}) so the trajectory pairs with the sampling steps")
         generator = torch.Generator("cpu").manual_seed(cfg.sampling.seed)
@@ -257,7 +325,7 @@ class EditRunner:
         }
         if torch.cuda.is_available() and self.device.type == "cuda":
             report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        result = EditResult(prepared.edit.name, frames, None, report)
+        result = EditResult(prepared.edit.name, frames, None, report, output.attention_maps)
         if write:
             result.out_dir = self.write_outputs(prepared, result, output, out_dir)
         return result
@@ -287,6 +355,9 @@ class EditRunner:
             video = attention_video(result.frames, columns, words, region_boxes(prepared.regions, len(result.frames)))
             write_video(video, partial / "attention.mp4", fps=fps)
         self.write_regions_png(prepared, partial / "regions.png")
+        v = cfg.video
+        write_regions(partial, prepared.regions, [o.word for o in prepared.edit.objects], prepared.origins,
+                      [v.start_frame + i * v.frame_stride for i in range(v.n_frames)])
         save_config(cfg, partial / "config.yaml", relative_inputs=True)  # reruns from where it lies
         with open(partial / "report.json", "w") as f:
             json.dump(result.report, f, indent=2)
@@ -298,6 +369,6 @@ class EditRunner:
 
         from .visualize import regions_sheet
 
-        frames = to_uint8((self.source_video() + 1) / 2)  # read_video's [-1, 1] → [0, 1]
-        words = [o.word for o in prepared.edit.objects]
-        Image.fromarray(regions_sheet(frames, prepared.regions, words)).save(path)
+        frames = self.source_frames()
+        known = [(r, o.word) for r, o in zip(prepared.regions, prepared.edit.objects) if r is not None]  # found ones: at run time
+        Image.fromarray(regions_sheet(frames, [r for r, _ in known], [w for _, w in known])).save(path)

@@ -232,6 +232,16 @@ def _float_frames_to_uint8(frames: np.ndarray) -> np.ndarray:
     return (np.clip(frames, 0, 1) * 255).round().astype(np.uint8)
 
 
+def native_frame_size(path, field: str = "video.path") -> tuple[int, int]:
+    """(width, height) of a video's own frames (its first frame), before any resizing."""
+    path = _check_path(path, field)
+    if path.is_dir():
+        frame = _load_image(frame_files(path, field)[0], field)
+    else:
+        frame = _with_fallback(path, field, _decord_frames, _pyav_frames, [0])[0]
+    return int(frame.shape[1]), int(frame.shape[0])
+
+
 # ----------------------------------------------------------------------------- encoding
 
 

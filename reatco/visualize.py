@@ -109,6 +109,27 @@ def attention_video(frames: np.ndarray, columns: list[tuple[str, torch.Tensor]],
     return np.stack(out)
 
 
+def word_overlays(frames: np.ndarray, word_maps: torch.Tensor, boxes: np.ndarray | None = None,
+                  alpha: float = 0.6) -> list[np.ndarray]:
+    """One (F, H, W, 3) uint8 video per word: its map over the frames, every word on one colour
+    scale (0 to the largest value of any word, as in `attention_video`), its region outlined."""
+    n_frames, height, width, _ = frames.shape
+    maps = torch.nn.functional.interpolate(word_maps.float(), size=(height, width), mode="nearest").numpy()
+    vmax = float(maps.max()) if maps.size and maps.max() > 0 else 1.0
+    videos = []
+    for j in range(len(maps)):
+        heat = heat_colormap(maps[j] / vmax).astype(np.float32)
+        video = (frames.astype(np.float32) * (1 - alpha) + heat * alpha).astype(np.uint8)
+        if boxes is not None and len(boxes) > j:
+            for f in range(n_frames):
+                image = Image.fromarray(video[f])
+                x1, y1, x2, y2 = (float(v) for v in boxes[j, f])
+                ImageDraw.Draw(image).rectangle([x1, y1, x2 - 1, y2 - 1], outline=(255, 255, 255))
+                video[f] = np.asarray(image)
+        videos.append(video)
+    return videos
+
+
 def regions_sheet(frames: np.ndarray, regions, words: list[str], frame_px: int | None = None, per_row: int = 8) -> np.ndarray:
     """Every frame of the source with every region outlined in its word's colour, frame numbers
     above, and a legend (colour → word) below: (H', W', 3) uint8. frames (F, H, W, 3) uint8;

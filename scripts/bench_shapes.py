@@ -7,6 +7,11 @@ editing with it.
   attention    fraction of each object word's 8×8 cross-attention mass inside the object's box,
                on noised held-out images (vs the box's share of the image = chance)
 
+  regions      regions found from the model's own attention on the source clip (no coordinates):
+               per-frame box IoU against the true boxes (gate ≥ 0.7), and placement / invariant
+               PSNR of the demo edit with found regions against the same edit with true regions
+               (gate: placement within 0.05).
+
   editing      the paper's claim in small (reatco/toy/editing.py): two moving shapes become two
                other shapes, one region per edited object following one source object. With the
                demo config's settings (--config: tuning, inversion, sampling, RAD, IRJS), each case
@@ -265,6 +270,90 @@ def edit_gate(args, _pipe) -> dict:
     }
 
 
+def regions_gate(args, _pipe) -> dict:
+    """Regions found in the source clip (reatco/region_finding.py: the model's own cross-attention,
+    no coordinates) against the exact truth: per-frame IoU of the found boxes with the source
+    objects' tight boxes, and the same edit (demo settings) run with the found regions and with
+    the true regions (both rounded out to the --edit_box_grid like the editing section's).
+    Placement is judged against the true boxes in both runs; the invariant region is what lies
+    outside each run's own regions."""
+    import dataclasses
+
+    from reatco.config import load_config
+    from reatco.metrics.fidelity import masked_psnr as psnr
+    from reatco.pipeline import ReAtCoPipeline
+    from reatco.region_finding import box_iou, find_source_regions
+    from reatco.regions import Region
+    from reatco.toy.editing import make_edit_case, placement_scores
+    from reatco.tuning import tune_unet
+
+    cfg = load_config(args.config, args.set)
+    pipe = ReAtCoPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    base_unet = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    tune = cfg.tune if cfg.tune.enabled and args.edit_tune_steps != 0 else None
+    if tune is not None and args.edit_tune_steps is not None:
+        tune = dataclasses.replace(tune, steps=args.edit_tune_steps)
+    steps = cfg.sampling.steps
+    box_grid = args.edit_box_grid or pipe.vae_scale_factor
+    spec = json.loads(args.region_spec)
+    rows = []
+    for i in range(args.edit_cases):
+        case = make_edit_case(BENCH_OFFSET + args.seed, 40_000 + i, n_frames=args.edit_frames, box_grid=box_grid)
+        video = case.video_tensor()
+        n_f, size = video.shape[0], video.shape[-1]
+        if tune is not None:
+            pipe.unet.load_state_dict(base_unet)
+            tune_unet(dict(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer, unet=pipe.unet,
+                           scheduler=pipe.scheduler), video, case.source.caption, tune, progress=False)
+        with torch.no_grad():
+            latents = pipe.encode_video(video, torch.Generator().manual_seed(cfg.sampling.seed))
+            trajectory = pipe.invert(latents, cfg.inversion.prompt, steps, cfg.inversion.guidance_scale)
+        t0 = time.time()
+        words = [sh.phrase for sh in case.source.shapes]
+        found = find_source_regions(pipe, video, latents, case.source.caption, [dict(spec, word=w) for w in words],
+                                    cfg.model.attention_cell_px)
+        find_seconds = time.time() - t0
+        found_boxes = np.stack([r.boxes.numpy() for r in found])  # (J, F, 4)
+        ious = [[box_iou(found_boxes[j, f], case.source.boxes[j, f].astype(float)) for f in range(n_f)] for j in range(len(words))]
+        # rounded out to the grid, as the true boxes are (snap_boxes)
+        snapped = np.concatenate([np.floor(found_boxes[..., :2] / box_grid) * box_grid,
+                                  np.minimum(np.ceil(found_boxes[..., 2:] / box_grid) * box_grid, size)], -1).astype(int)
+        row = {"case": i, "prompt": case.prompt, "source": case.source.caption, "iou": float(np.mean(ious)),
+               "iou_per_object": [float(np.mean(v)) for v in ious], "find_seconds": round(find_seconds, 2),
+               "found_boxes": found_boxes.round(1).tolist()}
+        for name, boxes in (("true_regions", case.boxes), ("found_regions", snapped)):
+            regions = [Region("boxes", n_f, size, size, boxes=torch.from_numpy(boxes[j].astype(np.float64))) for j in range(len(words))]
+            out = pipe(case.prompt, objects=[{"word": w, "region": r} for w, r in zip(case.words, regions)],
+                       source_latents=latents, inversion_trajectory=trajectory, num_inference_steps=steps,
+                       guidance_scale=cfg.sampling.guidance_scale, negative_prompt=cfg.sampling.negative_prompt,
+                       generator=torch.Generator().manual_seed(cfg.sampling.seed), start_in_regions=cfg.sampling.start_in_regions,
+                       rad=cfg.rad, irjs=cfg.irjs, attention_cell_px=cfg.model.attention_cell_px, output_type="np")
+            frames = (out.frames * 255).round().astype(np.uint8)
+            outside = np.ones(frames.shape[:3], bool)
+            for j in range(len(words)):
+                for f in range(n_f):
+                    x1, y1, x2, y2 = boxes[j, f]
+                    outside[f, y1:y2, x1:x2] = False
+            row[name] = {"placement": placement_scores(frames, case)["placement"],
+                         "invariant_psnr": psnr(frames, case.source.frames, outside)}
+            if args.save_edits:
+                _save_edit(Path(args.save_edits) / f"regions_case{i:02d}_{name}.png", case, frames)
+        rows.append(row)
+        print(f"[regions] case {i}: IoU {row['iou']:.2f} place true {row['true_regions']['placement']:.2f} "
+              f"found {row['found_regions']['placement']:.2f} psnr true {row['true_regions']['invariant_psnr']:.1f} "
+              f"found {row['found_regions']['invariant_psnr']:.1f}", flush=True)
+    all_ious = [v for r in rows for v in r["iou_per_object"]]
+    summary = {name: {key: float(np.mean([r[name][key] for r in rows])) for key in ("placement", "invariant_psnr")}
+               for name in ("true_regions", "found_regions")}
+    gap = summary["true_regions"]["placement"] - summary["found_regions"]["placement"]
+    iou = float(np.mean([r["iou"] for r in rows]))
+    return {**summary, "iou": iou, "iou_min_object": float(np.min(all_ious)), "placement_gap": gap,
+            "iou_gate": 0.7, "iou_passed": bool(iou >= 0.7), "placement_gap_gate": 0.05, "placement_passed": bool(gap <= 0.05),
+            "region_spec": spec, "config": args.config, "box_grid": box_grid, "n_cases": len(rows), "n_frames": args.edit_frames,
+            "tune_steps": tune.steps if tune is not None else 0, "cases": rows}
+
+
 def _mean_of_numbers(values: list[float]) -> float:
     """Mean over the values that are not nan (nan if none is)."""
     numbers = [v for v in values if not np.isnan(v)]
@@ -281,7 +370,8 @@ def _save_edit(path: Path, case, frames: np.ndarray):
     Image.fromarray(region_strip(case.source.frames, frames, case.boxes)).save(path)
 
 
-SECTIONS = {"vae": vae_gate, "text2image": text2image_gate, "attention": attention_gate, "editing": edit_gate}
+SECTIONS = {"vae": vae_gate, "text2image": text2image_gate, "attention": attention_gate, "editing": edit_gate,
+            "regions": regions_gate}
 
 
 def markdown(results: dict) -> str:
@@ -316,6 +406,15 @@ def markdown(results: dict) -> str:
         if r["cut_cells_share"] > 0:
             rows.append(f"| … in the latent cells the box edges cut ({r['cut_cells_share']:.1%} of the invariant pixels), "
                         f"IRJS (dB) | {r['cut_cells_psnr']:.1f} | — | — |")
+    g = results.get("regions")
+    if g:
+        t, f = g["true_regions"], g["found_regions"]
+        rows.append(f"| found regions: box IoU with the true boxes, per frame | {g['iou']:.2f} (worst object {g['iou_min_object']:.2f}) "
+                    f"| ≥ 0.7 | {'✅' if g['iou_passed'] else '❌'} |")
+        rows.append(f"| placement, found regions vs true regions | {f['placement']:.2f} vs {t['placement']:.2f} "
+                    f"| within 0.05 | {'✅' if g['placement_passed'] else '❌'} |")
+        rows.append(f"| invariant-region PSNR, found regions vs true regions (dB) | {f['invariant_psnr']:.1f} vs "
+                    f"{t['invariant_psnr']:.1f} | — | — |")
     return "\n".join(rows)
 
 
@@ -342,6 +441,8 @@ def main(argv=None):
                    help="editing: round the region boxes out to this many pixels (default: the VAE's latent cell, "
                         "the finest grid IRJS can keep; 1 = the source objects' tight boxes)")
     p.add_argument("--edit_tune_steps", type=int, default=None, help="editing: override tune.steps (0 = no tuning)")
+    p.add_argument("--region_spec", default="{}",
+                   help='regions: the source-region settings as JSON, e.g. \'{"similarity": 0.7}\' (default: the library\'s)')
     p.add_argument("--save_edits", default=None, help="folder for source|edit strips of every case and run")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

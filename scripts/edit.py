@@ -71,6 +71,9 @@ def main(argv=None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             runner.write_regions_png(item, out / "regions.png")
             print(f"  regions drawn in {out / 'regions.png'}")
+            for obj, region in zip(item.edit.objects, item.regions):
+                if region is None:
+                    print(f"  {obj.word!r}: region found when the edit runs (from the source video)")
     if args.dry_run:
         return 0
     try:

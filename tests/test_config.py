@@ -226,7 +226,7 @@ def test_wrong_types_name_the_field(cfg_dict, override, field):
     ("edits.0.prompt=", "edits[0].prompt", "edited prompt"),
     ("edits.0.objects.0.word=", "edits[0].objects[0].word", "word"),
     ("edits.0.objects.0.occurrence=0", "edits[0].objects[0].occurrence", "≥ 1"),
-    ("edits.0.objects.0.mask=cat.png", "edits[0].objects[0]", "exactly one of box, boxes or mask"),
+    ("edits.0.objects.0.mask=cat.png", "edits[0].objects[0]", "exactly one of box, boxes, mask, boxes_file or source"),
     ("edits.0.objects.0.box=null", "edits[0].objects[0]", "got none"),
     ("edits.0.objects=[]", "edits[0].objects", "irjs.enabled=false"),
     ("edits.0.sampling.steps=30", "edits[0].sampling.steps", "inversion steps"),
