@@ -1,7 +1,6 @@
 """Bad input, damaged files, NaN and inf, concurrent writers: each stops early with a clear error
 (naming the field), is recomputed, or is refused — and nothing finished is changed."""
 
-import json
 import logging
 import os
 import stat
@@ -14,7 +13,7 @@ from PIL import Image
 
 from reatco.config import config_from_dict, load_config
 from reatco.errors import ConfigError, NonFiniteError
-from reatco.files import atomic_file, new_partial_dir, replace_dir
+from reatco.files import atomic_file, file_lock, lock_path, new_partial_dir, replace_dir
 
 from tiny_models import save_tiny_sd, tiny_sd_components
 
@@ -142,7 +141,8 @@ def test_concurrent_writers_of_one_result_each_leave_it_complete(tmp_path):
                 for name in ("edited.mp4", "report.json"):
                     (folder / name).write_text(str(k))
                 replace_dir(folder, final)
-                assert sorted(os.listdir(final)) == ["edited.mp4", "report.json"]
+                with file_lock(lock_path(final)):  # between replacements (a reader holding the old folder open sees it removed)
+                    assert sorted(os.listdir(final)) == ["edited.mp4", "report.json"]
         except Exception as err:  # noqa: BLE001 - reported below
             errors.append(err)
 
@@ -152,6 +152,7 @@ def test_concurrent_writers_of_one_result_each_leave_it_complete(tmp_path):
     for t in threads:
         t.join()
     assert not errors
+    assert sorted(os.listdir(final)) == ["edited.mp4", "report.json"]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["edit"]  # no partial or old left
 
 
