@@ -93,9 +93,11 @@ class CrossAttentionRecorder:
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
 
         if self.store.explicit:
-            scores = torch.matmul(query, key.transpose(-1, -2)) * attn.scale
+            # float32: in fp16 the RAD loss's gradient w.r.t. small probabilities overflows
+            # (inf − inf = NaN in the softmax backward); the maps RAD reads are float32 anyway.
+            scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
             if attention_mask is not None:
-                scores = scores + attention_mask
+                scores = scores + attention_mask.float()
             probs = scores.softmax(dim=-1)
             out = torch.matmul(probs.to(value.dtype), value)
         else:

@@ -7,7 +7,7 @@ wrong types and bad values with a `ConfigError` naming the field — all before 
 
 Relative file paths in a YAML file are taken from that file's folder and made absolute:
 `video.path` and object `mask`s always, `model.pretrained` / `model.tuned_unet` only when such a
-folder exists (otherwise they are hub ids). Output folders (`output_dir`, `tune.output_dir`,
+folder exists (otherwise they are hub ids). Output folders (`output_dir`, `cache_dir`, `tune.output_dir`,
 `inversion.cache_dir`) stay relative to the working directory, like any command-line path.
 
 A local model folder may carry its own defaults (`reatco_defaults.json`, model_defaults.py): they
@@ -17,9 +17,9 @@ take the place of the library's for every setting that no file and no override s
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import re
-import tempfile
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -72,7 +72,8 @@ class VideoConfig:
 class TuneConfig:
     """One-shot Tune-A-Video tuning on the source video."""
 
-    # Tune when model.tuned_unet is null (the result is cached under output_dir).
+    # Tune when model.tuned_unet is null (the result is cached in <cache_dir>/tuned/<key>, the key
+    # a hash of the model, the frames as read, the prompt and every setting below).
     enabled: bool = True
     steps: int = 300
     learning_rate: float = 3e-5
@@ -85,7 +86,8 @@ class TuneConfig:
     batch_size: int = 1
     adam_weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
-    # Where the tuned UNet goes; null: <output_dir>/tuned_unet.
+    # Where the tuned UNet goes; null: the cache, <cache_dir>/tuned/<key>. A folder given here is
+    # reused only when it was tuned with this exact setup (its tune_report.json holds the key).
     output_dir: Optional[str] = None
     # Retune even when a finished result is there.
     overwrite: bool = False
@@ -101,7 +103,8 @@ class InversionConfig:
     prompt: str = ""
     # 1.0 = no classifier-free guidance.
     guidance_scale: float = 1.0
-    # null: <output_dir>/.cache/inversion.
+    # null: <cache_dir>/inversion (files named by a hash of the model, UNet, frames as read,
+    # steps, prompt, guidance, seed and dtype).
     cache_dir: Optional[str] = None
 
 
@@ -286,6 +289,9 @@ class ReAtCoConfig:
     edits: List[EditConfig] = field(default_factory=list)
     # Results folder (relative to the working directory); null: outputs/<config file stem>.
     output_dir: Optional[str] = None
+    # Tuned UNets and inversions, shared by every output folder; null: $REATCO_CACHE_DIR, else
+    # ~/.cache/reatco. Entries are keyed by content, so a changed input is never served stale.
+    cache_dir: Optional[str] = None
     # What each edit writes besides edited.mp4, regions.png, config.yaml and report.json.
     save_attention: bool = True
     save_gif: bool = True
@@ -471,7 +477,7 @@ def _split_key(key: str) -> List[Any]:
     return parts
 
 
-def _parse_value(text: str, tp):
+def _parse_value(text: str, tp, key: str = "value"):
     """Text of an override -> value: verbatim for text fields, YAML otherwise."""
     optional = _unwrap_optional(tp) is not tp
     tp = _unwrap_optional(tp)
@@ -481,7 +487,11 @@ def _parse_value(text: str, tp):
         if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
             return text[1:-1]
         return text
-    return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]), resolve=False)["v"]
+    try:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]), resolve=False)["v"]
+    except Exception as err:  # yaml and OmegaConf raise several types
+        raise ConfigError(key, f"cannot parse the value {text!r}: {str(err).splitlines()[0]}; "
+                               "quote text, write lists as [a, b] and mappings as {k: v}") from None
 
 
 def _overridden(old, new, key):
@@ -507,11 +517,11 @@ def _apply_override(raw: dict, item: str) -> None:
             if not isinstance(part, int) or not 0 <= part < len(node):
                 raise ConfigError(_join(path, part), f"index out of range: {path} has {len(node)} entries")
             if last:
-                node[part] = _overridden(node[part], _parse_value(text, tp), part)
+                node[part] = _overridden(node[part], _parse_value(text, tp, key), part)
             node = node[part]
         else:
             if last:
-                node[part] = _overridden(node.get(part), _parse_value(text, tp), part)
+                node[part] = _overridden(node.get(part), _parse_value(text, tp, key), part)
             elif isinstance(part, int):
                 raise ConfigError(_join(path, part), f"{path or 'config'} is not a list")
             else:
@@ -563,11 +573,26 @@ def _replace_atomic(node, raw: dict, cls) -> None:
             _replace_atomic(node[key], value, tp)
 
 
+def _refuse_interpolation(node, path: str = "") -> None:
+    """OmegaConf would resolve `${...}` while typing the config: `${oc.env:TOKEN}` copies an
+    environment variable into the saved config.yaml. User configs hold plain values only."""
+    if isinstance(node, str) and "${" in node:
+        raise ConfigError(path or "config", f"{node!r}: ${{...}} interpolation is not supported in reatco configs "
+                          "(${oc.env:...} would copy environment variables into the saved config.yaml); write the value itself")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _refuse_interpolation(value, _join(path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _refuse_interpolation(value, _join(path, i))
+
+
 def _build(layers: List[dict], overrides: Sequence[str], name: str, check_paths: bool) -> ReAtCoConfig:
     if isinstance(overrides, str):
         overrides = [overrides]
     raw = _with_model_defaults(layers, overrides)
     _check_keys(raw, ReAtCoConfig)
+    _refuse_interpolation(raw)
     cfg = _typed(ReAtCoConfig, raw)
     if cfg.output_dir is None:
         cfg.output_dir = os.path.join("outputs", name)
@@ -647,15 +672,10 @@ def save_config(cfg, path, relative_inputs: bool = False) -> None:
     if relative_inputs:
         text += "# Input paths are relative to this file's folder; output folders to the working directory.\n"
     text += OmegaConf.to_yaml(OmegaConf.create(data))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from .files import atomic_file
+
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 # ----------------------------------------------------------------------------- per-edit config
@@ -717,6 +737,41 @@ def _at_least(value, low, field_: str, what: str = "") -> None:
     _require(value is not None and value >= low, field_, f"must be ≥ {low}{what}, got {value}")
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _check_finite(node, path: str = "") -> None:
+    """Every number of the config (sections, edits, boxes, thresholds) must be finite: inf passes
+    `≥` checks and NaN fails none, and either turns the edit into black frames."""
+    if isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(path or "config", f"must be a finite number, got {node}")
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, _join(path, key))
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            _check_finite(value, _join(path, i))
+
+
+def _seed(value, field_: str) -> None:
+    _require(value is not None and 0 <= value <= INT64_MAX, field_, f"must be in [0, 2**63 − 1], got {value}")
+
+
+def _writable_folder(path, field_: str) -> None:
+    """A folder that is there or can be made: checked before any model loads, so that a typo does
+    not cost a whole tuning."""
+    p = Path(os.path.expanduser(str(path)))
+    if p.exists() and not p.is_dir():
+        raise ConfigError(field_, f"{p} is a file, not a folder; give a folder path")
+    probe = p
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(field_, f"{p} cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(field_, f"{p} cannot be written: {probe} is not writable")
+
+
 def _validate_rad(rad: RADConfig, steps: int, p: str) -> None:
     _at_least(rad.max_update_steps, 0, f"{p}.max_update_steps")
     _at_least(rad.step_size, 0, f"{p}.step_size")
@@ -749,7 +804,7 @@ def _validate_irjs(irjs: IRJSConfig, p: str) -> None:
 def _validate_sampling(s: SamplingConfig, p: str) -> None:
     _at_least(s.steps, 1, f"{p}.steps")
     _at_least(s.guidance_scale, 1.0, f"{p}.guidance_scale", " (1.0 = no guidance)")
-    _at_least(s.seed, 0, f"{p}.seed")
+    _seed(s.seed, f"{p}.seed")
     _choice(s.start_in_regions, _STARTS, f"{p}.start_in_regions")
 
 
@@ -781,12 +836,16 @@ def _validate_video(v: VideoConfig, cfg: ReAtCoConfig, check_paths: bool) -> Non
         _require(bool(v.prompt.strip()), "video.prompt", "is empty; describe the source video (tuning uses it)")
     check_size(v.height, v.width, multiple=8, field="video")
     cell = cfg.model.attention_cell_px
-    if cell % 8 == 0:  # the attention grid must tile the frame exactly
-        try:
-            check_size(v.height, v.width, multiple=cell, field="video")
-        except ConfigError as err:
-            raise ConfigError(err.field, f"{err.message} (model.attention_cell_px is {cell}: "
-                              "the RAD attention grid must tile the frame)") from None
+    for name, size in (("height", v.height), ("width", v.width)):  # the attention grid must tile the frame
+        if size % cell == 0:
+            continue
+        low = size // cell * cell
+        # A model's cells are powers of two (SD: 32, the shapes model: 8): then the size is off;
+        # any other cell is itself the mistake.
+        field_ = f"video.{name}" if cell & (cell - 1) == 0 else "model.attention_cell_px"
+        raise ConfigError(field_, f"model.attention_cell_px ({cell} px) does not divide video.{name} ({size}): the RAD "
+                          f"attention grid must tile the frame; nearest valid sizes: {low or cell} or {low + cell}; "
+                          "the cell is the model's (32 for SD v1.x, 8 for the shapes model)")
     _at_least(v.n_frames, 1, "video.n_frames")
     _at_least(v.start_frame, 0, "video.start_frame")
     _at_least(v.frame_stride, 1, "video.frame_stride")
@@ -798,7 +857,7 @@ def _validate_tune(t: TuneConfig) -> None:
     _require(t.learning_rate > 0, "tune.learning_rate", f"must be > 0 (default 3e-5), got {t.learning_rate}")
     _require(len(t.trainable_modules) > 0 and all(t.trainable_modules), "tune.trainable_modules",
              "must name at least one module suffix, e.g. [attn1.to_q, attn2.to_q, attn_temp]")
-    _at_least(t.seed, 0, "tune.seed")
+    _seed(t.seed, "tune.seed")
     _choice(t.mixed_precision, _MIXED, "tune.mixed_precision")
     _at_least(t.batch_size, 1, "tune.batch_size")
     _at_least(t.adam_weight_decay, 0, "tune.adam_weight_decay")
@@ -875,6 +934,7 @@ def validate(cfg: ReAtCoConfig, check_paths: bool = True) -> None:
 
     Region geometry (boxes inside the frame, mask frame counts) is checked by regions.py, word
     presence by tokens.py. check_paths=False skips the existence of input files."""
+    _check_finite(config_to_dict(cfg))
     _validate_model(cfg.model, check_paths)
     _validate_video(cfg.video, cfg, check_paths)
     _validate_tune(cfg.tune)
@@ -889,6 +949,12 @@ def validate(cfg: ReAtCoConfig, check_paths: bool = True) -> None:
     _validate_irjs(cfg.irjs, "irjs")
     _validate_window(cfg.window, "window")
     _require(bool(cfg.output_dir), "output_dir", "is empty; give a results folder or null for outputs/<config stem>")
+    if check_paths:
+        _writable_folder(cfg.output_dir, "output_dir")
+        for name, folder in (("cache_dir", cfg.cache_dir), ("tune.output_dir", cfg.tune.output_dir),
+                             ("inversion.cache_dir", cfg.inversion.cache_dir)):
+            if folder:
+                _writable_folder(folder, name)
     inversion_steps = cfg.inversion.steps or cfg.sampling.steps
     seen: Dict[str, int] = {}
     for k, edit in enumerate(cfg.edits):

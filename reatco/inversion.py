@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -63,34 +61,40 @@ def _predict_noise(unet, x, t, cond, guidance_scale, uncond):
 
 
 def inversion_cache_key(**what_produced_it) -> str:
-    """A stable hash of everything the trajectory depends on (model, video, frames, size, steps…)."""
-    blob = json.dumps(what_produced_it, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    """A stable hash of everything the trajectory depends on (model, UNet, frames as read, steps…)."""
+    from .fingerprint import cache_key
 
-
-def file_fingerprint(path: str | os.PathLike | None) -> str | None:
-    """Identity of a file or folder for cache keys: path, sizes and modification times."""
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.exists():
-        return str(path)  # a hub id: the id itself identifies it
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    stats = [(str(f.relative_to(p) if p.is_dir() else f.name), f.stat().st_size, int(f.stat().st_mtime)) for f in files]
-    return hashlib.sha256(json.dumps([str(p.resolve()), stats]).encode()).hexdigest()[:24]
+    return cache_key(kind="inversion", **what_produced_it)
 
 
 def load_or_invert(cache_dir: str | os.PathLike | None, key: str, invert: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """Return the cached trajectory for `key`, or compute it with `invert()` and store it atomically."""
+    """Return the cached trajectory for `key`, or compute it with `invert()` and store it atomically.
+
+    Runs for one key take turns (the second reuses the first's file). A cache file that does not
+    load (truncated, damaged) or holds non-finite values is reported with its path and recomputed;
+    a non-finite new trajectory raises NonFiniteError and is not stored."""
+    from .errors import check_finite
+    from .files import atomic_file, file_lock
+
     if cache_dir is None:
-        return invert()
+        trajectory = invert()
+        check_finite(trajectory, "in the DDIM inversion", "try model.dtype=float32")
+        return trajectory
     path = Path(cache_dir) / f"{key}.pt"
-    if path.exists():
-        logger.info("using cached DDIM inversion %s", path)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    trajectory = invert()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(trajectory.detach().cpu(), tmp)
-    os.replace(tmp, path)
+    with file_lock(path.with_name(f".{path.name}.lock"), "inverting the same video"):
+        if path.exists():
+            try:
+                trajectory = torch.load(path, map_location="cpu", weights_only=True)
+                if not isinstance(trajectory, torch.Tensor) or not torch.isfinite(trajectory).all():
+                    raise ValueError("it does not hold a finite tensor")
+                logger.info("using cached DDIM inversion %s", path)
+                return trajectory
+            except Exception as err:  # truncated zip, bad pickle, wrong content
+                first = str(err).splitlines()[0] if str(err) else type(err).__name__
+                logger.warning("the cached DDIM inversion %s is damaged (%s); inverting again", path, first)
+                path.unlink(missing_ok=True)
+        trajectory = invert()
+        check_finite(trajectory, "in the DDIM inversion", "try model.dtype=float32")
+        with atomic_file(path) as tmp:
+            torch.save(trajectory.detach().cpu(), tmp)
     return trajectory

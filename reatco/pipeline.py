@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -27,7 +27,7 @@ from .config import _STARTS as STARTS
 from .config import IRJSConfig, RADConfig, WindowConfig
 from .decoding import decode_with_reference_statistics
 from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
-from .errors import ConfigError
+from .errors import ConfigError, check_finite
 from .inversion import ddim_inversion
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
 from .models import TuneAVideoUNet, rad_attention_layers
@@ -290,12 +290,13 @@ class ReAtCoPipeline(DiffusionPipeline):
         threshold = rad.refinement_thresholds.get(step_index)
         iters = 0
         while threshold is not None and iters < rad.max_refinement_iters and rad_ops.needs_refinement(step.inner.detach(), threshold):
-            latents = latents - step_size * step.grad(rad.refinement_loss)
+            latents = _descend(latents, step_size, step.grad(rad.refinement_loss))
             step = self._rad_forward(latents, t, cond, token_indices, masks, store, rad, n_text_tokens)
             iters += 1
         if step.loss.item() != 0.0:
-            latents = latents - step_size * step.grad("full")
+            latents = _descend(latents, step_size, step.grad("full"))
         store.mode = "off"
+        check_finite(latents, f"after the RAD update at step {step_index}", "lower rad.step_size or use model.dtype=float32")
         record = {
             "step": step_index,
             "timestep": int(t),
@@ -381,6 +382,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         rad = _settings(RADConfig, merge_section(defaults.get("rad"), rad))
         irjs = _settings(IRJSConfig, merge_section(defaults.get("irjs"), irjs))
         window = _settings(WindowConfig, merge_section(defaults.get("window"), window))
+        _check_call(self.tokenizer, prompt, objects, guidance_scale, attention_cell_px, rad)
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
         # the config schema's choices, for callers that pass values without a config
@@ -430,7 +432,8 @@ class ReAtCoPipeline(DiffusionPipeline):
         # Words and regions.
         words, regions, token_indices = self.prepare_objects(prompt, objects or [], n_frames, height, width, cell_px)
         if height % cell_px or width % cell_px:
-            raise ConfigError("video.height", f"{height}×{width} is not a multiple of the attention cell ({cell_px} px)")
+            raise ConfigError("attention_cell_px", f"{cell_px} px does not divide the frame ({height}×{width}): "
+                              "the RAD attention grid must tile it")
         grid = (height // cell_px, width // cell_px)
         latent_hw = (latents.shape[3], latents.shape[4])
         attn_masks = object_masks(regions, n_frames, *grid).to(device) if regions else None
@@ -533,6 +536,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                         negative_prompt_embeds = result.get("negative_prompt_embeds", negative_prompt_embeds)
                     progress.update()
 
+        check_finite(latents, "in the final latents", "lower rad.step_size or guidance_scale, or use float32")
         attention = None
         if return_attention and attention_sum is not None:
             attention = (attention_sum / attention_count.clamp(min=1)).cpu()
@@ -544,6 +548,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                 frames_out = decode_with_reference_statistics(self.decode_latents, self.vae.decoder, source_latents, latents).cpu()
             else:
                 frames_out = self.decode_latents(latents).cpu()
+            check_finite(frames_out, "in the decoded frames", "the VAE overflowed: decode in float32")
             if output_type in ("np", "pil"):
                 frames_out = frames_out.permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
@@ -621,16 +626,11 @@ def _is_own_shim(location) -> bool:
 
 
 def _write_text(path: str, text: str) -> None:
-    """Write through a temp file and rename: never a half-written file."""
-    fd, tmp = tempfile.mkstemp(prefix=".reatco.", dir=os.path.dirname(path) or ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write through a temp file and rename: never a half-written file (mode from the umask)."""
+    from .files import atomic_file
+
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def _single(name: str, value, kind, fix: str):
@@ -643,6 +643,11 @@ def _single(name: str, value, kind, fix: str):
     if value is not None and not isinstance(value, kind):
         raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
     return value
+
+
+def _descend(latents: torch.Tensor, step_size: float, grad: torch.Tensor) -> torch.Tensor:
+    """x ← x − α ∇L in float32 (α·∇L rounds badly in fp16), back in the latents' dtype."""
+    return (latents.float() - step_size * grad.float()).to(latents.dtype)
 
 
 def _as_object(obj):
@@ -658,10 +663,49 @@ def _video_tensor(video) -> torch.Tensor:
     if isinstance(video, torch.Tensor):
         if video.ndim != 4 or video.shape[1] != 3:
             raise ValueError(f"video must be (frames, 3, H, W) in [-1, 1], got {tuple(video.shape)}")
+        _check_range(video)
         return video
     arrays = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in video]
     stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
     return stacked / 127.5 - 1
+
+
+def _check_range(video: torch.Tensor) -> None:
+    """A video tensor is float in [-1, 1]; uint8 or [0, 1] frames would be edited as a darker,
+    washed-out clip without a word."""
+    if not video.is_floating_point():
+        raise ValueError(f"video is a {video.dtype} tensor: pass floats in [-1, 1] (video.float() / 127.5 - 1)")
+    low, high = float(video.min()), float(video.max())
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("video holds NaN or inf values")
+    if low < -1.001 or high > 1.001:
+        raise ValueError(f"video values span [{low:.3g}, {high:.3g}]; pass floats in [-1, 1] (uint8 frames: x / 127.5 - 1)")
+    if low >= 0:
+        raise ValueError(f"video values span [{low:.3g}, {high:.3g}]: that looks like [0, 1] images; pass [-1, 1] "
+                         "(video * 2 - 1)")
+
+
+def _check_call(tokenizer, prompt, objects, guidance_scale, attention_cell_px, rad: RADConfig) -> None:
+    """Settings from Python, checked before any model work (configs are checked by reatco.config)."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) \
+            or guidance_scale < 1:
+        raise ConfigError("guidance_scale", f"must be a finite number ≥ 1 (1 = no guidance), got {guidance_scale!r}")
+    if attention_cell_px is not None and (isinstance(attention_cell_px, bool) or not isinstance(attention_cell_px, int)
+                                          or attention_cell_px < 1):
+        raise ConfigError("attention_cell_px", f"must be a positive number of pixels (or None), got {attention_cell_px!r}")
+    for name in ("step_size", "temperature", "smoothing_sigma", "top_k_ratio"):
+        value = getattr(rad, name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"rad.{name}", f"must be a finite number, got {value!r}")
+    if not isinstance(rad.max_update_steps, int) or rad.max_update_steps < 0:
+        raise ConfigError("rad.max_update_steps", f"must be an integer ≥ 0, got {rad.max_update_steps!r}")
+    if not rad.temperature > 0:
+        raise ConfigError("rad.temperature", f"must be > 0 (default 100), got {rad.temperature!r}")
+    if objects and rad.enabled and rad.normalize_eot:
+        n, limit = len(tokenizer(prompt).input_ids), tokenizer.model_max_length
+        if n > limit:
+            raise ConfigError("prompt", f"has {n} tokens but the text encoder reads at most {limit} (start and end "
+                              "tokens included); shorten it")
 
 
 def _accumulate(total, count, word_maps, frames, n_frames):

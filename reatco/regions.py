@@ -13,6 +13,8 @@ most-covered cell(s).
 
 from __future__ import annotations
 
+import logging
+
 import math
 import os
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 _PALETTE = [(255, 64, 64), (64, 160, 255), (64, 220, 64), (255, 200, 0), (220, 80, 255), (0, 220, 220), (255, 128, 0), (255, 255, 255)]
@@ -202,9 +206,16 @@ def _read_mask(path: str, height: int, width: int, field: str) -> torch.Tensor:
 
     try:
         with Image.open(path) as image:
+            w, h = image.size
             gray = image.convert("L").resize((width, height), Image.BILINEAR)
     except (OSError, ValueError) as err:
         raise ConfigError(field, f"cannot read the mask image {path}: {err}") from err
+    if abs(w / h - width / height) > 0.01 * width / height:
+        # Right when the mask was drawn on source frames of that shape (they are stretched alike);
+        # a mask drawn at another shape ends up stretched off its object.
+        logger.warning("%s: mask %s is %d×%d, another aspect ratio than the working size %d×%d; it is stretched to "
+                       "it like the video frames (draw masks on the source frames or at the working size)",
+                       field, path, w, h, width, height)
     return torch.from_numpy(np.asarray(gray) >= 128)  # white = object
 
 

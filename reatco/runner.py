@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,9 +18,10 @@ import numpy as np
 import torch
 
 from .config import edit_config, save_config
-from .errors import ConfigError
-from .files import replace_dir
-from .inversion import file_fingerprint, inversion_cache_key, load_or_invert
+from .errors import ConfigError, check_finite
+from .files import new_partial_dir, remove_quietly, replace_dir
+from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
+from .inversion import inversion_cache_key, load_or_invert
 from .region_files import write_regions
 from .regions import Region, parse_region
 from .tokens import load_tokenizer, resolve_objects_tokens, token_table, word_token_indices
@@ -107,9 +107,12 @@ class EditRunner:
         self._video: torch.Tensor | None = None
         self._pipe = None
         self._source: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._tuned_from: str | None = None
         self._native_size: tuple[int, int] | None = None
         self._found: dict[str, Region] = {}  # regions found in the source video, by their settings
+        self._tune_key: tuple[str, dict] | None = None
+        self._model_digest: str | None = None
+        # which UNet edits: {"source": cache | tuned | model.tuned_unet | inflated, "path", "key"}
+        self.unet_info: dict | None = None
 
     # ------------------------------------------------------------------ validation (no weights)
 
@@ -123,6 +126,8 @@ class EditRunner:
         """Check every edit's words and regions; raises ConfigError before anything is loaded."""
         cfg = self.cfg
         edits = list(cfg.edits)
+        if not edits:
+            raise ConfigError("edits", "is empty: there is nothing to edit; add an edit (name, prompt, objects)")
         if only is not None:
             names = [e.name for e in edits]
             if only not in names:
@@ -150,6 +155,7 @@ class EditRunner:
                                             native_size=native))
                 origins.append(f"boxes_file {obj.boxes_file}" if getattr(obj, "boxes_file", None) else regions[-1].kind)
             indices = resolve_objects_tokens(self.tokenizer, edit.prompt, edit.objects, f"{field_prefix}.objects")
+            self._check_prompt_length(edit_config(cfg, edit), field_prefix, indices)
             prepared.append(PreparedEdit(edit_config(cfg, edit), edit, regions, indices, token_table(self.tokenizer, edit.prompt),
                                          origins))
         return prepared
@@ -194,6 +200,46 @@ class EditRunner:
         self.timings["find_regions"] = self.timings.get("find_regions", 0.0) + time.perf_counter() - start
         return prepared.regions
 
+
+    def _check_prompt_length(self, cfg, field_prefix: str, indices) -> None:
+        """The text encoder reads model_max_length tokens (SOT and EOT included): a longer prompt
+        is cut, which RAD cannot follow when it normalises over the prompt's own tokens or when
+        a word of interest lies past the cut."""
+        tok = self.tokenizer
+        n, limit = len(tok(cfg.edits[0].prompt).input_ids), tok.model_max_length
+        if n <= limit:
+            return
+        past = any(i >= limit - 1 for idx in indices for i in idx)
+        if past or (cfg.rad.enabled and cfg.rad.normalize_eot and indices):
+            raise ConfigError(f"{field_prefix}.prompt", f"has {n} tokens but the text encoder reads at most {limit} "
+                              "(start and end tokens included); shorten the prompt")
+        logger.warning("%s.prompt has %d tokens; the text encoder reads only the first %d", field_prefix, n, limit)
+
+    def preflight(self) -> None:
+        """Everything that can fail before a model loads: the video, and (when tuning) whether
+        tune.output_dir holds a UNet of another setup."""
+        self.source_video()
+        cfg = self.cfg
+        if not cfg.model.tuned_unet and cfg.tune.enabled:
+            from .tuning import check_output_dir, tuned_unet_dir
+
+            key, _ = self.tune_key()
+            check_output_dir(tuned_unet_dir(cfg, key), bool(cfg.tune.overwrite), key)
+
+    def model_digest(self) -> str:
+        if self._model_digest is None:
+            from .tuning import cache_root
+
+            self._model_digest = digest_path(self.cfg.model.pretrained, cache_root(self.cfg) / "file_hashes.json", only=MODEL_PARTS)
+        return self._model_digest
+
+    def tune_key(self) -> tuple[str, dict]:
+        if self._tune_key is None:
+            from .tuning import tune_cache_key
+
+            self._tune_key = tune_cache_key(self.cfg, self.source_video())
+        return self._tune_key
+
     # ------------------------------------------------------------------ heavy state, loaded once
 
     def source_video(self) -> torch.Tensor:
@@ -212,7 +258,12 @@ class EditRunner:
 
             start = time.perf_counter()
             unet = self._unet()  # may tune first: that is timed as "tune", not as loading
-            pipe = ReAtCoPipeline.from_pretrained(self.cfg.model.pretrained, unet=unet, dtype=self.dtype)
+            try:
+                pipe = ReAtCoPipeline.from_pretrained(self.cfg.model.pretrained, unet=unet, dtype=self.dtype)
+            except ConfigError:
+                raise
+            except (OSError, ValueError, RuntimeError) as err:  # missing or damaged weights
+                raise ConfigError("model.pretrained", f"cannot load {self.cfg.model.pretrained}: {str(err).splitlines()[0]}") from err
             pipe.to(self.device)
             pipe.set_progress_bar_config(disable=not self.progress)
             self._pipe = pipe
@@ -221,29 +272,57 @@ class EditRunner:
 
     def _unet(self):
         """The UNet to edit with: the configured tuned one, a cached/new tuning, or plain inflation."""
-        from .models import TuneAVideoUNet
-
         cfg = self.cfg
         if cfg.model.tuned_unet:
-            self._tuned_from = str(cfg.model.tuned_unet)
-            return TuneAVideoUNet.from_pretrained(cfg.model.tuned_unet, torch_dtype=self.dtype)
-        if cfg.tune.enabled:
-            from .tuning import tuned_unet_dir, tune_from_config
+            from .tuning import load_tuned
 
-            folder = tuned_unet_dir(cfg)
-            if not (folder / "config.json").exists():
-                start = time.perf_counter()
-                tune_from_config(cfg, video=self.source_video(), progress=self.progress)
-                self.timings["tune"] = time.perf_counter() - start
+            self.unet_info = {"source": "model.tuned_unet", "path": str(cfg.model.tuned_unet)}
+            return load_tuned(cfg.model.tuned_unet, torch_dtype=self.dtype)
+        if cfg.tune.enabled:
+            from .tuning import load_tuned, tune_from_config
+
+            key, parts = self.tune_key()
+            start = time.perf_counter()
+            result = tune_from_config(cfg, video=self.source_video(), progress=self.progress, key=key, parts=parts)
+            if result.reused:
+                logger.info("using the UNet tuned with this exact setup in %s", result.folder)
+                unet = result.unet.to(self.dtype) if self.dtype != torch.float32 else result.unet
             else:
-                logger.info("using the cached tuned UNet in %s", folder)
-            self._tuned_from = str(folder)
-            return TuneAVideoUNet.from_pretrained(folder, torch_dtype=self.dtype)
+                self.timings["tune"] = time.perf_counter() - start
+                unet = load_tuned(result.folder, torch_dtype=self.dtype, field="tune.output_dir")
+            self.unet_info = {"source": "cache" if result.reused else "tuned", "path": str(result.folder), "key": key}
+            return unet
         logger.warning(
             "model.tuned_unet is not set and tune.enabled is false: editing with the plain inflated UNet "
             "(no Tune-A-Video tuning on the source video)"
         )
+        self.unet_info = {"source": "inflated", "model": str(cfg.model.pretrained)}
         return None
+
+    def _unet_identity(self) -> str | None:
+        info = self.unet_info or {}
+        if info.get("source") == "model.tuned_unet":
+            from .tuning import cache_root
+
+            return digest_path(info["path"], cache_root(self.cfg) / "file_hashes.json")
+        return info.get("key") or "inflated"
+
+    def inversion_key(self) -> str:
+        """Hash of everything the trajectory depends on: the model's files, the UNet (tuning key or
+        folder content), the frames as read, steps, prompt, guidance, seed and dtype."""
+        cfg = self.cfg
+        return inversion_cache_key(
+            model=self.model_digest(),
+            unet=self._unet_identity(),
+            video=digest_tensor(self.source_video()),
+            frames=[cfg.video.start_frame, cfg.video.frame_stride, cfg.video.n_frames],
+            size=[cfg.video.height, cfg.video.width],
+            steps=cfg.inversion.steps or cfg.sampling.steps,
+            prompt=cfg.inversion.prompt,
+            guidance=cfg.inversion.guidance_scale,
+            seed=cfg.sampling.seed,
+            dtype=str(self.dtype),
+        )
 
     def source(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled source latents V_0 (1, C, F, h, w) and the DDIM-inversion trajectory (cached)."""
@@ -251,19 +330,10 @@ class EditRunner:
             pipe = self.pipeline()
             cfg = self.cfg
             steps = cfg.inversion.steps or cfg.sampling.steps
-            key = inversion_cache_key(
-                model=file_fingerprint(cfg.model.pretrained),
-                unet=file_fingerprint(self._tuned_from),
-                video=file_fingerprint(cfg.video.path),
-                frames=[cfg.video.start_frame, cfg.video.frame_stride, cfg.video.n_frames],
-                size=[cfg.video.height, cfg.video.width],
-                steps=steps,
-                prompt=cfg.inversion.prompt,
-                guidance=cfg.inversion.guidance_scale,
-                seed=cfg.sampling.seed,
-                dtype=str(self.dtype),
-            )
-            cache_dir = cfg.inversion.cache_dir or os.path.join(cfg.output_dir, ".cache", "inversion")
+            key = self.inversion_key()
+            from .tuning import cache_root
+
+            cache_dir = cfg.inversion.cache_dir or cache_root(cfg) / "inversion"
 
             def invert():
                 start = time.perf_counter()
@@ -310,6 +380,7 @@ class EditRunner:
             attention_steps=attention_steps(cfg.rad.max_update_steps if cfg.rad.enabled else 0, cfg.sampling.steps),
         )
         edit_seconds = time.perf_counter() - start
+        check_finite(output.frames, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
         frames = (output.frames * 255).round().astype(np.uint8)
         n_steps = cfg.sampling.steps
         report = {
@@ -318,6 +389,7 @@ class EditRunner:
             "seed": cfg.sampling.seed,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "unet": self.unet_info,
             "versions": package_versions(),
             "timings_s": {**self.timings, "edit": edit_seconds, "edit_per_step": edit_seconds / n_steps},
             "token_indices": {o.word: idx for o, idx in zip(prepared.edit.objects, prepared.token_indices)},
@@ -331,13 +403,20 @@ class EditRunner:
         return result
 
     def write_outputs(self, prepared: PreparedEdit, result: EditResult, output=None, out_dir=None) -> Path:
-        """Everything goes into `<name>.partial/` first and replaces `<name>/` only when complete.
+        """Everything goes into a folder private to this run (`.<name>.partial-XXXX/`) first and
+        replaces `<name>/` only when complete; concurrent runs take turns at the replacement.
         `output`: the pipeline's output, whose attention maps (if any) become attention.mp4."""
         cfg = prepared.cfg
         final = Path(out_dir) if out_dir is not None else Path(cfg.output_dir) / prepared.edit.name
-        partial = final.with_name(final.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        partial = new_partial_dir(final)
+        try:
+            return self._write_into(prepared, result, output, partial, final)
+        except BaseException:
+            remove_quietly(partial)
+            raise
+
+    def _write_into(self, prepared: PreparedEdit, result: EditResult, output, partial: Path, final: Path) -> Path:
+        cfg = prepared.cfg
         fps = cfg.video.fps
         write_video(result.frames, partial / "edited.mp4", fps=fps)
         if cfg.save_gif:

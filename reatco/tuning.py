@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,8 +19,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-from .files import replace_dir
+from .errors import ConfigError, NonFiniteError
+from .files import new_partial_dir, remove_quietly, replace_dir
 from .models import TuneAVideoUNet
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,8 @@ class TuneResult:
     unet: TuneAVideoUNet
     losses: list[float]
     report: dict = field(default_factory=dict)
+    folder: Path | None = None  # where it was saved (tune_from_config)
+    reused: bool = False  # found already tuned with this exact setup
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -189,12 +191,18 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        if not math.isfinite(losses[-1]):  # a diverged UNet must never be saved or cached
+            raise NonFiniteError(f"in the tuning loss at step {len(losses) - 1}", "lower tune.learning_rate or use tune.mixed_precision=no")
 
     unet = accelerator.unwrap_model(unet, keep_fp32_wrapper=False)
     if use_ckpt:
         unet.disable_gradient_checkpointing()
     unet.requires_grad_(False).eval()
     accelerator.free_memory()
+    bad = [n for n, p in unet.named_parameters() if n in set(trainable) and not torch.isfinite(p).all()]
+    if bad:
+        raise NonFiniteError(f"in the tuned weights ({bad[0]}{' and others' if len(bad) > 1 else ''})",
+                             "lower tune.learning_rate or use tune.mixed_precision=no")
     report = {
         "losses": losses, "seed": s.seed, "settings": {**asdict(s), "trainable_modules": list(s.trainable_modules)},
         "trainable_parameters": sum(p.numel() for n, p in unet.named_parameters() if n in set(trainable)),
@@ -204,40 +212,123 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
     return TuneResult(unet, losses, report)
 
 
-# ----------------------------------------------------------------------------- output folder
+# ----------------------------------------------------------------------------- cache and output folder
 
-def tuned_unet_dir(cfg) -> Path:
-    """Where a config's tuned UNet lives: `tune.output_dir`, or `<output_dir>/tuned_unet`."""
-    return Path(cfg.tune.output_dir) if getattr(cfg.tune, "output_dir", None) else Path(cfg.output_dir) / "tuned_unet"
+KEY_FILE = "tune_report.json"  # holds "cache_key": what produced the folder
 
 
-def check_output_dir(folder, overwrite: bool) -> None:
-    """Refuse to replace a finished (or any non-empty) folder unless asked; checked before tuning."""
+def cache_root(cfg) -> Path:
+    from .fingerprint import default_cache_root
+
+    return Path(cfg.cache_dir) if getattr(cfg, "cache_dir", None) else default_cache_root()
+
+
+def tune_key_parts(cfg, video: torch.Tensor) -> dict:
+    """Everything a tuned UNet depends on: the model's files, the frames as read (content), their
+    selection and size, the prompt, every tuning setting (seed included) and the precision."""
+    from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
+
+    settings = TuneSettings.from_config(cfg.tune)
+    v = cfg.video
+    return {
+        "kind": "tuned_unet",
+        "model": digest_path(cfg.model.pretrained, cache_root(cfg) / "file_hashes.json", only=MODEL_PARTS),
+        "video": digest_tensor(video),
+        "frames": [v.start_frame, v.frame_stride, v.n_frames],
+        "size": [v.height, v.width],
+        "prompt": v.prompt,
+        "settings": {**asdict(settings), "trainable_modules": list(settings.trainable_modules)},
+        "precision": _precision(settings.mixed_precision, torch.cuda.is_available()),
+    }
+
+
+def tune_cache_key(cfg, video: torch.Tensor) -> tuple[str, dict]:
+    from .fingerprint import cache_key
+
+    parts = tune_key_parts(cfg, video)
+    return cache_key(**parts), parts
+
+
+def tuned_unet_dir(cfg, key: str | None = None) -> Path:
+    """Where a config's tuned UNet lives: `tune.output_dir`, or the cache folder
+    `<cache_dir>/tuned/<key>` named by what produced it."""
+    if getattr(cfg.tune, "output_dir", None):
+        return Path(cfg.tune.output_dir)
+    if key is None:
+        raise ValueError("the cache folder of a tuned UNet is named by its key: pass key= (tune_cache_key)")
+    return cache_root(cfg) / "tuned" / key
+
+
+def recorded_key(folder) -> str | None:
+    try:
+        return json.loads((Path(folder) / KEY_FILE).read_text()).get("cache_key")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def check_output_dir(folder, overwrite: bool, key: str | None = None) -> bool:
+    """Before tuning: True if `folder` already holds a UNet tuned with exactly this setup (`key`),
+    False if it is free (or will be overwritten); ConfigError if it holds something else."""
     folder = Path(folder)
-    if overwrite or not folder.exists():
-        return
-    if folder.is_dir() and not any(folder.iterdir()):
-        return
-    what = "a tuned UNet" if (folder / "config.json").exists() else "files"
+    if not folder.exists():
+        return False
+    if not folder.is_dir():
+        raise ConfigError("tune.output_dir", f"{folder} is a file; give a folder")
+    if key is not None and recorded_key(folder) == key and not overwrite:
+        return True
+    if overwrite or not any(folder.iterdir()):
+        return False
+    if (folder / "config.json").exists():
+        what = "a tuned UNet of another setup" if key is not None else "a tuned UNet"
+    else:
+        what = "files"
     raise ConfigError("tune.output_dir", f"{folder} already holds {what}; set tune.overwrite=true (--overwrite) "
-                                         f"or choose another tune.output_dir")
+                                         f"or choose another tune.output_dir (or null: the cache keeps one per setup)")
+
+
+def load_tuned(folder, torch_dtype=None, field: str = "model.tuned_unet") -> TuneAVideoUNet:
+    """A tuned UNet folder; a damaged or truncated one is a ConfigError naming its path."""
+    from .models.checkpoint import CheckpointError
+
+    try:
+        return TuneAVideoUNet.from_pretrained(folder, torch_dtype=torch_dtype)
+    except (CheckpointError, OSError, ValueError, RuntimeError) as err:
+        raise ConfigError(field, f"cannot load the UNet in {folder}: {err}") from err
+
+
+def load_cached_tuned(folder, key: str, torch_dtype=None) -> TuneAVideoUNet | None:
+    """The UNet in `folder` if it was tuned with this exact setup and loads; a damaged one is
+    reported with its path and removed (the caller tunes again)."""
+    folder = Path(folder)
+    if recorded_key(folder) != key:
+        return None
+    try:
+        return load_tuned(folder, torch_dtype, field="tune")
+    except ConfigError as err:
+        logger.warning("the cached tuned UNet in %s is damaged (%s); tuning again", folder, err.message)
+        remove_quietly(folder)
+        return None
 
 
 def save_tuned(unet: TuneAVideoUNet, folder, report: dict, cfg=None, overwrite: bool = False, safe_serialization: bool = False) -> Path:
     """Tune-A-Video UNet + `tune_config.yaml` (resolved config, when given) + `tune_report.json`,
-    written to `<folder>.tmp` and renamed into place, so a folder that exists is complete."""
+    written to a temp folder private to this run and renamed into place, so a folder that exists
+    is complete."""
     folder = Path(folder)
-    check_output_dir(folder, overwrite)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    unet.save_pretrained(tmp, safe_serialization=safe_serialization)
-    if cfg is not None:
-        from .config import save_config
+    if check_output_dir(folder, overwrite, report.get("cache_key")) and not overwrite:
+        return folder  # another run finished the same tuning meanwhile
+    tmp = new_partial_dir(folder)
+    try:
+        unet.save_pretrained(tmp, safe_serialization=safe_serialization)
+        if cfg is not None:
+            from .config import save_config
 
-        save_config(cfg, tmp / "tune_config.yaml")
-    (tmp / "tune_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    replace_dir(tmp, folder)
+            save_config(cfg, tmp / "tune_config.yaml")
+        (tmp / KEY_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        replace_dir(tmp, folder)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
     return folder
 
 
@@ -258,20 +349,36 @@ def load_components(pretrained) -> dict:
     )
 
 
-def tune_from_config(cfg, video: torch.Tensor | None = None, progress: bool = True, components: dict | None = None) -> TuneResult:
-    """Tune as `cfg` says and write the result to `tuned_unet_dir(cfg)` (refusing to overwrite a
-    finished one unless `tune.overwrite`)."""
-    folder = tuned_unet_dir(cfg)
-    overwrite = bool(getattr(cfg.tune, "overwrite", False))
-    check_output_dir(folder, overwrite)  # before anything expensive
+def tune_from_config(cfg, video: torch.Tensor | None = None, progress: bool = True, components: dict | None = None,
+                     key: str | None = None, parts: dict | None = None) -> TuneResult:
+    """Tune as `cfg` says and write the result to `tuned_unet_dir(cfg, key)`. A folder that holds
+    a UNet of this exact setup is reused (result.losses empty, result.report its report); one of
+    another setup is refused unless `tune.overwrite`. Two runs of one setup take turns: the
+    second waits and reuses the first's result."""
+    from .files import file_lock
+
     if video is None:
         from .video import read_video
 
         v = cfg.video
         video = read_video(v.path, v.height, v.width, n_frames=v.n_frames, start_frame=v.start_frame, frame_stride=v.frame_stride)
-    components = components or load_components(cfg.model.pretrained)
-    result = tune_unet(components, video, cfg.video.prompt, cfg.tune, progress=progress)
-    result.report["pretrained"] = str(cfg.model.pretrained)
-    save_tuned(result.unet, folder, result.report, cfg=cfg, overwrite=overwrite)
+    if key is None:
+        key, parts = tune_cache_key(cfg, video)
+    folder = tuned_unet_dir(cfg, key)
+    overwrite = bool(getattr(cfg.tune, "overwrite", False))
+    check_output_dir(folder, overwrite, key)  # before anything expensive
+    # not replace_dir's lock (lock_path(folder)): save_tuned takes that one inside
+    with file_lock(folder.parent / f".{folder.name}.tune.lock", "tuning the same UNet"):
+        if not overwrite:
+            unet = load_cached_tuned(folder, key)
+            if unet is not None:
+                logger.info("reusing the UNet tuned with this exact setup in %s", folder)
+                report = json.loads((folder / KEY_FILE).read_text())
+                return TuneResult(unet, [], report, folder=folder, reused=True)
+        components = components or load_components(cfg.model.pretrained)
+        result = tune_unet(components, video, cfg.video.prompt, cfg.tune, progress=progress)
+        result.report.update(pretrained=str(cfg.model.pretrained), cache_key=key, cache_key_parts=parts)
+        save_tuned(result.unet, folder, result.report, cfg=cfg, overwrite=overwrite)
     logger.info("tuned UNet written to %s", folder)
+    result.folder = folder
     return result

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Sequence
 
@@ -178,6 +177,13 @@ def read_video(path, height: int, width: int, n_frames: Optional[int] = None, st
     indices = list(range(start_frame, total, frame_stride))[: n_frames or available]
     if files is not None:
         frames = [_load_image(files[i], path_field) for i in indices]
+        sizes = {f.shape[:2] for f in frames}
+        if len(sizes) > 1:  # resizing each to the working size would stretch some differently
+            first = frames[0].shape[:2]
+            odd = next(i for i, f in zip(indices, frames) if f.shape[:2] != first)
+            raise ConfigError(path_field, f"the frames of {path} differ in size: {files[indices[0]].name} is "
+                              f"{first[1]}×{first[0]} but {files[odd].name} is {frames[indices.index(odd)].shape[1]}×"
+                              f"{frames[indices.index(odd)].shape[0]}; give frames of one size")
     else:
         frames = list(_with_fallback(path, path_field, _decord_frames, _pyav_frames, indices))
     array = np.stack([_resize(np.ascontiguousarray(f[..., :3]), height, width) for f in frames])
@@ -299,16 +305,10 @@ def _write_gif(frames: np.ndarray, path: str, fps: float) -> None:
 
 def _atomic(path: Path, write) -> None:
     """Write through a temp file in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    from .files import atomic_file
+
+    with atomic_file(path, suffix=path.suffix) as tmp:
         write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_video(frames, path, fps: float = 8) -> Path:

@@ -41,9 +41,18 @@ def finished_edits(prepared, output_dir) -> list[Path]:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # finished results are untouched: outputs are written to private temp names and renamed
+        print("interrupted: finished results are kept, this run's temporary files are removed", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)  # before the imports below: --help is instant
     from reatco.config import load_config
-    from reatco.errors import ConfigError
+    from reatco.errors import ConfigError, NonFiniteError
     from reatco.runner import EditRunner
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -57,7 +66,10 @@ def main(argv=None) -> int:
             raise ConfigError("--overwrite", f"{', '.join(str(d) for d in done)} already "
                               f"{'holds a finished edit' if len(done) == 1 else 'hold finished edits'}; pass --overwrite "
                               "to replace, or choose another --output_dir (or --only another edit)")
-        runner.source_video()  # a missing or short video fails here, before any weights load
+        if args.dry_run:
+            runner.source_video()  # a missing or short video fails here, before any weights load
+        else:
+            runner.preflight()  # the video, and a tune.output_dir of another setup
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -83,6 +95,9 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     return 0
 
 

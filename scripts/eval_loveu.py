@@ -13,7 +13,7 @@ Bad input exits with code 2 before any model is loaded.
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from reatco.errors import ConfigError  # noqa: E402
-from reatco.files import replace_dir  # noqa: E402
+from reatco.errors import ConfigError, NonFiniteError  # noqa: E402
+from reatco.files import file_lock, new_partial_dir, remove_quietly, replace_dir  # noqa: E402
 from reatco.metrics import evaluate as ev  # noqa: E402
 from reatco.metrics.clip_metrics import BACKENDS, DEFAULT_CLIP  # noqa: E402
 from reatco.metrics.loveu import CATEGORIES, CSV_NAME, SUBSETS, coverage_report, has_frames, read_loveu_csv  # noqa: E402
@@ -92,9 +92,9 @@ def collect_edits(args) -> list[ev.EvalEdit]:
 
 
 def check_predictions(args, edits, metrics, settings) -> None:
-    """Every unfinished edit needs predictions or a way to make them."""
-    missing = [e for e in edits if not ev.is_finished(ev.read_json(ev.score_path(args.out, e)), metrics, settings.record())
-               and not has_frames(ev.prediction_folder(args.pred_root, e, args.ablation))]
+    """Every edit needs predictions or a way to make them (scores are reused only for the very
+    frames they scored, so the frames must be there either way)."""
+    missing = [e for e in edits if not has_frames(ev.prediction_folder(args.pred_root, e, args.ablation))]
     if not missing:
         return
     first = ev.prediction_folder(args.pred_root, missing[0], args.ablation)
@@ -107,6 +107,36 @@ def check_predictions(args, edits, metrics, settings) -> None:
                                          f"edit runner cannot be imported ({err}); provide predictions or use --no_run") from err
     if any(e.config is None for e in missing) and not Path(args.base_config).is_file():
         raise ConfigError("--base_config", f"{args.base_config} not found; LOVEU edits without predictions are run with it")
+
+
+def check_out(out) -> None:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError("--out", f"{path} is a file; give a results folder")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError("--out", f"{path} cannot be created or written ({probe} is not a writable folder)")
+
+
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (`org/name`): absolute, ./ ../ ~, or more than one '/'."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def check_model_folders(args, metrics) -> None:
+    """A model given as a local path must be there: found out now, not after the first edit."""
+    flags = []
+    if {"clip_text", "frame_consistency"} & set(metrics) and args.clip_backend == "transformers":
+        flags.append(("--clip_model", args.clip_model))
+    if "pickscore" in metrics:
+        flags += [("--pickscore_model", args.pickscore_model), ("--pickscore_processor", args.pickscore_processor)]
+    if "visor" in metrics:
+        flags.append(("--owlvit_model", args.owlvit_model))
+    for flag, name in flags:
+        if name and _looks_local(name) and not Path(os.path.expanduser(name)).exists():
+            raise ConfigError(flag, f"{name} does not exist (a local model folder) and is not a hub id (org/name)")
 
 
 # ---------------------------------------------------------------------------- running an edit
@@ -153,16 +183,18 @@ def save_prediction(frames: np.ndarray, folder: Path, loveu: bool) -> None:
     """Official layout: 00000.jpg ... at 480x480 for LOVEU; lossless png for our configs (fidelity)."""
     from PIL import Image
 
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for i, frame in enumerate(frames):
-        image = Image.fromarray(frame)
-        if loveu:
-            image.resize((480, 480), Image.BICUBIC).save(tmp / f"{i:05d}.jpg", quality=95)
-        else:
-            image.save(tmp / f"{i:05d}.png")
-    replace_dir(tmp, folder)
+    tmp = new_partial_dir(folder)  # private to this run
+    try:
+        for i, frame in enumerate(frames):
+            image = Image.fromarray(frame)
+            if loveu:
+                image.resize((480, 480), Image.BICUBIC).save(tmp / f"{i:05d}.jpg", quality=95)
+            else:
+                image.save(tmp / f"{i:05d}.png")
+        replace_dir(tmp, folder)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def predictions(args, edit: ev.EvalEdit) -> np.ndarray:
@@ -212,6 +244,20 @@ def config_inputs(edit: ev.EvalEdit, frames: np.ndarray) -> ev.EditInputs:
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except ConfigError as err:  # found while running an edit (the checks above run before any model)
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted: finished score files are kept; rerun to score the rest", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.pred_root = args.pred_root or str(Path(args.out) / "predictions")
     try:
@@ -220,8 +266,10 @@ def main(argv=None) -> int:
             raise ConfigError("--clip_pretrained", "the open_clip backend needs a pretrained tag or checkpoint file")
         settings = ev.Settings(args.clip_model, args.clip_backend, args.clip_pretrained, args.keep_aspect,
                                args.pickscore_model, args.pickscore_processor, args.owlvit_model, args.lpips_backbone)
+        check_out(args.out)
         edits = collect_edits(args)
         check_predictions(args, edits, metrics, settings)
+        check_model_folders(args, metrics)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -242,19 +290,17 @@ def main(argv=None) -> int:
     done = skipped = 0
     for edit in mine:
         path = ev.score_path(args.out, edit)
-        old = ev.read_json(path)
-        if ev.is_finished(old, metrics, settings.record()):
-            skipped += 1
-            continue
         start = time.perf_counter()
         frames = predictions(args, edit)
-        values = ev.score_edit(edit, config_inputs(edit, frames), metrics, settings)
-        if old and old.get("settings") == settings.record():  # keep metrics scored earlier with the same models
-            values = {**old.get("scores", {}), **values}
-            metrics_run = sorted(set(old.get("metrics_run", [])) | set(metrics))
-        else:
-            metrics_run = metrics
-        ev.write_json_atomic(path, ev.score_record(edit, values, metrics_run, settings, len(frames), time.perf_counter() - start))
+        inputs = config_inputs(edit, frames)
+        digest = ev.inputs_digest(edit, inputs)  # scores belong to the frames they scored
+        if ev.is_finished(ev.read_json(path), metrics, settings.record(), digest):
+            skipped += 1
+            continue
+        values = ev.score_edit(edit, inputs, metrics, settings)
+        record = ev.score_record(edit, values, metrics, settings, len(frames), time.perf_counter() - start, digest)
+        with file_lock(Path(args.out) / ".scores.lock", "writing scores"):  # another run may add its metrics meanwhile
+            ev.write_json_atomic(path, ev.merge_record(ev.read_json(path), record))
         done += 1
     print(f"[process {state.process_index}/{state.num_processes}] scored {done} edit(s), reused {skipped}", file=sys.stderr)
     state.wait_for_everyone()
@@ -266,7 +312,7 @@ def main(argv=None) -> int:
         if lost:
             print(f"error: score files missing after the run: {lost[:5]}", file=sys.stderr)
             return 1
-        summary = ev.summarize(records, metrics, TAV_REFERENCE)
+        summary = ev.summarize(records, ev.summary_metrics(records, metrics), TAV_REFERENCE)
         ev.write_json_atomic(Path(args.out) / "summary.json", summary)
         (Path(args.out) / "tables.md").write_text(render_tables(summary) + "\n")
         print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'tables.md'}")

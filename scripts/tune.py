@@ -5,7 +5,9 @@
     python scripts/tune.py --config configs/hares.yaml --set tune.steps=500 --output_dir outputs/hares_unet --overwrite
 
 Writes the tuned UNet in Tune-A-Video format (config.json, diffusion_pytorch_model.bin) with
-tune_config.yaml and tune_report.json to tune.output_dir (default <output_dir>/tuned_unet). Load it
+tune_config.yaml and tune_report.json to tune.output_dir (default: the cache,
+<cache_dir>/tuned/<key>, where scripts/edit.py finds it; the key hashes the model, the frames as
+read, the prompt and every tune setting, and a folder tuned with the same key is reused). Load it
 with reatco (`model.tuned_unet: <folder>`, `TuneAVideoUNet.from_pretrained(folder)` or
 `ReAtCoPipeline.from_pretrained(model, unet=folder)`): its config.json says UNet3DConditionModel,
 as the original code expects, but diffusers' own class of that name is another architecture and
@@ -34,10 +36,18 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was saved (a finished tuned UNet is never replaced by a partial one)", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None) -> int:
     args = parse_args(argv)  # before the imports below: --help is instant
     from reatco.config import load_config
-    from reatco.errors import ConfigError
-    from reatco.tuning import tune_from_config, tuned_unet_dir
+    from reatco.errors import ConfigError, NonFiniteError
+    from reatco.tuning import tune_from_config
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.set)
@@ -51,9 +61,14 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
     losses = result.losses
-    print(f"tuned UNet written to {tuned_unet_dir(cfg)} ({len(losses)} steps, final loss {losses[-1]:.4f})" if losses
-          else f"tuned UNet written to {tuned_unet_dir(cfg)} (0 steps)")
+    if result.reused:
+        print(f"already tuned with this exact setup: {result.folder} (--overwrite tunes again)")
+    else:
+        print(f"tuned UNet written to {result.folder} ({len(losses)} steps, final loss {losses[-1]:.4f})")
     return 0
 
 

@@ -47,6 +47,7 @@ def _config(root, **changes):
         "irjs": {"placement": "before_step"},
         "rad": {"max_update_steps": 2, "refinement_thresholds": {0: 0.5}, "max_refinement_iters": 1},
         "output_dir": str(root / "out"),
+        "cache_dir": str(root / "cache"),
         "edits": [
             {
                 "name": "swap",
@@ -81,8 +82,10 @@ def test_edit_writes_every_output(workspace, capsys):
     assert report["seed"] == 5 and report["token_indices"] == {"rabbit": [2], "horse": [5]}
     assert [r["step"] for r in report["rad_losses"]] == [0, 1]
     assert {"torch", "diffusers"} <= set(report["versions"]) and "edit" in report["timings_s"]
-    assert (workspace / "out" / "tuned_unet" / "config.json").is_file()  # tuned once, cached
-    assert list((workspace / "out" / ".cache" / "inversion").glob("*.pt"))
+    assert report["unet"]["source"] == "tuned"
+    tuned = Path(report["unet"]["path"])
+    assert tuned.parent == workspace / "cache" / "tuned" and (tuned / "config.json").is_file()  # tuned once, cached
+    assert list((workspace / "cache" / "inversion").glob("*.pt"))
     assert "rabbit" in capsys.readouterr().out
     _check_explaining_outputs(out, config, report)
 
@@ -97,7 +100,8 @@ def test_edit_writes_every_output(workspace, capsys):
     # With --overwrite, it reuses the tuned UNet and the inversion and reproduces the frames exactly.
     assert edit_script.main(["--config", str(config), "--quiet", "--only", "swap", "--overwrite"]) == 0
     assert [p.read_bytes() for p in sorted((out / "frames").glob("*.png"))] == first_bytes
-    assert "tune" not in json.loads((out / "report.json").read_text())["timings_s"]
+    again = json.loads((out / "report.json").read_text())
+    assert "tune" not in again["timings_s"] and again["unet"] == {**report["unet"], "source": "cache"}
 
 
 def _check_explaining_outputs(out, config, report):

@@ -264,3 +264,72 @@ def test_missing_predictions_are_edited_then_scored(world, tmp_path, capsys):
     frames = sorted((pred / made[0]).glob("*.jpg"))
     assert len(frames) == 3 and Image.open(frames[0]).size == (480, 480)
     assert json.loads((out / "summary.json").read_text())["n_edits"] == 2
+
+
+def test_scores_follow_the_frames_they_scored(world, tmp_path, capsys):
+    """Changed predictions are scored again (even in place, under the same names); another
+    --pred_root with other frames does not inherit the old scores."""
+    import shutil
+
+    out, pred = tmp_path / "out", tmp_path / "pred"
+    shutil.copytree(world["pred"], pred)
+    args = _args(world, out, "--metrics", "clip_text", "--limit", "2")
+    args[args.index("--pred_root") + 1] = str(pred)
+    assert eval_loveu.main(args) == 0
+    first = json.loads((out / "summary.json").read_text())["edits"]
+    capsys.readouterr()
+    black = tmp_path / "black"
+    for folder in sorted(pred.rglob("*")):
+        if folder.suffix == ".jpg":
+            target = black / folder.relative_to(pred)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(target)
+    args[args.index("--pred_root") + 1] = str(black)
+    assert eval_loveu.main(args) == 0
+    assert "scored 2 edit(s), reused 0" in capsys.readouterr().err
+    second = json.loads((out / "summary.json").read_text())["edits"]
+    assert all(second[k]["clip_text"] != first[k]["clip_text"] for k in first)
+    # the same frames again: reused
+    assert eval_loveu.main(args) == 0
+    assert "scored 0 edit(s), reused 2" in capsys.readouterr().err
+
+
+def test_runs_with_different_metrics_on_one_out_keep_both(world, tmp_path, capsys):
+    out = tmp_path / "out"
+    clip = _args(world, out, "--metrics", "clip_text", "--limit", "2")
+    pick = _args(world, out, "--metrics", "pickscore", "--limit", "2")
+    assert eval_loveu.main(clip) == 0 and eval_loveu.main(pick) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"] == ["clip_text", "pickscore"]
+    for record in (json.loads(p.read_text()) for p in (out / "scores").glob("*.json")):
+        assert record["metrics_run"] == ["clip_text", "pickscore"] and {"clip_text", "pickscore"} <= set(record["scores"])
+    capsys.readouterr()
+    assert eval_loveu.main(clip) == 0 and "reused 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["../../../../escaped", "..", "a/b", ".hidden", "/abs"])
+def test_a_csv_video_name_cannot_leave_the_folders(world, tmp_path, capsys, name):
+    import shutil
+
+    data = tmp_path / "deep" / "data"
+    shutil.copytree(world["data"], data)
+    csv_text = (data / "LOVEU-TGVE-2023_Dataset.csv").read_text().replace("gold-fish,", f"{name},", 1)
+    (data / "LOVEU-TGVE-2023_Dataset.csv").write_text(csv_text)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    out = tmp_path / "deep" / "out"
+    args = _args(world, out)
+    args[args.index("--data_root") + 1] = str(data)
+    assert eval_loveu.main(args) == 2
+    assert "cannot be used as a folder name" in capsys.readouterr().err
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
+
+
+def test_out_that_is_a_file_and_a_missing_model_folder_exit_2(world, tmp_path, capsys):
+    out_file = tmp_path / "out.txt"
+    out_file.write_text("keep me")
+    assert eval_loveu.main(_args(world, out_file)) == 2
+    assert "--out" in capsys.readouterr().err and out_file.read_text() == "keep me"
+    args = _args(world, tmp_path / "out")
+    args[args.index("--clip_model") + 1] = str(tmp_path / "no-such-clip")
+    assert eval_loveu.main(args) == 2
+    assert "--clip_model" in capsys.readouterr().err and not (tmp_path / "out").exists()

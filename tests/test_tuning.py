@@ -103,32 +103,118 @@ def test_save_is_atomic_and_refuses_to_overwrite(tmp_path):
     assert all(torch.equal(v, loaded[k]) for k, v in unet.state_dict().items())
 
 
-def _config(tmp_path, **tune):
+def _config(tmp_path, tune=None, video=None, model=None, **top):
     config = pytest.importorskip("reatco.config")
     try:
         return config.config_from_dict({
-            "model": {"pretrained": str(tmp_path / "sd"), "attention_cell_px": 8},
-            "video": {"path": str(tmp_path / "video.mp4"), "prompt": PROMPT, "height": 16, "width": 16, "n_frames": 3},
-            "tune": {"steps": 1, "learning_rate": 1e-3, **tune},
+            "model": {"pretrained": str(tmp_path / "sd"), "attention_cell_px": 8, **(model or {})},
+            "video": {"path": str(tmp_path / "video.mp4"), "prompt": PROMPT, "height": 16, "width": 16, "n_frames": 3, **(video or {})},
+            "tune": {"steps": 1, "learning_rate": 1e-3, **(tune or {})},
             "output_dir": str(tmp_path / "out"),
+            **top,
         }, check_paths=False)
     except ImportError as err:  # config validation needs reatco.video
         pytest.skip(f"config needs a module not present yet: {err}")
 
 
-def test_tune_from_config_writes_the_result_and_refuses_a_second_run(tmp_path):
-    from reatco.tuning import tune_from_config, tuned_unet_dir
+def test_tune_from_config_caches_by_key_and_reuses_only_an_exact_match(tmp_path):
+    from reatco.tuning import tune_cache_key, tune_from_config
 
     save_tiny_sd(tmp_path / "sd")
-    cfg = _config(tmp_path)
+    cfg = _config(tmp_path, cache_dir=str(tmp_path / "cache"))
     result = tune_from_config(cfg, video=_video(), progress=False)
-    folder = tuned_unet_dir(cfg)
-    assert folder == tmp_path / "out" / "tuned_unet"
+    key, _ = tune_cache_key(cfg, _video())
+    folder = tmp_path / "cache" / "tuned" / key
+    assert result.folder == folder and not result.reused and len(result.losses) == 1
     assert {p.name for p in folder.iterdir()} == {"README.md", "config.json", "diffusion_pytorch_model.bin", "tune_config.yaml", "tune_report.json"}
+    report = json.loads((folder / "tune_report.json").read_text())
+    assert report["cache_key"] == key and report["cache_key_parts"]["settings"]["steps"] == 1
     assert json.loads((folder / "config.json").read_text())["_class_name"] == "UNet3DConditionModel"
-    assert len(result.losses) == 1
-    with pytest.raises(ConfigError, match="tune.output_dir"):
+    # the same setup from another output folder: reused, not tuned again
+    other = _config(tmp_path, cache_dir=str(tmp_path / "cache"), output_dir=str(tmp_path / "elsewhere"))
+    again = tune_from_config(other, video=_video(), progress=False)
+    assert again.reused and again.folder == folder and again.losses == []
+    # a changed setting is another UNet in another folder
+    changed = tune_from_config(_config(tmp_path, cache_dir=str(tmp_path / "cache"), tune={"steps": 2}), video=_video(), progress=False)
+    assert not changed.reused and changed.folder != folder and len(changed.losses) == 2
+
+
+def test_the_key_changes_with_everything_that_produced_the_unet(tmp_path):
+    """Model, frames as read, frame selection, size, prompt, every tune setting, seed; not output_dir."""
+    from reatco.tuning import tune_cache_key
+
+    save_tiny_sd(tmp_path / "sd")
+    save_tiny_sd(tmp_path / "sd2", seed=1)
+    base = _config(tmp_path, cache_dir=str(tmp_path / "cache"))
+    key, parts = tune_cache_key(base, _video())
+    variants = {
+        "steps": (_config(tmp_path, tune={"steps": 2}), _video()),
+        "learning_rate": (_config(tmp_path, tune={"learning_rate": 2e-3}), _video()),
+        "seed": (_config(tmp_path, tune={"seed": 1}), _video()),
+        "trainable_modules": (_config(tmp_path, tune={"trainable_modules": ["attn1.to_q"]}), _video()),
+        "batch_size": (_config(tmp_path, tune={"batch_size": 2}), _video()),
+        "max_grad_norm": (_config(tmp_path, tune={"max_grad_norm": 0.5}), _video()),
+        "prompt": (_config(tmp_path, video={"prompt": "a blue circle"}), _video()),
+        "n_frames": (_config(tmp_path, video={"n_frames": 2}), _video(f=2)),
+        "size": (_config(tmp_path, video={"height": 24, "width": 24}), _video(size=24)),
+        "start_frame": (_config(tmp_path, video={"start_frame": 1}), _video()),
+        "model": (_config(tmp_path, model={"pretrained": str(tmp_path / "sd2")}), _video()),
+        "video content": (base, _video().flip(-1)),  # same file size and mtime would not tell
+    }
+    for name, (cfg, video) in variants.items():
+        assert tune_cache_key(cfg, video)[0] != key, name
+    same = _config(tmp_path, output_dir=str(tmp_path / "other"), cache_dir=str(tmp_path / "cache2"))
+    assert tune_cache_key(same, _video())[0] == key
+    # a same-size change to a weight file that keeps its mtime changes the model's part
+    weights = next((tmp_path / "sd" / "unet").glob("diffusion_pytorch_model.*"))
+    stat = weights.stat()
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    import os
+
+    os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert tune_cache_key(base, _video())[1]["model"] != parts["model"]
+
+
+def test_a_given_output_dir_of_another_setup_is_refused(tmp_path):
+    from reatco.tuning import tune_from_config
+
+    save_tiny_sd(tmp_path / "sd")
+    out = str(tmp_path / "mine")
+    tune_from_config(_config(tmp_path, tune={"output_dir": out}), video=_video(), progress=False)
+    assert tune_from_config(_config(tmp_path, tune={"output_dir": out}), video=_video(), progress=False).reused
+    with pytest.raises(ConfigError, match="tune.output_dir: .*another setup.*overwrite"):
+        tune_from_config(_config(tmp_path, tune={"output_dir": out, "learning_rate": 2e-3}), video=_video(), progress=False)
+    redone = tune_from_config(_config(tmp_path, tune={"output_dir": out, "learning_rate": 2e-3, "overwrite": True}),
+                              video=_video(), progress=False)
+    assert not redone.reused and json.loads((tmp_path / "mine" / "tune_report.json").read_text())["settings"]["learning_rate"] == 2e-3
+
+
+def test_a_damaged_cached_unet_is_reported_and_tuned_again(tmp_path, caplog):
+    from reatco.tuning import tune_from_config
+
+    save_tiny_sd(tmp_path / "sd")
+    cfg = _config(tmp_path, cache_dir=str(tmp_path / "cache"))
+    folder = tune_from_config(cfg, video=_video(), progress=False).folder
+    weights = folder / "diffusion_pytorch_model.bin"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as by a full disk or a killed copy
+    with caplog.at_level("WARNING"):
+        again = tune_from_config(cfg, video=_video(), progress=False)
+    assert not again.reused and len(again.losses) == 1
+    assert str(folder) in caplog.text and "damaged" in caplog.text
+    TuneAVideoUNet.from_pretrained(folder)  # whole again
+
+
+def test_a_diverging_tuning_raises_and_saves_nothing(tmp_path):
+    from reatco.errors import NonFiniteError
+    from reatco.tuning import tune_from_config
+
+    save_tiny_sd(tmp_path / "sd")
+    cfg = _config(tmp_path, cache_dir=str(tmp_path / "cache"), tune={"learning_rate": 1e30, "steps": 3})
+    with pytest.raises(NonFiniteError, match="tun"):
         tune_from_config(cfg, video=_video(), progress=False)
+    assert not list((tmp_path / "cache" / "tuned").glob("*/config.json"))
 
 
 def test_tune_script_exits_2_on_a_bad_config(tmp_path, capsys):

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -162,16 +160,11 @@ def number(value) -> float | None:
 def write_json_atomic(path, data) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(data), f, indent=2, sort_keys=True, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from ..files import atomic_file
+
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump(_jsonable(data), f, indent=2, sort_keys=True, allow_nan=False)
+        f.write("\n")
 
 
 def read_json(path) -> dict | None:
@@ -182,9 +175,28 @@ def read_json(path) -> dict | None:
         return None  # absent or torn: recompute
 
 
-def is_finished(record: dict | None, metrics, settings: dict) -> bool:
-    """A score file counts only if it was made with the same models and has every asked metric."""
-    return bool(record) and record.get("settings") == settings and all(m in record.get("metrics_run", []) for m in metrics)
+def is_finished(record: dict | None, metrics, settings: dict, digest: str | None = None) -> bool:
+    """A score file counts only if it scored these very inputs (`digest`, see inputs_digest) with
+    the same models and has every asked metric."""
+    return (bool(record) and record.get("settings") == settings and record.get("inputs_digest") == digest
+            and all(m in record.get("metrics_run", []) for m in metrics))
+
+
+def merge_record(old: dict | None, new: dict) -> dict:
+    """`new` plus the metrics `old` scored on the same inputs with the same models: runs with
+    different --metrics on one --out add up instead of replacing each other."""
+    if not old or old.get("settings") != new["settings"] or old.get("inputs_digest") != new["inputs_digest"]:
+        return new
+    merged = dict(new)
+    merged["scores"] = {**old.get("scores", {}), **new["scores"]}
+    merged["metrics_run"] = sorted(set(old.get("metrics_run", [])) | set(new["metrics_run"]))
+    return merged
+
+
+def summary_metrics(records: list[dict], asked) -> tuple[str, ...]:
+    """The asked metrics, plus every metric that all records hold (scored by earlier runs)."""
+    held = set.intersection(*(set(r.get("metrics_run", [])) for r in records)) if records else set()
+    return tuple(m for m in METRICS if m in set(asked) | held)
 
 
 # ---------------------------------------------------------------------------- scoring one edit
@@ -274,9 +286,20 @@ def score_edit(edit: EvalEdit, inputs: EditInputs, metrics, settings: Settings) 
     return values
 
 
-def score_record(edit: EvalEdit, values: dict, metrics, settings: Settings, n_frames: int, seconds: float) -> dict:
+def inputs_digest(edit: EvalEdit, inputs: "EditInputs") -> str:
+    """Content hash of what an edit is scored on: the edited frames (as read), and the prompt,
+    source frames, regions and words where a metric reads them."""
+    from ..fingerprint import digest_array, digest_bytes
+
+    parts = [edit.prompt, list(inputs.words), digest_array(inputs.frames)]
+    parts += [digest_array(a) if a is not None else None for a in (inputs.source, inputs.region_masks)]
+    return digest_bytes(json.dumps(parts).encode())
+
+
+def score_record(edit: EvalEdit, values: dict, metrics, settings: Settings, n_frames: int, seconds: float,
+                 digest: str | None = None) -> dict:
     return {
-        "key": edit.key, "subset": edit.subset, "video": edit.video, "category": edit.category,
+        "key": edit.key, "inputs_digest": digest, "subset": edit.subset, "video": edit.video, "category": edit.category,
         "variant": edit.variant, "group": edit.group, "prompt": edit.prompt, "n_frames": n_frames,
         "metrics_run": sorted(metrics), "scores": values, "settings": settings.record(), "seconds": round(seconds, 3),
     }

@@ -41,6 +41,17 @@ class LoveuVideo:
     row: int  # 1-based CSV line, for messages
 
 
+def check_path_component(name: str, field: str, what: str = "name") -> str:
+    """A user string that becomes one folder or file name: no separators, no '..', nothing hidden
+    or absolute, so that it cannot point outside the folder it is joined to."""
+    bad = (name in ("", ".", "..") or name != name.strip() or name.startswith(".")
+           or any(c in name for c in ("/", "\\", "\0")) or any(ord(c) < 32 for c in name))
+    if bad or os.path.isabs(name):
+        raise ConfigError(field, f"{what} {name!r} cannot be used as a folder name (no '/', '\\', '..', leading '.' "
+                                 "or control characters)")
+    return name
+
+
 def _section(cell: str) -> str | None:
     key = cell.strip().rstrip(":").strip().lower()
     return SECTION_MARKERS.get(key)
@@ -84,6 +95,7 @@ def read_loveu_csv(path: str | os.PathLike) -> list[LoveuVideo]:
         name = cell(VIDEO_COLUMN)
         if not name:
             raise ConfigError(f"{path}:{line}", f"empty {VIDEO_COLUMN!r}")
+        check_path_component(name, f"{path}:{line}", f"{VIDEO_COLUMN!r}")
         prompts = {cat: cell(col) for cat, col in CATEGORY_COLUMNS.items()}
         empty = [CATEGORY_COLUMNS[c] for c, p in prompts.items() if not p]
         if empty:

@@ -142,11 +142,15 @@ def read_state_dict(path: str, fetch=None) -> dict[str, torch.Tensor]:
         for shard in shards:
             state.update(read_state_dict(fetch(shard)))
         return state
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
 
-        return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or damaged files raise many types (zip, pickle, safetensors)
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"{path} is damaged or truncated ({first}); copy or save it again") from err
 
 
 def load_weights(location: str, subfolder: str | None, hub_kwargs: dict, variant=None, use_safetensors=None) -> tuple[dict, str]:
