@@ -19,15 +19,14 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import irjs as irjs_ops
-from . import rad as rad_ops
 from .config import _STARTS as STARTS
 from .config import IRJSConfig, RADConfig, WindowConfig, section_settings
 from .decoding import decode_with_reference_statistics
-from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
 from .errors import ConfigError, check_finite
 from .inversion import ddim_inversion
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
 from .models import TuneAVideoUNet, rad_attention_layers
+from .rad_guidance import RADGuidance
 from .region_noise import tracked_noise
 from .regions import object_masks, parse_region
 from .tokens import resolve_objects_tokens
@@ -51,29 +50,6 @@ class ReAtCoPipelineOutput(BaseOutput):
     rad_losses: list
     attention_maps: torch.Tensor | None = None
     attention_by_step: dict | None = None
-
-
-@dataclass
-class _RADPass:
-    """The result of one RAD forward; `grad` runs its single backward."""
-
-    x: torch.Tensor
-    loss: torch.Tensor
-    inner: torch.Tensor
-    outer: torch.Tensor
-    word_maps: torch.Tensor
-
-    def grad(self, objective: str = "full") -> torch.Tensor:
-        with torch.enable_grad():  # the pipeline runs under no_grad: the targets need a graph
-            if objective == "max_inner":  # official refinement: the worst word's inner term only
-                target = self.inner.clamp(min=0).max()
-            elif objective == "inner":  # the inner terms alone (official update after refinement)
-                target = self.inner.clamp(min=0).sum()
-            else:
-                target = self.loss
-        if not target.requires_grad:
-            return torch.zeros_like(self.x)
-        return torch.autograd.grad(target, self.x)[0].detach()
 
 
 class ReAtCoPipeline(DiffusionPipeline):
@@ -237,81 +213,6 @@ class ReAtCoPipeline(DiffusionPipeline):
         indices = resolve_objects_tokens(self.tokenizer, prompt, objects, "objects") if objects else []
         return [o.word for o in objects], regions, indices
 
-    # ------------------------------------------------------------------ RAD
-
-    def _rad_forward(self, latents, t, cond, token_indices, masks, store, rad: RADConfig, n_text_tokens) -> "_RADPass":
-        """Conditional forward up to the last recorded layer, and the RAD terms with their graph."""
-        x = latents.detach().requires_grad_(True)
-        store.reset()
-        store.mode = "record"
-        with torch.enable_grad():
-            try:
-                self.unet(x, t, encoder_hidden_states=cond)
-            except RADForwardComplete:
-                pass  # everything RAD reads has been computed
-            # Checkpointed blocks recompute the explicit attention during backward, unrecorded.
-            store.mode = "replay"
-            maps = store.maps()  # RAD's math in float32 at least (fp16 maps), float64 kept
-            word_maps = self._word_maps(maps.to(torch.promote_types(maps.dtype, torch.float32)), token_indices, rad, n_text_tokens)
-            store.reset()
-            inner, outer = rad_ops.region_losses(word_maps, masks, top_k_ratio=rad.top_k_ratio, top_k_rounding=rad.top_k_rounding)
-            loss = rad_ops.rad_loss(inner, outer)
-        return _RADPass(x, loss, inner, outer, word_maps)
-
-    @staticmethod
-    def _word_maps(maps, token_indices, rad: RADConfig, n_text_tokens) -> torch.Tensor:
-        """Recorded maps (F, h, w, L) → per-word attention (J, F, h, w), as RAD reads it."""
-        text = rad_ops.text_attention(maps, n_text_tokens, temperature=rad.temperature, normalization=rad.token_normalization)
-        word_maps = torch.stack([rad_ops.word_attention(text, idx, reduction=rad.word_tokens) for idx in token_indices])
-        if rad.smoothing:
-            word_maps = torch.stack(
-                [rad_ops.gaussian_smooth_3d(m, kernel=rad.smoothing_kernel, sigma=rad.smoothing_sigma) for m in word_maps]
-            )
-        return word_maps
-
-    def _rad_update(self, latents, step_index, t, cond, token_indices, masks, store, rad, step_size, n_text_tokens, words,
-                    update: bool = True):
-        """RAD at one denoising step: iterative refinement where scheduled, then (when `update`)
-        x_t ← x_t − α_t ∇L. `rad.refinement` picks the control flow (RADConfig)."""
-        step = self._rad_forward(latents, t, cond, token_indices, masks, store, rad, n_text_tokens)
-        threshold = rad.refinement_thresholds.get(step_index)
-        refine = threshold is not None and rad.max_refinement_iters > 0 and rad_ops.needs_refinement(step.inner, threshold)
-        iters = 0
-        objective, stale_outer = "full", None
-        if refine and rad.refinement == "official":
-            # Each iteration steps on the worst word's inner term of the pass at the current
-            # latent, then tests the loss of that pass — measured before the step it just took.
-            stale_outer = step.outer.detach()  # the official update below adds these, gradient-free
-            while True:
-                iters += 1
-                converged = not rad_ops.needs_refinement(step.inner, threshold)
-                latents = _descend(latents, step_size, step.grad("max_inner"))
-                if converged or iters >= rad.max_refinement_iters:
-                    break
-                step = self._rad_forward(latents, t, cond, token_indices, masks, store, rad, n_text_tokens)
-            step = self._rad_forward(latents, t, cond, token_indices, masks, store, rad, n_text_tokens)
-            objective = "inner"
-        elif refine:
-            # Each forward feeds exactly one update, and the stop test reads the latest forward.
-            while iters < rad.max_refinement_iters and rad_ops.needs_refinement(step.inner, threshold):
-                latents = _descend(latents, step_size, step.grad(rad.refinement))
-                step = self._rad_forward(latents, t, cond, token_indices, masks, store, rad, n_text_tokens)
-                iters += 1
-        outer = step.outer if stale_outer is None else stale_outer
-        if update and rad_ops.rad_loss(step.inner.detach(), outer).item() != 0.0:
-            latents = _descend(latents, step_size, step.grad(objective))
-        store.mode = "off"
-        check_finite(latents, f"after the RAD update at step {step_index}", "lower rad.step_size or use model.dtype=float32")
-        record = {
-            "step": step_index,
-            "timestep": int(t),
-            "refinement_iters": iters,
-            "loss": rad_ops.rad_loss(step.inner.detach(), step.outer.detach()).item(),
-            "inner": dict(zip(words, step.inner.tolist())),
-            "outer": dict(zip(words, step.outer.tolist())),
-        }
-        return latents.detach(), record, step.word_maps.detach()
-
     # ------------------------------------------------------------------ sampling
 
     @torch.no_grad()
@@ -467,21 +368,17 @@ class ReAtCoPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
-        step_sizes = rad_ops.step_sizes(len(timesteps), rad.step_size, tuple(rad.step_size_range))
         windows = temporal_windows(n_frames, window.size, window.stride)
-        store = AttentionStore(grid=grid, stop_early=rad.early_stop)
-        rad_layers = rad_attention_layers(self.unet, self.vae_scale_factor, cell_px) if (use_rad or return_attention) and regions else []
-        rad_records: list[dict] = []
+        guidance = None
+        if (use_rad or return_attention) and regions:
+            guidance = RADGuidance(self.unet, rad_attention_layers(self.unet, self.vae_scale_factor, cell_px), cond, words,
+                                   token_indices, attn_masks, rad, n_text_tokens, len(timesteps))
         attention_sum, attention_count = None, 0
         by_step: dict[int, tuple] = {}  # step index → (sum, count) over its windows
 
         with contextlib.ExitStack() as stack:
-            if rad_layers:
-                stack.enter_context(record_cross_attention(self.unet, rad_layers, store))
-            if use_rad:
-                stack.enter_context(_frozen_parameters(self.unet))
-                if rad.gradient_checkpointing:
-                    stack.enter_context(_gradient_checkpointing(self.unet))
+            if guidance is not None:
+                stack.enter_context(guidance.attached(differentiate=use_rad))
             with self.progress_bar(total=len(timesteps)) as progress:
                 for i, t in enumerate(timesteps):
                     if self.interrupt:
@@ -493,20 +390,15 @@ class ReAtCoPipeline(DiffusionPipeline):
                     per_window = before_step and irjs.noise == "per_window" and len(windows) > 1
                     if before_step and not per_window:
                         source_t = self._irjs_source(irjs, source_latents, inversion_trajectory, i, t, generator)
-                    rad_here = use_rad and (i < rad.max_update_steps or i in rad.refinement_thresholds)
+                    rad_here = use_rad and guidance.runs_at(i)
                     outputs, window_sources = [], []
                     for frames in windows:
                         x = latents[:, :, frames]
                         if rad_here:
-                            alpha = float(step_sizes[i]) * rad_ops.frame_scale(len(frames), rad.calibration_frames)
-                            x, record, word_maps = self._rad_update(
-                                x, i, t, cond, token_indices, attn_masks[:, frames], store, rad, alpha, n_text_tokens, words,
-                                update=i < rad.max_update_steps,
-                            )
-                            record["frames"] = [frames[0], frames[-1]]
-                            if not rad_records:
-                                self._warn_if_unattended(record, cell_px, words, token_indices, rad)
-                            rad_records.append(record)
+                            first = not guidance.records
+                            x, record, word_maps = guidance.update(x, i, t, frames=frames)
+                            if first:
+                                self._warn_if_unattended(record, cell_px, guidance.labels, token_indices, rad)
                             if return_attention:
                                 attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
                                 if i in attention_steps:
@@ -519,14 +411,12 @@ class ReAtCoPipeline(DiffusionPipeline):
                         x_in = torch.cat([x, x]) if do_cfg else x
                         x_in = self.scheduler.scale_model_input(x_in, t)
                         observe = return_attention and not use_rad and bool(regions) and i < rad.max_update_steps
-                        if observe:  # attention pictures without RAD: the conditional half, detached
-                            store.mode, store.observe_rows = "observe", len(frames)
                         embeds = prompt_embeds if prompt_embeds.shape[0] == x_in.shape[0] else prompt_embeds[-x_in.shape[0]:]
-                        noise = self.unet(x_in, t, encoder_hidden_states=embeds).sample
-                        if observe:
-                            word_maps = self._word_maps(store.maps().float(), token_indices, rad, n_text_tokens)
-                            store.mode = "off"
-                            store.reset()
+                        # attention pictures without RAD: the conditional half, detached
+                        with guidance.observing(len(frames)) if observe else contextlib.nullcontext([]) as observed:
+                            noise = self.unet(x_in, t, encoder_hidden_states=embeds).sample
+                        if observed:
+                            word_maps = observed[0]
                             attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
                             if i in attention_steps:
                                 by_step[i] = _accumulate(*by_step.get(i, (None, 0)), word_maps, frames, n_frames)
@@ -567,6 +457,7 @@ class ReAtCoPipeline(DiffusionPipeline):
             if output_type == "pil":
                 frames_out = [Image.fromarray((f * 255).round().astype(np.uint8)) for f in frames_out]
         self.maybe_free_model_hooks()
+        rad_records = guidance.records if guidance is not None else []
         if not return_dict:
             return frames_out, rad_records, attention
         return ReAtCoPipelineOutput(frames=frames_out, rad_losses=rad_records, attention_maps=attention,
@@ -662,11 +553,6 @@ def _single(name: str, value, kind, fix: str):
     return value
 
 
-def _descend(latents: torch.Tensor, step_size: float, grad: torch.Tensor) -> torch.Tensor:
-    """x ← x − α ∇L in float32 (α·∇L rounds badly in fp16), back in the latents' dtype."""
-    return (latents.float() - step_size * grad.float()).to(latents.dtype)
-
-
 def _as_object(obj):
     """Config dataclass, dict or namespace → something with .word/.occurrence/.box/.boxes/.mask."""
     if isinstance(obj, dict):
@@ -732,28 +618,3 @@ def _accumulate(total, count, word_maps, frames, n_frames):
     total[:, frames] += word_maps
     count[:, frames] += 1
     return total, count
-
-
-@contextlib.contextmanager
-def _frozen_parameters(module: torch.nn.Module):
-    """RAD needs ∂L/∂x only: with frozen weights autograd keeps no activations for weight grads."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def _gradient_checkpointing(unet):
-    was = unet.is_gradient_checkpointing
-    if not was:
-        unet.enable_gradient_checkpointing()
-    try:
-        yield
-    finally:
-        if not was:
-            unet.disable_gradient_checkpointing()

@@ -14,7 +14,7 @@ that peak memory is its own:
 - official: the official strategy's pass: explicit softmax in the recorded cross-attention layers,
   the whole UNet forward (no early stop), UNet parameters requiring grad, backward to the latent
   only (`torch.autograd.grad`);
-- fast: `ReAtCoPipeline._rad_update` with the default settings (early stop after the last
+- fast: `RADGuidance.update` (reatco/rad_guidance.py) with the default settings (early stop after the last
   recorded layer, frozen parameters);
 - fast_ckpt: fast + gradient checkpointing of the UNet during the pass.
 
@@ -53,7 +53,7 @@ if str(ROOT) not in sys.path:
 
 from reatco.attention_maps import AttentionStore, RADForwardComplete, record_cross_attention  # noqa: E402
 from reatco.models import TuneAVideoUNet, rad_attention_layers  # noqa: E402
-from reatco.pipeline import ReAtCoPipeline, _frozen_parameters, _gradient_checkpointing  # noqa: E402
+from reatco.rad_guidance import RADGuidance  # noqa: E402
 
 from reatco.config import RADConfig  # noqa: E402
 
@@ -140,17 +140,6 @@ def _vae_factor(path: Path) -> int:
 
 def _dtype(args) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-
-
-class _Host:
-    """The pipeline's RAD methods on a bare UNet (no VAE / text encoder needed)."""
-
-    _rad_forward = ReAtCoPipeline._rad_forward
-    _rad_update = ReAtCoPipeline._rad_update
-    _word_maps = staticmethod(ReAtCoPipeline._word_maps)
-
-    def __init__(self, unet):
-        self.unet = unet
 
 
 def make_inputs(unet, vae_factor, n_frames, height, width, cell_px, device, dtype):
@@ -248,7 +237,6 @@ def run_worker(args, variant: str) -> dict:
     official variant also times its other kinds of UNet call, fast the CFG calls."""
     device, dtype = torch.device(args.device), _dtype(args)
     unet, vae_factor = build_unet(args)
-    host = _Host(unet)
     layers = rad_attention_layers(unet, vae_factor, args.cell_px)
     rad = RADConfig(refinement_thresholds={}, early_stop=variant != "official", gradient_checkpointing=variant == "fast_ckpt")
     n_text_tokens = 77 - 2
@@ -259,36 +247,33 @@ def run_worker(args, variant: str) -> dict:
 
     for i, n_frames in enumerate(args.frames):
         inp = make_inputs(unet, vae_factor, n_frames, args.height, args.width, args.cell_px, device, dtype)
-        store = AttentionStore(grid=inp["grid"], stop_early=rad.early_stop)
-        kwargs = dict(t=inp["t"], cond=inp["cond"], token_indices=TOKEN_INDICES, masks=inp["masks"], store=store, rad=rad, n_text_tokens=n_text_tokens)
+        guidance = RADGuidance(unet, layers, inp["cond"], ["a", "b"], TOKEN_INDICES, inp["masks"], rad, n_text_tokens, num_steps=50)
+        store = guidance.store
         row: dict = {}
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.no_grad())  # as in the pipeline: only the RAD pass enables grad
-            stack.enter_context(record_cross_attention(unet, layers, store))
+            # official: the recorder alone, with the UNet parameters requiring grad
+            stack.enter_context(guidance.attached(differentiate=variant != "official"))
             if variant == "official":
                 for p in unet.parameters():
                     p.requires_grad_(True)
 
                 def update():
-                    step = host._rad_forward(inp["latents"], **kwargs)
+                    step = guidance.forward(inp["latents"], inp["t"])
                     new = inp["latents"] - 1.0 * step.grad("full")
                     store.mode = "off"
                     return new
             else:
-                stack.enter_context(_frozen_parameters(unet))
-                if rad.gradient_checkpointing:
-                    stack.enter_context(_gradient_checkpointing(unet))
-
                 def update():
-                    return host._rad_update(inp["latents"], STEP_INDEX, inp["t"], kwargs["cond"], TOKEN_INDICES, inp["masks"], store, rad, 1.0, n_text_tokens, ["a", "b"])[0]
+                    return guidance.update(inp["latents"], STEP_INDEX, inp["t"], step_size=1.0)[0]
 
             isolated = _reset_peak(device)
             base = _current_mb(device)
 
             def gradient_pass():  # the same forward + backward; its gradient is kept for the comparison
-                step = host._rad_forward(inp["latents"], **kwargs)
+                step = guidance.forward(inp["latents"], inp["t"])
                 grad = step.grad("full")
-                store.mode = "off"  # _rad_forward leaves "replay" on for a checkpointed backward
+                store.mode = "off"  # forward leaves "replay" on for a checkpointed backward
                 return grad
 
             grad = gradient_pass()  # also the warm-up
@@ -302,7 +287,7 @@ def run_worker(args, variant: str) -> dict:
                 # A gradient forward with no backward (official steps >= max_update_steps, and the
                 # extra forward that ends a refinement step) and a discarded no-grad conditional
                 # forward (two per official refinement iteration).
-                row["sec_grad_forward"] = _timed(lambda: host._rad_forward(inp["latents"], **kwargs), args.repeats, device, warmup=0)
+                row["sec_grad_forward"] = _timed(lambda: guidance.forward(inp["latents"], inp["t"]), args.repeats, device, warmup=0)
 
                 def discarded():
                     store.mode = "replay"  # explicit softmax in the recorded layers, nothing kept

@@ -9,6 +9,7 @@ from reatco.attention_maps import AttentionStore, record_cross_attention
 from reatco.models import rad_attention_layers
 from reatco.config import IRJSConfig, RADConfig
 from reatco.pipeline import ReAtCoPipeline
+from reatco.rad_guidance import RADGuidance
 
 from tiny_models import tiny_sd_components
 
@@ -45,57 +46,63 @@ def _run(pipe, cell, **kwargs):
     return pipe(**args)
 
 
-def _rad_inputs(pipe, cell, rad=None):
+def _guidance(pipe, cell, rad=None, words=None):
+    """A RADGuidance on the pipeline's UNet for PROMPT's objects, and random latents."""
     rad = rad or RADConfig()
     words, regions, indices = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
     from reatco.regions import object_masks
 
-    grid = (SIZE // cell, SIZE // cell)
-    masks = object_masks(regions, N_FRAMES, *grid)
-    cond = pipe.encode_prompt(PROMPT)
+    masks = object_masks(regions, N_FRAMES, SIZE // cell, SIZE // cell)
+    guidance = RADGuidance(pipe.unet, rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell), pipe.encode_prompt(PROMPT),
+                           words, indices, masks, rad, pipe.tokenizer.model_max_length - 2, num_steps=4)
     latents = torch.randn(1, 4, N_FRAMES, SIZE // pipe.vae_scale_factor, SIZE // pipe.vae_scale_factor, generator=torch.Generator().manual_seed(1))
-    store = AttentionStore(grid=grid, stop_early=rad.early_stop)
-    layers = rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell)
-    return dict(latents=latents, t=torch.tensor(500), cond=cond, token_indices=indices, masks=masks, store=store, rad=rad,
-                n_text_tokens=pipe.tokenizer.model_max_length - 2), layers
+    return guidance, latents
 
 
 def test_rad_update_lowers_the_loss_and_touches_only_the_latent(pipe, cell):
-    inputs, layers = _rad_inputs(pipe, cell)
+    guidance, latents = _guidance(pipe, cell, RADConfig(refinement_thresholds={}))
     before = {n: p.detach().clone() for n, p in pipe.unet.named_parameters()}
-    with record_cross_attention(pipe.unet, layers, inputs["store"]):
-        first = pipe._rad_forward(**inputs)
+    t = torch.tensor(500)
+    with guidance.attached():
+        first = guidance.forward(latents, t)
         grad = first.grad("full")
         assert grad.abs().sum() > 0
         assert all(p.grad is None for p in pipe.unet.parameters())
-        inputs["latents"] = inputs["latents"] - 1e-2 / grad.abs().max() * grad
-        second = pipe._rad_forward(**inputs)
+        second = guidance.forward(latents - 1e-2 / grad.abs().max() * grad, t)
+        updated, record, _ = guidance.update(latents, 0, t, step_size=1e-2 / float(grad.abs().max()))
     assert second.loss < first.loss
+    torch.testing.assert_close(updated, latents - 1e-2 / grad.abs().max() * grad)
+    assert record["step"] == 0 and record["loss"] == pytest.approx(float(first.loss.detach()), rel=1e-6)
+    assert guidance.records == [record]
     assert all(torch.equal(before[n], p) for n, p in pipe.unet.named_parameters())
+    assert all(p.requires_grad for p in pipe.unet.parameters())  # unfrozen again on exit
 
 
 def test_fast_rad_pass_equals_the_plain_one(pipe, cell):
     """Early stop and gradient checkpointing change the cost, not the loss or the gradient."""
     results = {}
-    for name, rad in {
-        "plain": RADConfig(early_stop=False),
-        "fast": RADConfig(early_stop=True),
-    }.items():
+    for name, early_stop in {"plain": False, "fast": True}.items():
         for ckpt in (False, True):
-            inputs, layers = _rad_inputs(pipe, cell, rad)
-            if ckpt:
-                pipe.unet.enable_gradient_checkpointing()
-            try:
-                with record_cross_attention(pipe.unet, layers, inputs["store"]):
-                    step = pipe._rad_forward(**inputs)
-                    results[(name, ckpt)] = (step.loss.detach(), step.word_maps, step.grad("full"))
-            finally:
-                pipe.unet.disable_gradient_checkpointing()
+            guidance, latents = _guidance(pipe, cell, RADConfig(early_stop=early_stop, gradient_checkpointing=ckpt))
+            with guidance.attached():
+                assert pipe.unet.is_gradient_checkpointing == ckpt
+                step = guidance.forward(latents, torch.tensor(500))
+                results[(name, ckpt)] = (step.loss.detach(), step.word_maps, step.grad("full"))
+            assert not pipe.unet.is_gradient_checkpointing
     ref_loss, ref_maps, ref_grad = results[("plain", False)]
     for key, (loss, maps, grad) in results.items():
         torch.testing.assert_close(loss, ref_loss, rtol=0, atol=1e-6, msg=str(key))
         torch.testing.assert_close(maps, ref_maps, rtol=0, atol=1e-6, msg=str(key))
         torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6, msg=str(key))
+
+
+def test_two_objects_with_the_same_word_keep_two_loss_entries(pipe, cell):
+    """Both "cat"s of "a cat and a cat" get their own report entry (they used to collapse)."""
+    objects = [{"word": "cat", "occurrence": 1, "box": [0, 0, 16, 16]}, {"word": "cat", "occurrence": 2, "box": [16, 16, 32, 32]}]
+    out = _run(pipe, cell, prompt="a cat and a cat", objects=objects)
+    record = out.rad_losses[0]
+    assert list(record["inner"]) == ["cat", "cat#2"] and list(record["outer"]) == ["cat", "cat#2"]
+    assert record["inner"]["cat"] != record["inner"]["cat#2"]
 
 
 def test_recorder_restores_processors_even_on_error(pipe, cell):
@@ -253,8 +260,13 @@ def test_rad_reads_a_phrase_as_the_sum_of_its_tokens_unless_told_mean(pipe, cell
     assert indices == [[1, 2]]
     maps = torch.rand(N_FRAMES, 2, 2, pipe.tokenizer.model_max_length, generator=torch.Generator().manual_seed(0))
     n_text = len(pipe.tokenizer(PROMPT).input_ids) - 2
-    summed = pipe._word_maps(maps, indices, RADConfig(normalize_eot=True), n_text)
-    averaged = pipe._word_maps(maps, indices, RADConfig(normalize_eot=True, word_tokens="mean"), n_text)
+    masks = torch.ones(1, N_FRAMES, 2, 2)
+
+    def word_maps(rad):
+        return RADGuidance(pipe.unet, [], None, ["a cat"], indices, masks, rad, n_text, num_steps=1).word_maps(maps)
+
+    summed = word_maps(RADConfig(normalize_eot=True))
+    averaged = word_maps(RADConfig(normalize_eot=True, word_tokens="mean"))
     torch.testing.assert_close(summed, 2 * averaged)  # smoothing is linear
     assert float(summed.max()) <= 1 + 1e-6 and float(averaged.max()) <= 0.5 + 1e-6
 

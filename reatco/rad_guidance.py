@@ -1,0 +1,222 @@
+"""RADGuidance: Re-Attentional Diffusion on one UNet, as one object.
+
+It owns what a RAD pass needs and nothing of the sampling loop: the attention recorder and its
+layers, the frozen-weights and gradient-checkpointing contexts, the objects' masks and token
+indices, the settings, the step-size schedule and the loss log. The pipeline (and the RAD
+benchmark) drive it through `attached()`, `update(latents, step_index, t)`, `forward` and the word
+maps; the math lives in reatco/rad.py as pure tensor functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from . import rad as rad_ops
+from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
+from .config import RADConfig
+from .errors import check_finite
+
+
+@dataclass
+class RADPass:
+    """The result of one RAD forward; `grad` runs its single backward."""
+
+    x: torch.Tensor
+    loss: torch.Tensor
+    inner: torch.Tensor
+    outer: torch.Tensor
+    word_maps: torch.Tensor
+
+    def grad(self, objective: str = "full") -> torch.Tensor:
+        with torch.enable_grad():  # the pipeline runs under no_grad: the targets need a graph
+            if objective == "max_inner":  # official refinement: the worst word's inner term only
+                target = self.inner.clamp(min=0).max()
+            elif objective == "inner":  # the inner terms alone (official update after refinement)
+                target = self.inner.clamp(min=0).sum()
+            else:
+                target = self.loss
+        if not target.requires_grad:
+            return torch.zeros_like(self.x)
+        return torch.autograd.grad(target, self.x)[0].detach()
+
+
+class RADGuidance:
+    """RAD for one edit: `unet` records cross-attention at `layers` on the grid of `masks`
+    (J, F, gh, gw), one mask per word in `words` with its prompt `token_indices`; `cond` is the
+    prompt's embedding (1, 77, D); `n_text_tokens` the tokens a text-attention row is normalised
+    over. `num_steps` sets the step-size schedule (`settings.step_size` over `step_size_range`).
+
+    Use inside `with guidance.attached():` (recorder installed, weights frozen, checkpointing as
+    configured; everything restored on exit)."""
+
+    def __init__(self, unet, layers: Sequence[str], cond: torch.Tensor, words: Sequence[str],
+                 token_indices: Sequence[Sequence[int]], masks: torch.Tensor, settings: RADConfig,
+                 n_text_tokens: int, num_steps: int):
+        self.unet = unet
+        self.layers = list(layers)
+        self.cond = cond
+        self.token_indices = [list(i) for i in token_indices]
+        self.masks = masks
+        self.settings = settings
+        self.n_text_tokens = n_text_tokens
+        self.store = AttentionStore(grid=tuple(masks.shape[-2:]), stop_early=settings.early_stop)
+        self.log = rad_ops.RADLossLog(words)
+        self.step_sizes = rad_ops.step_sizes(num_steps, settings.step_size, tuple(settings.step_size_range))
+
+    @property
+    def labels(self) -> list[str]:
+        """The words as the loss records name them (a repeated word gets "#2", "#3", ...)."""
+        return self.log.words
+
+    @property
+    def records(self) -> list[dict]:
+        return self.log.steps
+
+    def runs_at(self, step_index: int) -> bool:
+        """Whether a RAD pass happens at this step: an update step or a refinement step."""
+        return step_index < self.settings.max_update_steps or step_index in self.settings.refinement_thresholds
+
+    @contextlib.contextmanager
+    def attached(self, differentiate: bool = True):
+        """Recorder on the UNet; with `differentiate`, frozen weights (RAD needs ∂L/∂x only) and
+        gradient checkpointing where the settings ask for it."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(record_cross_attention(self.unet, self.layers, self.store))
+            if differentiate:
+                stack.enter_context(_frozen_parameters(self.unet))
+                if self.settings.gradient_checkpointing:
+                    stack.enter_context(_gradient_checkpointing(self.unet))
+            try:
+                yield self
+            finally:
+                self.store.mode = "off"
+                self.store.reset()
+
+    # ------------------------------------------------------------------ attention
+
+    def word_maps(self, maps: torch.Tensor) -> torch.Tensor:
+        """Recorded maps (F, h, w, L) → per-word attention (J, F, h, w), as RAD reads it."""
+        rad = self.settings
+        text = rad_ops.text_attention(maps, self.n_text_tokens, temperature=rad.temperature, normalization=rad.token_normalization)
+        word_maps = torch.stack([rad_ops.word_attention(text, idx, reduction=rad.word_tokens) for idx in self.token_indices])
+        if rad.smoothing:
+            word_maps = torch.stack(
+                [rad_ops.gaussian_smooth_3d(m, kernel=rad.smoothing_kernel, sigma=rad.smoothing_sigma) for m in word_maps]
+            )
+        return word_maps
+
+    @contextlib.contextmanager
+    def observing(self, rows: int):
+        """Record the conditional half (`rows` frames) of the UNet calls inside, detached, for
+        attention pictures without RAD; yields a list that receives the word maps on exit."""
+        found: list[torch.Tensor] = []
+        self.store.mode, self.store.observe_rows = "observe", rows
+        try:
+            yield found
+            found.append(self.word_maps(self.store.maps().float()))
+        finally:
+            self.store.mode = "off"
+            self.store.reset()
+
+    # ------------------------------------------------------------------ the pass
+
+    def forward(self, latents: torch.Tensor, t, frames: Sequence[int] | None = None) -> RADPass:
+        """Conditional forward up to the last recorded layer, and the RAD terms with their graph.
+        `frames`: the window of the clip `latents` holds (its masks are used)."""
+        masks = self.masks if frames is None else self.masks[:, frames]
+        x = latents.detach().requires_grad_(True)
+        store = self.store
+        store.reset()
+        store.mode = "record"
+        with torch.enable_grad():
+            try:
+                self.unet(x, t, encoder_hidden_states=self.cond)
+            except RADForwardComplete:
+                pass  # everything RAD reads has been computed
+            # Checkpointed blocks recompute the explicit attention during backward, unrecorded.
+            store.mode = "replay"
+            maps = store.maps()  # RAD's math in float32 at least (fp16 maps), float64 kept
+            word_maps = self.word_maps(maps.to(torch.promote_types(maps.dtype, torch.float32)))
+            store.reset()
+            rad = self.settings
+            inner, outer = rad_ops.region_losses(word_maps, masks, top_k_ratio=rad.top_k_ratio, top_k_rounding=rad.top_k_rounding)
+            loss = rad_ops.rad_loss(inner, outer)
+        return RADPass(x, loss, inner, outer, word_maps)
+
+    def update(self, latents: torch.Tensor, step_index: int, t, frames: Sequence[int] | None = None,
+               step_size: float | None = None):
+        """RAD at one denoising step: iterative refinement where scheduled, then (at update
+        steps) x_t ← x_t − α_t ∇L. `settings.refinement` picks the control flow (RADConfig).
+        α_t is the schedule's step size scaled for the window's frame count unless `step_size`
+        is given. Returns (latents, the step's loss record, the word maps)."""
+        rad = self.settings
+        if step_size is None:
+            step_size = float(self.step_sizes[step_index]) * rad_ops.frame_scale(latents.shape[2], rad.calibration_frames)
+        step = self.forward(latents, t, frames)
+        threshold = rad.refinement_thresholds.get(step_index)
+        refine = threshold is not None and rad.max_refinement_iters > 0 and rad_ops.needs_refinement(step.inner, threshold)
+        iters = 0
+        objective, stale_outer = "full", None
+        if refine and rad.refinement == "official":
+            # Each iteration steps on the worst word's inner term of the pass at the current
+            # latent, then tests the loss of that pass — measured before the step it just took.
+            stale_outer = step.outer.detach()  # the official update below adds these, gradient-free
+            while True:
+                iters += 1
+                converged = not rad_ops.needs_refinement(step.inner, threshold)
+                latents = _descend(latents, step_size, step.grad("max_inner"))
+                if converged or iters >= rad.max_refinement_iters:
+                    break
+                step = self.forward(latents, t, frames)
+            step = self.forward(latents, t, frames)
+            objective = "inner"
+        elif refine:
+            # Each forward feeds exactly one update, and the stop test reads the latest forward.
+            while iters < rad.max_refinement_iters and rad_ops.needs_refinement(step.inner, threshold):
+                latents = _descend(latents, step_size, step.grad(rad.refinement))
+                step = self.forward(latents, t, frames)
+                iters += 1
+        outer = step.outer if stale_outer is None else stale_outer
+        if step_index < rad.max_update_steps and rad_ops.rad_loss(step.inner.detach(), outer).item() != 0.0:
+            latents = _descend(latents, step_size, step.grad(objective))
+        self.store.mode = "off"
+        check_finite(latents, f"after the RAD update at step {step_index}", "lower rad.step_size or use model.dtype=float32")
+        extra = {} if frames is None else {"frames": [frames[0], frames[-1]]}
+        record = self.log.add(step_index, int(t), step.inner, step.outer, refinement_iters=iters, **extra)
+        return latents.detach(), record, step.word_maps.detach()
+
+
+def _descend(latents: torch.Tensor, step_size: float, grad: torch.Tensor) -> torch.Tensor:
+    """x ← x − α ∇L in float32 at least (α·∇L rounds badly in fp16; float64 stays), back in the
+    latents' dtype."""
+    work = torch.promote_types(latents.dtype, torch.float32)
+    return (latents.to(work) - step_size * grad.to(work)).to(latents.dtype)
+
+
+@contextlib.contextmanager
+def _frozen_parameters(module: torch.nn.Module):
+    """RAD needs ∂L/∂x only: with frozen weights autograd keeps no activations for weight grads."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _gradient_checkpointing(unet):
+    was = unet.is_gradient_checkpointing
+    if not was:
+        unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if not was:
+            unet.disable_gradient_checkpointing()
