@@ -83,3 +83,57 @@ def blend(latents: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> to
         ) from err
     mask = mask.to(device=latents.device, dtype=latents.dtype)
     return latents * mask + source.to(latents) * (1 - mask)
+
+
+class InvariantRegion:
+    """IRJS for one edit: the blend mask and the source latents V_t at each sampling step.
+
+    `cells`: (1, 1, F, h, w) latent cells of the regions (1 = editable), softened by
+    `settings.feather`; `source_latents` V_0 (1, C, F, h, w); `trajectory` its DDIM inversion
+    (steps + 1, 1, C, F, h, w) where `settings.source == "inversion"`; otherwise V_t is V_0 noised
+    with fresh noise drawn from `generator` (one draw for the clip, or one per window where
+    `settings.noise == "per_window"`, as the official loop does)."""
+
+    def __init__(self, scheduler, settings, cells: torch.Tensor, source_latents: torch.Tensor,
+                 trajectory: torch.Tensor | None, generator: torch.Generator | None = None):
+        self.scheduler = scheduler
+        self.settings = settings
+        self.mask = feather_mask(cells, settings.feather) if settings.feather else cells
+        self.source_latents = source_latents
+        self.trajectory = trajectory
+        self.generator = generator
+        self._clip_source: tuple[int, torch.Tensor] | None = None  # (step, V_t) drawn for the whole clip
+
+    def source(self, step_index: int, t=None, frames=None) -> torch.Tensor:
+        """V at the noise level of sampling step `step_index` (step_index == steps → the clean V_0),
+        for every frame or only `frames` (then the noise is drawn for those frames alone)."""
+        n_steps = len(self.scheduler.timesteps)
+        source, trajectory = self.source_latents, self.trajectory
+        if frames is not None:
+            source = source[:, :, frames]
+            trajectory = None if trajectory is None else trajectory[:, :, :, frames]
+        if step_index >= n_steps:
+            return source
+        if self.settings.source == "inversion":
+            return trajectory[n_steps - step_index]
+        timestep = self.scheduler.timesteps[step_index] if t is None else t
+        noise = torch.randn(source.shape, generator=self.generator, device=torch.device("cpu")).to(source)
+        return noise_source(self.scheduler, source, timestep, noise)
+
+    def before_step(self, latents: torch.Tensor, step_index: int, t, frames, n_windows: int = 1) -> torch.Tensor:
+        """The window `frames` of x_t (latents holds those frames) blended with V_t before the
+        UNet call (placement "before_step"; otherwise unchanged)."""
+        if self.settings.placement != "before_step":
+            return latents
+        if self.settings.noise == "per_window" and n_windows > 1:
+            return blend(latents, self.source(step_index, t, frames), self.mask[:, :, frames])
+        if self._clip_source is None or self._clip_source[0] != step_index:
+            self._clip_source = (step_index, self.source(step_index, t))
+        return blend(latents, self._clip_source[1][:, :, frames], self.mask[:, :, frames])
+
+    def after_step(self, latents: torch.Tensor, step_index: int) -> torch.Tensor:
+        """x_{t-1} of step `step_index` blended with V at the next step's level (placement
+        "after_step"; otherwise unchanged)."""
+        if self.settings.placement != "after_step":
+            return latents
+        return blend(latents, self.source(step_index + 1), self.mask)

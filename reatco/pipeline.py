@@ -23,6 +23,7 @@ from .config import _STARTS as STARTS
 from .config import IRJSConfig, RADConfig, WindowConfig, section_settings
 from .decoding import decode_with_reference_statistics
 from .errors import ConfigError, check_finite
+from .irjs import InvariantRegion
 from .inversion import ddim_inversion
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
 from .models import TuneAVideoUNet, rad_attention_layers
@@ -343,9 +344,9 @@ class ReAtCoPipeline(DiffusionPipeline):
         # The regions' latent cells (1 = editable): IRJS blends with them, a noise start re-draws them.
         latent_coverage = object_masks(regions, n_frames, *latent_hw, box_grid=rad.box_grid) if regions else None
         cells = irjs_ops.latent_region_mask(latent_coverage, *latent_hw).to(device, dtype) if regions else None
-        region_mask = None
+        invariant = None
         if irjs.enabled and regions:
-            region_mask = irjs_ops.feather_mask(cells, irjs.feather) if irjs.feather else cells
+            invariant = InvariantRegion(self.scheduler, irjs, cells, source_latents, inversion_trajectory, generator)
         elif irjs.enabled:
             # No region means nothing is marked editable: blending would return the source video.
             logger.warning("IRJS is enabled but no object has a region: IRJS is skipped for this edit")
@@ -384,14 +385,8 @@ class ReAtCoPipeline(DiffusionPipeline):
                     if self.interrupt:
                         continue
                     do_cfg = self.do_classifier_free_guidance  # a callback may have turned guidance off
-                    source_t = None
-                    before_step = region_mask is not None and irjs.placement == "before_step"
-                    # official: each window draws its own source noise (one draw serves a single pass)
-                    per_window = before_step and irjs.noise == "per_window" and len(windows) > 1
-                    if before_step and not per_window:
-                        source_t = self._irjs_source(irjs, source_latents, inversion_trajectory, i, t, generator)
                     rad_here = use_rad and guidance.runs_at(i)
-                    outputs, window_sources = [], []
+                    outputs = []
                     for frames in windows:
                         x = latents[:, :, frames]
                         if rad_here:
@@ -403,11 +398,8 @@ class ReAtCoPipeline(DiffusionPipeline):
                                 attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
                                 if i in attention_steps:
                                     by_step[i] = _accumulate(*by_step.get(i, (None, 0)), word_maps, frames, n_frames)
-                        if per_window:
-                            window_sources.append(self._irjs_source(irjs, source_latents, inversion_trajectory, i, t, generator, frames))
-                            x = irjs_ops.blend(x, window_sources[-1], region_mask[:, :, frames])
-                        elif source_t is not None:
-                            x = irjs_ops.blend(x, source_t[:, :, frames], region_mask[:, :, frames])
+                        if invariant is not None:
+                            x = invariant.before_step(x, i, t, frames, len(windows))
                         x_in = torch.cat([x, x]) if do_cfg else x
                         x_in = self.scheduler.scale_model_input(x_in, t)
                         observe = return_attention and not use_rad and bool(regions) and i < rad.max_update_steps
@@ -425,11 +417,8 @@ class ReAtCoPipeline(DiffusionPipeline):
                             noise = noise_u + self._guidance_scale * (noise_c - noise_u)
                         outputs.append(self.scheduler.step(noise, t, x).prev_sample)
                     latents = merge_windows(outputs, windows, n_frames) if len(windows) > 1 else outputs[0]
-                    if per_window:  # for the callback: each frame's sources averaged like the latents
-                        source_t = merge_windows(window_sources, windows, n_frames)
-                    if region_mask is not None and irjs.placement == "after_step":
-                        prev = self._irjs_source(irjs, source_latents, inversion_trajectory, i + 1, None, generator)
-                        latents = irjs_ops.blend(latents, prev, region_mask)
+                    if invariant is not None:
+                        latents = invariant.after_step(latents, i)
                     if callback_on_step_end is not None:
                         available = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
                         values = {name: available[name] for name in callback_on_step_end_tensor_inputs}
@@ -447,7 +436,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames_out = latents
         else:
-            if region_mask is not None and irjs.decode_statistics == "source":
+            if invariant is not None and irjs.decode_statistics == "source":
                 frames_out = decode_with_reference_statistics(self.decode_latents, self.vae.decoder, source_latents, latents).cpu()
             else:
                 frames_out = self.decode_latents(latents).cpu()
@@ -482,21 +471,6 @@ class ReAtCoPipeline(DiffusionPipeline):
             ", ".join(f"{record['inner'][w]:.3f}" for w in lost), cell_px, rad.token_normalization,
             {w: tokens[w] for w in lost},
         )
-
-    def _irjs_source(self, irjs: IRJSConfig, source_latents, trajectory, step_index, t, generator, frames=None):
-        """V at the noise level of sampling step `step_index` (step_index == steps → the clean V_0),
-        for every frame or only `frames` (then the noise is drawn for those frames alone)."""
-        n_steps = len(self.scheduler.timesteps)
-        if frames is not None:
-            source_latents = source_latents[:, :, frames]
-            trajectory = None if trajectory is None else trajectory[:, :, :, frames]
-        if step_index >= n_steps:
-            return source_latents
-        if irjs.source == "inversion":
-            return trajectory[n_steps - step_index]
-        timestep = self.scheduler.timesteps[step_index] if t is None else t
-        noise = torch.randn(source_latents.shape, generator=generator, device=torch.device("cpu")).to(source_latents)
-        return irjs_ops.noise_source(self.scheduler, source_latents, timestep, noise)
 
 
 try:  # diffusers ≥ 0.36 spells it dtype= and warns on torch_dtype=

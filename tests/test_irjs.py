@@ -79,3 +79,52 @@ def test_blend_is_exact_outside_and_inside():
     assert torch.allclose(blend(latents, source, soft), 0.25 * latents + 0.75 * source)
     with pytest.raises(ValueError):
         blend(latents, source, torch.ones(2, 6, 6))
+
+
+def _invariant(**settings):
+    from reatco.config import IRJSConfig
+    from reatco.irjs import InvariantRegion
+
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    scheduler.set_timesteps(4)
+    cells = torch.zeros(1, 1, 4, 8, 8)
+    cells[..., :4, :4] = 1
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(1, 4, 4, 8, 8, generator=g)
+    trajectory = torch.randn(5, 1, 4, 4, 8, 8, generator=g)
+    return InvariantRegion(scheduler, IRJSConfig(**settings), cells, source, trajectory, torch.Generator().manual_seed(3))
+
+
+def test_invariant_region_keeps_the_source_outside_and_the_latents_inside():
+    region = _invariant(source="inversion")
+    x = torch.randn(1, 4, 4, 8, 8)
+    out = region.before_step(x, 1, region.scheduler.timesteps[1], [0, 1, 2, 3])
+    outside = region.mask == 0
+    expected_source = region.trajectory[4 - 1]  # step 1 of 4 ↔ inversion level 3
+    assert torch.equal(out.masked_select(outside.expand_as(out)), expected_source.masked_select(outside.expand_as(out)))
+    assert torch.equal(out.masked_select(~outside.expand_as(out)), x.masked_select(~outside.expand_as(out)))
+    assert torch.equal(region.after_step(x, 1), x)  # placement before_step: nothing after the step
+    after = _invariant(source="inversion", placement="after_step")
+    assert torch.equal(after.before_step(x, 0, 0, [0, 1, 2, 3]), x)
+    last = after.after_step(x, 3)  # after the last step: the clean source V_0
+    assert torch.equal(last[..., 4:, 4:], after.source_latents[..., 4:, 4:])
+
+
+def test_invariant_region_draws_one_noise_per_clip_or_per_window():
+    """The whole-clip draw is made once per step, shared by its windows; per_window draws each
+    window's own noise for its frames (the official loop)."""
+    windows = [[0, 1], [2, 3]]
+    x = torch.zeros(1, 4, 4, 8, 8)
+    clip = _invariant(source="noise", noise="per_step")
+    t = clip.scheduler.timesteps[0]
+    halves = [clip.before_step(x[:, :, w], 0, t, w, len(windows)) for w in windows]
+    reference = _invariant(source="noise", noise="per_step")
+    whole = reference.before_step(x, 0, t, [0, 1, 2, 3])
+    torch.testing.assert_close(torch.cat(halves, dim=2), whole, rtol=0, atol=0)
+    per_window = _invariant(source="noise", noise="per_window")
+    g = torch.Generator().manual_seed(3)
+    for w in windows:
+        noise = torch.randn(1, 4, len(w), 8, 8, generator=g)
+        expected = noise_source(per_window.scheduler, per_window.source_latents[:, :, w], t, noise)
+        got = per_window.before_step(x[:, :, w], 0, t, w, len(windows))
+        assert torch.equal(got[..., 4:, 4:], expected[..., 4:, 4:])
