@@ -22,6 +22,7 @@ from . import irjs as irjs_ops
 from .config import _STARTS as STARTS
 from .config import IRJSConfig, RADConfig, WindowConfig, section_settings
 from .decoding import decode_with_reference_statistics
+from .edit_objects import EditObject, resolve_objects
 from .errors import ConfigError, check_finite
 from .irjs import InvariantRegion
 from .inversion import ddim_inversion
@@ -29,12 +30,37 @@ from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_mo
 from .models import TuneAVideoUNet, rad_attention_layers
 from .rad_guidance import RADGuidance
 from .region_noise import tracked_noise
-from .regions import object_masks, parse_region
-from .tokens import resolve_objects_tokens
+from .regions import object_masks
 from .video import check_video_tensor
 from .windows import merge_windows, temporal_windows
 
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class CallSettings:
+    """The call's settings after `check_inputs`: defaults filled in, sections validated."""
+
+    prompt: str
+    generator: torch.Generator | None
+    num_inference_steps: int
+    guidance_scale: float
+    negative_prompt: str
+    start_in_regions: str
+    rad: RADConfig
+    irjs: IRJSConfig
+    window: WindowConfig
+    cell_px: int
+    callback_tensor_inputs: tuple
+
+
+def encode_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """The generator the VAE encode samples from: a fresh one seeded with `generator`'s seed, so
+    that encoding never advances the caller's generator, and a cached encode (the runner's) and
+    `pipe(video=…, generator=…)` give the same edit for one seed."""
+    if generator is None:
+        return None
+    return torch.Generator(generator.device).manual_seed(generator.initial_seed())
 
 
 @dataclass
@@ -203,16 +229,101 @@ class ReAtCoPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ regions
 
-    def prepare_objects(self, prompt: str, objects: Sequence, n_frames: int, height: int, width: int, cell_px: int):
-        """Objects → (words, regions, token indices). An object is a dict or config object with
-        `word`, optional `occurrence`, and a region: `region` (a Region) or `box`/`boxes`/`mask`."""
-        objects = [_as_object(o) for o in objects]
-        regions = [
-            o.region if getattr(o, "region", None) is not None else parse_region(o, n_frames, height, width, cell_px, field=f"objects[{j}]")
-            for j, o in enumerate(objects)
-        ]
-        indices = resolve_objects_tokens(self.tokenizer, prompt, objects, "objects") if objects else []
-        return [o.word for o in objects], regions, indices
+    def prepare_objects(self, prompt: str, objects: Sequence, n_frames: int, height: int, width: int, cell_px: int) -> list[EditObject]:
+        """Objects → EditObjects (word, occurrence, region, token indices), each resolved once. An
+        object is a dict or config object with `word`, optional `occurrence`, and a region:
+        `region` (a Region) or `box`/`boxes`/`mask`; EditObjects are taken as they are."""
+        return resolve_objects(self.tokenizer, prompt, objects, n_frames, height, width, cell_px)
+
+    # ------------------------------------------------------------------ call steps
+
+    def check_inputs(self, prompt, objects, generator, num_inference_steps, guidance_scale, negative_prompt,
+                     start_in_regions, rad, irjs, window, attention_cell_px, output_type="pt",
+                     callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)) -> "CallSettings":
+        """Every setting checked before any model work, with the model's defaults filled in for
+        those left as None (a `rad`/`irjs`/`window` dict is merged over the model's section and
+        validated like a YAML config)."""
+        prompt = _single("prompt", prompt, str, "call the pipeline once per prompt")
+        generator = _single("generator", generator, torch.Generator, "pass one torch.Generator")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"callback_on_step_end_tensor_inputs: {unknown} are not tensors this pipeline offers; "
+                             f"it offers {self._callback_tensor_inputs}")
+        defaults = call_defaults(self.model_defaults)
+        num_inference_steps = num_inference_steps if num_inference_steps is not None else defaults.get("num_inference_steps", 50)
+        guidance_scale = guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 12.5)
+        negative_prompt = negative_prompt if negative_prompt is not None else defaults.get("negative_prompt", "")
+        start_in_regions = start_in_regions if start_in_regions is not None else defaults.get("start_in_regions", "inversion")
+        attention_cell_px = attention_cell_px if attention_cell_px is not None else defaults.get("attention_cell_px")
+        # The same schema and checks as a YAML config (ConfigError naming e.g. rad.refinement).
+        rad = section_settings("rad", merge_section(defaults.get("rad"), rad), steps=num_inference_steps)
+        irjs = section_settings("irjs", merge_section(defaults.get("irjs"), irjs))
+        window = section_settings("window", merge_section(defaults.get("window"), window))
+        _check_call(self.tokenizer, prompt, objects, guidance_scale, attention_cell_px, rad)
+        if output_type not in ("pt", "np", "pil", "latent"):
+            raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
+        if start_in_regions not in STARTS:  # the config schema's choices
+            raise ValueError(f"start_in_regions must be one of {', '.join(STARTS)}, not {start_in_regions!r}")
+        cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
+        return CallSettings(prompt, generator, num_inference_steps, guidance_scale, negative_prompt, start_in_regions,
+                            rad, irjs, window, cell_px, tuple(callback_on_step_end_tensor_inputs))
+
+    def prepare_source(self, video, source_latents, inversion_trajectory, latents, generator, inversion_prompt,
+                       num_inference_steps, irjs: IRJSConfig, n_frames=None, height=None, width=None):
+        """(source latents V_0, inversion trajectory, starting latents x_T) from what was given:
+        the frames are encoded with `encode_generator(generator)` (the caller's generator is not
+        advanced: the runner, which caches the encode, derives it the same way) and inverted
+        where a trajectory is needed; without a source, x_T is noise of the given size."""
+        device, dtype = self._execution_device, self.unet.dtype
+        if video is not None:
+            video = _video_tensor(video)
+            check_video_tensor(video, "video")
+            n_frames, _, height, width = video.shape
+            if source_latents is None:
+                source_latents = self.encode_video(video, encode_generator(generator))
+        if source_latents is not None:
+            source_latents = source_latents.to(device, dtype)
+            needs_trajectory = latents is None or (irjs.enabled and irjs.source == "inversion")
+            if inversion_trajectory is None and needs_trajectory:
+                inversion_trajectory = self.invert(source_latents, inversion_prompt, num_inference_steps)
+        elif irjs.enabled:
+            raise ValueError("IRJS needs the source video (video=… or source_latents=…); pass irjs={'enabled': False}")
+        if latents is None:
+            if inversion_trajectory is not None:
+                latents = inversion_trajectory[-1]
+            else:
+                if None in (n_frames, height, width):
+                    raise ValueError("without a source video, give n_frames, height and width (or latents)")
+                shape = (1, self.unet.config.in_channels, n_frames, height // self.vae_scale_factor, width // self.vae_scale_factor)
+                latents = torch.randn(shape, generator=generator, device=torch.device("cpu")).to(device)
+        latents = latents.to(device, dtype)
+        if inversion_trajectory is not None:
+            inversion_trajectory = inversion_trajectory.to(device, dtype)
+            if inversion_trajectory.shape[0] != num_inference_steps + 1:
+                raise ValueError(
+                    f"inversion_trajectory has {inversion_trajectory.shape[0] - 1} steps but num_inference_steps is {num_inference_steps}"
+                )
+        return source_latents, inversion_trajectory, latents
+
+    def prepare_regions(self, prompt, objects, n_frames, height, width, cell_px, box_grid):
+        """Objects → (words, regions, token indices, RAD masks (J, F, gh, gw), the regions' coverage
+        of the latent grid (J, F, h, w) and its union's latent cells (1, 1, F, h, w), 1 = editable)."""
+        edit_objects = self.prepare_objects(prompt, objects or [], n_frames, height, width, cell_px)
+        words, regions = [o.word for o in edit_objects], [o.region for o in edit_objects]
+        token_indices = [list(o.token_indices) for o in edit_objects]
+        if height % cell_px or width % cell_px:
+            raise ConfigError("attention_cell_px", f"{cell_px} px does not divide the frame ({height}×{width}): "
+                              "the RAD attention grid must tile it")
+        if not regions:
+            return words, regions, token_indices, None, None, None
+        device, dtype = self._execution_device, self.unet.dtype
+        latent_hw = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+        attn_masks = object_masks(regions, n_frames, height // cell_px, width // cell_px, box_grid=box_grid).to(device)
+        coverage = object_masks(regions, n_frames, *latent_hw, box_grid=box_grid)
+        cells = irjs_ops.latent_region_mask(coverage, *latent_hw).to(device, dtype)
+        return words, regions, token_indices, attn_masks, coverage, cells
 
     # ------------------------------------------------------------------ sampling
 
@@ -272,96 +383,43 @@ class ReAtCoPipeline(DiffusionPipeline):
         return_attention: also return each word's attention map, averaged over the steps that
         record it (the RAD steps), and at each step of `attention_steps` on its own.
         """
-        prompt = _single("prompt", prompt, str, "call the pipeline once per prompt")
-        generator = _single("generator", generator, torch.Generator, "pass one torch.Generator")
-        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-        if unknown:
-            raise ValueError(f"callback_on_step_end_tensor_inputs: {unknown} are not tensors this pipeline offers; "
-                             f"it offers {self._callback_tensor_inputs}")
-        defaults = call_defaults(self.model_defaults)
-        num_inference_steps = num_inference_steps if num_inference_steps is not None else defaults.get("num_inference_steps", 50)
-        guidance_scale = guidance_scale if guidance_scale is not None else defaults.get("guidance_scale", 12.5)
-        negative_prompt = negative_prompt if negative_prompt is not None else defaults.get("negative_prompt", "")
-        start_in_regions = start_in_regions if start_in_regions is not None else defaults.get("start_in_regions", "inversion")
-        attention_cell_px = attention_cell_px if attention_cell_px is not None else defaults.get("attention_cell_px")
-        # The same schema and checks as a YAML config (ConfigError naming e.g. rad.refinement).
-        rad = section_settings("rad", merge_section(defaults.get("rad"), rad), steps=num_inference_steps)
-        irjs = section_settings("irjs", merge_section(defaults.get("irjs"), irjs))
-        window = section_settings("window", merge_section(defaults.get("window"), window))
-        _check_call(self.tokenizer, prompt, objects, guidance_scale, attention_cell_px, rad)
-        if output_type not in ("pt", "np", "pil", "latent"):
-            raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
-        if start_in_regions not in STARTS:  # the config schema's choices
-            raise ValueError(f"start_in_regions must be one of {', '.join(STARTS)}, not {start_in_regions!r}")
-        device = self._execution_device
-        dtype = self.unet.dtype
-        cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
+        # 1. Check the inputs, filling what is left out from the model's defaults
+        c = self.check_inputs(prompt, objects, generator, num_inference_steps, guidance_scale, negative_prompt,
+                              start_in_regions, rad, irjs, window, attention_cell_px, output_type,
+                              callback_on_step_end, callback_on_step_end_tensor_inputs)
+        prompt, generator, num_inference_steps, guidance_scale = c.prompt, c.generator, c.num_inference_steps, c.guidance_scale
+        rad, irjs, window, cell_px = c.rad, c.irjs, c.window, c.cell_px
+        callback_on_step_end_tensor_inputs = c.callback_tensor_inputs
+        device, dtype = self._execution_device, self.unet.dtype
 
-        # Source: frames → latents → inversion trajectory.
-        if video is not None:
-            video = _video_tensor(video)
-            check_video_tensor(video, "video")
-            n_frames, _, height, width = video.shape
-            if source_latents is None:
-                source_latents = self.encode_video(video, generator)
-        if source_latents is not None:
-            source_latents = source_latents.to(device, dtype)
-            n_frames = source_latents.shape[2]
-            height = source_latents.shape[3] * self.vae_scale_factor
-            width = source_latents.shape[4] * self.vae_scale_factor
-            needs_trajectory = latents is None or (irjs.enabled and irjs.source == "inversion")
-            if inversion_trajectory is None and needs_trajectory:
-                inversion_trajectory = self.invert(source_latents, inversion_prompt, num_inference_steps)
-        elif irjs.enabled:
-            raise ValueError("IRJS needs the source video (video=… or source_latents=…); pass irjs={'enabled': False}")
-        if latents is None:
-            if inversion_trajectory is not None:
-                latents = inversion_trajectory[-1]
-            else:
-                if None in (n_frames, height, width):
-                    raise ValueError("without a source video, give n_frames, height and width (or latents)")
-                shape = (1, self.unet.config.in_channels, n_frames, height // self.vae_scale_factor, width // self.vae_scale_factor)
-                latents = torch.randn(shape, generator=generator, device=torch.device("cpu")).to(device)
-        latents = latents.to(device, dtype)
+        # 2. The source: frames → latents → inversion trajectory, and the starting latents
+        source_latents, inversion_trajectory, latents = self.prepare_source(
+            video, source_latents, inversion_trajectory, latents, generator, inversion_prompt, num_inference_steps,
+            irjs, n_frames, height, width)
         n_frames, height, width = latents.shape[2], latents.shape[3] * self.vae_scale_factor, latents.shape[4] * self.vae_scale_factor
-        if inversion_trajectory is not None:
-            inversion_trajectory = inversion_trajectory.to(device, dtype)
-            if inversion_trajectory.shape[0] != num_inference_steps + 1:
-                raise ValueError(
-                    f"inversion_trajectory has {inversion_trajectory.shape[0] - 1} steps but num_inference_steps is {num_inference_steps}"
-                )
 
-        # Words and regions.
-        words, regions, token_indices = self.prepare_objects(prompt, objects or [], n_frames, height, width, cell_px)
-        if height % cell_px or width % cell_px:
-            raise ConfigError("attention_cell_px", f"{cell_px} px does not divide the frame ({height}×{width}): "
-                              "the RAD attention grid must tile it")
-        grid = (height // cell_px, width // cell_px)
-        latent_hw = (latents.shape[3], latents.shape[4])
-        attn_masks = object_masks(regions, n_frames, *grid, box_grid=rad.box_grid).to(device) if regions else None
-        # The regions' latent cells (1 = editable): IRJS blends with them, a noise start re-draws them.
-        latent_coverage = object_masks(regions, n_frames, *latent_hw, box_grid=rad.box_grid) if regions else None
-        cells = irjs_ops.latent_region_mask(latent_coverage, *latent_hw).to(device, dtype) if regions else None
+        # 3. The objects: words, token indices, RAD masks and the regions' latent cells
+        words, regions, token_indices, attn_masks, latent_coverage, cells = self.prepare_regions(
+            prompt, objects, n_frames, height, width, cell_px, rad.box_grid)
         invariant = None
         if irjs.enabled and regions:
             invariant = InvariantRegion(self.scheduler, irjs, cells, source_latents, inversion_trajectory, generator)
         elif irjs.enabled:
             # No region means nothing is marked editable: blending would return the source video.
             logger.warning("IRJS is enabled but no object has a region: IRJS is skipped for this edit")
-        if start_in_regions != "inversion" and regions:
+        if c.start_in_regions != "inversion" and regions:
             noise = torch.randn(latents.shape, generator=generator, device=torch.device("cpu")).to(device, dtype)
-            if start_in_regions == "tracked_noise":  # one patch per object, moved with its region
+            if c.start_in_regions == "tracked_noise":  # one patch per object, moved with its region
                 noise = torch.stack([tracked_noise(latent_coverage >= 0.5, n, generator) for n in noise])
             latents = irjs_ops.blend(noise, latents, cells)
 
+        # 4. The prompt embeddings, the timesteps, the windows and the RAD guidance
         use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0
         n_prompt_tokens = len(self.tokenizer(prompt).input_ids)
         n_text_tokens = n_prompt_tokens - 2 if rad.normalize_eot else self.tokenizer.model_max_length - 2
 
         cond = self.encode_prompt(prompt).to(dtype)
-        negative_prompt_embeds = self.encode_prompt(negative_prompt).to(dtype)
+        negative_prompt_embeds = self.encode_prompt(c.negative_prompt).to(dtype)
         self._guidance_scale, self._interrupt = guidance_scale, False
         # diffusers' layout: [negative, prompt] under guidance; a callback may swap it (CFG cut-off)
         prompt_embeds = torch.cat([negative_prompt_embeds, cond]) if self.do_classifier_free_guidance else cond
@@ -377,6 +435,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         attention_sum, attention_count = None, 0
         by_step: dict[int, tuple] = {}  # step index → (sum, count) over its windows
 
+        # 5. The denoising loop: per window, RAD update, IRJS blend, UNet call with guidance, DDIM step
         with contextlib.ExitStack() as stack:
             if guidance is not None:
                 stack.enter_context(guidance.attached(differentiate=use_rad))
@@ -428,6 +487,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                         negative_prompt_embeds = result.get("negative_prompt_embeds", negative_prompt_embeds)
                     progress.update()
 
+        # 6. Decode (with the source's decoder statistics where IRJS asks for them)
         check_finite(latents, "in the final latents", "lower rad.step_size or guidance_scale, or use float32")
         attention = None
         if return_attention and attention_sum is not None:
@@ -525,15 +585,6 @@ def _single(name: str, value, kind, fix: str):
     if value is not None and not isinstance(value, kind):
         raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
     return value
-
-
-def _as_object(obj):
-    """Config dataclass, dict or namespace → something with .word/.occurrence/.box/.boxes/.mask."""
-    if isinstance(obj, dict):
-        from types import SimpleNamespace
-
-        return SimpleNamespace(**{"occurrence": None, "box": None, "boxes": None, "mask": None, "boxes_file": None, "track": None, "source": None, "region": None, **obj})
-    return obj
 
 
 def _video_tensor(video) -> torch.Tensor:

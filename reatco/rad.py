@@ -231,7 +231,7 @@ def needs_refinement(inner_losses: torch.Tensor, threshold: float) -> bool:
 # ----------------------------------------------------------------------------- reporting
 
 
-def _labels(words: Sequence[str]) -> list[str]:
+def word_labels(words: Sequence[str]) -> list[str]:
     # Two objects may name the same word (different occurrences): keep their keys apart.
     seen: dict[str, int] = {}
     labels = []
@@ -245,7 +245,7 @@ class RADLossLog:
     """Per-step, per-word RAD losses, JSON-able (for report.json)."""
 
     def __init__(self, words: Sequence[str]):
-        self.words = _labels(list(words))
+        self.words = word_labels(list(words))
         self.steps: list[dict] = []
 
     def add(self, step: int, timestep: int, inner: torch.Tensor, outer: torch.Tensor, refinement_iters: int = 0, **extra) -> dict:

@@ -22,6 +22,7 @@ from .errors import ConfigError, check_finite
 from .files import new_partial_dir, remove_quietly, replace_dir
 from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
 from .inversion import inversion_cache_key, load_or_invert
+from .rad import word_labels
 from .region_files import write_regions
 from .regions import Region, parse_region
 from .tokens import load_tokenizer, resolve_objects_tokens, token_table, word_token_indices
@@ -40,6 +41,13 @@ class PreparedEdit:
     token_indices: list[list[int]]
     token_table: str
     origins: list[str] = field(default_factory=list)  # where each region came from, for regions.json
+
+    def objects(self) -> list:
+        """The edit's objects resolved (regions found: after EditRunner.resolve_regions)."""
+        from .edit_objects import EditObject
+
+        return [EditObject(o.word, o.occurrence, region, tuple(idx))
+                for o, region, idx in zip(self.edit.objects, self.regions, self.token_indices)]
 
 
 @dataclass
@@ -337,7 +345,10 @@ class EditRunner:
 
             def invert():
                 start = time.perf_counter()
-                generator = torch.Generator("cpu").manual_seed(cfg.sampling.seed)
+                from .pipeline import encode_generator
+
+                # derived from the edit's generator as pipe(video=…, generator=…) does: one seed, one edit
+                generator = encode_generator(torch.Generator("cpu").manual_seed(cfg.sampling.seed))
                 latents = pipe.encode_video(self.source_video(), generator)
                 trajectory = pipe.invert(latents, cfg.inversion.prompt, steps, cfg.inversion.guidance_scale)
                 self.timings["invert"] = time.perf_counter() - start
@@ -360,10 +371,7 @@ class EditRunner:
         start = time.perf_counter()
         output = pipe(
             prompt=prepared.edit.prompt,
-            objects=[
-                {"word": o.word, "occurrence": o.occurrence, "region": region}
-                for o, region in zip(prepared.edit.objects, prepared.regions)
-            ],
+            objects=prepared.objects(),  # resolved once here: the pipeline takes them as they are
             source_latents=source_latents,
             inversion_trajectory=trajectory,
             num_inference_steps=cfg.sampling.steps,
@@ -392,7 +400,8 @@ class EditRunner:
             "unet": self.unet_info,
             "versions": package_versions(),
             "timings_s": {**self.timings, "edit": edit_seconds, "edit_per_step": edit_seconds / n_steps},
-            "token_indices": {o.word: idx for o, idx in zip(prepared.edit.objects, prepared.token_indices)},
+            # keyed like the loss records: a repeated word's second object is "word#2"
+            "token_indices": dict(zip(word_labels([o.word for o in prepared.edit.objects]), prepared.token_indices)),
             "rad_losses": output.rad_losses,
         }
         if torch.cuda.is_available() and self.device.type == "cuda":

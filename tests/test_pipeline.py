@@ -49,7 +49,8 @@ def _run(pipe, cell, **kwargs):
 def _guidance(pipe, cell, rad=None, words=None):
     """A RADGuidance on the pipeline's UNet for PROMPT's objects, and random latents."""
     rad = rad or RADConfig()
-    words, regions, indices = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    objects = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    words, regions, indices = [o.word for o in objects], [o.region for o in objects], [o.token_indices for o in objects]
     from reatco.regions import object_masks
 
     masks = object_masks(regions, N_FRAMES, SIZE // cell, SIZE // cell)
@@ -134,7 +135,7 @@ def test_irjs_after_step_returns_the_source_outside_the_regions(pipe, cell):
     from reatco.regions import object_masks
     from reatco.irjs import latent_region_mask
 
-    _, regions, _ = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    regions = [o.region for o in pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)]
     lh = SIZE // pipe.vae_scale_factor
     inside = latent_region_mask(object_masks(regions, N_FRAMES, lh, lh), lh, lh).bool().expand_as(out)
     assert inside.any() and (~inside).any()
@@ -155,7 +156,7 @@ def test_irjs_before_step_feeds_the_source_trajectory_outside_the_regions(pipe, 
     from reatco.regions import object_masks
     from reatco.irjs import latent_region_mask
 
-    _, regions, _ = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    regions = [o.region for o in pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)]
     lh = SIZE // pipe.vae_scale_factor
     outside = ~latent_region_mask(object_masks(regions, N_FRAMES, lh, lh), lh, lh).bool().expand_as(source)
     assert len(seen) == 4
@@ -181,7 +182,7 @@ def _start_case(pipe, cell):
 
     source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
     trajectory = pipe.invert(source, "", 4)
-    _, regions, _ = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    regions = [o.region for o in pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)]
     lh = SIZE // pipe.vae_scale_factor
     coverage = object_masks(regions, N_FRAMES, lh, lh)
     inside = latent_region_mask(coverage, lh, lh).bool().expand_as(source)
@@ -256,8 +257,9 @@ def test_rad_records_losses_and_attention(pipe, cell):
 
 
 def test_rad_reads_a_phrase_as_the_sum_of_its_tokens_unless_told_mean(pipe, cell):
-    _, _, indices = pipe.prepare_objects(PROMPT, [{"word": "a cat", "box": [0, 0, 16, 16]}], N_FRAMES, SIZE, SIZE, cell)
-    assert indices == [[1, 2]]
+    objects = pipe.prepare_objects(PROMPT, [{"word": "a cat", "box": [0, 0, 16, 16]}], N_FRAMES, SIZE, SIZE, cell)
+    assert [o.token_indices for o in objects] == [(1, 2)]
+    indices = [o.token_indices for o in objects]
     maps = torch.rand(N_FRAMES, 2, 2, pipe.tokenizer.model_max_length, generator=torch.Generator().manual_seed(0))
     n_text = len(pipe.tokenizer(PROMPT).input_ids) - 2
     masks = torch.ones(1, N_FRAMES, 2, 2)
@@ -327,3 +329,12 @@ def test_refinement_modes(pipe, cell):
     # every mode's refinement steps move the latent (max_inner's gradient once came back zero)
     plain = _run(pipe, cell, rad={"max_update_steps": 1, "refinement_thresholds": {}}).frames
     assert all(not torch.allclose(r.frames, plain) for r in runs.values())
+
+
+def test_resolved_edit_objects_are_taken_as_they_are(pipe, cell):
+    """The runner resolves each object once (region, tokens); the pipeline takes EditObjects as
+    they are and gives the same edit as from the config-style dicts."""
+    objects = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
+    assert [(o.word, o.token_indices) for o in objects] == [("cat", (2,)), ("dog", (5,))]
+    assert pipe.prepare_objects(PROMPT, objects, N_FRAMES, SIZE, SIZE, cell) == objects
+    assert torch.equal(_run(pipe, cell, objects=objects).frames, _run(pipe, cell).frames)
