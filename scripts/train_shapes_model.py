@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import shutil
 import signal
 import sys
@@ -57,7 +56,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from reatco.files import replace_dir  # noqa: E402
+from reatco.files import atomic_file, replace_dir  # noqa: E402
 from reatco.toy import world  # noqa: E402
 from reatco.toy.tokenizer import MAX_LENGTH, save_tokenizer  # noqa: E402
 
@@ -111,9 +110,8 @@ def heldout_images(seed: int, n: int) -> torch.Tensor:
 
 
 def atomic_save(obj, path: Path):
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:  # never a half-written checkpoint
+        torch.save(obj, tmp)
 
 
 # =============================================================================== VAE

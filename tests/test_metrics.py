@@ -268,3 +268,16 @@ def test_lpips_local_alexnet_weights(tmp_path):
 
     with pytest.raises(ConfigError, match="lpips_backbone"):
         load_lpips(str(tmp_path / "missing.pth"))
+
+
+def test_metric_frames_are_listed_in_the_order_read_video_reads_them(tmp_path):
+    """Unpadded names: frame2 before frame10 (a plain sort put frame10 first)."""
+    from PIL import Image
+
+    from reatco.metrics.frames import list_frame_files
+    from reatco.video import frame_files
+
+    for i in (1, 2, 10):
+        Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / f"frame{i}.png")
+    names = [p.name for p in list_frame_files(tmp_path)]
+    assert names == ["frame1.png", "frame2.png", "frame10.png"] == [p.name for p in frame_files(tmp_path)]

@@ -15,18 +15,17 @@ from PIL import Image
 from ..errors import ConfigError
 
 LOVEU_SIZE = (480, 480)  # (width, height), as in the official scripts/run_eval.py
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def list_frame_files(folder: str | os.PathLike, field: str = "frames") -> list[Path]:
-    """Sorted image files of a frame folder; ConfigError if the folder is missing or empty."""
+    """The frame images of a folder in natural order (frame2 before frame10), as read_video reads
+    them; ConfigError if the folder is missing or holds none."""
+    from ..video import frame_files
+
     folder = Path(folder)
     if not folder.is_dir():
         raise ConfigError(field, f"folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ConfigError(field, f"folder {folder} holds no {'/'.join(IMAGE_SUFFIXES)} frames")
-    return files
+    return frame_files(folder, field)
 
 
 def to_pil_frames(frames, size: tuple[int, int] | None = LOVEU_SIZE) -> list[Image.Image]:
