@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 
 from .config import edit_config, save_config
+from .environment import package_versions, resolve_device
 from .errors import ConfigError, check_finite
 from .files import new_partial_dir, remove_quietly, replace_dir
 from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
@@ -57,30 +57,6 @@ class EditResult:
     out_dir: Path | None
     report: dict = field(default_factory=dict)
     attention: Any = None  # (J, F, h, w) per-word attention when cfg.save_attention
-
-
-def package_versions() -> dict:
-    import diffusers
-    import transformers
-
-    from . import __version__
-
-    return {
-        "reatco": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-    }
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("model.device", f"{name} was asked for but CUDA is not available; use auto or cpu")
-    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

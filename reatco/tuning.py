@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from .environment import package_versions
 from .errors import ConfigError, NonFiniteError
 from .files import new_partial_dir, remove_quietly, replace_dir
 from .models import TuneAVideoUNet
@@ -100,17 +101,6 @@ def _to(model, device, dtype):
 def _encode_prompt(tokenizer, text_encoder, prompt: str, device) -> torch.Tensor:
     ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
     return text_encoder(ids.to(device))[0]
-
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import diffusers
-    import transformers
-
-    from . import __version__
-
-    return {"reatco": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__, "accelerate": accelerate.__version__}
 
 
 # ----------------------------------------------------------------------------- core
@@ -207,7 +197,7 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
         "losses": losses, "seed": s.seed, "settings": {**asdict(s), "trainable_modules": list(s.trainable_modules)},
         "trainable_parameters": sum(p.numel() for n, p in unet.named_parameters() if n in set(trainable)),
         "prompt": prompt, "video_shape": list(video.shape), "device": str(device), "mixed_precision": precision,
-        "gradient_checkpointing": use_ckpt, "versions": _versions(), "wall_time_s": time.perf_counter() - start,
+        "gradient_checkpointing": use_ckpt, "versions": package_versions(), "wall_time_s": time.perf_counter() - start,
     }
     return TuneResult(unet, losses, report)
 

@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from reatco.environment import package_versions  # noqa: E402
 from reatco.files import atomic_file, replace_dir  # noqa: E402
 from reatco.toy import world  # noqa: E402
 from reatco.toy.tokenizer import MAX_LENGTH, save_tokenizer  # noqa: E402
@@ -521,8 +522,7 @@ def export(args):
         attention_cell_px=8, image_size=64, vae_scale_factor=4,
         configs=dict(vae=VAE_CONFIG, unet=UNET_CONFIG, text=TEXT_CONFIG, scheduler=SCHEDULER_CONFIG),
         loss_curve=_thin(curve, 60),
-        versions=dict(torch=torch.__version__, diffusers=__import__("diffusers").__version__,
-                      transformers=__import__("transformers").__version__),
+        versions=package_versions(),
         commands=_commands(work),
     )
     (tmp / "training.json").write_text(json.dumps(info, indent=1, default=list))

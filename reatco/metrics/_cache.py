@@ -21,11 +21,3 @@ def clear_cache() -> None:
     """Forget every loaded model (tests; freeing memory between evaluation passes)."""
     with _LOCK:
         _MODELS.clear()
-
-
-def resolve_device(device: str | None) -> str:
-    import torch
-
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ._cache import cached, resolve_device
+from ..environment import resolve_device
+from ._cache import cached
 from .frames import LOVEU_SIZE, to_pil_frames
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
@@ -69,7 +70,7 @@ def load_clip(model: str = DEFAULT_CLIP, backend: str = "transformers", pretrain
         from ..errors import ConfigError
 
         raise ConfigError("clip_backend", f"unknown backend {backend!r}; use one of {BACKENDS}")
-    device = resolve_device(device)
+    device = str(resolve_device(device, field="device"))
     return cached(("clip", backend, model, pretrained, device), lambda: _load(model, backend, pretrained, device))
 
 

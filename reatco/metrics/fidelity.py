@@ -23,7 +23,8 @@ import os
 import numpy as np
 import torch
 
-from ._cache import cached, resolve_device
+from ..environment import resolve_device
+from ._cache import cached
 
 # torchvision's AlexNet is what LPIPS(net="alex") downloads; "random" is for tests only.
 LPIPS_BACKBONES = ("torchvision", "random")
@@ -65,7 +66,7 @@ def load_lpips(backbone: str = "torchvision", device: str | None = None):
     """LPIPS-AlexNet (v0.1 heads, shipped inside the lpips package) with the trunk weights from:
     "torchvision" (torch hub cache, downloaded if absent), a local AlexNet state-dict file
     (torchvision's alexnet-owt-7be5be79.pth), or "random" (tests only)."""
-    device = resolve_device(device)
+    device = str(resolve_device(device, field="device"))
     return cached(("lpips", backbone, device), lambda: _load_lpips(backbone, device))
 
 

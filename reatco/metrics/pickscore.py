@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from ._cache import cached, resolve_device
+from ..environment import resolve_device
+from ._cache import cached
 from .clip_metrics import _as_tensor, batched
 from .frames import LOVEU_SIZE, to_pil_frames
 
@@ -41,7 +42,7 @@ class PickScorer:
 def load_pickscore(model: str = DEFAULT_PICKSCORE_MODEL, processor: str = DEFAULT_PICKSCORE_PROCESSOR,
                    device: str | None = None) -> PickScorer:
     """Load (once per process) the PickScore model and its processor, hub ids or local folders."""
-    device = resolve_device(device)
+    device = str(resolve_device(device, field="device"))
 
     def load() -> PickScorer:
         from transformers import AutoModel, AutoProcessor

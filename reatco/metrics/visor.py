@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._cache import cached, resolve_device
+from ..environment import resolve_device
+from ._cache import cached
 from .frames import to_pil_frames
 
 DEFAULT_OWLVIT = "google/owlvit-base-patch32"
@@ -166,7 +167,7 @@ class OwlVitDetector:
 
 def load_owlvit(model: str = DEFAULT_OWLVIT, device: str | None = None) -> OwlVitDetector:
     """Load (once per process) OWL-ViT by hub id or local folder."""
-    device = resolve_device(device)
+    device = str(resolve_device(device, field="device"))
 
     def load() -> OwlVitDetector:
         from transformers import OwlViTForObjectDetection, OwlViTProcessor
