@@ -126,3 +126,21 @@ def record_cross_attention(unet, layer_names: Sequence[str], store: AttentionSto
         yield store
     finally:
         unet.set_attn_processor(original)
+
+
+class AttentionProbe:
+    """attn2 processor that also keeps the attention probabilities (mean over heads) in `store`,
+    with their graph when run under grad: the shapes model's attention loss (training) and the
+    shapes benchmark's attention gate read them. Plain (implicit-scale) attention, no mask."""
+
+    def __init__(self, store: list):
+        self.store = store
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        b, n, _ = hidden_states.shape
+        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
+        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        probs = attn.get_attention_scores(q, k, None)  # (b·heads, n, L)
+        self.store.append(probs.view(b, attn.heads, n, -1).mean(1))
+        return attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))

@@ -44,6 +44,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
+from reatco.attention_maps import AttentionProbe  # noqa: E402
+from reatco.models import rad_attention_layers  # noqa: E402
 from reatco.toy import world  # noqa: E402
 from reatco.toy.detector import detect  # noqa: E402
 
@@ -126,32 +128,15 @@ def _save_grid(imgs: np.ndarray, path: Path):
 
 # ----------------------------------------------------------------------------- attention
 
-class _Probe:
-    """attn2 processor keeping attention probabilities (mean over heads) — measurement only."""
-
-    def __init__(self, store):
-        self.store = store
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        b, n, _ = hidden_states.shape
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(q, k, None)
-        self.store.append(probs.view(b, attn.heads, n, -1).mean(1))
-        return attn.to_out[1](attn.to_out[0](attn.batch_to_head_dim(torch.bmm(probs, v))))
-
-
 def attention_gate(args, pipe, timesteps=(200, 500, 800), cell: int = 8) -> dict:
     """Mass of each object's colour/shape token inside its box at the 8×8 grid, on held-out
     two-object images noised to each timestep (high t = what RAD sees in its first steps)."""
     samples = [world.make_image(BENCH_OFFSET + args.seed, 20_000 + i, n_objects=2) for i in range(args.n_attn)]
     tok = pipe.tokenizer
     store: list = []
-    layers = [k for k in pipe.unet.attn_processors if k.endswith("attn2.processor")
-              and k.startswith(("down_blocks.1.", "up_blocks.1."))]  # the 8×8 level = RAD grid
+    layers = rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell)  # the RAD grid
     old = dict(pipe.unet.attn_processors)
-    pipe.unet.set_attn_processor({**old, **{k: _Probe(store) for k in layers}})
+    pipe.unet.set_attn_processor({**old, **{k: AttentionProbe(store) for k in layers}})
     per_t = {}
     try:
         x = world.to_tensor(np.stack([s.image for s in samples]))

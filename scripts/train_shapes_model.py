@@ -56,7 +56,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from reatco.attention_maps import AttentionProbe  # noqa: E402
 from reatco.environment import package_versions  # noqa: E402
+from reatco.models import rad_attention_layers  # noqa: E402
 from reatco.files import atomic_file, replace_dir  # noqa: E402
 from reatco.toy import world  # noqa: E402
 from reatco.toy.tokenizer import MAX_LENGTH, save_tokenizer  # noqa: E402
@@ -316,31 +318,6 @@ def build_unet():
     return UNet2DConditionModel(**UNET_CONFIG)
 
 
-class AttentionProbe:
-    """attn2 processor that also keeps the (differentiable) attention probabilities, mean over heads.
-
-    Used only while training, on the 8×8 layers, for the localisation loss."""
-
-    def __init__(self, store: list):
-        self.store = store
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
-        b, n, _ = hidden_states.shape
-        q = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        k = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
-        v = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
-        probs = attn.get_attention_scores(q, k, None)  # (b·heads, n, L)
-        self.store.append(probs.view(b, attn.heads, n, -1).mean(1))
-        out = attn.batch_to_head_dim(torch.bmm(probs, v))
-        return attn.to_out[1](attn.to_out[0](out))
-
-
-def rad_grid_layers(unet) -> list[str]:
-    """Names of the attn2 processors at the 8×8 level (down_blocks.1, up_blocks.1)."""
-    return [k for k in unet.attn_processors if k.endswith("attn2.processor")
-            and (k.startswith("down_blocks.1.") or k.startswith("up_blocks.1."))]
-
-
 def attention_loss(maps: torch.Tensor, obj_tok: torch.Tensor, obj_cov: torch.Tensor, keep: torch.Tensor):
     """1 − fraction of each object word's spatial attention that falls on its object.
 
@@ -414,7 +391,7 @@ def train_unet(args):
     log(f"UNet params {sum(p.numel() for p in unet.parameters()) / 1e6:.2f} M, "
         f"text encoder {sum(p.numel() for p in text.parameters()) / 1e6:.2f} M")
     store: list = []
-    probes = {k: AttentionProbe(store) for k in rad_grid_layers(unet)}
+    probes = {k: AttentionProbe(store) for k in rad_attention_layers(unet, 4, 8)}
     procs = dict(unet.attn_processors)
     procs.update(probes)
     unet.set_attn_processor(procs)
