@@ -95,9 +95,10 @@ class CrossAttentionRecorder:
         if self.store.explicit:
             # float32: in fp16 the RAD loss's gradient w.r.t. small probabilities overflows
             # (inf − inf = NaN in the softmax backward); the maps RAD reads are float32 anyway.
-            scores = torch.matmul(query.float(), key.float().transpose(-1, -2)) * attn.scale
+            work = torch.promote_types(query.dtype, torch.float32)  # float64 stays float64
+            scores = torch.matmul(query.to(work), key.to(work).transpose(-1, -2)) * attn.scale
             if attention_mask is not None:
-                scores = scores + attention_mask.float()
+                scores = scores + attention_mask.to(work)
             probs = scores.softmax(dim=-1)
             out = torch.matmul(probs.to(value.dtype), value)
         else:

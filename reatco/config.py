@@ -137,6 +137,13 @@ class RADConfig:
     # α_i = step_size · sqrt(linspace(step_size_range[0], step_size_range[1], steps)[i]).
     step_size: float = 20.0
     step_size_range: List[float] = field(default_factory=lambda: [1.0, 0.5])
+    # The RAD terms are means over the frames of one pass, so a pass of F frames gives each frame
+    # 1/F of the push. The official α was set on passes of 4 frames (its sliding windows): α is
+    # multiplied by (frames in the pass) / calibration_frames, so that each frame gets what the
+    # official 4-frame windows give it whatever the pass holds (a whole clip, any window size),
+    # and 4-frame windows run exactly the official numerics. null: no scaling (the push per frame
+    # then falls as 1/F with the frames per pass).
+    calibration_frames: Optional[int] = 4
     # Softmax temperature over the text tokens (attention × temperature).
     temperature: float = 100.0
     # How a cell's attention is spread over the text tokens: softmax (official, × temperature)
@@ -153,14 +160,27 @@ class RADConfig:
     smoothing_sigma: float = 0.5
     # K of the top-K means: this fraction of the inside (or outside) area.
     top_k_ratio: float = 0.2
+    # How K is counted: truncate (official: int(top_k_ratio · area), at least 1 where the
+    # official gives 0 and a NaN) | round (max(1, round(top_k_ratio · area)), halves up).
+    top_k_rounding: str = "truncate"
+    # How a box becomes cells of a grid (the RAD attention grid, and the latent grid of IRJS and
+    # start_in_regions): round (official: each coordinate to round(b / cell), half to even; x
+    # scaled by the width ratio) | coverage (the rows and columns the box covers at least half of).
+    # Either keeps the cell of the box centre where an axis would be left empty.
+    box_grid: str = "round"
     # False: softmax over every token but SOT and the last (official code); True: prompt tokens only.
     normalize_eot: bool = False
     # {step index: threshold}: at these steps repeat the update until every word's inner
     # attention reaches the threshold (Attend-and-Excite style).
     refinement_thresholds: Dict[int, float] = field(default_factory=lambda: {0: 0.05, 10: 0.5, 20: 0.8})
     max_refinement_iters: int = 20
-    # Loss of the refinement iterations: full (the whole RAD loss) | max_inner (official: worst word's inner term).
-    refinement_loss: str = "full"
+    # How refinement runs: official (the official control flow exactly: steps on the worst word's
+    # inner term, the stop test reads the loss measured before the latest step, and the update
+    # after refinement takes fresh inner terms with the outer terms of the pre-refinement pass,
+    # whose gradient is zero) | full (every step on the whole fresh RAD loss, the stop test and
+    # the final update read the latest pass) | max_inner (as full, stepping on the worst word's
+    # inner term).
+    refinement: str = "official"
     # Trade compute for memory in the RAD forward (which keeps its graph).
     gradient_checkpointing: bool = False
     # Stop the RAD forward after the last recorded layer (its output is not needed).
@@ -177,6 +197,10 @@ class IRJSConfig:
     placement: str = "before_step"
     # noise (source latents forward-noised with seeded noise) | inversion (DDIM-inversion trajectory).
     source: str = "noise"
+    # With temporal windows and placement before_step, source noise: per_window (official: a fresh
+    # draw for each window, so overlapping windows see different noise) | per_step (one draw per
+    # step shared by every window). The same for a whole-clip pass.
+    noise: str = "per_window"
     # Soft edge of the blend mask, in latent cells (0 = hard edge).
     feather: int = 0
     # edit (plain VAE decode) | source: decode the edit with the normalisation statistics the VAE
@@ -538,8 +562,27 @@ def _omegaconf_error(err: OmegaConfBaseException, prefix: str = "") -> ConfigErr
     return ConfigError(_join(prefix, full_key) if prefix and full_key else (full_key or prefix or "config"), message)
 
 
+def _int_keys(node, tp) -> None:
+    """Digit-string keys of integer-keyed mappings (refinement_thresholds: {"0": 0.9}, as JSON
+    and quoted YAML keys give them) → ints, in place, wherever the schema says Dict[int, …]."""
+    tp = _unwrap_optional(tp)
+    if is_dataclass(tp) and isinstance(node, dict):
+        types = _field_types(tp)
+        for key, value in node.items():
+            if key in types:
+                _int_keys(value, types[key])
+    elif typing.get_origin(tp) in (list, List) and isinstance(node, list):
+        for item in node:
+            _int_keys(item, typing.get_args(tp)[0])
+    elif typing.get_origin(tp) in (dict, Dict) and isinstance(node, dict) and typing.get_args(tp)[:1] == (int,):
+        for key in list(node):
+            if isinstance(key, str) and re.fullmatch(r"\s*[+-]?\d+\s*", key) and int(key) not in node:
+                node[int(key)] = node.pop(key)
+
+
 def _typed(cls, raw: dict, prefix: str = ""):
     """Plain dict -> dataclass instance of `cls`, types checked and converted by OmegaConf."""
+    _int_keys(raw, cls)
     try:
         node = OmegaConf.merge(OmegaConf.structured(cls), raw)
         _replace_atomic(node, raw, cls)
@@ -718,7 +761,10 @@ _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
 _STARTS = ("inversion", "noise", "tracked_noise")
 _DECODE_STATISTICS = ("edit", "source")
-_REFINEMENT_LOSSES = ("full", "max_inner")
+REFINEMENTS = ("official", "full", "max_inner")
+TOP_K_ROUNDINGS = ("truncate", "round")
+BOX_GRIDS = ("round", "coverage")
+IRJS_NOISE = ("per_window", "per_step")
 _TOKEN_NORMALIZATIONS = ("softmax", "share")
 _WORD_TOKENS = ("mean", "sum")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -772,31 +818,43 @@ def _writable_folder(path, field_: str) -> None:
         raise ConfigError(field_, f"{p} cannot be written: {probe} is not writable")
 
 
-def _validate_rad(rad: RADConfig, steps: int, p: str) -> None:
+def validate_rad(rad: RADConfig, steps: Optional[int], p: str = "rad") -> None:
+    """Check a RAD section (ConfigError naming `p`.field). `steps`: the sampling steps the
+    refinement thresholds must fall in, or None to leave that check out."""
     _at_least(rad.max_update_steps, 0, f"{p}.max_update_steps")
     _at_least(rad.step_size, 0, f"{p}.step_size")
     r = rad.step_size_range
     _require(len(r) == 2 and all(x > 0 for x in r), f"{p}.step_size_range",
              f"must be two positive numbers [start, end] (default [1.0, 0.5]), got {r}")
+    if rad.calibration_frames is not None:
+        _at_least(rad.calibration_frames, 1, f"{p}.calibration_frames", " (default 4, the official window; null: no scaling)")
     _require(rad.temperature > 0, f"{p}.temperature", f"must be > 0 (default 100), got {rad.temperature}")
     _require(rad.smoothing_kernel >= 1 and rad.smoothing_kernel % 2 == 1, f"{p}.smoothing_kernel",
              f"must be an odd number ≥ 1 (default 3), got {rad.smoothing_kernel}")
     _require(rad.smoothing_sigma > 0, f"{p}.smoothing_sigma", f"must be > 0 (default 0.5), got {rad.smoothing_sigma}")
     _require(0 < rad.top_k_ratio <= 1, f"{p}.top_k_ratio", f"must be in (0, 1] (default 0.2), got {rad.top_k_ratio}")
+    _choice(rad.top_k_rounding, TOP_K_ROUNDINGS, f"{p}.top_k_rounding")
+    _choice(rad.box_grid, BOX_GRIDS, f"{p}.box_grid")
     for step, threshold in rad.refinement_thresholds.items():
-        _require(0 <= step < steps, f"{p}.refinement_thresholds.{step}",
+        _require(isinstance(step, int) and not isinstance(step, bool), f"{p}.refinement_thresholds.{step}",
+                 f"keys are denoising step indices (integers), got {step!r}")
+        _require(steps is None or 0 <= step < steps, f"{p}.refinement_thresholds.{step}",
                  f"step index must be in [0, {steps}) (sampling.steps = {steps}); set rad.refinement_thresholds "
                  "to a table of earlier steps, e.g. {0: 0.05, 5: 0.5}")
-        _require(0 <= threshold <= 1, f"{p}.refinement_thresholds.{step}", f"threshold must be in [0, 1], got {threshold}")
+        _require(step >= 0, f"{p}.refinement_thresholds.{step}", "step indices start at 0")
+        _require(isinstance(threshold, (int, float)) and 0 <= threshold <= 1, f"{p}.refinement_thresholds.{step}",
+                 f"threshold must be in [0, 1], got {threshold}")
     _at_least(rad.max_refinement_iters, 0, f"{p}.max_refinement_iters")
-    _choice(rad.refinement_loss, _REFINEMENT_LOSSES, f"{p}.refinement_loss")
+    _choice(rad.refinement, REFINEMENTS, f"{p}.refinement")
     _choice(rad.token_normalization, _TOKEN_NORMALIZATIONS, f"{p}.token_normalization")
     _choice(rad.word_tokens, _WORD_TOKENS, f"{p}.word_tokens")
 
 
-def _validate_irjs(irjs: IRJSConfig, p: str) -> None:
+def validate_irjs(irjs: IRJSConfig, p: str = "irjs") -> None:
+    """Check an IRJS section (ConfigError naming `p`.field)."""
     _choice(irjs.placement, _PLACEMENTS, f"{p}.placement")
     _choice(irjs.source, _SOURCES, f"{p}.source")
+    _choice(irjs.noise, IRJS_NOISE, f"{p}.noise")
     _at_least(irjs.feather, 0, f"{p}.feather", " latent cells")
     _choice(irjs.decode_statistics, _DECODE_STATISTICS, f"{p}.decode_statistics")
 
@@ -808,11 +866,54 @@ def _validate_sampling(s: SamplingConfig, p: str) -> None:
     _choice(s.start_in_regions, _STARTS, f"{p}.start_in_regions")
 
 
-def _validate_window(w: WindowConfig, p: str) -> None:
+def validate_window(w: WindowConfig, p: str = "window") -> None:
+    """Check a window section (ConfigError naming `p`.field)."""
     _at_least(w.stride, 1, f"{p}.stride")
     if w.size is not None:
         _at_least(w.size, 1, f"{p}.size", " (or null for the whole clip)")
         _require(w.stride <= w.size, f"{p}.stride", f"{w.stride} is larger than {p}.size ({w.size}): windows would skip frames")
+
+
+_SECTIONS = {"rad": RADConfig, "irjs": IRJSConfig, "window": WindowConfig}
+
+
+def section_settings(section: str, value=None, steps: Optional[int] = None):
+    """A `rad=` / `irjs=` / `window=` value given to the pipeline from Python → the validated
+    section dataclass, through the same schema and checks as a YAML file, with the same
+    ConfigErrors: None (the defaults), a partial dict (or OmegaConf mapping) of the section's
+    fields merged over the defaults, or the section's dataclass. Digit-string keys of
+    `refinement_thresholds` ({"0": 0.9}, as JSON leaves them) become step indices.
+
+    `steps`: the sampling steps; refinement thresholds must lie within them, except the default
+    table, which simply fires where the run reaches (as it did before this check)."""
+    if section not in _SECTIONS:
+        raise ValueError(f"section must be one of {', '.join(_SECTIONS)}, got {section!r}")
+    cls = _SECTIONS[section]
+    if value is None:
+        raw: Dict[str, Any] = {}
+    elif isinstance(value, cls):
+        raw = config_to_dict(value)
+    elif is_dataclass(value) and not isinstance(value, type):
+        raise ConfigError(section, f"expected a {cls.__name__} or a dict of its fields, got a {type(value).__name__}")
+    else:
+        try:
+            raw = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        except OmegaConfBaseException as err:
+            raise _omegaconf_error(err, section) from err
+        if not isinstance(raw, dict):
+            raise ConfigError(section, f"must be a mapping of {section} settings (or a {cls.__name__}), got {value!r}")
+        raw = copy.deepcopy(dict(raw))
+    _check_keys(raw, cls, section)
+    _check_finite(raw, section)
+    settings = _typed(cls, raw, section)
+    if section == "rad":
+        default = RADConfig().refinement_thresholds
+        validate_rad(settings, None if settings.refinement_thresholds == default else steps, section)
+    elif section == "irjs":
+        validate_irjs(settings, section)
+    else:
+        validate_window(settings, section)
+    return settings
 
 
 def _validate_model(m: ModelConfig, check_paths: bool) -> None:
@@ -919,11 +1020,11 @@ def _validate_edit(cfg: ReAtCoConfig, k: int, edit: EditConfig, inversion_steps:
                  f"must equal the inversion steps ({inversion_steps}): the inversion trajectory pairs with the "
                  "sampling steps; change sampling.steps at the top level instead")
     if edit.rad:
-        _validate_rad(merged.rad, merged.sampling.steps, f"{p}.rad")
+        validate_rad(merged.rad, merged.sampling.steps, f"{p}.rad")
     if edit.irjs:
-        _validate_irjs(merged.irjs, f"{p}.irjs")
+        validate_irjs(merged.irjs, f"{p}.irjs")
     if edit.window:
-        _validate_window(merged.window, f"{p}.window")
+        validate_window(merged.window, f"{p}.window")
     if merged.irjs.enabled and not edit.objects:
         raise ConfigError(f"{p}.objects", "is empty while irjs.enabled is true, so the whole frame would be kept "
                           f"from the source; add objects or set {p}.irjs.enabled=false")
@@ -945,9 +1046,9 @@ def validate(cfg: ReAtCoConfig, check_paths: bool = True) -> None:
                  f"must equal sampling.steps ({cfg.sampling.steps}) so the trajectory pairs with the sampling steps; "
                  "or leave it null")
     _at_least(cfg.inversion.guidance_scale, 1.0, "inversion.guidance_scale", " (1.0 = no guidance)")
-    _validate_rad(cfg.rad, cfg.sampling.steps, "rad")
-    _validate_irjs(cfg.irjs, "irjs")
-    _validate_window(cfg.window, "window")
+    validate_rad(cfg.rad, cfg.sampling.steps, "rad")
+    validate_irjs(cfg.irjs, "irjs")
+    validate_window(cfg.window, "window")
     _require(bool(cfg.output_dir), "output_dir", "is empty; give a results folder or null for outputs/<config stem>")
     if check_paths:
         _writable_folder(cfg.output_dir, "output_dir")
@@ -968,4 +1069,5 @@ __all__ = [
     "ModelConfig", "VideoConfig", "TuneConfig", "InversionConfig", "SamplingConfig", "RADConfig",
     "IRJSConfig", "WindowConfig", "SourceRegionConfig", "ObjectConfig", "EditConfig", "ReAtCoConfig",
     "load_config", "config_from_dict", "config_to_dict", "save_config", "edit_config", "validate",
+    "section_settings", "validate_rad", "validate_irjs", "validate_window",
 ]

@@ -15,15 +15,16 @@ from .errors import ConfigError
 def noise_source(scheduler, x0: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
     """V_t = sqrt(ᾱ_t)·V_0 + sqrt(1 − ᾱ_t)·ε — `scheduler.add_noise` semantics (DDPM/DDIM), with ᾱ
     read from `scheduler.alphas_cumprod` at `timestep` itself (also for t = 0, which is not the
-    clean latent: ᾱ_0 < 1). Computed in float32, returned in x0's dtype."""
+    clean latent: ᾱ_0 < 1). Computed in float32 at least (float64 stays), returned in x0's dtype."""
     t = int(timestep.item() if torch.is_tensor(timestep) else timestep)
     alphas = scheduler.alphas_cumprod
     if not 0 <= t < len(alphas):
         raise ValueError(f"timestep {t} is outside the scheduler's 0…{len(alphas) - 1}")
     if noise.shape != x0.shape:
         raise ValueError(f"noise {tuple(noise.shape)} must have the latents' shape {tuple(x0.shape)}")
-    a = alphas[t].to(dtype=torch.float32)
-    out = a.sqrt() * x0.float() + (1 - a).sqrt() * noise.to(x0.device).float()
+    work = torch.promote_types(x0.dtype, torch.float32)
+    a = alphas[t].to(device=x0.device, dtype=work)
+    out = a.sqrt() * x0.to(work) + (1 - a).sqrt() * noise.to(x0.device, work)
     return out.to(x0.dtype)
 
 

@@ -20,11 +20,8 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import irjs as irjs_ops
 from . import rad as rad_ops
-from .config import _DECODE_STATISTICS as DECODE_STATISTICS
-from .config import _PLACEMENTS as PLACEMENTS
-from .config import _SOURCES as IRJS_SOURCES
 from .config import _STARTS as STARTS
-from .config import IRJSConfig, RADConfig, WindowConfig
+from .config import IRJSConfig, RADConfig, WindowConfig, section_settings
 from .decoding import decode_with_reference_statistics
 from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
 from .errors import ConfigError, check_finite
@@ -38,19 +35,6 @@ from .video import check_video_tensor
 from .windows import merge_windows, temporal_windows
 
 logger = logging.get_logger(__name__)
-
-
-def _settings(cls, value):
-    """Accept the config section's dataclass, a (partial) dict of its fields, or None (defaults)."""
-    if value is None:
-        return cls()
-    if isinstance(value, cls):
-        return value
-    names = {f for f in cls.__dataclass_fields__}
-    unknown = set(value) - names
-    if unknown:
-        raise TypeError(f"{cls.__name__}: unknown settings {sorted(unknown)}; known: {sorted(names)}")
-    return cls(**value)
 
 
 @dataclass
@@ -80,10 +64,13 @@ class _RADPass:
     word_maps: torch.Tensor
 
     def grad(self, objective: str = "full") -> torch.Tensor:
-        if objective == "max_inner":  # official refinement: the worst word's inner term only
-            target = self.inner.clamp(min=0).max()
-        else:
-            target = self.loss
+        with torch.enable_grad():  # the pipeline runs under no_grad: the targets need a graph
+            if objective == "max_inner":  # official refinement: the worst word's inner term only
+                target = self.inner.clamp(min=0).max()
+            elif objective == "inner":  # the inner terms alone (official update after refinement)
+                target = self.inner.clamp(min=0).sum()
+            else:
+                target = self.loss
         if not target.requires_grad:
             return torch.zeros_like(self.x)
         return torch.autograd.grad(target, self.x)[0].detach()
@@ -264,9 +251,10 @@ class ReAtCoPipeline(DiffusionPipeline):
                 pass  # everything RAD reads has been computed
             # Checkpointed blocks recompute the explicit attention during backward, unrecorded.
             store.mode = "replay"
-            word_maps = self._word_maps(store.maps().float(), token_indices, rad, n_text_tokens)
+            maps = store.maps()  # RAD's math in float32 at least (fp16 maps), float64 kept
+            word_maps = self._word_maps(maps.to(torch.promote_types(maps.dtype, torch.float32)), token_indices, rad, n_text_tokens)
             store.reset()
-            inner, outer = rad_ops.region_losses(word_maps, masks, top_k_ratio=rad.top_k_ratio)
+            inner, outer = rad_ops.region_losses(word_maps, masks, top_k_ratio=rad.top_k_ratio, top_k_rounding=rad.top_k_rounding)
             loss = rad_ops.rad_loss(inner, outer)
         return _RADPass(x, loss, inner, outer, word_maps)
 
@@ -281,27 +269,44 @@ class ReAtCoPipeline(DiffusionPipeline):
             )
         return word_maps
 
-    def _rad_update(self, latents, step_index, t, cond, token_indices, masks, store, rad, step_size, n_text_tokens, words):
-        """RAD at one denoising step: iterative refinement where scheduled, then x_t ← x_t − α_t ∇L.
-
-        Each forward is followed by exactly one backward, for the update it feeds; the stop test
-        of the refinement reads the same forward, so no forward is discarded."""
+    def _rad_update(self, latents, step_index, t, cond, token_indices, masks, store, rad, step_size, n_text_tokens, words,
+                    update: bool = True):
+        """RAD at one denoising step: iterative refinement where scheduled, then (when `update`)
+        x_t ← x_t − α_t ∇L. `rad.refinement` picks the control flow (RADConfig)."""
         step = self._rad_forward(latents, t, cond, token_indices, masks, store, rad, n_text_tokens)
         threshold = rad.refinement_thresholds.get(step_index)
+        refine = threshold is not None and rad.max_refinement_iters > 0 and rad_ops.needs_refinement(step.inner, threshold)
         iters = 0
-        while threshold is not None and iters < rad.max_refinement_iters and rad_ops.needs_refinement(step.inner.detach(), threshold):
-            latents = _descend(latents, step_size, step.grad(rad.refinement_loss))
+        objective, stale_outer = "full", None
+        if refine and rad.refinement == "official":
+            # Each iteration steps on the worst word's inner term of the pass at the current
+            # latent, then tests the loss of that pass — measured before the step it just took.
+            stale_outer = step.outer.detach()  # the official update below adds these, gradient-free
+            while True:
+                iters += 1
+                converged = not rad_ops.needs_refinement(step.inner, threshold)
+                latents = _descend(latents, step_size, step.grad("max_inner"))
+                if converged or iters >= rad.max_refinement_iters:
+                    break
+                step = self._rad_forward(latents, t, cond, token_indices, masks, store, rad, n_text_tokens)
             step = self._rad_forward(latents, t, cond, token_indices, masks, store, rad, n_text_tokens)
-            iters += 1
-        if step.loss.item() != 0.0:
-            latents = _descend(latents, step_size, step.grad("full"))
+            objective = "inner"
+        elif refine:
+            # Each forward feeds exactly one update, and the stop test reads the latest forward.
+            while iters < rad.max_refinement_iters and rad_ops.needs_refinement(step.inner, threshold):
+                latents = _descend(latents, step_size, step.grad(rad.refinement))
+                step = self._rad_forward(latents, t, cond, token_indices, masks, store, rad, n_text_tokens)
+                iters += 1
+        outer = step.outer if stale_outer is None else stale_outer
+        if update and rad_ops.rad_loss(step.inner.detach(), outer).item() != 0.0:
+            latents = _descend(latents, step_size, step.grad(objective))
         store.mode = "off"
         check_finite(latents, f"after the RAD update at step {step_index}", "lower rad.step_size or use model.dtype=float32")
         record = {
             "step": step_index,
             "timestep": int(t),
             "refinement_iters": iters,
-            "loss": step.loss.item(),
+            "loss": rad_ops.rad_loss(step.inner.detach(), step.outer.detach()).item(),
             "inner": dict(zip(words, step.inner.tolist())),
             "outer": dict(zip(words, step.outer.tolist())),
         }
@@ -379,18 +384,15 @@ class ReAtCoPipeline(DiffusionPipeline):
         negative_prompt = negative_prompt if negative_prompt is not None else defaults.get("negative_prompt", "")
         start_in_regions = start_in_regions if start_in_regions is not None else defaults.get("start_in_regions", "inversion")
         attention_cell_px = attention_cell_px if attention_cell_px is not None else defaults.get("attention_cell_px")
-        rad = _settings(RADConfig, merge_section(defaults.get("rad"), rad))
-        irjs = _settings(IRJSConfig, merge_section(defaults.get("irjs"), irjs))
-        window = _settings(WindowConfig, merge_section(defaults.get("window"), window))
+        # The same schema and checks as a YAML config (ConfigError naming e.g. rad.refinement).
+        rad = section_settings("rad", merge_section(defaults.get("rad"), rad), steps=num_inference_steps)
+        irjs = section_settings("irjs", merge_section(defaults.get("irjs"), irjs))
+        window = section_settings("window", merge_section(defaults.get("window"), window))
         _check_call(self.tokenizer, prompt, objects, guidance_scale, attention_cell_px, rad)
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
-        # the config schema's choices, for callers that pass values without a config
-        for name, value, choices in (("irjs.placement", irjs.placement, PLACEMENTS), ("irjs.source", irjs.source, IRJS_SOURCES),
-                                     ("irjs.decode_statistics", irjs.decode_statistics, DECODE_STATISTICS),
-                                     ("start_in_regions", start_in_regions, STARTS)):
-            if value not in choices:
-                raise ValueError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+        if start_in_regions not in STARTS:  # the config schema's choices
+            raise ValueError(f"start_in_regions must be one of {', '.join(STARTS)}, not {start_in_regions!r}")
         device = self._execution_device
         dtype = self.unet.dtype
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
@@ -436,9 +438,9 @@ class ReAtCoPipeline(DiffusionPipeline):
                               "the RAD attention grid must tile it")
         grid = (height // cell_px, width // cell_px)
         latent_hw = (latents.shape[3], latents.shape[4])
-        attn_masks = object_masks(regions, n_frames, *grid).to(device) if regions else None
+        attn_masks = object_masks(regions, n_frames, *grid, box_grid=rad.box_grid).to(device) if regions else None
         # The regions' latent cells (1 = editable): IRJS blends with them, a noise start re-draws them.
-        latent_coverage = object_masks(regions, n_frames, *latent_hw) if regions else None
+        latent_coverage = object_masks(regions, n_frames, *latent_hw, box_grid=rad.box_grid) if regions else None
         cells = irjs_ops.latent_region_mask(latent_coverage, *latent_hw).to(device, dtype) if regions else None
         region_mask = None
         if irjs.enabled and regions:
@@ -486,14 +488,20 @@ class ReAtCoPipeline(DiffusionPipeline):
                         continue
                     do_cfg = self.do_classifier_free_guidance  # a callback may have turned guidance off
                     source_t = None
-                    if region_mask is not None and irjs.placement == "before_step":
+                    before_step = region_mask is not None and irjs.placement == "before_step"
+                    # official: each window draws its own source noise (one draw serves a single pass)
+                    per_window = before_step and irjs.noise == "per_window" and len(windows) > 1
+                    if before_step and not per_window:
                         source_t = self._irjs_source(irjs, source_latents, inversion_trajectory, i, t, generator)
-                    outputs = []
+                    rad_here = use_rad and (i < rad.max_update_steps or i in rad.refinement_thresholds)
+                    outputs, window_sources = [], []
                     for frames in windows:
                         x = latents[:, :, frames]
-                        if use_rad and i < rad.max_update_steps:
+                        if rad_here:
+                            alpha = float(step_sizes[i]) * rad_ops.frame_scale(len(frames), rad.calibration_frames)
                             x, record, word_maps = self._rad_update(
-                                x, i, t, cond, token_indices, attn_masks[:, frames], store, rad, float(step_sizes[i]), n_text_tokens, words
+                                x, i, t, cond, token_indices, attn_masks[:, frames], store, rad, alpha, n_text_tokens, words,
+                                update=i < rad.max_update_steps,
                             )
                             record["frames"] = [frames[0], frames[-1]]
                             if not rad_records:
@@ -503,7 +511,10 @@ class ReAtCoPipeline(DiffusionPipeline):
                                 attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
                                 if i in attention_steps:
                                     by_step[i] = _accumulate(*by_step.get(i, (None, 0)), word_maps, frames, n_frames)
-                        if source_t is not None:
+                        if per_window:
+                            window_sources.append(self._irjs_source(irjs, source_latents, inversion_trajectory, i, t, generator, frames))
+                            x = irjs_ops.blend(x, window_sources[-1], region_mask[:, :, frames])
+                        elif source_t is not None:
                             x = irjs_ops.blend(x, source_t[:, :, frames], region_mask[:, :, frames])
                         x_in = torch.cat([x, x]) if do_cfg else x
                         x_in = self.scheduler.scale_model_input(x_in, t)
@@ -524,6 +535,8 @@ class ReAtCoPipeline(DiffusionPipeline):
                             noise = noise_u + self._guidance_scale * (noise_c - noise_u)
                         outputs.append(self.scheduler.step(noise, t, x).prev_sample)
                     latents = merge_windows(outputs, windows, n_frames) if len(windows) > 1 else outputs[0]
+                    if per_window:  # for the callback: each frame's sources averaged like the latents
+                        source_t = merge_windows(window_sources, windows, n_frames)
                     if region_mask is not None and irjs.placement == "after_step":
                         prev = self._irjs_source(irjs, source_latents, inversion_trajectory, i + 1, None, generator)
                         latents = irjs_ops.blend(latents, prev, region_mask)
@@ -579,9 +592,13 @@ class ReAtCoPipeline(DiffusionPipeline):
             {w: tokens[w] for w in lost},
         )
 
-    def _irjs_source(self, irjs: IRJSConfig, source_latents, trajectory, step_index, t, generator):
-        """V at the noise level of sampling step `step_index` (step_index == steps → the clean V_0)."""
+    def _irjs_source(self, irjs: IRJSConfig, source_latents, trajectory, step_index, t, generator, frames=None):
+        """V at the noise level of sampling step `step_index` (step_index == steps → the clean V_0),
+        for every frame or only `frames` (then the noise is drawn for those frames alone)."""
         n_steps = len(self.scheduler.timesteps)
+        if frames is not None:
+            source_latents = source_latents[:, :, frames]
+            trajectory = None if trajectory is None else trajectory[:, :, :, frames]
         if step_index >= n_steps:
             return source_latents
         if irjs.source == "inversion":
@@ -646,8 +663,10 @@ def _single(name: str, value, kind, fix: str):
 
 
 def _descend(latents: torch.Tensor, step_size: float, grad: torch.Tensor) -> torch.Tensor:
-    """x ← x − α ∇L in float32 (α·∇L rounds badly in fp16), back in the latents' dtype."""
-    return (latents.float() - step_size * grad.float()).to(latents.dtype)
+    """x ← x − α ∇L in float32 at least (α·∇L rounds badly in fp16; float64 stays), back in the
+    latents' dtype."""
+    work = torch.promote_types(latents.dtype, torch.float32)
+    return (latents.to(work) - step_size * grad.to(work)).to(latents.dtype)
 
 
 def _as_object(obj):

@@ -120,10 +120,20 @@ def gaussian_smooth_3d(x: torch.Tensor, kernel: int = 3, sigma: float = 0.5) -> 
 # ----------------------------------------------------------------------------- losses
 
 
-def top_k_count(area: torch.Tensor, ratio: float) -> torch.Tensor:
-    """K = max(1, round(ratio · area)), rounding halves up. (The official code truncates,
-    `(area * P).long()`, which gives K = 0 — a NaN mean — for areas under 5 cells at P = 0.2.)"""
-    return torch.clamp(torch.floor(area * ratio + 0.5), min=1).long()
+def top_k_count(area: torch.Tensor, ratio: float, rounding: str = "truncate") -> torch.Tensor:
+    """K of the top-K mean for a region of `area` cells.
+
+    "truncate" (official): K = int(ratio · area), the official `(mask.sum() * P).long()` computed
+    the same way (in the area's dtype), except that K is at least 1 where the official count is
+    0 (areas under 5 cells at P = 0.2), whose mean of nothing is a NaN there. "round":
+    K = max(1, round(ratio · area)), halves up."""
+    if rounding == "truncate":
+        k = (area * ratio).long()
+    elif rounding == "round":
+        k = torch.floor(area * ratio + 0.5).long()
+    else:
+        raise ConfigError("rad.top_k_rounding", f"must be truncate or round, got {rounding!r}")
+    return torch.clamp(k, min=1)
 
 
 def _top_k_mean(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -134,11 +144,12 @@ def _top_k_mean(values: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return picked / k.to(values.dtype)
 
 
-def region_losses(word_maps: torch.Tensor, masks: torch.Tensor, top_k_ratio: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
+def region_losses(word_maps: torch.Tensor, masks: torch.Tensor, top_k_ratio: float = 0.2,
+                  top_k_rounding: str = "truncate") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-word inner and outer RAD terms from (J, F, h, w) maps and (J, F, h, w) masks in {0, 1}.
 
-    inner L_IR^j = 1 − mean_i mean(topK(A_i ⊙ M_i)),     K = max(1, round(r · |M_i|))
-    outer L_OR^j =     mean_i mean(topK(A_i ⊙ (1 − M_i))), K = max(1, round(r · |1 − M_i|))
+    inner L_IR^j = 1 − mean_i mean(topK(A_i ⊙ M_i)),     K = top_k_count(|M_i|, r)
+    outer L_OR^j =     mean_i mean(topK(A_i ⊙ (1 − M_i))), K = top_k_count(|1 − M_i|, r)
 
     Top-K runs over the whole frame of the masked map, as the official code does (maps are ≥ 0,
     so that equals top-K inside the mask). Edge cases the official code leaves to NaN:
@@ -154,13 +165,13 @@ def region_losses(word_maps: torch.Tensor, masks: torch.Tensor, top_k_ratio: flo
     outside = 1 - inside
     area_in, area_out = inside.sum(-1), outside.sum(-1)
 
-    fg = _top_k_mean(maps * inside, top_k_count(area_in, top_k_ratio))  # (J, F)
+    fg = _top_k_mean(maps * inside, top_k_count(area_in, top_k_ratio, top_k_rounding))  # (J, F)
     present = (area_in > 0).to(maps.dtype)
     n_present = present.sum(-1)
     fg_mean = torch.where(n_present > 0, (fg * present).sum(-1) / n_present.clamp(min=1), torch.ones_like(n_present))
     inner = 1 - fg_mean
 
-    bg = _top_k_mean(maps * outside, top_k_count(area_out, top_k_ratio)) * (area_out > 0).to(maps.dtype)
+    bg = _top_k_mean(maps * outside, top_k_count(area_out, top_k_ratio, top_k_rounding)) * (area_out > 0).to(maps.dtype)
     outer = bg.mean(-1)
     return inner, outer
 
@@ -182,6 +193,19 @@ def step_sizes(num_steps: int, step_size: float = 20.0, step_range: tuple[float,
     if r0 < 0 or r1 < 0:
         raise ConfigError("rad.step_size_range", f"both ends must be ≥ 0 (they go under a square root), got {list(step_range)}")
     return float(step_size) * torch.sqrt(torch.linspace(r0, r1, num_steps, dtype=torch.float64))
+
+
+def frame_scale(n_frames: int, calibration_frames: int | None) -> float:
+    """Factor on α for a RAD pass over `n_frames` frames (rad.calibration_frames).
+
+    The RAD terms are means over the pass's frames, so ∂L/∂x of one frame carries a 1/F; the
+    official α was set on 4-frame windows. Scaling α by F / calibration_frames gives every frame
+    the push of a calibration-sized pass (for the gradient, the same as summing the terms over
+    frames and dividing by calibration_frames), while the loss values — and the refinement
+    thresholds read on them — stay means. None: 1 (no calibration)."""
+    if calibration_frames is None:
+        return 1.0
+    return n_frames / calibration_frames
 
 
 def refinement_target(step_index: int, thresholds: Mapping | None) -> float | None:

@@ -3,11 +3,19 @@
 Coordinates are pixels of the working resolution (the size the video is resized to), `[x1, y1, x2,
 y2]` with x to the right and y down; a box covers the continuous rectangle [x1, x2) × [y1, y2).
 
-Grid rule (the same for the attention grid, the latent grid or any other): a grid cell belongs to
-a region when the region covers at least half of the cell's area. x is scaled by grid_w / width
-and y by grid_h / height (the official code scaled both by the height ratio, which is wrong for
-non-square frames). So that a small region never vanishes, a box always keeps the cell holding
-its centre, and a mask frame that has white pixels but no half-covered cell keeps its
+Grid rules (the same for the attention grid, the latent grid or any other). x is scaled by
+grid_w / width and y by grid_h / height (the official code scaled both by the height ratio, which
+is wrong for frames whose sides are not the same multiple of the cell; at 448×768 and 32 px both
+ratios are 32, so the paper's demos are unaffected).
+  * boxes, "round" (default, official): each coordinate goes to round(b / cell) with Python's
+    round (half to even), as the official `round(b / (height / h))` — rows y1'…y2'−1 and columns
+    x1'…x2'−1;
+  * boxes, "coverage": the rows and the columns the box covers at least half of. The two agree
+    except where a box edge lies exactly half-way across a cell (on the paper's boxes, only the
+    hares' y1 = 240 at 32 px: 18 cells against 24);
+  * masks: a cell belongs to the region when the region covers at least half of its area.
+So that a small region never vanishes, a box always keeps the cell holding its centre on an axis
+left empty, and a mask frame that has white pixels but no half-covered cell keeps its
 most-covered cell(s).
 """
 
@@ -49,16 +57,17 @@ class Region:
         """(F, 4) boxes in pixels, or None for a mask region."""
         return None if self.boxes is None else self.boxes.clone()
 
-    def masks(self, n_frames: int, grid_h: int, grid_w: int) -> torch.Tensor:
-        """(F, grid_h, grid_w) float32 in {0, 1} by the grid rule of this module."""
+    def masks(self, n_frames: int, grid_h: int, grid_w: int, box_grid: str = "round") -> torch.Tensor:
+        """(F, grid_h, grid_w) float32 in {0, 1} by the grid rules of this module (`box_grid`:
+        "round" or "coverage", for boxes)."""
         if n_frames != self.n_frames and self.kind != "box":
             raise ValueError(f"this {self.kind} region was given for {self.n_frames} frames, not {n_frames}")
         if self.kind == "mask":
             return _mask_to_grid(self.pixel_masks, grid_h, grid_w)
         if self.kind == "box":  # the same box every frame, for any frame count
-            one = _box_to_grid(self.boxes[0].tolist(), self.height, self.width, grid_h, grid_w)
+            one = _box_to_grid(self.boxes[0].tolist(), self.height, self.width, grid_h, grid_w, box_grid)
             return one.expand(n_frames, grid_h, grid_w).clone()
-        return torch.stack([_box_to_grid(b.tolist(), self.height, self.width, grid_h, grid_w) for b in self.boxes])
+        return torch.stack([_box_to_grid(b.tolist(), self.height, self.width, grid_h, grid_w, box_grid) for b in self.boxes])
 
 
 # ----------------------------------------------------------------------------- grid rasterisation
@@ -72,14 +81,29 @@ def _coverage(lo: float, hi: float, size: float, cells: int) -> torch.Tensor:
     return overlap / step
 
 
-def _box_to_grid(box: Sequence[float], height: int, width: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """A box stays a rectangle of cells: the rows it covers at least half of × the columns it covers
-    at least half of (the official rounding of box edges to the grid, made exact for any ratio).
-    Along an axis where no cell is half covered, the cell holding the box centre is kept, so a box
-    smaller than a cell is never lost."""
+def _rounded_cells(lo: float, hi: float, size: int, cells: int) -> torch.Tensor:
+    """Cells round(lo / cell) … round(hi / cell) − 1 (Python round: half to even), clamped to the
+    grid — the official rounding of one axis of a box."""
+    cell = size / cells
+    first, last = max(round(lo / cell), 0), min(round(hi / cell), cells)
+    picked = torch.zeros(cells, dtype=torch.bool)
+    picked[first:max(last, first)] = True
+    return picked
+
+
+def _box_to_grid(box: Sequence[float], height: int, width: int, grid_h: int, grid_w: int, rule: str = "round") -> torch.Tensor:
+    """A box stays a rectangle of cells: rows × columns picked per axis by `rule` ("round" or
+    "coverage", see the module docstring). Along an axis left empty, the cell holding the box
+    centre is kept, so a box smaller than a cell is never lost (the official code gets an empty
+    mask and a NaN loss there)."""
     x1, y1, x2, y2 = box
-    rows = _coverage(y1, y2, height, grid_h) >= 0.5 - 1e-9
-    cols = _coverage(x1, x2, width, grid_w) >= 0.5 - 1e-9
+    if rule == "round":
+        rows, cols = _rounded_cells(y1, y2, height, grid_h), _rounded_cells(x1, x2, width, grid_w)
+    elif rule == "coverage":
+        rows = _coverage(y1, y2, height, grid_h) >= 0.5 - 1e-9
+        cols = _coverage(x1, x2, width, grid_w) >= 0.5 - 1e-9
+    else:
+        raise ConfigError("rad.box_grid", f"must be round or coverage, got {rule!r}")
     if not rows.any():
         rows[min(int(((y1 + y2) / 2) * grid_h / height), grid_h - 1)] = True
     if not cols.any():
@@ -280,11 +304,11 @@ def parse_region(obj, n_frames: int, height: int, width: int, cell_px: int, fiel
 # ----------------------------------------------------------------------------- several objects
 
 
-def object_masks(regions: Sequence[Region], n_frames: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """(J, F, grid_h, grid_w) masks of every object, float in {0, 1}."""
+def object_masks(regions: Sequence[Region], n_frames: int, grid_h: int, grid_w: int, box_grid: str = "round") -> torch.Tensor:
+    """(J, F, grid_h, grid_w) masks of every object, float in {0, 1} (`box_grid`: how boxes snap)."""
     if not regions:
         return torch.zeros(0, n_frames, grid_h, grid_w)
-    return torch.stack([r.masks(n_frames, grid_h, grid_w) for r in regions])
+    return torch.stack([r.masks(n_frames, grid_h, grid_w, box_grid) for r in regions])
 
 
 def mask_box(mask: np.ndarray) -> np.ndarray:

@@ -9,12 +9,15 @@ from omegaconf import OmegaConf
 
 from reatco.config import (
     EditConfig,
+    RADConfig,
     ReAtCoConfig,
+    WindowConfig,
     config_from_dict,
     config_to_dict,
     edit_config,
     load_config,
     save_config,
+    section_settings,
 )
 from reatco.errors import ConfigError
 
@@ -203,7 +206,11 @@ def test_wrong_types_name_the_field(cfg_dict, override, field):
     ("rad.top_k_ratio=1.5", "rad.top_k_ratio", "(0, 1]"),
     ("rad.smoothing_kernel=4", "rad.smoothing_kernel", "odd"),
     ("rad.refinement_thresholds={50: 0.5}", "rad.refinement_thresholds.50", "[0, 50)"),
-    ("rad.refinement_loss=mean", "rad.refinement_loss", "full, max_inner"),
+    ("rad.refinement=mean", "rad.refinement", "official, full, max_inner"),
+    ("rad.top_k_rounding=ceil", "rad.top_k_rounding", "truncate, round"),
+    ("rad.box_grid=area", "rad.box_grid", "round, coverage"),
+    ("rad.calibration_frames=0", "rad.calibration_frames", "≥ 1"),
+    ("irjs.noise=per_frame", "irjs.noise", "per_window, per_step"),
     ("rad.token_normalization=sum", "rad.token_normalization", "softmax, share"),
     ("rad.word_tokens=max", "rad.word_tokens", "mean, sum"),
     ("irjs.placement=after", "irjs.placement", "before_step, after_step"),
@@ -241,6 +248,49 @@ def test_each_validation_error_names_its_field(cfg_dict, override, field, words)
         return
     err = error_of(config_from_dict, cfg_dict, overrides)
     assert err.field == field and words in err.message, str(err)
+
+
+# Section settings given from Python (pipe(rad=…, irjs=…, window=…)): the YAML path's checks and errors.
+SECTION_CASES = [
+    ("rad", {"refinement_thresholds": {50: 0.5}}),
+    ("rad", {"refinement_thresholds": {"x": 0.5}}),
+    ("rad", {"refinement_thresholds": {0: 1.5}}),
+    ("rad", {"refinement": "mean"}),
+    ("rad", {"top_k_ratio": 0}),
+    ("rad", {"step_size": "big"}),
+    ("rad", {"smoothing_kernel": 4}),
+    ("rad", {"calibration_frames": 0}),
+    ("rad", {"refinment": "full"}),
+    ("irjs", {"placement": "after"}),
+    ("irjs", {"noise": "per_frame"}),
+    ("window", {"size": 4, "stride": 5}),
+    ("window", {"size": 0}),
+]
+
+
+@pytest.mark.parametrize("section,values", SECTION_CASES)
+def test_sections_from_python_fail_like_yaml(cfg_dict, section, values):
+    cfg_dict[section] = values
+    from_yaml = error_of(config_from_dict, cfg_dict)
+    from_python = error_of(section_settings, section, values, 50)
+    assert (from_python.field, from_python.message) == (from_yaml.field, from_yaml.message)
+
+
+def test_string_step_keys_become_step_indices_in_yaml_and_python(cfg_dict, tmp_path):
+    cfg_dict["rad"] = {"refinement_thresholds": {"0": 0.9, "12": 0.5}}
+    assert config_from_dict(cfg_dict).rad.refinement_thresholds == {0: 0.9, 12: 0.5}
+    path = tmp_path / "c.yaml"
+    path.write_text(f"video: {{path: {cfg_dict['video']['path']}, prompt: a cat}}\nrad:\n  refinement_thresholds: {{'0': 0.9}}\n")
+    assert load_config(path).rad.refinement_thresholds == {0: 0.9}
+    assert section_settings("rad", {"refinement_thresholds": {"0": 0.9}}, 50).refinement_thresholds == {0: 0.9}
+    # a dataclass built by hand with JSON's keys goes through the same conversion
+    assert section_settings("rad", RADConfig(refinement_thresholds={"3": 0.5}), 50).refinement_thresholds == {3: 0.5}
+    assert section_settings("window", WindowConfig(size=4)).size == 4
+    assert section_settings("rad", None, 50) == RADConfig()
+    err = error_of(section_settings, "window", WindowConfig(size=2, stride=3))
+    assert err.field == "window.stride"
+    err = error_of(section_settings, "rad", [1, 2], 50)
+    assert err.field == "rad" and "mapping" in err.message
 
 
 def test_edit_names_must_be_unique(cfg_dict):
@@ -297,8 +347,8 @@ def test_save_load_round_trip_is_equal(cfg_dict, tmp_path):
 
 def test_config_to_dict_of_a_section(cfg_dict):
     cfg = config_from_dict(cfg_dict)
-    assert config_to_dict(cfg.irjs) == {"enabled": True, "placement": "before_step", "source": "noise", "feather": 0,
-                                        "decode_statistics": "edit"}
+    assert config_to_dict(cfg.irjs) == {"enabled": True, "placement": "before_step", "source": "noise", "noise": "per_window",
+                                        "feather": 0, "decode_statistics": "edit"}
     with pytest.raises(TypeError):
         config_to_dict(42)
 

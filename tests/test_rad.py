@@ -158,12 +158,23 @@ def test_region_losses_per_word():
     assert (swapped_inner > inner).all()  # each word scored against its own region
 
 
-def test_top_k_count_rounds_half_up_and_never_reaches_zero():
+def test_top_k_count_truncates_like_the_official_code_and_never_reaches_zero():
+    area = torch.arange(0.0, 400.0)
+    official = (area * 0.2).long()  # pipeline_split_gen.py: (mask.sum() * P).long()
+    k = rad.top_k_count(area, 0.2)
+    assert torch.equal(k[official > 0], official[official > 0])
+    assert (k[official == 0] == 1).all()  # the official count is 0 there (a NaN mean)
+    # The paper's dolphins goldfish box at 448×768 (7×4 cells) and its outside (336 − 28 cells).
+    assert rad.top_k_count(torch.tensor([28.0, 308.0]), 0.2).tolist() == [5, 61]
+
+
+def test_top_k_count_round_option_rounds_half_up():
     area = torch.tensor([0.0, 1, 2, 3, 4, 7, 8, 12, 13, 20])
-    assert rad.top_k_count(area, 0.2).tolist() == [1, 1, 1, 1, 1, 1, 2, 2, 3, 4]
-    assert rad.top_k_count(torch.tensor([3.0, 5.0, 1.0]), 0.5).tolist() == [2, 3, 1]  # 1.5→2, 2.5→3
-    # 20 % of the paper's jellyfish box at 448×768 (5×4 cells) and of its outside (336 − 20 cells).
-    assert rad.top_k_count(torch.tensor([20.0, 316.0]), 0.2).tolist() == [4, 63]
+    assert rad.top_k_count(area, 0.2, "round").tolist() == [1, 1, 1, 1, 1, 1, 2, 2, 3, 4]
+    assert rad.top_k_count(torch.tensor([3.0, 5.0, 1.0]), 0.5, "round").tolist() == [2, 3, 1]  # 1.5→2, 2.5→3
+    assert rad.top_k_count(torch.tensor([28.0, 308.0]), 0.2, "round").tolist() == [6, 62]
+    with pytest.raises(ConfigError, match="rad.top_k_rounding"):
+        rad.top_k_count(area, 0.2, "ceil")
 
 
 def test_empty_outside_contributes_zero_and_empty_inside_is_skipped():
@@ -248,3 +259,26 @@ def test_loss_log_is_json_able():
     assert log.series("inner", "cat") == [0.5, pytest.approx(0.4)]
     with pytest.raises(ValueError):
         log.add(2, 941, torch.tensor([0.1]), torch.tensor([0.1]))
+
+
+def test_frame_scale_calibrates_the_step_to_the_official_window():
+    assert rad.frame_scale(4, 4) == 1.0  # the official 4-frame windows run the official α
+    assert rad.frame_scale(16, 4) == 4.0 and rad.frame_scale(8, 4) == 2.0
+    assert rad.frame_scale(16, None) == 1.0  # no calibration: the per-pass mean
+
+
+def test_calibrated_step_equals_summing_the_terms_over_frames():
+    """α · F / 4 on the per-frame means = α on the terms summed over frames and divided by 4."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 8, 4, 4, requires_grad=True)
+    masks = torch.zeros(2, 8, 4, 4)
+    masks[0, :, :2, :2] = 1
+    masks[1, :, 2:, 1:] = 1
+    maps = torch.softmax(x.flatten(2), -1).view_as(x)
+    inner, outer = rad.region_losses(maps, masks)
+    g_mean = torch.autograd.grad(rad.rad_loss(inner, outer), x, retain_graph=True)[0] * rad.frame_scale(8, 4)
+    fg = torch.stack([1 - rad.region_losses(maps[:, f:f + 1], masks[:, f:f + 1])[0] for f in range(8)], 1)  # (J, F)
+    bg = torch.stack([rad.region_losses(maps[:, f:f + 1], masks[:, f:f + 1])[1] for f in range(8)], 1)
+    summed = ((8 - fg.sum(1)) / 4).sum() + (bg.sum(1) / 4).sum()  # inner terms are > 0 here (fg < 1)
+    g_sum = torch.autograd.grad(summed, x)[0]
+    torch.testing.assert_close(g_mean, g_sum, rtol=1e-5, atol=1e-7)

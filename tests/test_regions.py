@@ -51,17 +51,61 @@ def test_paper_box_matches_the_official_cells():
     assert torch.equal(m, grid(range(9, 13), range(3, 8)))
 
 
-def test_half_covered_rows_and_columns_make_a_rectangle():
+def test_coverage_rule_takes_half_covered_rows_and_columns_as_a_rectangle():
     # Edges cover exactly half of row 1 / col 1: both are in (0.5 ≥ 0.5), and so is their corner
     # (1, 1): a box maps to a rectangle of cells, never a cross.
-    m = box_region([48, 48, 160, 160]).masks(1, 14, 24)[0]
+    m = box_region([48, 48, 160, 160]).masks(1, 14, 24, box_grid="coverage")[0]
     assert torch.equal(m, grid(range(1, 5), range(1, 5)))
     # Rows covered 0.625 and columns covered 0.75 at both ends: still a full 3 × 3 block.
-    m = box_region([40, 44, 112, 116]).masks(1, 14, 24)[0]
+    m = box_region([40, 44, 112, 116]).masks(1, 14, 24, box_grid="coverage")[0]
     assert torch.equal(m, grid(range(1, 4), range(1, 4)))
     # Less than half of a row or column is out.
-    m = box_region([52, 40, 110, 100]).masks(1, 14, 24)[0]
+    m = box_region([52, 40, 110, 100]).masks(1, 14, 24, box_grid="coverage")[0]
     assert torch.equal(m, grid(range(1, 3), range(2, 3)))
+
+
+def _official_cells(box, gh=14, gw=24):
+    """pipeline_split_gen.py's box → mask (x scaled by the width ratio instead of the height's)."""
+    x1, y1, x2, y2 = box
+    y1, y2 = (max(round(b / (H / gh)), 0) for b in (y1, y2))
+    x1, x2 = (max(round(b / (W / gw)), 0) for b in (x1, x2))
+    m = torch.zeros(gh, gw)
+    m[y1:y2, x1:x2] = 1
+    return m
+
+
+def test_round_rule_is_the_official_rounding_half_to_even():
+    # Exact halves round to even: 48 px = 1.5 cells → 2, 160 = 5.0 → 5, 80 = 2.5 → 2.
+    m = box_region([48, 48, 160, 80]).masks(1, 14, 24)[0]
+    assert torch.equal(m, grid(range(2, 3), range(2, 5)))  # rows 2:2 would be empty: the centre row 2 stays
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        x1, y1 = (int(v) for v in rng.integers(0, 16, 2) * 16)
+        w, h = (int(v) for v in rng.integers(2, 8, 2) * 16)
+        box = [x1, y1, min(x1 + w, W), min(y1 + h, H)]
+        expected = _official_cells(box)
+        if expected.sum() > 0:
+            assert torch.equal(box_region(box).masks(1, 14, 24)[0], expected), box
+
+
+def test_the_two_rules_on_the_paper_boxes():
+    """Only the hares' left box differs (y1 = 240 px is 7.5 cells: 8 by the official rounding)."""
+    paper = {"dolphins": [[93, 287, 269, 417], [262, 257, 477, 378]],
+             "hares": [[67, 240, 271, 353], [410, 150, 590, 343]],
+             "birds": [[29, 249, 173, 391], [321, 257, 437, 382], [438, 260, 590, 386]]}
+    for name, boxes in paper.items():
+        for box in boxes:
+            official = box_region(box).masks(1, 14, 24)[0]
+            assert torch.equal(official, _official_cells(box)), (name, box)
+            coverage = box_region(box).masks(1, 14, 24, box_grid="coverage")[0]
+            # the latent grid (8 px) of IRJS: both rules agree on every paper box
+            assert torch.equal(box_region(box).masks(1, 56, 96)[0], box_region(box).masks(1, 56, 96, box_grid="coverage")[0])
+            if box == [67, 240, 271, 353]:
+                assert (official.sum(), coverage.sum()) == (18, 24)
+            else:
+                assert torch.equal(official, coverage), (name, box)
+    with pytest.raises(ConfigError, match="rad.box_grid"):
+        box_region([0, 0, 64, 64]).masks(1, 14, 24, box_grid="area")
 
 
 def test_x_scales_by_width_and_y_by_height():

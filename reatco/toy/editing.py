@@ -65,8 +65,8 @@ class EditCase:
 
     def edited_cells(self, latent_size: int) -> np.ndarray:
         """(F, H, W) bool: the pixels of the latent cells IRJS leaves to the model — the regions on
-        the `latent_size`² latent grid by the pipeline's own rule (a cell belongs to a box it is at
-        least half covered by). Outside the boxes these are the pixels IRJS cannot keep."""
+        the `latent_size`² latent grid by the pipeline's own default rule (regions.py, rad.box_grid
+        "round"). Outside the boxes these are the pixels IRJS cannot keep."""
         from ..irjs import latent_region_mask
         from ..regions import object_masks, parse_region
 
