@@ -59,8 +59,9 @@ class _Recorder:
 
 
 def _kernel3d(size: int = 3, sigma: float = 0.5) -> torch.Tensor:
-    """GaussianSmoothing(channels=1, kernel_size=3, sigma=0.5, dim=3).weight."""
-    grids = torch.meshgrid(*[torch.arange(size, dtype=torch.float32)] * 3, indexing="ij")
+    """GaussianSmoothing(channels=1, kernel_size=3, sigma=0.5, dim=3).weight (built in float64
+    here; the official builds it in float32 and casts it to the maps' dtype)."""
+    grids = torch.meshgrid(*[torch.arange(size, dtype=torch.float64)] * 3, indexing="ij")
     kernel = 1.0
     for g in grids:
         mean = (size - 1) / 2

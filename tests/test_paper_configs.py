@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reatco.config import load_config
+from reatco.config import edit_config, load_config
 
 from paper_clips import CLIPS
 
@@ -27,6 +27,44 @@ def test_paper_config_schema(name):
     assert (cfg.video.height, cfg.video.width, cfg.video.n_frames, cfg.sampling.seed) == (448, 768, 16, 33)
     assert cfg.sampling.guidance_scale == (5.5 if name == "hares" else 12.5)
     assert cfg.tune.steps == 200 and cfg.tune.learning_rate == 3e-5 and cfg.sampling.steps == 50
+
+
+# The official scripts' edits (mdswyz/ReAtCo @9ecd5c0, reatco_editing_*.py): prompt, boxes in
+# token order, maintain_back (IRJS). The hares partial script edits only the left hare.
+CAT_SWAN = [[67, 240, 271, 353], [410, 150, 590, 343]]
+FISH = [[93, 287, 269, 417], [262, 257, 477, 378]]
+OFFICIAL = {
+    "dolphins": [(p, FISH, True) for p in (
+        "A jellyfish and a goldfish are swimming in the blue ocean.", "A goldfish and a shark are swimming in the blue ocean.",
+        "A jellyfish and a octopus are swimming in the blue ocean.", "A jellyfish and a shark are swimming in the blue ocean.",
+        "A turtle and a goldfish are swimming in the blue ocean.")],
+    "hares": [("A cat and a swan are grazing in the grass.", CAT_SWAN, True),
+              ("A swan and a hare are grazing in the grass.", CAT_SWAN[:1], True),
+              ("A chicken and a hare are grazing in the grass.", CAT_SWAN[:1], True),
+              ("A cat and a swan are grazing in the grass, with the aurora borealis in the background.", CAT_SWAN, False),
+              ("A cat and a swan are grazing in the yellow meadow.", CAT_SWAN, False)],
+    "birds": [("A cat, a rabbit, and a chicken are standing on a wall.",
+               [[29, 249, 173, 391], [321, 257, 437, 382], [438, 260, 590, 386]], True)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_configs_run_the_official_edits_with_the_official_numerics(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml", check_paths=False)
+    ran = [(e.prompt, [list(map(int, o.box)) for o in e.objects], edit_config(cfg, e).irjs.enabled) for e in cfg.edits]
+    assert sorted(ran) == sorted(OFFICIAL[name])
+    for edit in cfg.edits:
+        run = edit_config(cfg, edit)
+        rad, irjs = run.rad, run.irjs
+        assert (rad.step_size, rad.step_size_range, rad.max_update_steps) == (20.0, [1.0, 0.5], 25)
+        assert rad.refinement_thresholds == {0: 0.05, 10: 0.5, 20: 0.8} and rad.max_refinement_iters == 20
+        assert (rad.refinement, rad.top_k_rounding, rad.top_k_ratio, rad.box_grid) == ("official", "truncate", 0.2, "round")
+        assert (rad.token_normalization, rad.temperature, rad.normalize_eot, rad.smoothing) == ("softmax", 100.0, False, True)
+        # whole clips, with α calibrated to what the official 4-frame windows give each frame
+        assert run.window.size is None and rad.calibration_frames == 4
+        assert (irjs.placement, irjs.source, irjs.noise, irjs.feather, irjs.decode_statistics) == (
+            "before_step", "noise", "per_window", 0, "edit")
+        assert (run.sampling.start_in_regions, run.inversion.prompt, run.inversion.guidance_scale) == ("inversion", "", 1.0)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

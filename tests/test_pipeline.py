@@ -279,3 +279,39 @@ def test_loads_from_a_stable_diffusion_folder(tmp_path):
     loaded = ReAtCoPipeline.from_pretrained(folder)
     assert isinstance(loaded.unet, TuneAVideoUNet) and type(loaded.scheduler).__name__ == "DDIMScheduler"
     assert loaded.dtype == torch.float32 and loaded.vae_scale_factor == 2
+
+
+def test_settings_from_python_are_validated_like_yaml(pipe, cell):
+    from reatco.errors import ConfigError
+
+    # JSON's string step keys refine like int keys (they used to be silently ignored)
+    out = _run(pipe, cell, rad={"max_update_steps": 1, "refinement_thresholds": {"0": 0.99}, "max_refinement_iters": 2})
+    assert out.rad_losses[0]["refinement_iters"] == 2
+    for kwargs, field in (({"rad": {"refinement": "bogus"}}, "rad.refinement"),
+                          ({"rad": RADConfig(refinement_thresholds={9: 0.5})}, "rad.refinement_thresholds.9"),
+                          ({"window": {"size": 2, "stride": 3}}, "window.stride"),
+                          ({"irjs": IRJSConfig(noise="per_frame")}, "irjs.noise"),
+                          ({"irjs": {"placment": "after_step"}}, "irjs.placment")):
+        with pytest.raises(ConfigError) as err:
+            _run(pipe, cell, **kwargs)
+        assert err.value.field == field, kwargs
+
+
+def test_irjs_noise_per_window_or_shared_by_the_windows(pipe, cell):
+    per_window = _run(pipe, cell, window={"size": 2}, irjs={"noise": "per_window"}).frames
+    shared = _run(pipe, cell, window={"size": 2}, irjs={"noise": "per_step"}).frames
+    assert not torch.allclose(per_window, shared)
+    # one pass over the whole clip: one draw either way
+    assert torch.equal(_run(pipe, cell, irjs={"noise": "per_window"}).frames, _run(pipe, cell, irjs={"noise": "per_step"}).frames)
+
+
+def test_refinement_modes(pipe, cell):
+    """official: at least two steps once triggered (its stop test reads the loss before the last
+    step); full / max_inner stop as soon as the latest pass meets the threshold."""
+    runs = {mode: _run(pipe, cell, rad={"max_update_steps": 1, "refinement_thresholds": {0: 0.99}, "max_refinement_iters": 3,
+                                        "refinement": mode}) for mode in ("official", "full", "max_inner")}
+    assert {m: r.rad_losses[0]["refinement_iters"] for m, r in runs.items()} == {"official": 3, "full": 3, "max_inner": 3}
+    assert not torch.allclose(runs["official"].frames, runs["full"].frames)
+    # every mode's refinement steps move the latent (max_inner's gradient once came back zero)
+    plain = _run(pipe, cell, rad={"max_update_steps": 1, "refinement_thresholds": {}}).frames
+    assert all(not torch.allclose(r.frames, plain) for r in runs.values())
