@@ -904,6 +904,7 @@ def section_settings(section: str, value=None, steps: Optional[int] = None):
             raise ConfigError(section, f"must be a mapping of {section} settings (or a {cls.__name__}), got {value!r}")
         raw = copy.deepcopy(dict(raw))
     _check_keys(raw, cls, section)
+    _check_finite(raw, section)
     settings = _typed(cls, raw, section)
     if section == "rad":
         default = RADConfig().refinement_thresholds

@@ -245,7 +245,7 @@ def test_demo_config_validates_against_the_shipped_model():
     (edit,) = runner.prepare()
     assert edit.token_indices == [[2, 3], [6, 7]]  # "green circle", "yellow triangle"
     assert runner.source_video().shape == (8, 3, 64, 64)
-    masks = edit.regions[1].masks(8, 8, 8)
+    masks = edit.regions[1].masks(8, 8, 8, box_grid=cfg.rad.box_grid)  # as the pipeline builds them (coverage)
     # the keyframed box follows the square: [17, 5, 36, 24] at frame 0, [10, 11, 28, 29] at frame 7
     assert masks[0, 1:3, 2:5].all() and masks[0].sum() == 6
     assert masks[7, 1:4, 1:4].all() and masks[7].sum() == 9
