@@ -54,15 +54,6 @@ class CallSettings:
     callback_tensor_inputs: tuple
 
 
-def encode_generator(generator: torch.Generator | None) -> torch.Generator | None:
-    """The generator the VAE encode samples from: a fresh one seeded with `generator`'s seed, so
-    that encoding never advances the caller's generator, and a cached encode (the runner's) and
-    `pipe(video=…, generator=…)` give the same edit for one seed."""
-    if generator is None:
-        return None
-    return torch.Generator(generator.device).manual_seed(generator.initial_seed())
-
-
 @dataclass
 class ReAtCoPipelineOutput(BaseOutput):
     """frames: (F, 3, H, W) in [0, 1] for "pt", (F, H, W, 3) floats in [0, 1] for "np", a list of
@@ -273,16 +264,15 @@ class ReAtCoPipeline(DiffusionPipeline):
     def prepare_source(self, video, source_latents, inversion_trajectory, latents, generator, inversion_prompt,
                        num_inference_steps, irjs: IRJSConfig, n_frames=None, height=None, width=None):
         """(source latents V_0, inversion trajectory, starting latents x_T) from what was given:
-        the frames are encoded with `encode_generator(generator)` (the caller's generator is not
-        advanced: the runner, which caches the encode, derives it the same way) and inverted
-        where a trajectory is needed; without a source, x_T is noise of the given size."""
+        the frames are encoded (sampled with `generator`) and inverted where a trajectory is
+        needed; without a source, x_T is noise of the given size."""
         device, dtype = self._execution_device, self.unet.dtype
         if video is not None:
             video = _video_tensor(video)
             check_video_tensor(video, "video")
             n_frames, _, height, width = video.shape
             if source_latents is None:
-                source_latents = self.encode_video(video, encode_generator(generator))
+                source_latents = self.encode_video(video, generator)
         if source_latents is not None:
             source_latents = source_latents.to(device, dtype)
             needs_trajectory = latents is None or (irjs.enabled and irjs.source == "inversion")

@@ -321,10 +321,7 @@ class EditRunner:
 
             def invert():
                 start = time.perf_counter()
-                from .pipeline import encode_generator
-
-                # derived from the edit's generator as pipe(video=…, generator=…) does: one seed, one edit
-                generator = encode_generator(torch.Generator("cpu").manual_seed(cfg.sampling.seed))
+                generator = torch.Generator("cpu").manual_seed(cfg.sampling.seed)
                 latents = pipe.encode_video(self.source_video(), generator)
                 trajectory = pipe.invert(latents, cfg.inversion.prompt, steps, cfg.inversion.guidance_scale)
                 self.timings["invert"] = time.perf_counter() - start
