@@ -147,6 +147,14 @@ def test_attention_video_shares_one_scale_and_outlines_the_regions():
     assert ((frame == 255).all(-1)).sum() > 4 * 4 * 30  # white region outlines and labels
 
 
+def test_the_runner_decodes_frame_by_frame(workspace):
+    from reatco.config import load_config
+    from reatco.runner import EditRunner
+
+    runner = EditRunner(load_config(_config(workspace, **{"tune.enabled": False})), progress=False)
+    assert runner.pipeline().vae.use_slicing  # VAE memory independent of the clip's length
+
+
 def test_every_set_flag_counts():
     for script in (edit_script, _load_script("tune")):
         args = script.parse_args(["--config", "c.yaml", "--set", "a=1", "--set", "b=2", "c=3"])
