@@ -30,7 +30,12 @@ editing with it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: waiting threads sleep
+
 import sys
 import time
 from pathlib import Path
@@ -444,13 +449,16 @@ def main(argv=None):
     p.add_argument("--region_spec", default="{}",
                    help='regions: the source-region settings as JSON, e.g. \'{"similarity": 0.7}\' (default: the library\'s)')
     p.add_argument("--save_edits", default=None, help="folder for source|edit strips of every case and run")
+    p.add_argument("--autocast", default="none", choices=("none", "bf16"),
+                   help="run every section under CPU bfloat16 autocast (weights stay float32)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_pipe(args.model)
-    results = dict(model=args.model, seed=args.seed)
+    results = dict(model=args.model, seed=args.seed, autocast=args.autocast, threads=args.threads)
     for name in args.sections.split(","):
         t0 = time.time()
-        results[name] = SECTIONS[name](args, pipe)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if args.autocast == "bf16" else contextlib.nullcontext():
+            results[name] = SECTIONS[name](args, pipe)
         results[name]["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

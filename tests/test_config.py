@@ -418,3 +418,19 @@ def test_the_shipped_model_carries_the_demos_settings():
                              "output_dir": demo.output_dir, "edits": config_to_dict(demo)["edits"]},
                             base_dir=REPO / "configs", name="shapes")
     assert config_to_dict(bare) == config_to_dict(demo)
+
+
+def test_default_threads_leave_busy_cores_alone():
+    from reatco.threads import default_threads, set_threads
+
+    assert default_threads(cores=2, load=6.0, torch_default=2) == 1  # a shared, busy machine: one thread
+    assert default_threads(cores=16, load=0.2, torch_default=16) == 15
+    assert default_threads(cores=16, load=0.0, torch_default=8) == 8  # never above torch's own default
+    assert default_threads(cores=2, load=1.5, torch_default=2) == 1
+    before = __import__("torch").get_num_threads()
+    try:
+        assert set_threads(1) == 1 and __import__("torch").get_num_threads() == 1
+    finally:
+        __import__("torch").set_num_threads(before)
+    with pytest.raises(ValueError, match="--threads"):
+        set_threads(-1)
