@@ -215,7 +215,8 @@ def edit_gate(args, _pipe) -> dict:
     pipe = ReAtCoPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     base_unet = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    tune = cfg.tune if cfg.tune.enabled and args.edit_tune_steps != 0 else None
+    # --edit_tune_steps N > 0 tunes for N steps even where the config does not tune
+    tune = cfg.tune if (cfg.tune.enabled or args.edit_tune_steps) and args.edit_tune_steps != 0 else None
     if tune is not None and args.edit_tune_steps is not None:
         tune = dataclasses.replace(tune, steps=args.edit_tune_steps)
     steps = cfg.sampling.steps
@@ -445,7 +446,7 @@ def main(argv=None):
     p.add_argument("--edit_box_grid", type=int, default=None,
                    help="editing: round the region boxes out to this many pixels (default: the VAE's latent cell, "
                         "the finest grid IRJS can keep; 1 = the source objects' tight boxes)")
-    p.add_argument("--edit_tune_steps", type=int, default=None, help="editing: override tune.steps (0 = no tuning)")
+    p.add_argument("--edit_tune_steps", type=int, default=None, help="editing: tune for this many steps (0 = no tuning), whatever the config's tune section says")
     p.add_argument("--region_spec", default="{}",
                    help='regions: the source-region settings as JSON, e.g. \'{"similarity": 0.7}\' (default: the library\'s)')
     p.add_argument("--save_edits", default=None, help="folder for source|edit strips of every case and run")

@@ -312,7 +312,6 @@ def measure_all(s: Settings, fresh_process: bool = True, log=print) -> dict:
                     row = json.loads(Path(out).read_text())
                 else:
                     row = measure_stage(stage, f, s)
-                    gc.collect()
                 results.setdefault(stage, {})[f] = row
     return results
 

@@ -49,17 +49,18 @@ TINY_TEXT_ENCODER_CONFIG = dict(vocab_size=1000, hidden_size=32, intermediate_si
 
 def fill_random_(module: torch.nn.Module, seed: int = 0, scale: float = 0.02) -> torch.nn.Module:
     """Every parameter and floating buffer ← values uniform in (−scale, scale), from `seed`: a
-    seeded block of 2^20 values, copied over each tensor from a seeded offset (a memory copy, so
+    seeded block of 2^20 values, copied over each tensor (in block-sized pieces) from seeded offsets (a memory copy, so
     that the SD UNet fills in a second)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     block = torch.rand(1 << 20, generator=g).mul_(2 * scale).sub_(scale)
+    size = block.numel()
     with torch.no_grad():
         for tensor in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
             flat = tensor.view(-1)
-            rolled = block.roll(-int(torch.randint(0, block.numel(), (1,), generator=g)))
-            for lo in range(0, flat.numel(), block.numel()):
-                n = min(block.numel(), flat.numel() - lo)
-                flat[lo:lo + n].copy_(rolled[:n])
+            for lo in range(0, flat.numel(), size):
+                n = min(size, flat.numel() - lo)
+                start = int(torch.randint(0, size - n + 1, (1,), generator=g))
+                flat[lo:lo + n].copy_(block[start:start + n])
     return module
 
 
