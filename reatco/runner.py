@@ -265,8 +265,8 @@ class EditRunner:
             except (OSError, ValueError, RuntimeError) as err:  # missing or damaged weights
                 raise ConfigError("model.pretrained", f"cannot load {self.cfg.model.pretrained}: {str(err).splitlines()[0]}") from err
             pipe.to(self.device)
-            # Frame by frame through the VAE: a plain decode of a 16-frame 448×768 clip needs about
-            # 21 GB in fp16, one frame about 1.3 GB (scripts/bench_memory.py), at the same speed.
+            # Frame by frame through the VAE: its memory no longer grows with the clip (decoding a
+            # whole clip at once adds about 0.45 GB per frame at 448×768 fp16; scripts/bench_memory.py).
             pipe.enable_vae_slicing()
             pipe.set_progress_bar_config(disable=not self.progress)
             self._pipe = pipe

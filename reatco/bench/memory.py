@@ -284,8 +284,10 @@ def trainable_parameters(tiny: bool = False) -> int:
 
 def measure_stage(stage: str, n_frames: int, s: Settings) -> dict:
     """The stage's own peak at n_frames, in this process: peak minus what was held before it."""
-    if s.threads:
-        torch.set_num_threads(s.threads)
+    if not s.device.startswith("cuda"):
+        from ..threads import set_threads
+
+        set_threads(s.threads)  # 0 / None: the idle cores
     run = _prepare(stage, n_frames, s)
     isolated = reset_peak(s.device)
     base = current_mb(s.device)
@@ -366,6 +368,8 @@ def stage_fits(results: dict, s: Settings, accounting: Accounting, measured_on_t
             param_part = accounting.tune_state_mb()
         activation_points = {f: v - param_part for f, v in points.items()}
         a, b = linear_fit(activation_points)
+        if b < 0:  # memory does not shrink with frames: a flat stage measured with noise, read at its largest point
+            a, b = max(activation_points.values()), 0.0
         # the tuning step autocasts to 16 bits whatever the weights, so only the pixels scale it
         elem = 1.0 if STAGES[stage] == "tune" else 2 / bytes_measured
         scale = 1.0 if measured_on_target else pixel_scale * elem
@@ -395,6 +399,14 @@ def max_frames(fits, accounting, profile, limit: int = 4096) -> int:
     return f
 
 
+def results_from_report(rep: dict) -> tuple[dict, Settings]:
+    """The measurements and settings a report was made from (to refit without measuring again)."""
+    keep = {k: v for k, v in rep["settings"].items() if k in Settings.__dataclass_fields__}
+    keep["frames"], keep["stages"] = tuple(keep["frames"]), tuple(keep["stages"])
+    results = {stage: {int(f): row for f, row in rows.items()} for stage, rows in rep["measurements"].items()}
+    return results, Settings(**keep)
+
+
 def report(results: dict, s: Settings) -> dict:
     tiny = s.smoke
     accounting = Accounting(sd14.n_parameters("unet", tiny), sd14.n_parameters("vae", tiny),
@@ -409,6 +421,7 @@ def report(results: dict, s: Settings) -> dict:
            "fixed + per_frame × F" + ("" if measured_on_target else
                                       f", scaled by pixels ({TARGET_HW[0]}×{TARGET_HW[1]} / {s.height}×{s.width}) and element size "
                                       "(to 2 bytes)") +
+           " (a negative slope, noise on a stage that does not grow, is read as flat at the largest point)"
            ". The tuning step's parameter state (float32 gradient, AdamW moments and autocast's fp16 copy of each trainable "
            "parameter) is taken out before scaling and added back as resident. Whole run = max over the profile's stages of "
            "(resident weights + the stage's own peak); resident: fp16 UNet, VAE and text encoder and the inversion trajectory "
