@@ -73,9 +73,11 @@ class TuneConfig:
     """One-shot Tune-A-Video tuning on the source video."""
 
     # Tune when model.tuned_unet is null (the result is cached in <cache_dir>/tuned/<key>, the key
-    # a hash of the model, the frames as read, the prompt and every setting below).
-    enabled: bool = True
-    steps: int = 300
+    # a hash of the model, the frames as read, the prompt and every setting below). Off by default:
+    # on the shapes benchmark no tuning keeps placement and the invariant region as 100 steps do
+    # (held out: 0.97 / 35.5 dB against 0.95 / 35.2), and tuning is most of a first edit's cost.
+    enabled: bool = False
+    steps: int = 200  # the official configs' count
     learning_rate: float = 3e-5
     # Parameters trained, chosen by module-name suffix.
     trainable_modules: List[str] = field(default_factory=lambda: ["attn1.to_q", "attn2.to_q", "attn_temp"])

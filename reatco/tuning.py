@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 class TuneSettings:
     """The `tune` section's training fields (any object with these attributes works too)."""
 
-    steps: int = 300
+    steps: int = 200  # the official ReAtCo configs' count
     learning_rate: float = 3e-5
     trainable_modules: Sequence[str] = ("attn1.to_q", "attn2.to_q", "attn_temp")
     seed: int = 33

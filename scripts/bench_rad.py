@@ -487,6 +487,7 @@ def whole_edit(costs, args) -> dict:
         "tune_steps": args.tune_steps, "official_tune_steps": args.official_tune_steps, "tune_step_sec": tune,
         "official_first_edit_sec": official_first, "fast_first_edit_sec": fast_first,
         "first_edit_ratio": fast_first / official_first,
+        "first_edit_ratio_by_tune_steps": {n: (n * tune + fast) / official_first for n in (0, 25, 50, 100, 200, 300)},
         "fast_over_plain_per_step": fast / plain,
         "fast_over_plain_per_step_without_refinement": fast_no_refine / plain,
         "costs": provenance,
@@ -794,7 +795,7 @@ def parse_args(argv=None):
     if args.tune_steps is None:
         from reatco.config import TuneConfig
 
-        args.tune_steps = TuneConfig().steps
+        args.tune_steps = TuneConfig().steps if TuneConfig().enabled else 0  # our default: no tuning
     on_cpu = not str(args.device).startswith("cuda")
     if args.threads is None and on_cpu:
         args.threads = 1
