@@ -27,8 +27,16 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from reatco.cli import help_without_imports  # noqa: E402
+
+help_without_imports(__file__)  # --help at once, before the heavy imports below
 
 from reatco.bench import memory  # noqa: E402
+
+
+# reatco.bench.memory.STAGES (repeated here so that --help needs no heavy import; a test keeps them equal)
+STAGES = ("encode", "encode_whole", "tune_step", "inversion_step", "rad_pass", "rad_pass_checkpointed", "cfg_step",
+          "decode", "decode_whole", "decode_source_stats")
 
 
 def parse_args(argv=None):
@@ -40,7 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--height", type=int, default=256)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--frames", type=int, nargs=2, default=[2, 4], metavar=("A", "B"), help="the two frame counts of the fits")
-    p.add_argument("--stages", nargs="+", default=list(memory.STAGES), choices=list(memory.STAGES))
+    p.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads in each worker (0: the idle cores, at least 1)")
     p.add_argument("--refit", metavar="JSON", help="recompute the fits and the whole run from an earlier report's measurements")
     p.add_argument("--smoke", action="store_true", help="tiny model, 64×64, frames 1 and 2, in this process: seconds")

@@ -35,6 +35,7 @@ def test_smoke_run_writes_every_key(script, tmp_path):
         assert set(row) >= {"peak_mb", "limiting_stage"} and row["limiting_stage"] in memory.PROFILES["default"]
     assert isinstance(report["max_frames_24gb"], int) and isinstance(report["max_frames_24gb_checkpointed"], int)
     assert "| max in 24 GB |" in report["markdown"]
+    assert script.STAGES == tuple(memory.STAGES)  # the script's --help list is the library's
 
 
 def _accounting():

@@ -224,7 +224,7 @@ def test_wrong_types_name_the_field(cfg_dict, override, field):
     ("video.width=520", "video.width", "512 or 544"),
     ("video.n_frames=0", "video.n_frames", "≥ 1"),
     ("video.frame_stride=0", "video.frame_stride", "≥ 1"),
-    ("video.prompt=", "video.prompt", "describe"),
+    (["video.prompt=", "tune.enabled=true"], "video.prompt", "describe"),  # tuning needs the prompt
     ("tune.mixed_precision=fp8", "tune.mixed_precision", "bf16"),
     ("sampling.guidance_scale=0.5", "sampling.guidance_scale", "no guidance"),
     ("sampling.start_in_regions=random", "sampling.start_in_regions", "inversion, noise"),
@@ -309,7 +309,7 @@ def test_video_path_must_exist_unless_paths_are_not_checked(cfg_dict, tmp_path):
 
 
 def test_prompt_may_be_empty_when_no_tuning(cfg_dict):
-    cfg = config_from_dict(cfg_dict, ["video.prompt=", "tune.enabled=false"])
+    cfg = config_from_dict(cfg_dict, ["video.prompt="])  # no tuning by default
     assert cfg.video.prompt == ""
 
 
