@@ -47,6 +47,9 @@ class ModelConfig:
     dtype: str = "auto"
     # auto | cpu | cuda | cuda:N | mps.
     device: str = "auto"
+    # none | bf16: encoding, inversion and editing under bfloat16 autocast, the weights staying in
+    # dtype (on the shapes benchmark it keeps the gates; README "Threads and bfloat16 on a CPU").
+    autocast: str = "none"
 
 
 @dataclass
@@ -758,6 +761,7 @@ def edit_config(cfg: ReAtCoConfig, edit: EditConfig) -> ReAtCoConfig:
 # ----------------------------------------------------------------------------- validation
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
+_AUTOCASTS = ("none", "bf16")
 _MIXED = ("auto", "no", "fp16", "bf16")
 _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
@@ -925,6 +929,7 @@ def _validate_model(m: ModelConfig, check_paths: bool) -> None:
                  f"{m.tuned_unet} is not a folder; give a Tune-A-Video UNet folder or null to tune")
     _at_least(m.attention_cell_px, 1, "model.attention_cell_px", " px (32 for SD v1.x, 8 for the shapes model)")
     _choice(m.dtype, _DTYPES, "model.dtype")
+    _choice(m.autocast, _AUTOCASTS, "model.autocast")
     _require(bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device)), "model.device",
              f"{m.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
 

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -312,7 +313,7 @@ class EditRunner:
 
     def inversion_key(self) -> str:
         """Hash of everything the trajectory depends on: the model's files, the UNet (tuning key or
-        folder content), the frames as read, steps, prompt, guidance, seed and dtype."""
+        folder content), the frames as read, steps, prompt, guidance, seed, dtype and autocast."""
         cfg = self.cfg
         return inversion_cache_key(
             model=self.model_digest(),
@@ -325,7 +326,14 @@ class EditRunner:
             guidance=cfg.inversion.guidance_scale,
             seed=cfg.sampling.seed,
             dtype=str(self.dtype),
+            autocast=cfg.model.autocast,
         )
+
+    def autocast(self):
+        """model.autocast: bf16 → bfloat16 autocast on the run's device (weights stay in model.dtype)."""
+        if self.cfg.model.autocast == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def source(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled source latents V_0 (1, C, F, h, w) and the DDIM-inversion trajectory (cached)."""
@@ -341,8 +349,9 @@ class EditRunner:
             def invert():
                 start = time.perf_counter()
                 generator = torch.Generator("cpu").manual_seed(cfg.sampling.seed)
-                latents = pipe.encode_video(self.source_video(), generator)
-                trajectory = pipe.invert(latents, cfg.inversion.prompt, steps, cfg.inversion.guidance_scale)
+                with self.autocast():
+                    latents = pipe.encode_video(self.source_video(), generator)
+                    trajectory = pipe.invert(latents, cfg.inversion.prompt, steps, cfg.inversion.guidance_scale)
                 self.timings["invert"] = time.perf_counter() - start
                 return trajectory
 
@@ -361,27 +370,28 @@ class EditRunner:
             raise ConfigError("inversion.steps", f"must equal sampling.steps ({cfg.sampling.steps}) so the trajectory pairs with the sampling steps")
         generator = torch.Generator("cpu").manual_seed(cfg.sampling.seed)
         start = time.perf_counter()
-        output = pipe(
-            prompt=prepared.edit.prompt,
-            objects=[
-                {"word": o.word, "occurrence": o.occurrence, "region": region}
-                for o, region in zip(prepared.edit.objects, prepared.regions)
-            ],
-            source_latents=source_latents,
-            inversion_trajectory=trajectory,
-            num_inference_steps=cfg.sampling.steps,
-            guidance_scale=cfg.sampling.guidance_scale,
-            negative_prompt=cfg.sampling.negative_prompt,
-            generator=generator,
-            start_in_regions=cfg.sampling.start_in_regions,
-            rad=cfg.rad,
-            irjs=cfg.irjs,
-            window=cfg.window,
-            attention_cell_px=cfg.model.attention_cell_px,
-            output_type="np",
-            return_attention=cfg.save_attention,
-            attention_steps=attention_steps(cfg.rad.max_update_steps if cfg.rad.enabled else 0, cfg.sampling.steps),
-        )
+        with self.autocast():
+            output = pipe(
+                prompt=prepared.edit.prompt,
+                objects=[
+                    {"word": o.word, "occurrence": o.occurrence, "region": region}
+                    for o, region in zip(prepared.edit.objects, prepared.regions)
+                ],
+                source_latents=source_latents,
+                inversion_trajectory=trajectory,
+                num_inference_steps=cfg.sampling.steps,
+                guidance_scale=cfg.sampling.guidance_scale,
+                negative_prompt=cfg.sampling.negative_prompt,
+                generator=generator,
+                start_in_regions=cfg.sampling.start_in_regions,
+                rad=cfg.rad,
+                irjs=cfg.irjs,
+                window=cfg.window,
+                attention_cell_px=cfg.model.attention_cell_px,
+                output_type="np",
+                return_attention=cfg.save_attention,
+                attention_steps=attention_steps(cfg.rad.max_update_steps if cfg.rad.enabled else 0, cfg.sampling.steps),
+            )
         edit_seconds = time.perf_counter() - start
         check_finite(output.frames, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
         frames = (output.frames * 255).round().astype(np.uint8)
@@ -393,6 +403,7 @@ class EditRunner:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "unet": self.unet_info,
+            "autocast": cfg.model.autocast,
             "versions": package_versions(),
             "timings_s": {**self.timings, "edit": edit_seconds, "edit_per_step": edit_seconds / n_steps},
             "token_indices": {o.word: idx for o, idx in zip(prepared.edit.objects, prepared.token_indices)},
