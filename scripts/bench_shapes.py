@@ -297,7 +297,7 @@ def regions_gate(args, _pipe) -> dict:
     pipe = ReAtCoPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     base_unet = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    tune = cfg.tune if cfg.tune.enabled and args.edit_tune_steps != 0 else None
+    tune = cfg.tune if (cfg.tune.enabled or args.edit_tune_steps) and args.edit_tune_steps != 0 else None
     if tune is not None and args.edit_tune_steps is not None:
         tune = dataclasses.replace(tune, steps=args.edit_tune_steps)
     steps = cfg.sampling.steps
