@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 DEFAULTS_FILE = "reatco_defaults.json"
 # What a model may set: everything that describes how to edit with it, nothing about one run.
 SECTIONS = ("model", "video", "tune", "inversion", "sampling", "rad", "irjs", "window")
-_NOT_A_MODEL_SETTING = {"model": ("pretrained", "tuned_unet", "device", "dtype"), "video": ("path", "prompt")}
+_NOT_A_MODEL_SETTING = {"model": ("pretrained", "tuned_unet", "device", "dtype", "autocast"), "video": ("path", "prompt")}
 
 
 def _int_keys(thresholds: dict) -> dict:

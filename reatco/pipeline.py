@@ -21,7 +21,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from . import irjs as irjs_ops
 from .config import _STARTS as STARTS
 from .config import IRJSConfig, RADConfig, WindowConfig, section_settings
-from .decoding import decode_with_reference_statistics
+from .decoding import decode_chunks_with_reference_statistics
 from .edit_objects import EditObject, resolve_objects
 from .errors import ConfigError, check_finite
 from .irjs import InvariantRegion
@@ -202,10 +202,29 @@ class ReAtCoPipeline(DiffusionPipeline):
         return latents.permute(1, 0, 2, 3).unsqueeze(0)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """(1, C, F, h, w) → frames (F, 3, H, W) in [0, 1]."""
-        frames = latents[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor
-        images = self.vae.decode(frames.to(self.vae.dtype)).sample
+    def decode_latents(self, latents: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """(1, C, F, h, w) → frames (F, 3, H, W) in [0, 1].
+
+        reference: latents of the same shape (the source's): every GroupNorm of the decoder then
+        normalises frame i by the statistics it had for reference frame i (`reatco.decoding`).
+        With VAE slicing on, both are decoded one frame at a time, interleaved, so only one frame's
+        activations are ever held."""
+        def to_vae(z):
+            return (z[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor).to(self.vae.dtype)
+
+        def decode(z):
+            return self.vae.decode(z).sample
+
+        frames = to_vae(latents)
+        if reference is None:
+            images = decode(frames)
+        else:
+            if reference.shape != latents.shape:
+                raise ValueError(f"reference {tuple(reference.shape)} and latents {tuple(latents.shape)} must have one shape")
+            per_chunk = 1 if self.vae.use_slicing else frames.shape[0]
+            chunks = decode_chunks_with_reference_statistics(decode, self.vae.decoder, to_vae(reference.to(latents)).split(per_chunk),
+                                                             frames.split(per_chunk))
+            images = torch.cat(chunks)
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
@@ -487,7 +506,7 @@ class ReAtCoPipeline(DiffusionPipeline):
             frames_out = latents
         else:
             if invariant is not None and irjs.decode_statistics == "source":
-                frames_out = decode_with_reference_statistics(self.decode_latents, self.vae.decoder, source_latents, latents).cpu()
+                frames_out = self.decode_latents(latents, reference=source_latents).cpu()
             else:
                 frames_out = self.decode_latents(latents).cpu()
             check_finite(frames_out, "in the decoded frames", "the VAE overflowed: decode in float32")

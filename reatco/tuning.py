@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 class TuneSettings:
     """The `tune` section's training fields (any object with these attributes works too)."""
 
-    steps: int = 300
+    steps: int = 200  # the official ReAtCo configs' count
     learning_rate: float = 3e-5
     trainable_modules: Sequence[str] = ("attn1.to_q", "attn2.to_q", "attn_temp")
     seed: int = 33
@@ -103,6 +103,16 @@ def _encode_prompt(tokenizer, text_encoder, prompt: str, device) -> torch.Tensor
     return text_encoder(ids.to(device))[0]
 
 
+def encode_frame_by_frame(vae, pixels: torch.Tensor):
+    """The VAE posterior of frames (F, 3, H, W), encoded one frame at a time: the encoder's
+    activations are one frame's, whatever the clip's length (GroupNorm is per frame, so the
+    posterior is the batched one up to float rounding)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+    moments = torch.cat([vae.encode(frame).latent_dist.parameters for frame in pixels.split(1)])
+    return DiagonalGaussianDistribution(moments)
+
+
 # ----------------------------------------------------------------------------- core
 
 def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any = None, progress: bool = True) -> TuneResult:
@@ -155,7 +165,7 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
     # The video is fixed: encode once, sample the VAE posterior afresh (seeded) at every step.
     generator = torch.Generator().manual_seed(s.seed)  # CPU generator: same draws on any device
     with torch.no_grad():
-        posterior = vae.encode(video.to(device, weight_dtype)).latent_dist
+        posterior = encode_frame_by_frame(vae, video.to(device, weight_dtype))
         text = _encode_prompt(tokenizer, text_encoder, prompt, device)
     scale = vae.config.scaling_factor
     n_train = scheduler.config.num_train_timesteps

@@ -30,10 +30,15 @@ editing with it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import sys
-import time
-from pathlib import Path
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: waiting threads sleep
+
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from reatco.cli import help_without_imports  # noqa: E402
@@ -195,7 +200,8 @@ def edit_gate(args, _pipe) -> dict:
     pipe = ReAtCoPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     base_unet = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    tune = cfg.tune if cfg.tune.enabled and args.edit_tune_steps != 0 else None
+    # --edit_tune_steps N > 0 tunes for N steps even where the config does not tune
+    tune = cfg.tune if (cfg.tune.enabled or args.edit_tune_steps) and args.edit_tune_steps != 0 else None
     if tune is not None and args.edit_tune_steps is not None:
         tune = dataclasses.replace(tune, steps=args.edit_tune_steps)
     steps = cfg.sampling.steps
@@ -276,7 +282,7 @@ def regions_gate(args, _pipe) -> dict:
     pipe = ReAtCoPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     base_unet = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    tune = cfg.tune if cfg.tune.enabled and args.edit_tune_steps != 0 else None
+    tune = cfg.tune if (cfg.tune.enabled or args.edit_tune_steps) and args.edit_tune_steps != 0 else None
     if tune is not None and args.edit_tune_steps is not None:
         tune = dataclasses.replace(tune, steps=args.edit_tune_steps)
     steps = cfg.sampling.steps
@@ -425,17 +431,20 @@ def main(argv=None):
     p.add_argument("--edit_box_grid", type=int, default=None,
                    help="editing: round the region boxes out to this many pixels (default: the VAE's latent cell, "
                         "the finest grid IRJS can keep; 1 = the source objects' tight boxes)")
-    p.add_argument("--edit_tune_steps", type=int, default=None, help="editing: override tune.steps (0 = no tuning)")
+    p.add_argument("--edit_tune_steps", type=int, default=None, help="editing: tune for this many steps (0 = no tuning), whatever the config's tune section says")
     p.add_argument("--region_spec", default="{}",
                    help='regions: the source-region settings as JSON, e.g. \'{"similarity": 0.7}\' (default: the library\'s)')
     p.add_argument("--save_edits", default=None, help="folder for source|edit strips of every case and run")
+    p.add_argument("--autocast", default="none", choices=("none", "bf16"),
+                   help="run every section under CPU bfloat16 autocast (weights stay float32)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_pipe(args.model)
-    results = dict(model=args.model, seed=args.seed)
+    results = dict(model=args.model, seed=args.seed, autocast=args.autocast, threads=args.threads)
     for name in args.sections.split(","):
         t0 = time.time()
-        results[name] = SECTIONS[name](args, pipe)
+        with torch.autocast("cpu", dtype=torch.bfloat16) if args.autocast == "bf16" else contextlib.nullcontext():
+            results[name] = SECTIONS[name](args, pipe)
         results[name]["seconds"] = round(time.time() - t0, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: waiting threads sleep
 
 
 def parse_args(argv=None):
@@ -30,6 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--only", default=None, metavar="NAME", help="run only the edit with this name (one of the config's edits[].name)")
     parser.add_argument("--overwrite", action="store_true", help="replace edit folders that are already finished (default: stop)")
     parser.add_argument("--dry-run", action="store_true", help="validate, print token tables, draw regions.png; load no UNet")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
@@ -54,7 +57,9 @@ def _main(argv=None) -> int:
     from reatco.config import load_config
     from reatco.errors import ConfigError, NonFiniteError
     from reatco.runner import EditRunner
+    from reatco.threads import set_threads
 
+    set_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     try:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: waiting threads sleep
 
 import numpy as np  # noqa: E402
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", nargs="*", default=[], help="our edit YAMLs (edits with regions: needed by VISOR, PSNR, LPIPS)")
     p.add_argument("--pred_root", help="edited frames, <pred_root>[/<variant>]/<subset>/<video>/<category>/00000.jpg; "
                                        "missing ones are generated there (default: <out>/predictions)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
     p.add_argument("--out", required=True, help="results folder: scores/, summary.json, tables.md")
     p.add_argument("--metrics", default=",".join(ev.METRICS), help=f"comma list from {','.join(ev.METRICS)} (default: all)")
     p.add_argument("--clip_model", default=DEFAULT_CLIP, help="CLIP for text alignment and frame consistency: hub id or "
@@ -259,6 +261,9 @@ def main(argv=None) -> int:
 
 def _main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from reatco.threads import set_threads
+
+    set_threads(args.threads)
     args.pred_root = args.pred_root or str(Path(args.out) / "predictions")
     try:
         metrics = ev.parse_metrics(args.metrics)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: waiting threads sleep
 
 
 def parse_args(argv=None):
@@ -31,6 +33,7 @@ def parse_args(argv=None):
                         help="override config values, e.g. tune.steps=500 (repeatable: --set a=1 --set b=2, or --set a=1 b=2)")
     parser.add_argument("--output_dir", default=None, help="write the tuned UNet here (sets tune.output_dir)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished tuned UNet (sets tune.overwrite)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -47,8 +50,10 @@ def _main(argv=None) -> int:
     args = parse_args(argv)  # before the imports below: --help is instant
     from reatco.config import load_config
     from reatco.errors import ConfigError, NonFiniteError
+    from reatco.threads import set_threads
     from reatco.tuning import tune_from_config
 
+    set_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     overrides = list(args.set)
     if args.output_dir:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from reatco.config import TuneConfig
 from reatco.attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
 from reatco.models import TuneAVideoUNet, rad_attention_layers
 
@@ -29,7 +30,7 @@ def test_smoke_run_writes_every_key(bench, tmp_path):
     out = tmp_path / "bench.json"
     bench.main(["--smoke", "--out", str(out)])
     report = json.loads(out.read_text())
-    for key in ("command", "settings", "machine", "per_update", "grad_max_rel_diff", "per_step", "whole_edit", "whole_edit_ratio",
+    for key in ("command", "settings", "machine", "per_update", "grad_max_rel_diff", "per_step", "whole_edit", "whole_edit_ratio", "first_edit_ratio",
                 "fast_over_plain_per_step", "ratios", "memory_fit", "max_frames_24gb", "memory_table", "targets", "markdown"):
         assert key in report, key
     for variant in ("official", "fast", "fast_ckpt"):
@@ -55,19 +56,29 @@ def test_smoke_run_writes_every_key(bench, tmp_path):
     names = {row["target"] for row in report["targets"]}
     assert {"whole_edit_ratio", "fast_over_plain_per_step", "update_time_fast_over_official", "update_peak_fast_over_official",
             "update_peak_fast_ckpt_over_official", "max_frames_24gb_fast_ckpt", "grad_max_rel_diff_fast"} <= names
-    assert "| whole_edit_ratio |" in report["markdown"]
+    assert "| whole_edit_ratio |" in report["markdown"] and "| first_edit_ratio |" in report["markdown"]
+    # plain and fast non-update steps are one measurement of the same CFG call
+    for row in report["per_step"]["by_frames"].values():
+        assert row["plain"] == row["fast_nonupdate_step"]
+    assert edit["tune_steps"] == (TuneConfig().steps if TuneConfig().enabled else 0) and edit["official_tune_steps"] == 200 and edit["tune_step_sec"] > 0
+    assert "runs out" not in json.dumps(report) and "fits 4" not in json.dumps(report)
 
 
 def test_whole_edit_follows_the_schedule(bench):
     # every kind of call costs 1 s per frame: official = 13 windows × (25 × (4 + 4) + 25 × (4 + 4) + 3 × (5 × 12 + 4))
     per_frame = {2: 2.0, 4: 4.0}
     costs = {name: dict(per_frame) for name in
-             ("official_update", "official_grad_forward", "official_discarded_forward", "fast_update", "fast_cfg_nonupdate", "plain_cfg")}
-    args = Namespace(clip_frames=16, window=4, stride=1, steps=50, max_update_steps=25, refinement_iters=5, refinement_iters_source="test")
+             ("official_update", "official_grad_forward", "official_discarded_forward", "fast_update", "cfg_call", "tune_step")}
+    args = Namespace(clip_frames=16, window=4, stride=1, steps=50, max_update_steps=25, refinement_iters=5, refinement_iters_source="test",
+                     tune_steps=30, official_tune_steps=200)
     edit = bench.whole_edit(costs, args)
     assert edit["official_sec"] == pytest.approx(13 * (50 * 8 + 3 * (5 * 12 + 4)))
     assert edit["fast_sec"] == pytest.approx(25 * 32 + 25 * 16 + 3 * 5 * 16)
     assert edit["plain_sec"] == pytest.approx(50 * 16)
+    # first edit: tuning (a step costs 16 s on the 16-frame clip) + the edit
+    assert edit["official_first_edit_sec"] == pytest.approx(200 * 16 + edit["official_sec"])
+    assert edit["fast_first_edit_sec"] == pytest.approx(30 * 16 + edit["fast_sec"])
+    assert edit["first_edit_ratio"] == pytest.approx(edit["fast_first_edit_sec"] / edit["official_first_edit_sec"])
     assert edit["costs"]["fast_update@16"] == {"sec": pytest.approx(16.0), "measured": False}
     assert edit["costs"]["official_update@4"]["measured"] is True
 

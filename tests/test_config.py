@@ -224,7 +224,7 @@ def test_wrong_types_name_the_field(cfg_dict, override, field):
     ("video.width=520", "video.width", "512 or 544"),
     ("video.n_frames=0", "video.n_frames", "≥ 1"),
     ("video.frame_stride=0", "video.frame_stride", "≥ 1"),
-    ("video.prompt=", "video.prompt", "describe"),
+    (["video.prompt=", "tune.enabled=true"], "video.prompt", "describe"),  # tuning needs the prompt
     ("tune.mixed_precision=fp8", "tune.mixed_precision", "bf16"),
     ("sampling.guidance_scale=0.5", "sampling.guidance_scale", "no guidance"),
     ("sampling.start_in_regions=random", "sampling.start_in_regions", "inversion, noise"),
@@ -240,6 +240,7 @@ def test_wrong_types_name_the_field(cfg_dict, override, field):
     ("edits.0.rad.top_k_ratio=2", "edits[0].rad.top_k_ratio", "(0, 1]"),
     ("edits.0.irjs.source=x", "edits[0].irjs.source", "noise, inversion"),
     ("irjs.decode_statistics=frame", "irjs.decode_statistics", "edit, source"),
+    ("model.autocast=fp8", "model.autocast", "none, bf16"),
 ])
 def test_each_validation_error_names_its_field(cfg_dict, override, field, words):
     overrides = override if isinstance(override, list) else [override]
@@ -309,7 +310,7 @@ def test_video_path_must_exist_unless_paths_are_not_checked(cfg_dict, tmp_path):
 
 
 def test_prompt_may_be_empty_when_no_tuning(cfg_dict):
-    cfg = config_from_dict(cfg_dict, ["video.prompt=", "tune.enabled=false"])
+    cfg = config_from_dict(cfg_dict, ["video.prompt="])  # no tuning by default
     assert cfg.video.prompt == ""
 
 
@@ -418,3 +419,19 @@ def test_the_shipped_model_carries_the_demos_settings():
                              "output_dir": demo.output_dir, "edits": config_to_dict(demo)["edits"]},
                             base_dir=REPO / "configs", name="shapes")
     assert config_to_dict(bare) == config_to_dict(demo)
+
+
+def test_default_threads_leave_busy_cores_alone():
+    from reatco.threads import default_threads, set_threads
+
+    assert default_threads(cores=2, load=6.0, torch_default=2) == 1  # a shared, busy machine: one thread
+    assert default_threads(cores=16, load=0.2, torch_default=16) == 15
+    assert default_threads(cores=16, load=0.0, torch_default=8) == 8  # never above torch's own default
+    assert default_threads(cores=2, load=1.5, torch_default=2) == 1
+    before = __import__("torch").get_num_threads()
+    try:
+        assert set_threads(1) == 1 and __import__("torch").get_num_threads() == 1
+    finally:
+        __import__("torch").set_num_threads(before)
+    with pytest.raises(ValueError, match="--threads"):
+        set_threads(-1)

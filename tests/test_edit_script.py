@@ -147,6 +147,33 @@ def test_attention_video_shares_one_scale_and_outlines_the_regions():
     assert ((frame == 255).all(-1)).sum() > 4 * 4 * 30  # white region outlines and labels
 
 
+def test_the_runner_decodes_frame_by_frame(workspace):
+    from reatco.config import load_config
+    from reatco.runner import EditRunner
+
+    runner = EditRunner(load_config(_config(workspace, **{"tune.enabled": False})), progress=False)
+    assert runner.pipeline().vae.use_slicing  # VAE memory independent of the clip's length
+
+
+def test_model_autocast_runs_the_edit_under_bfloat16_autocast(workspace, monkeypatch):
+    import torch
+
+    from reatco.config import load_config
+    from reatco.pipeline import ReAtCoPipeline
+    from reatco.runner import EditRunner
+
+    seen = []
+    call = ReAtCoPipeline.__call__
+    monkeypatch.setattr(ReAtCoPipeline, "__call__", lambda self, *a, **k: (
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))), call(self, *a, **k))[1])
+    for autocast in ("none", "bf16"):
+        cfg = load_config(_config(workspace, **{"tune.enabled": False, "model.autocast": autocast}))
+        runner = EditRunner(cfg, progress=False)
+        result = runner.run(runner.prepare()[0], write=False)
+        assert result.report["autocast"] == autocast
+    assert seen[0][0] is False and seen[1] == (True, torch.bfloat16)
+
+
 def test_every_set_flag_counts():
     for script in (edit_script, _load_script("tune")):
         args = script.parse_args(["--config", "c.yaml", "--set", "a=1", "--set", "b=2", "c=3"])

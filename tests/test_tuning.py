@@ -229,3 +229,15 @@ def test_tune_script_exits_2_on_a_bad_config(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("model:\n  pretrained: x\ntune:\n  stepz: 3\n")
     assert script.main(["--config", str(tmp_path / "bad.yaml")]) == 2
     assert "tune.stepz" in capsys.readouterr().err
+
+
+def test_frame_by_frame_encoding_gives_the_batched_posterior():
+    from reatco.tuning import encode_frame_by_frame
+
+    vae = tiny_sd_components()["vae"].eval()
+    video = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        whole = vae.encode(video).latent_dist
+        frames = encode_frame_by_frame(vae, video)
+    torch.testing.assert_close(frames.mean, whole.mean, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(frames.std, whole.std, rtol=1e-5, atol=1e-6)
