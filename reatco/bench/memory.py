@@ -13,7 +13,7 @@ a small size are scaled to 448×768 fp16 by pixels × bytes per element (`estima
 CUDA device at the target size and in fp16 the fit is of measured peaks (`estimated: false`).
 
 What the stages run is the library's own code where it exists (`ReAtCoPipeline.encode_video`,
-`decode_latents`, `_rad_update`, `reatco.inversion.ddim_inversion`); the tuning step repeats
+`decode_latents`, `RADGuidance.update`, `reatco.inversion.ddim_inversion`); the tuning step repeats
 `reatco.tuning.tune_unet`'s loop body (AdamW on the default trainable modules, autocast in 16-bit
 with float32 master weights, gradient checkpointing as on a GPU).
 """
@@ -128,15 +128,12 @@ def peak_mb(device: str) -> float:
 
 
 class _Host:
-    """The pipeline's methods on bare components (no tokenizer / text encoder needed)."""
+    """The pipeline's VAE methods on a bare VAE (no tokenizer / text encoder needed)."""
 
     from ..pipeline import ReAtCoPipeline as _P
 
     encode_video = _P.encode_video
     decode_latents = _P.decode_latents
-    _rad_forward = _P._rad_forward
-    _rad_update = _P._rad_update
-    _word_maps = staticmethod(_P._word_maps)
     del _P
 
     def __init__(self, device, unet=None, vae=None):
@@ -199,10 +196,9 @@ def _prepare(stage: str, n_frames: int, s: Settings):
 
 
 def _rad_pass(unet, latents, n_frames, s: Settings, g, checkpointed: bool):
-    from ..attention_maps import AttentionStore, record_cross_attention
     from ..config import RADConfig
     from ..models import rad_attention_layers
-    from ..pipeline import _frozen_parameters, _gradient_checkpointing
+    from ..rad_guidance import RADGuidance
 
     cell = 32
     grid = (s.height // cell, s.width // cell)
@@ -212,19 +208,14 @@ def _rad_pass(unet, latents, n_frames, s: Settings, g, checkpointed: bool):
     masks = masks.to(s.device)
     cond = _text(unet, latents.dtype, s, g)
     rad = RADConfig(refinement_thresholds={}, gradient_checkpointing=checkpointed)
-    host = _Host(s.device, unet=unet)
-    store = AttentionStore(grid=grid, stop_early=rad.early_stop)
     layers = rad_attention_layers(unet, 8, cell)
+    guidance = RADGuidance(unet, layers, cond, ["a", "b"], TOKEN_INDICES, masks, rad, n_text_tokens=75, num_steps=50)
     t = torch.tensor(500, device=s.device)
 
     @torch.no_grad()  # as in the pipeline: only the RAD pass enables grad
     def rad_pass():
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(record_cross_attention(unet, layers, store))
-            stack.enter_context(_frozen_parameters(unet))
-            if checkpointed:
-                stack.enter_context(_gradient_checkpointing(unet))
-            return host._rad_update(latents, 1, t, cond, TOKEN_INDICES, masks, store, rad, 1.0, 75, ["a", "b"])[0]
+        with guidance.attached():  # recorder, frozen weights, checkpointing as `rad` asks
+            return guidance.update(latents, 1, t, step_size=1.0)[0]
 
     return rad_pass
 
