@@ -418,7 +418,9 @@ def cost_at(points: dict[int, float], n_frames: int) -> tuple[float, bool]:
     if n_frames in points:
         return points[n_frames], True
     a, b = linear_fit(points)
-    return a + b * n_frames, False
+    # More frames never cost less: a noisy negative slope (smoke sizes, a loaded machine) reads as flat.
+    floor = max((v for x, v in points.items() if x <= n_frames), default=0.0)
+    return max(a + b * n_frames, floor), False
 
 
 def rel_diff(reference: torch.Tensor, other: torch.Tensor) -> float:
