@@ -16,13 +16,13 @@ PSNR is the evaluation's own (`reatco.metrics.fidelity.masked_psnr`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..metrics.fidelity import masked_psnr
 from . import world
-from .detector import detect
+from .detector import NAMES, classify_pixels, detect
 
 
 @dataclass
@@ -31,16 +31,30 @@ class EditCase:
     targets: list[tuple[str, str]]  # (colour, shape) of edited object j, placed in region j
     prompt: str
     box_grid: int = 1  # the region boxes are the source boxes rounded out to this many pixels
+    edited: list[int] | None = None  # the source object region j follows (None: object j)
+    kept: list[int] = field(default_factory=list)  # source objects the prompt names unchanged, with no region
+    region_scale: list[float] | None = None  # region j: its source box scaled by this about its centre
+    family: str = "base"
 
     @property
     def words(self) -> list[str]:
         return [f"{c} {s}" for c, s in self.targets]
 
     @property
+    def followed(self) -> list[int]:
+        """The source object each region follows."""
+        return list(range(len(self.targets))) if self.edited is None else list(self.edited)
+
+    @property
     def boxes(self) -> np.ndarray:
-        """(J, F, 4) int pixel boxes x1, y1, x2, y2 (exclusive): region j follows source object j,
-        its tight box rounded outwards to multiples of `box_grid` pixels."""
-        return snap_boxes(self.source.boxes, self.box_grid, self.source.frames.shape[1])
+        """(J, F, 4) int pixel boxes x1, y1, x2, y2 (exclusive): region j follows source object
+        `followed[j]`, its tight box (scaled by `region_scale[j]` if given) rounded outwards to
+        multiples of `box_grid` pixels."""
+        size = self.source.frames.shape[1]
+        boxes = self.source.boxes[self.followed]
+        if self.region_scale is not None:
+            boxes = scale_boxes(boxes, np.asarray(self.region_scale, float)[:, None], size)
+        return snap_boxes(boxes, self.box_grid, size)
 
     def objects(self) -> list[dict]:
         """The pipeline's `objects`: one word and per-frame boxes per edited object."""
@@ -77,6 +91,17 @@ class EditCase:
         masks = object_masks(regions, n_f, latent_size, latent_size)
         cells = latent_region_mask(masks, latent_size, latent_size)[0, 0].numpy() > 0  # the mask IRJS blends with
         return np.repeat(np.repeat(cells, h // latent_size, 1), w // latent_size, 2)
+
+
+def scale_boxes(boxes: np.ndarray, scale, size: int) -> np.ndarray:
+    """Boxes (…, 4) scaled by `scale` (broadcast over …) about their centres, rounded outwards
+    to whole pixels, within the image."""
+    boxes = np.asarray(boxes, float)
+    centre, half = (boxes[..., :2] + boxes[..., 2:]) / 2, (boxes[..., 2:] - boxes[..., :2]) / 2
+    half = half * np.asarray(scale, float)[..., None]
+    lo = np.clip(np.floor(centre - half), 0, size)
+    hi = np.clip(np.ceil(centre + half), 0, size)
+    return np.concatenate([lo, hi], -1).astype(int)
 
 
 def snap_boxes(boxes: np.ndarray, grid: int, size: int) -> np.ndarray:
@@ -116,23 +141,28 @@ def relation(a: tuple[float, float], b: tuple[float, float]) -> str:
 
 def placement_scores(frames: np.ndarray, case: EditCase) -> dict:
     """Per frame: is every edited object found with its blob's centroid inside its own region box?
-    And does the relation of the two found objects (VISOR's left/right/above/below) match the
-    relation of their regions? frames (F, H, W, 3) uint8. Returns the fractions of frames and the
-    per-frame details."""
-    colours = [c for c, _ in case.targets]
+    And does every pair of objects (the edited ones, found by their new colours, and the kept
+    ones, by their source colours) stand in the relation (VISOR's left/right/above/below) of
+    their boxes? frames (F, H, W, 3) uint8. Returns the fractions of frames and the per-frame
+    details."""
+    n_j = len(case.targets)
+    colours = [c for c, _ in case.targets] + [case.source.shapes[k].color for k in case.kept]
     per_frame = []
     for f, image in enumerate(frames):
         found = detect(image, colours)
+        boxes = case.boxes[:, f].tolist() + case.source.boxes[case.kept, f].tolist()
         objects = []
         for j, colour in enumerate(colours):
             d = found[colour]
-            x1, y1, x2, y2 = (int(v) for v in case.boxes[j, f])
+            x1, y1, x2, y2 = (int(v) for v in boxes[j])
             inside = bool(d.found and x1 <= d.centroid[0] <= x2 and y1 <= d.centroid[1] <= y2)
             objects.append({"found": d.found, "centroid": d.centroid, "inside": inside, "shape": d.shape})
-        centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in case.boxes[:, f].tolist()]
-        wanted = relation(centres[0], centres[1])
-        got = relation(objects[0]["centroid"], objects[1]["centroid"]) if all(o["found"] for o in objects) else None
-        per_frame.append({"placed": all(o["inside"] for o in objects), "relation": got == wanted,
+        centres = [((b[0] + b[2]) / 2, (b[1] + b[3]) / 2) for b in boxes]
+        pairs = [(a, b) for a in range(len(colours)) for b in range(a + 1, len(colours))]
+        related = all(objects[a]["found"] and objects[b]["found"]
+                      and relation(objects[a]["centroid"], objects[b]["centroid"]) == relation(centres[a], centres[b])
+                      for a, b in pairs)
+        per_frame.append({"placed": all(o["inside"] for o in objects[:n_j]), "relation": related,
                           "shapes": all(o["shape"] == s for o, (_, s) in zip(objects, case.targets)), "objects": objects})
     n = max(1, len(per_frame))
     return {
@@ -141,6 +171,51 @@ def placement_scores(frames: np.ndarray, case: EditCase) -> dict:
         "shapes": sum(p["shapes"] for p in per_frame) / n,
         "frames": per_frame,
     }
+
+
+def kept_scores(frames: np.ndarray, case: EditCase, min_iou: float = 0.8) -> float:
+    """Fraction of frames in which every kept object is still there as it was: the pixels of its
+    colour overlap its source mask with IoU ≥ `min_iou` (a moved, missing or doubled object falls
+    below). nan for a case that keeps nothing."""
+    if not case.kept:
+        return float("nan")
+    ok = []
+    for f, image in enumerate(frames):
+        labels = classify_pixels(np.asarray(image))
+        good = True
+        for k in case.kept:
+            drawn, truth = labels == NAMES.index(case.source.shapes[k].color), case.source.masks[k, f]
+            good &= bool((drawn & truth).sum() >= min_iou * max(1, (drawn | truth).sum()))
+        ok.append(good)
+    return float(np.mean(ok))
+
+
+def stray_blobs(frames: np.ndarray, source_frames: np.ndarray, colours: list[str], inside: np.ndarray,
+                min_pixels: int = 12) -> np.ndarray:
+    """(F,) int: per frame, the blobs of the given colours that lie outside every region — the
+    connected pixels of one colour (not already that colour in the source frame), at least
+    `min_pixels` of them (the detector's floor), most of them outside `inside` ((F, H, W) bool,
+    the regions). A pixel or two of an object smeared over its box edge belongs to a blob that
+    is mostly inside and is not counted; an object drawn beside its region, or a second copy, is."""
+    from scipy import ndimage
+
+    counts = np.zeros(len(frames), int)
+    for f, (image, source) in enumerate(zip(frames, source_frames)):
+        labels, source_labels = classify_pixels(np.asarray(image)), classify_pixels(np.asarray(source))
+        for colour in colours:
+            k = NAMES.index(colour)
+            blobs, n = ndimage.label((labels == k) & (source_labels != k))
+            for b in range(1, n + 1):
+                blob = blobs == b
+                size, out = int(blob.sum()), int((blob & ~inside[f]).sum())
+                counts[f] += size >= min_pixels and 2 * out > size
+    return counts
+
+
+def stray_frames(frames: np.ndarray, case: EditCase) -> float:
+    """Fraction of frames with a stray blob of an edited colour (`stray_blobs`)."""
+    colours = [c for c, _ in case.targets]
+    return float((stray_blobs(frames, case.source.frames, colours, ~case.outside_mask()) > 0).mean())
 
 
 def region_attention_mass(maps, case: EditCase) -> float:

@@ -236,16 +236,21 @@ def make_video(seed: int, index: int = 0, n_frames: int = 8, n_objects: int = 2,
             break
     else:
         raise ValueError("could not find non-overlapping paths; use fewer or smaller shapes")
-    bg = render_background(bg_name, rng, size)
+    return render_video(render_background(bg_name, rng, size), bg_name, objs, paths)
+
+
+def render_video(bg: np.ndarray, bg_name: str, shapes: list[Shape], paths: np.ndarray) -> Sample:
+    """The clip of `shapes` moving along `paths` (J,F,2 centres) over the static `bg`, with exact
+    masks and boxes (a shape partly outside the frame gets the box of its visible pixels)."""
     frames, masks = [], []
-    for f in range(n_frames):
-        img, m = compose(bg, objs, paths[:, f])
+    for f in range(paths.shape[1]):
+        img, m = compose(bg, shapes, paths[:, f])
         frames.append(img)
         masks.append(m)
     frames = np.stack(frames)
     masks = np.stack(masks, axis=1)  # (J,F,H,W)
-    boxes = np.stack([[_box(masks[j, f]) for f in range(n_frames)] for j in range(len(objs))])
-    return Sample(frames, bg, bg_name, list(objs), paths, boxes, masks, caption(objs, bg_name))
+    boxes = np.stack([[_box(masks[j, f]) for f in range(paths.shape[1])] for j in range(len(shapes))])
+    return Sample(frames, bg, bg_name, list(shapes), paths, boxes, masks, caption(shapes, bg_name))
 
 
 # --------------------------------------------------------------------------- tensors
