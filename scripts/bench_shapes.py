@@ -23,6 +23,12 @@ editing with it.
                boxes rounded out to the VAE's latent cells (--edit_box_grid), the finest grid on
                which IRJS can keep the source; with tight boxes (--edit_box_grid 1) the part of
                a cut cell outside its box is the model's, reported as its own row.
+               --families picks the case families of reatco/toy/families.py (crossing objects,
+               three objects, 16 frames, fast motion, frame borders, scaled boxes, a kept object),
+               each with its own row: placement and VISOR relation with and without RAD, frames
+               with a stray blob of an edited colour outside every region, invariant PSNR with and
+               without IRJS, the kept object, and the gates (placement ≥ 0.95 and ≥ 0.6 above
+               without RAD, ≥ 35 dB, stray blobs in ≤ 2 % of the frames).
 
   python scripts/bench_shapes.py --model data/shapes-model --out outputs/bench_shapes.json
 """
@@ -192,8 +198,9 @@ def edit_gate(args, _pipe) -> dict:
     from reatco.config import load_config
     from reatco.pipeline import ReAtCoPipeline
     from reatco.metrics.fidelity import masked_psnr as psnr
-    from reatco.toy.editing import (invariant_breakdown, invariant_psnr, make_edit_case, placement_scores,
-                                    region_attention_mass)
+    from reatco.toy.editing import (invariant_breakdown, invariant_psnr, kept_scores, placement_scores,
+                                    region_attention_mass, stray_frames)
+    from reatco.toy.families import make_case
     from reatco.tuning import tune_unet
 
     cfg = load_config(args.config, args.set)
@@ -207,8 +214,8 @@ def edit_gate(args, _pipe) -> dict:
     steps = cfg.sampling.steps
     box_grid = args.edit_box_grid or pipe.vae_scale_factor
     rows = []
-    for i in range(args.edit_cases):
-        case = make_edit_case(BENCH_OFFSET + args.seed, 40_000 + i, n_frames=args.edit_frames, box_grid=box_grid)
+    for family, i in [(fam, i) for fam in args.families.split(",") for i in range(args.edit_cases)]:
+        case = make_case(family, BENCH_OFFSET + args.seed, 40_000 + i, n_frames=args.edit_frames, box_grid=box_grid)
         video = case.video_tensor()
         t0 = time.time()
         if tune is not None:  # every case starts from the shipped weights
@@ -220,7 +227,7 @@ def edit_gate(args, _pipe) -> dict:
             roundtrip = (pipe.decode_latents(latents).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
             trajectory = pipe.invert(latents, cfg.inversion.prompt, steps, cfg.inversion.guidance_scale)
         latent_size = latents.shape[-1]
-        row = {"case": i, "prompt": case.prompt, "source": case.source.caption,
+        row = {"case": i, "family": family, "prompt": case.prompt, "source": case.source.caption,
                "vae_roundtrip_invariant_psnr": psnr(roundtrip, case.source.frames, case.outside_mask()),
                "vae_roundtrip_kept_cells_psnr": invariant_breakdown(roundtrip, case, latent_size)["kept_cells_psnr"]}
         for name, (use_rad, use_irjs) in EDIT_RUNS.items():
@@ -238,17 +245,21 @@ def edit_gate(args, _pipe) -> dict:
                          "invariant_psnr_vs_roundtrip": psnr(frames, roundtrip, case.outside_mask()),
                          # IRJS keeps latent cells: the error in the cells it keeps vs the cells the box edges cut
                          **invariant_breakdown(frames, case, latent_size),
-                         "attention_in_regions": region_attention_mass(out.attention_maps, case)}
+                         "attention_in_regions": region_attention_mass(out.attention_maps, case),
+                         "stray_frames": stray_frames(frames, case), "kept": kept_scores(frames, case)}
             if args.save_edits:
-                _save_edit(Path(args.save_edits) / f"case{i:02d}_{name}.png", case, frames)
+                prefix = "" if family == "base" else f"{family}_"
+                _save_edit(Path(args.save_edits) / f"{prefix}case{i:02d}_{name}.png", case, frames)
         row["seconds"] = round(time.time() - t0, 1)
         rows.append(row)
-        print(f"[editing] case {i}: {case.prompt!r} " + " ".join(
+        print(f"[editing] {family} case {i}: {case.prompt!r} " + " ".join(
             f"{n}: place {row[n]['placement']:.2f} psnr {row[n]['invariant_psnr']:.1f}" for n in EDIT_RUNS), flush=True)
-    summary = {name: {key: _mean_of_numbers([r[name][key] for r in rows])  # nan: a case without cut cells
-                      for key in ("placement", "relation", "shapes", "invariant_psnr", "invariant_psnr_vs_roundtrip",
-                                 "kept_cells_psnr", "cut_cells_psnr", "cut_cells_share", "attention_in_regions")}
-               for name in EDIT_RUNS}
+    summary = _edit_summary(rows)
+    families = {}
+    for fam in args.families.split(","):
+        of_family = [row for row in rows if row["family"] == fam]
+        families[fam] = {**_edit_summary(of_family), "n_cases": len(of_family)}
+        families[fam].update(_family_gates(families[fam]))
     with_rad, without = summary["rad_irjs"]["placement"], summary["no_rad"]["placement"]
     return {
         **summary,
@@ -257,8 +268,31 @@ def edit_gate(args, _pipe) -> dict:
         "placement_gate": 0.9, "placement_passed": bool(with_rad >= 0.9 and with_rad - without >= 0.2),
         "invariant_gate_db": 35.0, "invariant_passed": bool(summary["rad_irjs"]["invariant_psnr"] >= 35.0),
         "config": args.config, "tune_steps": tune.steps if tune is not None else 0, "box_grid": box_grid, "n_cases": len(rows),
-        "n_frames": args.edit_frames, "cases": rows,
+        "n_frames": args.edit_frames, "families": families, "cases": rows,
     }
+
+
+def _edit_summary(rows: list[dict]) -> dict:
+    return {name: {key: _mean_of_numbers([r[name][key] for r in rows])  # nan: a case without cut cells / kept objects
+                   for key in ("placement", "relation", "shapes", "invariant_psnr", "invariant_psnr_vs_roundtrip",
+                               "kept_cells_psnr", "cut_cells_psnr", "cut_cells_share", "attention_in_regions",
+                               "stray_frames", "kept")}
+            for name in EDIT_RUNS}
+
+
+FAMILY_GATES = dict(placement=0.95, placement_margin=0.6, invariant_db=35.0, stray_frames=0.02)
+
+
+def _family_gates(s: dict) -> dict:
+    """issue 21's gates on one case family: placement ≥ 0.95 with RAD and ≥ 0.6 above without,
+    invariant PSNR ≥ 35 dB with IRJS, stray blobs in ≤ 2 % of the frames (and kept objects kept)."""
+    r, n, g = s["rad_irjs"], s["no_rad"], FAMILY_GATES
+    gates = {"placement_passed": bool(r["placement"] >= g["placement"] and r["placement"] - n["placement"] >= g["placement_margin"]),
+             "invariant_passed": bool(r["invariant_psnr"] >= g["invariant_db"]),
+             "stray_passed": bool(r["stray_frames"] <= g["stray_frames"])}
+    if not np.isnan(r["kept"]):
+        gates["kept_passed"] = bool(r["kept"] >= g["placement"])
+    return {**gates, "passed": all(gates.values())}
 
 
 def regions_gate(args, _pipe) -> dict:
@@ -397,6 +431,17 @@ def markdown(results: dict) -> str:
         if r["cut_cells_share"] > 0:
             rows.append(f"| … in the latent cells the box edges cut ({r['cut_cells_share']:.1%} of the invariant pixels), "
                         f"IRJS (dB) | {r['cut_cells_psnr']:.1f} | — | — |")
+    if e and set(e.get("families", {})) - {"base"}:
+        rows += ["", "| family (cases) | placement RAD (without) | VISOR relation RAD (without) | stray-blob frames RAD "
+                 "(without IRJS) | invariant PSNR IRJS (without) dB | kept | gates |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for fam, s in e["families"].items():
+            r, n, o = s["rad_irjs"], s["no_rad"], s["no_irjs"]
+            failed = [k[:-7] for k, v in s.items() if k.endswith("_passed") and not v]
+            kept = "—" if np.isnan(r["kept"]) else f"{r['kept']:.2f}"
+            rows.append(f"| {fam} ({s['n_cases']}) | {r['placement']:.2f} ({n['placement']:.2f}) | {r['relation']:.2f} "
+                        f"({n['relation']:.2f}) | {r['stray_frames']:.1%} ({o['stray_frames']:.1%}) | {r['invariant_psnr']:.1f} "
+                        f"({o['invariant_psnr']:.1f}) | {kept} "
+                        f"| {'✅' if s['passed'] else '❌ ' + ', '.join(failed)} |")
     g = results.get("regions")
     if g:
         t, f = g["true_regions"], g["found_regions"]
@@ -426,7 +471,9 @@ def main(argv=None):
     p.add_argument("--config", default="configs/shapes.yaml", help="editing: the settings to benchmark")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
                    help="editing: override a config value, e.g. --set rad.step_size=40 (repeatable)")
-    p.add_argument("--edit_cases", type=int, default=8)
+    p.add_argument("--edit_cases", type=int, default=8, help="editing: cases per family")
+    p.add_argument("--families", default="base", help="editing: comma-separated case families of "
+                   "reatco/toy/families.py (base,cross,three,long,fast,border,box_scale,keep), each with its own rows")
     p.add_argument("--edit_frames", type=int, default=8)
     p.add_argument("--edit_box_grid", type=int, default=None,
                    help="editing: round the region boxes out to this many pixels (default: the VAE's latent cell, "
@@ -438,6 +485,11 @@ def main(argv=None):
     p.add_argument("--autocast", default="none", choices=("none", "bf16"),
                    help="run every section under CPU bfloat16 autocast (weights stay float32)")
     args = p.parse_args(argv)
+    from reatco.toy.families import FAMILIES
+
+    unknown = sorted(set(args.families.split(",")) - set(FAMILIES))
+    if unknown:
+        p.error(f"--families: unknown {', '.join(unknown)}; choose from {','.join(FAMILIES)}")
     torch.set_num_threads(args.threads)
     pipe = load_pipe(args.model)
     results = dict(model=args.model, seed=args.seed, autocast=args.autocast, threads=args.threads)

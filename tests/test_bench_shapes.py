@@ -51,14 +51,14 @@ def test_every_section_runs_and_reports(tmp_path):
     assert irjs["kept_cells_psnr"] > no_irjs["kept_cells_psnr"] + 5
 
 
-def test_tight_boxes_leave_cut_cells_to_the_model(tmp_path):
+def test_tight_boxes_leave_cut_cells_to_the_model(tmp_path, capsys):
     bench = _load()
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
         bench.main([
             "--model", str(ROOT / "data" / "shapes-model"), "--config", str(ROOT / "configs" / "shapes.yaml"),
-            "--threads", str(threads), "--sections", "editing", "--edit_box_grid", "1",
+            "--threads", str(threads), "--sections", "editing", "--edit_box_grid", "1", "--families", "base,keep",
             "--edit_cases", "1", "--edit_frames", "2", "--edit_tune_steps", "0",
             "--set", "sampling.steps=4", "--set", "rad.refinement_thresholds={}", "--set", "rad.max_update_steps=2",
             "--out", str(out),
@@ -71,3 +71,11 @@ def test_tight_boxes_leave_cut_cells_to_the_model(tmp_path):
     assert edit["box_grid"] == 1 and irjs["kept_cells_psnr"] > no_irjs["kept_cells_psnr"] + 5
     assert irjs["cut_cells_psnr"] < irjs["kept_cells_psnr"]
     assert 0 < irjs["cut_cells_share"] == no_irjs["cut_cells_share"] < 0.2
+    # each family has its own rows: the kept object is measured where there is one, and the gates are judged
+    assert [c["family"] for c in edit["cases"]] == ["base", "keep"] and set(edit["families"]) == {"base", "keep"}
+    base, keep = edit["families"]["base"], edit["families"]["keep"]
+    assert base["n_cases"] == keep["n_cases"] == 1 and "kept_passed" not in base and "kept_passed" in keep
+    assert 0 <= keep["rad_irjs"]["kept"] <= 1 and base["rad_irjs"]["kept"] != base["rad_irjs"]["kept"]  # nan: nothing kept
+    for fam in (base, keep):
+        assert 0 <= fam["rad_irjs"]["stray_frames"] <= 1 and fam["passed"] == all(v for k, v in fam.items() if k.endswith("_passed"))
+    assert "| keep (1) |" in capsys.readouterr().out
