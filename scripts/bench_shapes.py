@@ -236,7 +236,7 @@ def edit_gate(args, _pipe) -> dict:
                        negative_prompt=cfg.sampling.negative_prompt, generator=torch.Generator().manual_seed(cfg.sampling.seed),
                        start_in_regions=cfg.sampling.start_in_regions,
                        rad=dataclasses.replace(cfg.rad, enabled=use_rad), irjs=dataclasses.replace(cfg.irjs, enabled=use_irjs),
-                       attention_cell_px=cfg.model.attention_cell_px, output_type="np", return_attention=True)
+                       window=cfg.window, attention_cell_px=cfg.model.attention_cell_px, output_type="np", return_attention=True)
             frames = (out.frames * 255).round().astype(np.uint8)
             scores = placement_scores(frames, case)
             row[name] = {"placement": scores["placement"], "relation": scores["relation"], "shapes": scores["shapes"],
