@@ -56,6 +56,7 @@ if str(ROOT) not in sys.path:
 
 from reatco.attention_maps import AttentionStore, RADForwardComplete, record_cross_attention  # noqa: E402
 from reatco.models import TuneAVideoUNet, rad_attention_layers  # noqa: E402
+from reatco.bench.memory import linear_fit  # noqa: E402
 from reatco.rad_guidance import RADGuidance  # noqa: E402
 
 from reatco.config import RADConfig  # noqa: E402
@@ -401,16 +402,6 @@ def _measure_tune(args, isolate: bool, tmp: str) -> dict:
 
 
 # ----------------------------------------------------------------------------- analysis
-
-
-def linear_fit(points: dict[int, float]) -> tuple[float, float]:
-    """(a, b) of y = a + b·F by least squares; one point → through the origin."""
-    xs, ys = list(points), list(points.values())
-    if len(xs) == 1:
-        return 0.0, ys[0] / xs[0]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-    return my - b * mx, b
 
 
 def cost_at(points: dict[int, float], n_frames: int) -> tuple[float, bool]:
