@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:
 
 from reatco.attention_maps import AttentionStore, RADForwardComplete, record_cross_attention  # noqa: E402
 from reatco.models import TuneAVideoUNet, rad_attention_layers  # noqa: E402
-from reatco.bench.memory import linear_fit  # noqa: E402
+from reatco.bench.memory import linear_fit, rss_mb  # noqa: E402
 from reatco.rad_guidance import RADGuidance  # noqa: E402
 
 from reatco.config import RADConfig  # noqa: E402
@@ -171,14 +171,6 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def _reset_peak(device) -> bool:
     """Start a new peak window; True when the peak can be read for this window alone."""
     gc.collect()
@@ -203,7 +195,7 @@ def _reset_peak(device) -> bool:
 def _current_mb(device) -> float:
     if str(device).startswith("cuda"):
         return torch.cuda.memory_allocated() / 2**20
-    return _rss_mb()
+    return rss_mb()
 
 
 def _peak_mb(device) -> float:

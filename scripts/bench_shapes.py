@@ -192,16 +192,14 @@ def attention_gate(args, pipe, timesteps=(200, 500, 800), cell: int = 8) -> dict
 EDIT_RUNS = {"rad_irjs": (True, True), "no_rad": (False, True), "no_irjs": (True, False)}
 
 
-def edit_gate(args, _pipe) -> dict:
+def _edit_setup(args):
+    """What the editing and regions sections share: the config, the shipped pipeline, its UNet
+    weights to restore before each case's tuning, the tune settings (None: no tuning), the
+    sampling steps and the region box grid."""
     import dataclasses
 
     from reatco.config import load_config
     from reatco.pipeline import ReAtCoPipeline
-    from reatco.metrics.fidelity import masked_psnr as psnr
-    from reatco.toy.editing import (invariant_breakdown, invariant_psnr, kept_scores, placement_scores,
-                                    region_attention_mass, stray_frames)
-    from reatco.toy.families import make_case
-    from reatco.tuning import tune_unet
 
     cfg = load_config(args.config, args.set)
     pipe = ReAtCoPipeline.from_pretrained(args.model)
@@ -211,8 +209,19 @@ def edit_gate(args, _pipe) -> dict:
     tune = cfg.tune if (cfg.tune.enabled or args.edit_tune_steps) and args.edit_tune_steps != 0 else None
     if tune is not None and args.edit_tune_steps is not None:
         tune = dataclasses.replace(tune, steps=args.edit_tune_steps)
-    steps = cfg.sampling.steps
-    box_grid = args.edit_box_grid or pipe.vae_scale_factor
+    return cfg, pipe, base_unet, tune, cfg.sampling.steps, args.edit_box_grid or pipe.vae_scale_factor
+
+
+def edit_gate(args, _pipe) -> dict:
+    import dataclasses
+
+    from reatco.metrics.fidelity import masked_psnr as psnr
+    from reatco.toy.editing import (invariant_breakdown, invariant_psnr, kept_scores, placement_scores,
+                                    region_attention_mass, stray_frames)
+    from reatco.toy.families import make_case
+    from reatco.tuning import tune_unet
+
+    cfg, pipe, base_unet, tune, steps, box_grid = _edit_setup(args)
     rows = []
     for family, i in [(fam, i) for fam in args.families.split(",") for i in range(args.edit_cases)]:
         case = make_case(family, BENCH_OFFSET + args.seed, 40_000 + i, n_frames=args.edit_frames, box_grid=box_grid)
@@ -302,25 +311,13 @@ def regions_gate(args, _pipe) -> dict:
     the true regions (both rounded out to the --edit_box_grid like the editing section's).
     Placement is judged against the true boxes in both runs; the invariant region is what lies
     outside each run's own regions."""
-    import dataclasses
-
-    from reatco.config import load_config
     from reatco.metrics.fidelity import masked_psnr as psnr
-    from reatco.pipeline import ReAtCoPipeline
     from reatco.region_finding import box_iou, find_source_regions
     from reatco.regions import Region
     from reatco.toy.editing import make_edit_case, placement_scores
     from reatco.tuning import tune_unet
 
-    cfg = load_config(args.config, args.set)
-    pipe = ReAtCoPipeline.from_pretrained(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    base_unet = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
-    tune = cfg.tune if (cfg.tune.enabled or args.edit_tune_steps) and args.edit_tune_steps != 0 else None
-    if tune is not None and args.edit_tune_steps is not None:
-        tune = dataclasses.replace(tune, steps=args.edit_tune_steps)
-    steps = cfg.sampling.steps
-    box_grid = args.edit_box_grid or pipe.vae_scale_factor
+    cfg, pipe, base_unet, tune, steps, box_grid = _edit_setup(args)
     spec = json.loads(args.region_spec)
     rows = []
     for i in range(args.edit_cases):

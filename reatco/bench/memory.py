@@ -85,7 +85,7 @@ class Settings:
 # ----------------------------------------------------------------------------- peaks
 
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmRSS"):
@@ -114,7 +114,7 @@ def reset_peak(device: str) -> bool:
 
 
 def current_mb(device: str) -> float:
-    return torch.cuda.memory_allocated() / 2**20 if device.startswith("cuda") else _rss_mb()
+    return torch.cuda.memory_allocated() / 2**20 if device.startswith("cuda") else rss_mb()
 
 
 def peak_mb(device: str) -> float:
