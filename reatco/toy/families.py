@@ -137,14 +137,21 @@ def _three(rng, n_frames: int, box_grid: int) -> EditCase | None:
     return EditCase(source, targets, _prompt([f"{c} {s}" for c, s in targets], name), box_grid)
 
 
-def _long(rng, n_frames: int, box_grid: int) -> EditCase | None:
+def _two_moving_objects(rng, n_frames: int):
+    """(shapes, background name, rendered video) of two shapes on the world's gentle paths over a drawn background,
+    or None when the paths touch (the caller draws the case again)."""
     shapes = _shapes(rng, 2)
     radii = np.array([s.radius for s in shapes])
-    paths = np.stack([world._path(rng, r, 2 * n_frames, world.SIZE) for r in radii])
+    paths = np.stack([world._path(rng, r, n_frames, world.SIZE) for r in radii])
     if not _fits(paths, radii):
         return None
     bg, name = _background(rng)
-    return _two_object_case(rng, world.render_video(bg, name, shapes, paths), box_grid)
+    return shapes, name, world.render_video(bg, name, shapes, paths)
+
+
+def _long(rng, n_frames: int, box_grid: int) -> EditCase | None:
+    drawn = _two_moving_objects(rng, 2 * n_frames)
+    return None if drawn is None else _two_object_case(rng, drawn[2], box_grid)
 
 
 FAST_PX = (4.0, 6.0)  # px per frame (the base family: ≤ 32 px over the clip)
@@ -203,26 +210,20 @@ SMALLER, LARGER = (0.6, 0.8), (1.3, 1.6)  # region / source box, per side
 
 
 def _box_scale(rng, n_frames: int, box_grid: int) -> EditCase | None:
-    shapes = _shapes(rng, 2)
-    radii = np.array([s.radius for s in shapes])
-    paths = np.stack([world._path(rng, r, n_frames, world.SIZE) for r in radii])
-    if not _fits(paths, radii):
+    drawn = _two_moving_objects(rng, n_frames)
+    if drawn is None:
         return None
-    bg, name = _background(rng)
     scale = [rng.uniform(*SMALLER), rng.uniform(*LARGER)]
     rng.shuffle(scale)
-    case = _two_object_case(rng, world.render_video(bg, name, shapes, paths), box_grid, region_scale=[float(s) for s in scale])
+    case = _two_object_case(rng, drawn[2], box_grid, region_scale=[float(s) for s in scale])
     return None if _overlap(case.boxes[0], case.boxes[1]) else case
 
 
 def _keep(rng, n_frames: int, box_grid: int) -> EditCase | None:
-    shapes = _shapes(rng, 2)
-    radii = np.array([s.radius for s in shapes])
-    paths = np.stack([world._path(rng, r, n_frames, world.SIZE) for r in radii])
-    if not _fits(paths, radii):
+    drawn = _two_moving_objects(rng, n_frames)
+    if drawn is None:
         return None
-    bg, name = _background(rng)
-    source = world.render_video(bg, name, shapes, paths)
+    shapes, name, source = drawn
     edited = int(rng.integers(2))
     kept = 1 - edited
     target = _free_targets(rng, source, 1)[0]
