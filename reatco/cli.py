@@ -1,5 +1,8 @@
-"""`--help` without the heavy imports: the scripts import torch, diffusers and transformers at the
-top (seconds to tens of seconds on a loaded machine) only to print their usage.
+"""What the scripts share: `--help` without the heavy imports, and the settings of a benchmark or
+training command line as a dataclass (`settings_class`).
+
+The scripts import torch, diffusers and transformers at the top (seconds to tens of seconds on a
+loaded machine) only to print their usage.
 
 Each script calls `help_without_imports(__file__)` before those imports. When `-h`/`--help` is
 asked for, it runs the script's top-level statements one by one, leaving out the imports of
@@ -58,3 +61,17 @@ def help_without_imports(script: str) -> None:
             namespace[entry]()
     except _SKIPPED:
         return  # the parser needs more than the standard library: the normal path prints it
+
+
+def settings_class(name: str, rows, doc: str, module: str, check=None) -> type:
+    """A dataclass of a command line's settings from rows (field, type, default), one field per
+    flag of the same name; list defaults are copied per instance. `check(settings)` (optional)
+    runs after construction (`__post_init__`)."""
+    import dataclasses
+
+    fields = [(field, kind, dataclasses.field(default_factory=lambda d=default: list(d)) if isinstance(default, list)
+               else dataclasses.field(default=default)) for field, kind, default in rows]
+    namespace = {"__doc__": doc, "__module__": module}
+    if check is not None:
+        namespace["__post_init__"] = check
+    return dataclasses.make_dataclass(name, fields, namespace=namespace)

@@ -1,25 +1,23 @@
-"""scripts/bench_shapes.py on the shipped shapes model, shrunk to seconds: every gate runs end to
-end and writes its keys (the full numbers are in the README, from the full run)."""
+"""reatco.bench.shapes (scripts/bench_shapes.py) on the shipped shapes model, shrunk to seconds:
+every gate runs end to end and writes its keys (the full numbers are in the README, from the full
+run)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
+from reatco.bench import shapes
+from reatco.errors import ConfigError
+from reatco.toy.families import FAMILIES
+from scripts_loader import load_script
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "bench_shapes.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_shapes", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
 
 
 def test_every_section_runs_and_reports(tmp_path):
-    bench = _load()
+    bench = load_script("bench_shapes")
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()  # the script sets its own (--threads)
     try:
@@ -51,21 +49,17 @@ def test_every_section_runs_and_reports(tmp_path):
     assert irjs["kept_cells_psnr"] > no_irjs["kept_cells_psnr"] + 5
 
 
-def test_tight_boxes_leave_cut_cells_to_the_model(tmp_path, capsys):
-    bench = _load()
-    out = tmp_path / "bench.json"
+def test_tight_boxes_leave_cut_cells_to_the_model(tmp_path):
     threads = torch.get_num_threads()
     try:
-        bench.main([
-            "--model", str(ROOT / "data" / "shapes-model"), "--config", str(ROOT / "configs" / "shapes.yaml"),
-            "--threads", str(threads), "--sections", "editing", "--edit_box_grid", "1", "--families", "base,keep",
-            "--edit_cases", "1", "--edit_frames", "2", "--edit_tune_steps", "0",
-            "--set", "sampling.steps=4", "--set", "rad.refinement_thresholds={}", "--set", "rad.max_update_steps=2",
-            "--out", str(out),
-        ])
+        settings = shapes.Settings(
+            model=str(ROOT / "data" / "shapes-model"), config=str(ROOT / "configs" / "shapes.yaml"), threads=threads,
+            sections="editing", edit_box_grid=1, families="base,keep", edit_cases=1, edit_frames=2, edit_tune_steps=0,
+            set=["sampling.steps=4", "rad.refinement_thresholds={}", "rad.max_update_steps=2"])
+        results = shapes.run(settings)
     finally:
         torch.set_num_threads(threads)
-    edit = json.loads(out.read_text())["editing"]
+    edit = results["editing"]
     irjs, no_irjs = edit["rad_irjs"], edit["no_irjs"]
     # IRJS keeps the latent cells it keeps; the cells the box edges cut are the model's, and further off
     assert edit["box_grid"] == 1 and irjs["kept_cells_psnr"] > no_irjs["kept_cells_psnr"] + 5
@@ -78,4 +72,19 @@ def test_tight_boxes_leave_cut_cells_to_the_model(tmp_path, capsys):
     assert 0 <= keep["rad_irjs"]["kept"] <= 1 and base["rad_irjs"]["kept"] != base["rad_irjs"]["kept"]  # nan: nothing kept
     for fam in (base, keep):
         assert 0 <= fam["rad_irjs"]["stray_frames"] <= 1 and fam["passed"] == all(v for k, v in fam.items() if k.endswith("_passed"))
-    assert "| keep (1) |" in capsys.readouterr().out
+    table = shapes.markdown(results)
+    assert "| keep (1) |" in table and "| … in the latent cells the box edges cut (" in table
+
+
+def test_settings_refuse_an_unknown_family_or_section():
+    with pytest.raises(ConfigError, match="unknown swirl") as err:
+        shapes.Settings(families="cross,swirl")
+    assert err.value.field == "families"
+    with pytest.raises(ConfigError) as err:
+        shapes.Settings(sections="vae,editting")
+    assert err.value.field == "sections"
+
+
+def test_the_script_lists_the_library_sections_and_families():
+    bench = load_script("bench_shapes")  # its --help lists them without importing the library
+    assert bench.SECTIONS == tuple(shapes.SECTIONS) and bench.FAMILIES == FAMILIES

@@ -1,9 +1,6 @@
 """The benchmark's case families (reatco/toy/families.py): exact truth per family, and the
 stray-blob and kept-object scores on ideal and broken edits (no model runs)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -11,6 +8,7 @@ from reatco.toy import world
 from reatco.toy.editing import (invariant_psnr, kept_scores, placement_scores, relation, stray_blobs,
                                 stray_frames)
 from reatco.toy.families import BORDER_DEPTH, FAMILIES, FAST_PX, LARGER, SMALLER, make_case
+from scripts_loader import load_script
 
 SEED = 2_000_000  # the benchmark's own seed offset
 
@@ -157,9 +155,7 @@ def test_stray_blobs_count_blobs_of_edited_colours_mostly_outside_the_regions():
 
 
 def test_bench_rejects_an_unknown_family_before_loading_anything(capsys):
-    spec = importlib.util.spec_from_file_location("bench_shapes", Path(__file__).resolve().parents[1] / "scripts" / "bench_shapes.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_shapes")
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--sections", "editing", "--families", "cross,swirl", "--model", "/nonexistent"])
     assert exit_.value.code == 2 and "--families: unknown swirl" in capsys.readouterr().err

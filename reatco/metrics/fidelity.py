@@ -62,6 +62,14 @@ def masked_psnr(edited: np.ndarray, source: np.ndarray, invariant: np.ndarray | 
     return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
 
 
+def image_psnr(a: torch.Tensor, b: torch.Tensor, data_range: float) -> torch.Tensor:
+    """Per-image PSNR (B,) of two batches (B, ...) whose values span `data_range` (255 for uint8
+    levels, 2 for [-1, 1]); identical images give 10 log10(data_range² / 1e-10), not inf.
+    The whole-image counterpart of `masked_psnr`, on tensors, for the shapes model's gates."""
+    mse = ((a - b) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(data_range ** 2 / mse.clamp_min(1e-10))
+
+
 def load_lpips(backbone: str = "torchvision", device: str | None = None):
     """LPIPS-AlexNet (v0.1 heads, shipped inside the lpips package) with the trunk weights from:
     "torchvision" (torch hub cache, downloaded if absent), a local AlexNet state-dict file
