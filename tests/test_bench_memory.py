@@ -1,26 +1,16 @@
 """scripts/bench_memory.py / reatco.bench.memory: the smoke run writes every key; the whole-run
 model picks the stage that needs most and the frame limit it implies."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
 from reatco.bench import memory
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_memory.py"
-
-
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("bench_memory", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts_loader import load_script
 
 
-def test_smoke_run_writes_every_key(script, tmp_path):
+def test_smoke_run_writes_every_key(tmp_path):
+    script = load_script("bench_memory")
     out = tmp_path / "memory.json"
     script.main(["--smoke", "--out", str(out)])
     report = json.loads(out.read_text())

@@ -1,34 +1,24 @@
-"""scripts/bench_rad.py: the smoke mode writes every key; early stop leaves the recorded maps as
-they are (the fast-pass gradient equality is in test_pipeline.py)."""
+"""reatco.bench.rad (scripts/bench_rad.py): the smoke mode writes every key; early stop leaves the
+recorded maps as they are (the fast-pass gradient equality is in test_pipeline.py)."""
 
-import importlib.util
 import json
-from argparse import Namespace
-from pathlib import Path
 
 import pytest
 import torch
 
-from reatco.config import TuneConfig
 from reatco.attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
+from reatco.bench import rad
+from reatco.config import TuneConfig
+from reatco.errors import ConfigError
 from reatco.models import TuneAVideoUNet, rad_attention_layers
+from scripts_loader import load_script
 
 from tiny_models import TINY_VAE_SCALE_FACTOR, tiny_unet2d
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_rad.py"
 
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_rad", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smoke_run_writes_every_key(bench, tmp_path):
+def test_smoke_run_writes_every_key(tmp_path):
     out = tmp_path / "bench.json"
-    bench.main(["--smoke", "--out", str(out)])
+    load_script("bench_rad").main(["--smoke", "--out", str(out)])
     report = json.loads(out.read_text())
     for key in ("command", "settings", "machine", "per_update", "grad_max_rel_diff", "per_step", "whole_edit", "whole_edit_ratio", "first_edit_ratio",
                 "fast_over_plain_per_step", "ratios", "memory_fit", "max_frames_24gb", "memory_table", "targets", "markdown"):
@@ -64,14 +54,14 @@ def test_smoke_run_writes_every_key(bench, tmp_path):
     assert "runs out" not in json.dumps(report) and "fits 4" not in json.dumps(report)
 
 
-def test_whole_edit_follows_the_schedule(bench):
+def test_whole_edit_follows_the_schedule():
     # every kind of call costs 1 s per frame: official = 13 windows × (25 × (4 + 4) + 25 × (4 + 4) + 3 × (5 × 12 + 4))
     per_frame = {2: 2.0, 4: 4.0}
     costs = {name: dict(per_frame) for name in
              ("official_update", "official_grad_forward", "official_discarded_forward", "fast_update", "cfg_call", "tune_step")}
-    args = Namespace(clip_frames=16, window=4, stride=1, steps=50, max_update_steps=25, refinement_iters=5, refinement_iters_source="test",
+    args = rad.Settings(clip_frames=16, window=4, stride=1, steps=50, max_update_steps=25, refinement_iters=5, refinement_iters_source="test",
                      tune_steps=30, official_tune_steps=200)
-    edit = bench.whole_edit(costs, args)
+    edit = rad.whole_edit(costs, args)
     assert edit["official_sec"] == pytest.approx(13 * (50 * 8 + 3 * (5 * 12 + 4)))
     assert edit["fast_sec"] == pytest.approx(25 * 32 + 25 * 16 + 3 * 5 * 16)
     assert edit["plain_sec"] == pytest.approx(50 * 16)
@@ -114,3 +104,12 @@ def test_stopping_the_forward_early_leaves_the_recorded_maps_identical():
         for hook in hooks:
             hook.remove()
     assert torch.equal(maps[True], maps[False])
+
+
+def test_settings_resolve_the_smoke_sizes_and_refuse_sizes_off_the_grid():
+    smoke = rad.resolve(rad.Settings(smoke=True, height=512))
+    assert (smoke.height, smoke.width, smoke.frames, smoke.repeats, smoke.threads, smoke.clock) == (64, 64, [2, 3], 1, 1, "cpu")
+    assert rad.resolve(smoke) == smoke  # resolving twice changes nothing
+    assert rad.resolve(rad.Settings(frames=[4, 2, 4])).frames == [2, 4]
+    with pytest.raises(ConfigError, match="multiples of cell_px 32"):
+        rad.resolve(rad.Settings(height=250))
