@@ -1,5 +1,7 @@
-"""What the scripts share: `--help` without the heavy imports, and the settings of a benchmark or
-training command line as a dataclass (`settings_class`).
+"""What the scripts share: `--help` without the heavy imports, the settings of a benchmark or
+training command line as a dataclass (`settings_class`), the flags of the scripts that run a
+config (`config_parser`, `add_run_arguments`, `start_run`) and their exit codes
+(`run_main`: 2 bad input, 3 non-finite values, 130 interrupted).
 
 The scripts import torch, diffusers and transformers at the top (seconds to tens of seconds on a
 loaded machine) only to print their usage.
@@ -75,3 +77,50 @@ def settings_class(name: str, rows, doc: str, module: str, check=None) -> type:
     if check is not None:
         namespace["__post_init__"] = check
     return dataclasses.make_dataclass(name, fields, namespace=namespace)
+
+
+def config_parser(description: str, override_example: str):
+    """A script's parser that starts with --config and --set, as every script that runs a config
+    takes them (`override_example`: a KEY=VALUE for --set's help)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config (may inherit from another with base_config:)")
+    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help=f"override config values, e.g. {override_example} (repeatable: --set a=1 --set b=2, or --set a=1 b=2)")
+    return parser
+
+
+def add_run_arguments(parser, progress: str = "no progress bars") -> None:
+    """--threads and --quiet (`progress` says what --quiet leaves out)."""
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
+    parser.add_argument("--quiet", action="store_true", help=progress)
+
+
+def start_run(threads: int) -> None:
+    """Torch's CPU threads (`reatco.threads.set_threads`) and reatco's INFO log lines on stderr."""
+    import logging
+
+    from .threads import set_threads
+
+    set_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_main(body, argv, interrupted: str) -> int:
+    """A script's main: `body(argv)`'s exit code, where bad input (ConfigError) prints "error: …"
+    and exits 2, non-finite values (NonFiniteError) exit 3, and Ctrl-C prints `interrupted` (what
+    is kept, what is not) and exits 130."""
+    from .errors import ConfigError, NonFiniteError
+
+    try:
+        return body(argv)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

@@ -13,8 +13,6 @@ the new folder replaces the old one only once it is complete).
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -24,16 +22,14 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config (may inherit from another with base_config:)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. sampling.seed=7 (repeatable: --set a=1 --set b=2, or --set a=1 b=2)")
+    from reatco.cli import add_run_arguments, config_parser
+
+    parser = config_parser(__doc__, "sampling.seed=7")
     parser.add_argument("--output_dir", default=None, help="write results here instead of the config's output_dir")
     parser.add_argument("--only", default=None, metavar="NAME", help="run only the edit with this name (one of the config's edits[].name)")
     parser.add_argument("--overwrite", action="store_true", help="replace edit folders that are already finished (default: stop)")
     parser.add_argument("--dry-run", action="store_true", help="validate, print token tables, draw regions.png; load no UNet")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -44,40 +40,33 @@ def finished_edits(prepared, output_dir) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        # finished results are untouched: outputs are written to private temp names and renamed
-        print("interrupted: finished results are kept, this run's temporary files are removed", file=sys.stderr)
-        return 130
+    from reatco.cli import run_main
+
+    # finished results are untouched: outputs are written to private temp names and renamed
+    return run_main(_main, argv, "interrupted: finished results are kept, this run's temporary files are removed")
 
 
 def _main(argv=None) -> int:
     args = parse_args(argv)  # before the imports below: --help is instant
+    from reatco.cli import start_run
     from reatco.config import load_config
-    from reatco.errors import ConfigError, NonFiniteError
+    from reatco.errors import ConfigError
     from reatco.runner import EditRunner
-    from reatco.threads import set_threads
 
-    set_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start_run(args.threads)
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
-    try:
-        cfg = load_config(args.config, overrides)
-        runner = EditRunner(cfg, progress=not args.quiet)
-        prepared = runner.prepare(only=args.only)
-        done = [] if args.overwrite or args.dry_run else finished_edits(prepared, cfg.output_dir)
-        if done:
-            raise ConfigError("--overwrite", f"{', '.join(str(d) for d in done)} already "
-                              f"{'holds a finished edit' if len(done) == 1 else 'hold finished edits'}; pass --overwrite "
-                              "to replace, or choose another --output_dir (or --only another edit)")
-        if args.dry_run:
-            runner.source_video()  # a missing or short video fails here, before any weights load
-        else:
-            runner.preflight()  # the video, and a tune.output_dir of another setup
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)
+    runner = EditRunner(cfg, progress=not args.quiet)
+    prepared = runner.prepare(only=args.only)
+    done = [] if args.overwrite or args.dry_run else finished_edits(prepared, cfg.output_dir)
+    if done:
+        raise ConfigError("--overwrite", f"{', '.join(str(d) for d in done)} already "
+                          f"{'holds a finished edit' if len(done) == 1 else 'hold finished edits'}; pass --overwrite "
+                          "to replace, or choose another --output_dir (or --only another edit)")
+    if args.dry_run:
+        runner.source_video()  # a missing or short video fails here, before any weights load
+    else:
+        runner.preflight()  # the video, and a tune.output_dir of another setup
     for item in prepared:
         out = Path(cfg.output_dir) / item.edit.name
         print(f"\n[{item.edit.name}] {item.edit.prompt}")
@@ -93,16 +82,9 @@ def _main(argv=None) -> int:
                     print(f"  {obj.word!r}: region found when the edit runs (from the source video)")
     if args.dry_run:
         return 0
-    try:
-        for item in prepared:
-            result = runner.run(item)
-            print(f"[{item.edit.name}] written to {result.out_dir}")
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+    for item in prepared:
+        result = runner.run(item)
+        print(f"[{item.edit.name}] written to {result.out_dir}")
     return 0
 
 

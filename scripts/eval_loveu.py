@@ -23,7 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 import numpy as np  # noqa: E402
 
-from reatco.errors import ConfigError, NonFiniteError  # noqa: E402
+from reatco.cli import run_main  # noqa: E402
+from reatco.errors import ConfigError  # noqa: E402
 from reatco.files import file_lock, new_partial_dir, remove_quietly, replace_dir  # noqa: E402
 from reatco.metrics import evaluate as ev  # noqa: E402
 from reatco.metrics.clip_metrics import BACKENDS, DEFAULT_CLIP  # noqa: E402
@@ -246,17 +247,8 @@ def config_inputs(edit: ev.EvalEdit, frames: np.ndarray) -> ev.EditInputs:
 
 
 def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except ConfigError as err:  # found while running an edit (the checks above run before any model)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    except KeyboardInterrupt:
-        print("interrupted: finished score files are kept; rerun to score the rest", file=sys.stderr)
-        return 130
+    # a ConfigError found while running an edit (the checks run before any model) exits 2 as well
+    return run_main(_main, argv, "interrupted: finished score files are kept; rerun to score the rest")
 
 
 def _main(argv=None) -> int:

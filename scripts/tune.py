@@ -16,8 +16,6 @@ refuses it.
 
 from __future__ import annotations
 
-import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -27,48 +25,35 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="YAML config (may inherit from another with base_config:)")
-    parser.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="override config values, e.g. tune.steps=500 (repeatable: --set a=1 --set b=2, or --set a=1 b=2)")
+    from reatco.cli import add_run_arguments, config_parser
+
+    parser = config_parser(__doc__, "tune.steps=500")
     parser.add_argument("--output_dir", default=None, help="write the tuned UNet here (sets tune.output_dir)")
     parser.add_argument("--overwrite", action="store_true", help="replace a finished tuned UNet (sets tune.overwrite)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_run_arguments(parser, progress="no progress bar")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        print("interrupted: nothing was saved (a finished tuned UNet is never replaced by a partial one)", file=sys.stderr)
-        return 130
+    from reatco.cli import run_main
+
+    return run_main(_main, argv, "interrupted: nothing was saved (a finished tuned UNet is never replaced by a partial one)")
 
 
 def _main(argv=None) -> int:
     args = parse_args(argv)  # before the imports below: --help is instant
+    from reatco.cli import start_run
     from reatco.config import load_config
-    from reatco.errors import ConfigError, NonFiniteError
-    from reatco.threads import set_threads
     from reatco.tuning import tune_from_config
 
-    set_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    start_run(args.threads)
     overrides = list(args.set)
     if args.output_dir:
         overrides.append(f"tune.output_dir={args.output_dir}")
     if args.overwrite:
         overrides.append("tune.overwrite=true")
-    try:
-        cfg = load_config(args.config, overrides)
-        result = tune_from_config(cfg, progress=not args.quiet)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+    cfg = load_config(args.config, overrides)
+    result = tune_from_config(cfg, progress=not args.quiet)
     losses = result.losses
     if result.reused:
         print(f"already tuned with this exact setup: {result.folder} (--overwrite tunes again)")
