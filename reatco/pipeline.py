@@ -54,6 +54,15 @@ class CallSettings:
     callback_tensor_inputs: tuple
 
 
+def encode_generator(generator: torch.Generator | None) -> torch.Generator | None:
+    """The generator the VAE encode samples from: a fresh one seeded with `generator`'s seed.
+    The encode never advances the caller's generator, so `pipe(video=…, generator=…)` and
+    `scripts/edit.py` (whose encode is cached apart from the edit) draw alike: one seed, one edit."""
+    if generator is None:
+        return None
+    return torch.Generator(generator.device).manual_seed(generator.initial_seed())
+
+
 @dataclass
 class ReAtCoPipelineOutput(BaseOutput):
     """frames: (F, 3, H, W) in [0, 1] for "pt", (F, H, W, 3) floats in [0, 1] for "np", a list of
@@ -283,20 +292,26 @@ class ReAtCoPipeline(DiffusionPipeline):
     def prepare_source(self, video, source_latents, inversion_trajectory, latents, generator, inversion_prompt,
                        num_inference_steps, irjs: IRJSConfig, n_frames=None, height=None, width=None):
         """(source latents V_0, inversion trajectory, starting latents x_T) from what was given:
-        the frames are encoded (sampled with `generator`) and inverted where a trajectory is
-        needed; without a source, x_T is noise of the given size."""
+        the frames are encoded (sampled with `encode_generator(generator)`, which leaves
+        `generator` where it was) and inverted where a trajectory is needed; without a source,
+        x_T is noise of the given size."""
         device, dtype = self._execution_device, self.unet.dtype
         if video is not None:
             video = _video_tensor(video)
             check_video_tensor(video, "video")
             n_frames, _, height, width = video.shape
-            if source_latents is None:
-                source_latents = self.encode_video(video, generator)
+        encoded = video is not None and source_latents is None
+        if encoded:
+            source_latents = self.encode_video(video, encode_generator(generator))
         if source_latents is not None:
             source_latents = source_latents.to(device, dtype)
             needs_trajectory = latents is None or (irjs.enabled and irjs.source == "inversion")
             if inversion_trajectory is None and needs_trajectory:
                 inversion_trajectory = self.invert(source_latents, inversion_prompt, num_inference_steps)
+            if encoded:
+                # The memory layout of a trajectory's first entry (the runner's cached source), so
+                # that the IRJS noise and the decoder's statistics round alike in both paths.
+                source_latents = source_latents.contiguous()
         elif irjs.enabled:
             raise ValueError("IRJS needs the source video (video=… or source_latents=…); pass irjs={'enabled': False}")
         if latents is None:

@@ -332,7 +332,10 @@ class EditRunner:
 
             def invert():
                 start = time.perf_counter()
-                generator = torch.Generator("cpu").manual_seed(cfg.sampling.seed)
+                from .pipeline import encode_generator
+
+                # derived from the edit's generator as pipe(video=…, generator=…) derives it: one seed, one edit
+                generator = encode_generator(torch.Generator("cpu").manual_seed(cfg.sampling.seed))
                 with self.autocast():
                     latents = pipe.encode_video(self.source_video(), generator)
                     trajectory = pipe.invert(latents, cfg.inversion.prompt, steps, cfg.inversion.guidance_scale)

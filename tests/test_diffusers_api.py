@@ -278,3 +278,35 @@ def test_pipeline_arguments_turn_a_config_edit_into_the_call(pipe, folder, tmp_p
     with pytest.raises(ValueError, match=r"no edit named 'c'.*\['a', 'b'\]"):
         pipeline_arguments(cfg, "c")
 
+
+
+@pytest.mark.parametrize("start", ["inversion", "tracked_noise"])
+def test_the_runner_and_the_library_give_the_same_edit_for_one_seed(folder, tmp_path, start):
+    """scripts/edit.py (EditRunner: the encode and inversion cached apart from the edit) and
+    pipe(video=…, generator=…) encode from generators derived alike, so every draw after the
+    encode (the regions' noise, the IRJS noise) is the same too: one seed, one edit."""
+    from reatco import pipeline_arguments
+    from reatco.config import config_from_dict
+    from reatco.runner import EditRunner
+    from reatco.video import write_frames
+
+    write_frames((_video() + 1) / 2, tmp_path / "frames")
+    cfg = config_from_dict({
+        "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+        "model": {"pretrained": str(folder), "attention_cell_px": CELL},
+        "video": {"path": str(tmp_path / "frames"), "prompt": "x", "height": SIZE, "width": SIZE, "n_frames": N_FRAMES},
+        "sampling": {"steps": 3, "guidance_scale": 3.0, "seed": 7, "start_in_regions": start},
+        "rad": {"max_update_steps": 2, "refinement_thresholds": {}},
+        "irjs": {"source": "noise"},  # draws from the generator at every step
+        "edits": [{"name": "a", "prompt": PROMPT, "objects": OBJECTS}]})
+    runner = EditRunner(cfg, progress=False)
+    result = runner.run(runner.prepare()[0], write=False)
+    args = pipeline_arguments(cfg, "a")
+    assert args["generator"].initial_seed() == 7
+    library = runner.pipeline()(**{**args, "output_type": "np"}).frames
+    assert np.array_equal(result.frames, (library * 255).round().astype(np.uint8))
+    # the encode leaves the caller's generator where it was
+    generator = torch.Generator().manual_seed(7)
+    runner.pipeline()(**{**args, "generator": generator, "output_type": "latent", "num_inference_steps": 1,
+                         "rad": {"enabled": False}, "irjs": {"source": "inversion"}, "start_in_regions": "inversion"})
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(7).get_state())
