@@ -91,6 +91,8 @@ class TuneConfig:
     batch_size: int = 1
     adam_weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
+    # The fields above decide the tuned weights (reatco.tuning.training_settings: the cache key's
+    # settings); the ones below say where the result goes.
     # Where the tuned UNet goes; null: the cache, <cache_dir>/tuned/<key>. A folder given here is
     # reused only when it was tuned with this exact setup (its tune_report.json holds the key).
     output_dir: Optional[str] = None
@@ -880,12 +882,12 @@ def validate_window(w: WindowConfig, p: str = "window") -> None:
         _require(w.stride <= w.size, f"{p}.stride", f"{w.stride} is larger than {p}.size ({w.size}): windows would skip frames")
 
 
-_SECTIONS = {"rad": RADConfig, "irjs": IRJSConfig, "window": WindowConfig}
+_SECTIONS = {"rad": RADConfig, "irjs": IRJSConfig, "window": WindowConfig, "tune": TuneConfig}
 
 
 def section_settings(section: str, value=None, steps: Optional[int] = None):
-    """A `rad=` / `irjs=` / `window=` value given to the pipeline from Python → the validated
-    section dataclass, through the same schema and checks as a YAML file, with the same
+    """A `rad=` / `irjs=` / `window=` value given to the pipeline from Python (or the `tune`
+    settings given to `reatco.tuning.tune_unet`) → the validated section dataclass, through the same schema and checks as a YAML file, with the same
     ConfigErrors: None (the defaults), a partial dict (or OmegaConf mapping) of the section's
     fields merged over the defaults, or the section's dataclass. Digit-string keys of
     `refinement_thresholds` ({"0": 0.9}, as JSON leaves them) become step indices.
@@ -917,6 +919,8 @@ def section_settings(section: str, value=None, steps: Optional[int] = None):
         validate_rad(settings, None if settings.refinement_thresholds == default else steps, section)
     elif section == "irjs":
         validate_irjs(settings, section)
+    elif section == "tune":
+        validate_tune(settings, section)
     else:
         validate_window(settings, section)
     return settings
@@ -960,16 +964,17 @@ def _validate_video(v: VideoConfig, cfg: ReAtCoConfig, check_paths: bool) -> Non
     _at_least(v.fps, 1, "video.fps")
 
 
-def _validate_tune(t: TuneConfig) -> None:
-    _at_least(t.steps, 1, "tune.steps")
-    _require(t.learning_rate > 0, "tune.learning_rate", f"must be > 0 (default 3e-5), got {t.learning_rate}")
-    _require(len(t.trainable_modules) > 0 and all(t.trainable_modules), "tune.trainable_modules",
+def validate_tune(t: TuneConfig, p: str = "tune") -> None:
+    """Check a tune section (ConfigError naming `p`.field)."""
+    _at_least(t.steps, 1, f"{p}.steps")
+    _require(t.learning_rate > 0, f"{p}.learning_rate", f"must be > 0 (default 3e-5), got {t.learning_rate}")
+    _require(len(t.trainable_modules) > 0 and all(t.trainable_modules), f"{p}.trainable_modules",
              "must name at least one module suffix, e.g. [attn1.to_q, attn2.to_q, attn_temp]")
-    _seed(t.seed, "tune.seed")
-    _choice(t.mixed_precision, _MIXED, "tune.mixed_precision")
-    _at_least(t.batch_size, 1, "tune.batch_size")
-    _at_least(t.adam_weight_decay, 0, "tune.adam_weight_decay")
-    _require(t.max_grad_norm > 0, "tune.max_grad_norm", f"must be > 0 (default 1.0), got {t.max_grad_norm}")
+    _seed(t.seed, f"{p}.seed")
+    _choice(t.mixed_precision, _MIXED, f"{p}.mixed_precision")
+    _at_least(t.batch_size, 1, f"{p}.batch_size")
+    _at_least(t.adam_weight_decay, 0, f"{p}.adam_weight_decay")
+    _require(t.max_grad_norm > 0, f"{p}.max_grad_norm", f"must be > 0 (default 1.0), got {t.max_grad_norm}")
 
 
 REGION_KEYS = ("box", "boxes", "mask", "boxes_file", "source")
@@ -1045,7 +1050,7 @@ def validate(cfg: ReAtCoConfig, check_paths: bool = True) -> None:
     _check_finite(config_to_dict(cfg))
     _validate_model(cfg.model, check_paths)
     _validate_video(cfg.video, cfg, check_paths)
-    _validate_tune(cfg.tune)
+    validate_tune(cfg.tune)
     _validate_sampling(cfg.sampling, "sampling")
     if cfg.inversion.steps is not None:
         _at_least(cfg.inversion.steps, 1, "inversion.steps", " (or null for sampling.steps)")
@@ -1076,5 +1081,5 @@ __all__ = [
     "ModelConfig", "VideoConfig", "TuneConfig", "InversionConfig", "SamplingConfig", "RADConfig",
     "IRJSConfig", "WindowConfig", "SourceRegionConfig", "ObjectConfig", "EditConfig", "ReAtCoConfig",
     "load_config", "config_from_dict", "config_to_dict", "save_config", "edit_config", "validate",
-    "section_settings", "validate_rad", "validate_irjs", "validate_window",
+    "section_settings", "validate_rad", "validate_irjs", "validate_window", "validate_tune",
 ]

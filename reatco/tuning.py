@@ -12,13 +12,14 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .config import TuneConfig, section_settings
 from .environment import package_versions
 from .errors import ConfigError, NonFiniteError
 from .files import new_partial_dir, remove_quietly, replace_dir
@@ -27,23 +28,15 @@ from .models import TuneAVideoUNet
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class TuneSettings:
-    """The `tune` section's training fields (any object with these attributes works too)."""
+# The `tune` fields that say whether and where to tune, not how: they do not decide the weights.
+_NOT_TRAINING = ("enabled", "output_dir", "overwrite")
 
-    steps: int = 200  # the official ReAtCo configs' count
-    learning_rate: float = 3e-5
-    trainable_modules: Sequence[str] = ("attn1.to_q", "attn2.to_q", "attn_temp")
-    seed: int = 33
-    mixed_precision: str = "auto"  # auto | no | fp16 | bf16 (auto: fp16 on CUDA; CPU always fp32)
-    gradient_checkpointing: bool = True  # on GPU only
-    batch_size: int = 1  # copies of the video per step, each with its own noise and timestep
-    adam_weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0
 
-    @classmethod
-    def from_config(cls, tune: Any) -> "TuneSettings":
-        return cls(**{name: getattr(tune, name) for name in cls.__dataclass_fields__ if getattr(tune, name, None) is not None})
+def training_settings(tune: TuneConfig) -> dict:
+    """The fields of a `TuneConfig` that decide the tuned weights, as plain values: what the
+    cache key and tune_report.json record (the module list as a list)."""
+    return {f.name: list(getattr(tune, f.name)) if f.name == "trainable_modules" else getattr(tune, f.name)
+            for f in fields(TuneConfig) if f.name not in _NOT_TRAINING}
 
 
 @dataclass
@@ -122,10 +115,12 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
         pipe = ReAtCoPipeline.from_pretrained("data/shapes-model")
         video = read_video("data/shapes-demo/frames", height=64, width=64, n_frames=8)
         tune_unet(pipe.components, video, "a red circle and a blue square on a gray background",
-                  pipe.model_defaults["tune"])       # or TuneSettings(steps=100, learning_rate=1e-4)
+                  pipe.model_defaults["tune"])       # or TuneConfig(steps=100, learning_rate=1e-4)
         pipe.unet.save_pretrained("tuned_unet")      # optional: TuneAVideoUNet.from_pretrained reads it
 
-    settings: a TuneSettings, a dict of its fields, or the config's `tune` section (None: defaults).
+    settings: a `reatco.config.TuneConfig` (the config's `tune` section), a dict of some of its
+    fields merged over the defaults, or None (the defaults); checked as a config's `tune` is
+    (ConfigError naming e.g. tune.steps).
 
     components: vae, text_encoder, tokenizer, unet, scheduler (its config gives the DDPM schedule).
     The frozen VAE and text encoder are moved to the training device (and to fp16/bf16 under
@@ -133,9 +128,7 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    if isinstance(settings, dict):  # e.g. pipe.model_defaults["tune"]
-        settings = TuneSettings(**settings)
-    s = settings if isinstance(settings, TuneSettings) else TuneSettings.from_config(settings) if settings is not None else TuneSettings()
+    s = section_settings("tune", settings)  # a dict: e.g. pipe.model_defaults["tune"]
     if video.ndim != 4 or video.shape[1] != 3:
         raise ValueError(f"video must be (frames, 3, height, width) in [-1, 1], got shape {tuple(video.shape)}")
     start = time.perf_counter()
@@ -204,7 +197,7 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
         raise NonFiniteError(f"in the tuned weights ({bad[0]}{' and others' if len(bad) > 1 else ''})",
                              "lower tune.learning_rate or use tune.mixed_precision=no")
     report = {
-        "losses": losses, "seed": s.seed, "settings": {**asdict(s), "trainable_modules": list(s.trainable_modules)},
+        "losses": losses, "seed": s.seed, "settings": training_settings(s),
         "trainable_parameters": sum(p.numel() for n, p in unet.named_parameters() if n in set(trainable)),
         "prompt": prompt, "video_shape": list(video.shape), "device": str(device), "mixed_precision": precision,
         "gradient_checkpointing": use_ckpt, "versions": package_versions(), "wall_time_s": time.perf_counter() - start,
@@ -228,7 +221,7 @@ def tune_key_parts(cfg, video: torch.Tensor) -> dict:
     selection and size, the prompt, every tuning setting (seed included) and the precision."""
     from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
 
-    settings = TuneSettings.from_config(cfg.tune)
+    settings = training_settings(cfg.tune)
     v = cfg.video
     return {
         "kind": "tuned_unet",
@@ -237,8 +230,8 @@ def tune_key_parts(cfg, video: torch.Tensor) -> dict:
         "frames": [v.start_frame, v.frame_stride, v.n_frames],
         "size": [v.height, v.width],
         "prompt": v.prompt,
-        "settings": {**asdict(settings), "trainable_modules": list(settings.trainable_modules)},
-        "precision": _precision(settings.mixed_precision, torch.cuda.is_available()),
+        "settings": settings,
+        "precision": _precision(settings["mixed_precision"], torch.cuda.is_available()),
     }
 
 

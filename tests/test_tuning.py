@@ -8,7 +8,8 @@ import torch
 
 from reatco.errors import ConfigError
 from reatco.models import TuneAVideoUNet
-from reatco.tuning import TuneSettings, save_tuned, select_trainable, tune_unet
+from reatco.config import TuneConfig
+from reatco.tuning import save_tuned, select_trainable, tune_unet
 
 from tiny_models import save_tiny_sd, tiny_sd_components, tiny_unet2d
 
@@ -35,7 +36,7 @@ def _is_trainable(name):
 def tuned():
     components = tiny_sd_components()
     before = TuneAVideoUNet.from_unet2d(components["unet"]).state_dict()
-    settings = TuneSettings(steps=20, learning_rate=1e-3, seed=0)
+    settings = TuneConfig(steps=20, learning_rate=1e-3, seed=0)
     result = tune_unet(components, _video(), PROMPT, settings, progress=False)
     return before, result
 
@@ -60,7 +61,7 @@ def test_only_trainable_modules_change(tuned):
 
 def test_tuning_is_seeded(tuned):
     _, result = tuned
-    settings = TuneSettings(steps=2, learning_rate=1e-3, seed=0)
+    settings = TuneConfig(steps=2, learning_rate=1e-3, seed=0)
     again = tune_unet(tiny_sd_components(), _video(), PROMPT, settings, progress=False).losses
     assert again == result.losses[:2]
 
@@ -69,7 +70,7 @@ def test_tuning_an_inflated_unet_repeats_exactly_whatever_the_global_random_stat
     """The pipeline loads an image UNet already inflated (TuneAVideoUNet.from_pretrained); its
     temporal init must not come from whatever the global generator holds at load time."""
     tiny_unet2d().save_pretrained(tmp_path / "unet")
-    settings = TuneSettings(steps=2, learning_rate=1e-3, seed=0)
+    settings = TuneConfig(steps=2, learning_rate=1e-3, seed=0)
     tuned = []
     for global_seed in (1, 2):
         components = tiny_sd_components()  # (seeds the global generator itself)
@@ -175,6 +176,32 @@ def test_the_key_changes_with_everything_that_produced_the_unet(tmp_path):
 
     os.utime(weights, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert tune_cache_key(base, _video())[1]["model"] != parts["model"]
+
+
+def test_the_keys_settings_are_the_training_fields_they_always_were(tmp_path):
+    """One definition of the tuning settings (TuneConfig, the config's section): the key's inputs
+    are the nine training fields the former TuneSettings held, with the config's values, so a
+    UNet cached before is found again; whether and where to tune are not part of it."""
+    from reatco.tuning import tune_cache_key, tune_key_parts
+
+    save_tiny_sd(tmp_path / "sd")
+    cfg = _config(tmp_path, cache_dir=str(tmp_path / "cache"))
+    parts = tune_key_parts(cfg, _video())
+    former = ("steps", "learning_rate", "trainable_modules", "seed", "mixed_precision", "gradient_checkpointing",
+              "batch_size", "adam_weight_decay", "max_grad_norm")
+    t = cfg.tune
+    assert parts["settings"] == {name: getattr(t, name) for name in former}
+    assert parts["settings"]["trainable_modules"] == ["attn1.to_q", "attn2.to_q", "attn_temp"]
+    key = tune_cache_key(cfg, _video())[0]
+    for change in ({"enabled": True}, {"overwrite": True}, {"output_dir": str(tmp_path / "mine")}):
+        assert tune_cache_key(_config(tmp_path, tune=change, cache_dir=str(tmp_path / "cache")), _video())[0] == key, change
+
+
+def test_tune_unet_checks_its_settings_as_the_config_does():
+    with pytest.raises(ConfigError, match=r"tune.steps: must be ≥ 1"):
+        tune_unet(tiny_sd_components(), _video(), PROMPT, {"steps": 0}, progress=False)
+    with pytest.raises(ConfigError, match=r"tune.stepz"):
+        tune_unet(tiny_sd_components(), _video(), PROMPT, {"stepz": 2}, progress=False)
 
 
 def test_a_given_output_dir_of_another_setup_is_refused(tmp_path):

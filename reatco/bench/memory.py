@@ -40,7 +40,7 @@ TARGET_FRAMES = (8, 16, 24, 32)
 GPU_BUDGET_MB = 24 * 1024
 CUDA_RESERVE_MB = 1024  # CUDA context + allocator slack kept out of the 24 GB
 TRAJECTORY_STEPS = 50  # the DDIM inversion trajectory the runner keeps on the device (51 latents)
-TRAINABLE_MODULES = ("attn1.to_q", "attn2.to_q", "attn_temp")  # reatco.tuning.TuneSettings' default
+TRAINABLE_MODULES = ("attn1.to_q", "attn2.to_q", "attn_temp")  # reatco.config.TuneConfig's default
 TOKEN_INDICES = [[2], [5]]  # two words of interest
 
 # stage → which weights it needs (the whole-run model adds them)
