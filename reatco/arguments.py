@@ -29,33 +29,41 @@ def _edit(cfg, edit):
     return edit
 
 
-def pipeline_arguments(cfg, edit=None, video=None) -> dict[str, Any]:
+def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None) -> dict[str, Any]:
     """Keyword arguments of `ReAtCoPipeline.__call__` for one edit of a loaded config.
 
     edit: an EditConfig, its name, its index, or None for the first. video: the source frames
     ((F, 3, H, W) in [-1, 1]); None reads `cfg.video` (at its size, frames and stride). The
-    generator is seeded with `sampling.seed`; outputs are "pt" frames with the attention maps."""
+    generator is seeded with `sampling.seed`; outputs are "pt" frames with the attention maps.
+    objects: the edit's objects already resolved (EditObjects, as `EditRunner` has them); None:
+    the config's, as dicts. source: (source latents, inversion trajectory) to edit from instead of
+    the video (the runner's cached encode and inversion); the video is then not read."""
     import torch
 
     from .config import edit_config
 
     edit = _edit(cfg, edit)
     merged = edit_config(cfg, edit)
-    if video is None:
-        from .video import read_video
+    if objects is None:
+        objects = []
+        for obj in edit.objects:
+            entry = {"word": obj.word, "occurrence": obj.occurrence}
+            for kind in ("box", "boxes", "mask"):
+                if getattr(obj, kind) is not None:
+                    entry[kind] = getattr(obj, kind)
+            objects.append(entry)
+    if source is not None:
+        given = dict(zip(("source_latents", "inversion_trajectory"), source))
+    else:
+        if video is None:
+            from .video import read_video
 
-        v = cfg.video
-        video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
-    objects = []
-    for obj in edit.objects:
-        entry = {"word": obj.word, "occurrence": obj.occurrence}
-        for kind in ("box", "boxes", "mask"):
-            if getattr(obj, kind) is not None:
-                entry[kind] = getattr(obj, kind)
-        objects.append(entry)
+            v = cfg.video
+            video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
+        given = {"video": video}
     s = merged.sampling
     return dict(
-        prompt=edit.prompt, video=video, objects=objects, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+        prompt=edit.prompt, **given, objects=list(objects), num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
         negative_prompt=s.negative_prompt, generator=torch.Generator().manual_seed(s.seed),
         inversion_prompt=cfg.inversion.prompt, start_in_regions=s.start_in_regions, rad=merged.rad, irjs=merged.irjs,
         window=merged.window, attention_cell_px=cfg.model.attention_cell_px, return_attention=cfg.save_attention,

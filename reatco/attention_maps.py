@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .models.attention import attention_input, attention_output
+from .models.attention import attention_heads, attention_input, attention_output
 
 
 class RADForwardComplete(Exception):
@@ -81,13 +81,7 @@ class CrossAttentionRecorder:
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if encoder_hidden_states is not None and attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
-        key, value = attn.to_k(context), attn.to_v(context)
-        head_dim = key.shape[-1] // attn.heads
-        query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = attention_heads(attn, query, attn.to_k(context), attn.to_v(context))
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, key.shape[2], batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
@@ -104,7 +98,7 @@ class CrossAttentionRecorder:
         else:
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=attn.scale)
 
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = out.transpose(1, 2).flatten(2).to(query.dtype)  # (B, N, heads·d)
         out = attention_output(attn, out, residual, spatial)
         if self.store.mode in ("record", "observe"):
             # Recorded after the output is formed, so an early stop leaves nothing half-done.

@@ -722,10 +722,9 @@ def save_config(cfg, path, relative_inputs: bool = False) -> None:
     if relative_inputs:
         text += "# Input paths are relative to this file's folder; output folders to the working directory.\n"
     text += OmegaConf.to_yaml(OmegaConf.create(data))
-    from .files import atomic_file
+    from .files import write_text_atomic
 
-    with atomic_file(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
+    write_text_atomic(path, text)
 
 
 # ----------------------------------------------------------------------------- per-edit config

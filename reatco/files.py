@@ -1,7 +1,8 @@
 """Writing results so that a file or folder that exists is always complete, and concurrent runs
 on one folder never share a temporary name.
 
-- `atomic_file(path)`: write a temp file beside `path`, rename it into place (mode from the umask).
+- `atomic_file(path)`: write a temp file beside `path`, rename it into place (mode from the umask);
+  `write_text_atomic` and `write_json_atomic` write a text or a JSON file through it.
 - `new_partial_dir(final)`: a private temp folder beside `final` for one run to fill.
 - `replace_dir(new, final)`: move a finished folder into place, under a lock.
 - `file_lock(path)`: an exclusive lock (waits for the holder) so that two runs do not both
@@ -11,6 +12,7 @@ on one folder never share a temporary name.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -55,6 +57,20 @@ def atomic_file(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[str]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """`text` into `path` through `atomic_file`: never a half-written file."""
+    path = Path(path)
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
+    return path
+
+
+def write_json_atomic(path: str | os.PathLike, data, **dump_options) -> Path:
+    """`data` as indented JSON (and a final newline) into `path` through `atomic_file`;
+    `dump_options` go to json.dumps (sort_keys, allow_nan=False, ...)."""
+    return write_text_atomic(path, json.dumps(data, indent=2, **dump_options) + "\n")
 
 
 def new_partial_dir(final: str | os.PathLike) -> Path:

@@ -87,11 +87,10 @@ class _Memo:
     def save(self) -> None:
         if self.path is None or not self.changed:
             return
-        from .files import atomic_file
+        from .files import write_text_atomic
 
         try:
-            with atomic_file(self.path) as tmp, open(tmp, "w") as f:
-                json.dump(self.data, f)
+            write_text_atomic(self.path, json.dumps(self.data))
         except OSError as err:  # a read-only cache only costs re-hashing
             logger.warning("could not save file hashes to %s: %s", self.path, err)
 

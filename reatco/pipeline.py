@@ -24,6 +24,7 @@ from .config import IRJSConfig, RADConfig, WindowConfig, section_settings
 from .decoding import decode_chunks_with_reference_statistics
 from .edit_objects import EditObject, resolve_objects
 from .errors import ConfigError, check_finite
+from .files import write_json_atomic, write_text_atomic
 from .irjs import InvariantRegion
 from .inversion import ddim_inversion
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
@@ -148,10 +149,10 @@ class ReAtCoPipeline(DiffusionPipeline):
         with open(index_path) as f:
             index = json.load(f)
         index["_class_name"] = [_SHIM_MODULE, "ReAtCoPipeline"]
-        _write_text(index_path, json.dumps(index, indent=2, sort_keys=True) + "\n")
-        _write_text(os.path.join(folder, f"{_SHIM_MODULE}.py"), _SHIM)
+        write_json_atomic(index_path, index, sort_keys=True)
+        write_text_atomic(os.path.join(folder, f"{_SHIM_MODULE}.py"), _SHIM)
         if self.model_defaults:
-            _write_text(os.path.join(folder, DEFAULTS_FILE), json.dumps(self.model_defaults, indent=2) + "\n")
+            write_json_atomic(os.path.join(folder, DEFAULTS_FILE), self.model_defaults)
 
     @property
     def model_defaults(self) -> dict:
@@ -589,14 +590,6 @@ def _is_own_shim(location) -> bool:
             return f.read() == _SHIM
     except OSError:
         return False
-
-
-def _write_text(path: str, text: str) -> None:
-    """Write through a temp file and rename: never a half-written file (mode from the umask)."""
-    from .files import atomic_file
-
-    with atomic_file(path) as tmp, open(tmp, "w") as f:
-        f.write(text)
 
 
 def _single(name: str, value, kind, fix: str):

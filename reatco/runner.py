@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .arguments import pipeline_arguments
 from .config import edit_config, save_config
 from .environment import package_versions, resolve_device
 from .errors import ConfigError, check_finite
@@ -355,27 +356,12 @@ class EditRunner:
         self.resolve_regions(prepared)
         if trajectory.shape[0] != cfg.sampling.steps + 1:
             raise ConfigError("inversion.steps", f"must equal sampling.steps ({cfg.sampling.steps}) so the trajectory pairs with the sampling steps")
-        generator = torch.Generator("cpu").manual_seed(cfg.sampling.seed)
+        # the objects resolved once here (the pipeline takes them as they are), the cached source
+        arguments = pipeline_arguments(cfg, prepared.edit, objects=prepared.objects(), source=(source_latents, trajectory))
         start = time.perf_counter()
         with self.autocast():
-            output = pipe(
-                prompt=prepared.edit.prompt,
-                objects=prepared.objects(),  # resolved once here: the pipeline takes them as they are
-                source_latents=source_latents,
-                inversion_trajectory=trajectory,
-                num_inference_steps=cfg.sampling.steps,
-                guidance_scale=cfg.sampling.guidance_scale,
-                negative_prompt=cfg.sampling.negative_prompt,
-                generator=generator,
-                start_in_regions=cfg.sampling.start_in_regions,
-                rad=cfg.rad,
-                irjs=cfg.irjs,
-                window=cfg.window,
-                attention_cell_px=cfg.model.attention_cell_px,
-                output_type="np",
-                return_attention=cfg.save_attention,
-                attention_steps=attention_steps(cfg.rad.max_update_steps if cfg.rad.enabled else 0, cfg.sampling.steps),
-            )
+            output = pipe(**arguments, output_type="np", attention_steps=attention_steps(
+                cfg.rad.max_update_steps if cfg.rad.enabled else 0, cfg.sampling.steps))
         edit_seconds = time.perf_counter() - start
         check_finite(output.frames, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
         frames = (output.frames * 255).round().astype(np.uint8)

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ConfigError
+from .files import atomic_file
 
 # torch is imported where a tensor is made, so that `import reatco` stays light.
 
@@ -303,14 +304,6 @@ def _write_gif(frames: np.ndarray, path: str, fps: float) -> None:
                    duration=max(1, round(1000 / fps)), loop=0)
 
 
-def _atomic(path: Path, write) -> None:
-    """Write through a temp file in the same folder, then rename: never a half-written file."""
-    from .files import atomic_file
-
-    with atomic_file(path, suffix=path.suffix) as tmp:
-        write(tmp)
-
-
 def write_video(frames, path, fps: float = 8) -> Path:
     """Write frames as .mp4 (h264, yuv420p) or .gif, chosen by the suffix; atomic. `frames` as the
     pipeline returns them (float [0, 1] "pt"/"np" frames, PIL images) or uint8 (see to_uint8)."""
@@ -324,7 +317,8 @@ def write_video(frames, path, fps: float = 8) -> Path:
     suffix = path.suffix.lower()
     if suffix not in writers:
         raise ValueError(f"write_video writes .mp4 or .gif, not {path.name!r}; use write_frames for a folder of images")
-    _atomic(path, lambda tmp: writers[suffix](array, tmp, fps))
+    with atomic_file(path, suffix=path.suffix) as tmp:  # the writers pick the format by the suffix
+        writers[suffix](array, tmp, fps)
     return path
 
 
@@ -338,7 +332,8 @@ def write_frames(frames, folder, ext: str = "png") -> List[Path]:
     for i, frame in enumerate(to_uint8(frames)):
         path = folder / f"{i:05d}.{ext}"
         options = {"quality": 95} if ext in ("jpg", "jpeg") else {}
-        _atomic(path, lambda tmp: Image.fromarray(frame).save(tmp, format="JPEG" if ext != "png" else "PNG", **options))
+        with atomic_file(path, suffix=path.suffix) as tmp:
+            Image.fromarray(frame).save(tmp, format="JPEG" if ext != "png" else "PNG", **options)
         paths.append(path)
     return paths
 

@@ -160,7 +160,7 @@ def loveu_config_path(args, edit: ev.EvalEdit) -> Path:
         # LOVEU-TGVE gives no regions: nothing marks an invariant region, so IRJS cannot apply.
         "irjs": {"enabled": False},
     }
-    ev.write_json_atomic(path, data)
+    ev.write_record(path, data)
     return path
 
 
@@ -297,7 +297,7 @@ def _main(argv=None) -> int:
         values = ev.score_edit(edit, inputs, metrics, settings)
         record = ev.score_record(edit, values, metrics, settings, len(frames), time.perf_counter() - start, digest)
         with file_lock(Path(args.out) / ".scores.lock", "writing scores"):  # another run may add its metrics meanwhile
-            ev.write_json_atomic(path, ev.merge_record(ev.read_json(path), record))
+            ev.write_record(path, ev.merge_record(ev.read_json(path), record))
         done += 1
     print(f"[process {state.process_index}/{state.num_processes}] scored {done} edit(s), reused {skipped}", file=sys.stderr)
     state.wait_for_everyone()
@@ -310,7 +310,7 @@ def _main(argv=None) -> int:
             print(f"error: score files missing after the run: {lost[:5]}", file=sys.stderr)
             return 1
         summary = ev.summarize(records, ev.summary_metrics(records, metrics), TAV_REFERENCE)
-        ev.write_json_atomic(Path(args.out) / "summary.json", summary)
+        ev.write_record(Path(args.out) / "summary.json", summary)
         (Path(args.out) / "tables.md").write_text(render_tables(summary) + "\n")
         print(f"wrote {Path(args.out) / 'summary.json'} and {Path(args.out) / 'tables.md'}")
     return 0

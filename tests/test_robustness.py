@@ -1,6 +1,7 @@
 """Bad input, damaged files, NaN and inf, concurrent writers: each stops early with a clear error
 (naming the field), is recomputed, or is refused — and nothing finished is changed."""
 
+import json
 import logging
 import os
 import stat
@@ -13,7 +14,7 @@ from PIL import Image
 
 from reatco.config import config_from_dict, load_config
 from reatco.errors import ConfigError, NonFiniteError
-from reatco.files import atomic_file, file_lock, lock_path, new_partial_dir, replace_dir
+from reatco.files import atomic_file, file_lock, lock_path, new_partial_dir, replace_dir, write_json_atomic
 
 from tiny_models import save_tiny_sd, tiny_sd_components
 
@@ -128,6 +129,16 @@ def test_atomic_file_leaves_the_old_file_on_an_interrupt(tmp_path):
             f.write("half")
             raise KeyboardInterrupt
     assert path.read_text() == "old" and os.listdir(tmp_path) == ["r.json"]
+
+
+def test_a_json_that_cannot_be_written_leaves_the_old_file(tmp_path):
+    """write_json_atomic serialises before it replaces: NaN refused (allow_nan=False) keeps the old file."""
+    path = tmp_path / "scores.json"
+    write_json_atomic(path, {"b": 1, "a": 2}, sort_keys=True)
+    assert path.read_text() == '{\n  "a": 2,\n  "b": 1\n}\n'
+    with pytest.raises(ValueError):
+        write_json_atomic(path, {"a": float("nan")}, allow_nan=False)
+    assert json.loads(path.read_text()) == {"a": 2, "b": 1} and os.listdir(tmp_path) == ["scores.json"]
 
 
 def test_concurrent_writers_of_one_result_each_leave_it_complete(tmp_path):

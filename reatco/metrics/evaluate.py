@@ -157,14 +157,11 @@ def number(value) -> float | None:
     return float(value)
 
 
-def write_json_atomic(path, data) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from ..files import atomic_file
+def write_record(path, data) -> None:
+    """A record or summary as JSON (numpy values made plain; NaN refused), written atomically."""
+    from ..files import write_json_atomic
 
-    with atomic_file(path) as tmp, open(tmp, "w") as f:
-        json.dump(_jsonable(data), f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
+    write_json_atomic(path, _jsonable(data), sort_keys=True, allow_nan=False)
 
 
 def read_json(path) -> dict | None:

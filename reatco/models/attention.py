@@ -44,6 +44,18 @@ def attention_input(attn: Attention, hidden_states, temb=None):
     return hidden_states, residual, spatial
 
 
+def attention_heads(attn: Attention, query, key, value):
+    """(B, N, heads·d) projections → (B, heads, N, d) each, with the module's q/k norms applied
+    (diffusers' AttnProcessor2_0 step between projecting and attending)."""
+    batch, head_dim = query.shape[0], key.shape[-1] // attn.heads
+    query, key, value = (x.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for x in (query, key, value))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    return query, key, value
+
+
 def attention_output(attn: Attention, out, residual, spatial):
     """The matching epilogue: output projection, back to (B, C, H, W), residual, rescale."""
     out = attn.to_out[1](attn.to_out[0](out))
@@ -74,15 +86,10 @@ class SparseCausalAttnProcessor:
         # [first ; previous] equals projecting the gathered tokens.
         key = sparse_causal_context(attn.to_k(hidden_states), self.frame_context)
         value = sparse_causal_context(attn.to_v(hidden_states), self.frame_context)
-        head_dim = key.shape[-1] // attn.heads
-        query, key, value = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
+        query, key, value = attention_heads(attn, query, key, value)
 
         out = F.scaled_dot_product_attention(query, key, value, scale=attn.scale)
-        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = out.transpose(1, 2).flatten(2).to(query.dtype)  # (B, N, heads·d)
         return attention_output(attn, out, residual, spatial)
 
 
@@ -133,21 +140,12 @@ def temporal_block_like(block: BasicTransformerBlock, transformer, frame_context
     cfg = transformer.config
     if block.norm_type != "layer_norm" or not transformer.is_input_continuous:
         raise NotImplementedError(f"only SD-style transformer blocks can be inflated (norm_type={block.norm_type!r})")
-    return TemporalTransformerBlock(
-        transformer.inner_dim,
-        cfg.num_attention_heads,
-        cfg.attention_head_dim,
-        dropout=cfg.dropout,
-        cross_attention_dim=cfg.cross_attention_dim,
-        activation_fn=cfg.activation_fn,
-        num_embeds_ada_norm=cfg.num_embeds_ada_norm,
-        attention_bias=cfg.attention_bias,
-        only_cross_attention=cfg.only_cross_attention,
-        double_self_attention=cfg.double_self_attention,
-        upcast_attention=cfg.upcast_attention,
-        norm_type=block.norm_type,
-        norm_elementwise_affine=cfg.norm_elementwise_affine,
-        norm_eps=cfg.norm_eps,
-        attention_type=cfg.attention_type,
-        frame_context=frame_context,
-    )
+    same = {name: getattr(cfg, name) for name in _BLOCK_SETTINGS}  # the transformer's own, passed on as they are
+    return TemporalTransformerBlock(transformer.inner_dim, cfg.num_attention_heads, cfg.attention_head_dim,
+                                    norm_type=block.norm_type, frame_context=frame_context, **same)
+
+
+# Transformer2DModel config fields that BasicTransformerBlock takes under the same names.
+_BLOCK_SETTINGS = ("dropout", "cross_attention_dim", "activation_fn", "num_embeds_ada_norm", "attention_bias",
+                   "only_cross_attention", "double_self_attention", "upcast_attention", "norm_elementwise_affine",
+                   "norm_eps", "attention_type")
