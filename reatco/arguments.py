@@ -29,7 +29,7 @@ def _edit(cfg, edit):
     return edit
 
 
-def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None) -> dict[str, Any]:
+def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None, prompt=None) -> dict[str, Any]:
     """Keyword arguments of `ReAtCoPipeline.__call__` for one edit of a loaded config.
 
     edit: an EditConfig, its name, its index, or None for the first. video: the source frames
@@ -37,7 +37,8 @@ def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None) ->
     generator is seeded with `sampling.seed`; outputs are "pt" frames with the attention maps.
     objects: the edit's objects already resolved (EditObjects, as `EditRunner` has them); None:
     the config's, as dicts. source: (source latents, inversion trajectory) to edit from instead of
-    the video (the runner's cached encode and inversion); the video is then not read."""
+    the video (the runner's cached encode and inversion); the video is then not read. prompt:
+    the edit prompt's `PromptTokens` where the caller has tokenized it (the runner)."""
     import torch
 
     from .config import edit_config
@@ -63,7 +64,7 @@ def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None) ->
         given = {"video": video}
     s = merged.sampling
     return dict(
-        prompt=edit.prompt, **given, objects=list(objects), num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+        prompt=edit.prompt if prompt is None else prompt, **given, objects=list(objects), num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
         negative_prompt=s.negative_prompt, generator=torch.Generator().manual_seed(s.seed),
         inversion_prompt=cfg.inversion.prompt, start_in_regions=s.start_in_regions, rad=merged.rad, irjs=merged.irjs,
         window=merged.window, attention_cell_px=cfg.model.attention_cell_px, return_attention=cfg.save_attention,

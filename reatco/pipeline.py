@@ -32,6 +32,7 @@ from .models import TuneAVideoUNet, rad_attention_layers
 from .rad_guidance import RADGuidance
 from .region_noise import tracked_noise
 from .regions import object_masks
+from .tokens import PromptTokens, encode_prompt, tokenize_prompt
 from .video import check_video_tensor
 from .windows import merge_windows, temporal_windows
 
@@ -43,6 +44,7 @@ class CallSettings:
     """The call's settings after `check_inputs`: defaults filled in, sections validated."""
 
     prompt: str
+    tokens: PromptTokens  # the prompt tokenized once, for everything in the call that reads it
     generator: torch.Generator | None
     num_inference_steps: int
     guidance_scale: float
@@ -197,11 +199,9 @@ class ReAtCoPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ encoders
 
     @torch.no_grad()
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        ids = self.tokenizer(
-            prompt, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        return self.text_encoder(ids.to(self._execution_device))[0]
+    def encode_prompt(self, prompt: str | PromptTokens) -> torch.Tensor:
+        """(1, L, d) text embeddings of a prompt (or of its tokens, `reatco.tokens.tokenize_prompt`)."""
+        return encode_prompt(self.text_encoder, tokenize_prompt(self.tokenizer, prompt), self._execution_device)
 
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -249,7 +249,8 @@ class ReAtCoPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ regions
 
-    def prepare_objects(self, prompt: str, objects: Sequence, n_frames: int, height: int, width: int, cell_px: int) -> list[EditObject]:
+    def prepare_objects(self, prompt: str | PromptTokens, objects: Sequence, n_frames: int, height: int, width: int,
+                        cell_px: int) -> list[EditObject]:
         """Objects → EditObjects (word, occurrence, region, token indices), each resolved once. An
         object is a dict or config object with `word`, optional `occurrence`, and a region:
         `region` (a Region) or `box`/`boxes`/`mask`; EditObjects are taken as they are."""
@@ -263,7 +264,8 @@ class ReAtCoPipeline(DiffusionPipeline):
         """Every setting checked before any model work, with the model's defaults filled in for
         those left as None (a `rad`/`irjs`/`window` dict is merged over the model's section and
         validated like a YAML config)."""
-        prompt = _single("prompt", prompt, str, "call the pipeline once per prompt")
+        prompt = _single("prompt", prompt, (str, PromptTokens), "call the pipeline once per prompt")
+        tokens = tokenize_prompt(self.tokenizer, prompt)  # the one tokenization of the prompt in this call
         generator = _single("generator", generator, torch.Generator, "pass one torch.Generator")
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
@@ -281,13 +283,13 @@ class ReAtCoPipeline(DiffusionPipeline):
         rad = section_settings("rad", merge_section(defaults.get("rad"), rad), steps=num_inference_steps)
         irjs = section_settings("irjs", merge_section(defaults.get("irjs"), irjs))
         window = section_settings("window", merge_section(defaults.get("window"), window))
-        _check_call(self.tokenizer, prompt, objects, guidance_scale, attention_cell_px, rad)
+        _check_call(tokens, objects, guidance_scale, attention_cell_px, rad)
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
         if start_in_regions not in STARTS:  # the config schema's choices
             raise ValueError(f"start_in_regions must be one of {', '.join(STARTS)}, not {start_in_regions!r}")
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
-        return CallSettings(prompt, generator, num_inference_steps, guidance_scale, negative_prompt, start_in_regions,
+        return CallSettings(tokens.text, tokens, generator, num_inference_steps, guidance_scale, negative_prompt, start_in_regions,
                             rad, irjs, window, cell_px, tuple(callback_on_step_end_tensor_inputs))
 
     def prepare_source(self, video, source_latents, inversion_trajectory, latents, generator, inversion_prompt,
@@ -355,7 +357,7 @@ class ReAtCoPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
+        prompt: str | PromptTokens,
         video: torch.Tensor | Sequence | None = None,
         objects: Sequence = (),
         num_inference_steps: int | None = None,
@@ -381,7 +383,8 @@ class ReAtCoPipeline(DiffusionPipeline):
         attention_steps: Sequence[int] = (),
         return_dict: bool = True,
     ) -> ReAtCoPipelineOutput | tuple:
-        """Edit `video` (F, 3, H, W in [-1, 1], or a list of PIL images / uint8 arrays) towards `prompt`.
+        """Edit `video` (F, 3, H, W in [-1, 1], or a list of PIL images / uint8 arrays) towards `prompt`
+        (a str, or its `reatco.tokens.PromptTokens` where the caller has tokenized it already).
 
         objects: one entry per word of interest, as in the config: {"word": …, "box" | "boxes" |
         "mask": …, "occurrence": k}, or {"word": …, "region": reatco.regions.Region}. Without a video, pass
@@ -425,7 +428,7 @@ class ReAtCoPipeline(DiffusionPipeline):
 
         # 3. The objects: words, token indices, RAD masks and the regions' latent cells
         words, regions, token_indices, attn_masks, latent_coverage, cells = self.prepare_regions(
-            prompt, objects, n_frames, height, width, cell_px, rad.box_grid)
+            c.tokens, objects, n_frames, height, width, cell_px, rad.box_grid)
         invariant = None
         if irjs.enabled and regions:
             invariant = InvariantRegion(self.scheduler, irjs, cells, source_latents, inversion_trajectory, generator)
@@ -440,10 +443,10 @@ class ReAtCoPipeline(DiffusionPipeline):
 
         # 4. The prompt embeddings, the timesteps, the windows and the RAD guidance
         use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0
-        n_prompt_tokens = len(self.tokenizer(prompt).input_ids)
-        n_text_tokens = n_prompt_tokens - 2 if rad.normalize_eot else self.tokenizer.model_max_length - 2
+        n_prompt_tokens = len(c.tokens.ids)
+        n_text_tokens = n_prompt_tokens - 2 if rad.normalize_eot else c.tokens.model_max_length - 2
 
-        cond = self.encode_prompt(prompt).to(dtype)
+        cond = self.encode_prompt(c.tokens).to(dtype)
         negative_prompt_embeds = self.encode_prompt(c.negative_prompt).to(dtype)
         self._guidance_scale, self._interrupt = guidance_scale, False
         # diffusers' layout: [negative, prompt] under guidance; a callback may swap it (CFG cut-off)
@@ -600,7 +603,8 @@ def _single(name: str, value, kind, fix: str):
         raise ValueError(f"{name}: ReAtCoPipeline edits one video per call, with one {name}; got a list of "
                          f"{len(value)}: {fix}")
     if value is not None and not isinstance(value, kind):
-        raise TypeError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")
+        kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise TypeError(f"{name} must be a {kinds}, got {type(value).__name__}")
     return value
 
 
@@ -630,7 +634,7 @@ def _check_range(video: torch.Tensor) -> None:
                          "(video * 2 - 1)")
 
 
-def _check_call(tokenizer, prompt, objects, guidance_scale, attention_cell_px, rad: RADConfig) -> None:
+def _check_call(tokens: PromptTokens, objects, guidance_scale, attention_cell_px, rad: RADConfig) -> None:
     """Settings from Python, checked before any model work (configs are checked by reatco.config)."""
     if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) \
             or guidance_scale < 1:
@@ -647,7 +651,7 @@ def _check_call(tokenizer, prompt, objects, guidance_scale, attention_cell_px, r
     if not rad.temperature > 0:
         raise ConfigError("rad.temperature", f"must be > 0 (default 100), got {rad.temperature!r}")
     if objects and rad.enabled and rad.normalize_eot:
-        n, limit = len(tokenizer(prompt).input_ids), tokenizer.model_max_length
+        n, limit = len(tokens.ids), tokens.model_max_length
         if n > limit:
             raise ConfigError("prompt", f"has {n} tokens but the text encoder reads at most {limit} (start and end "
                               "tokens included); shorten it")

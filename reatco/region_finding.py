@@ -297,7 +297,7 @@ def finding_layers(unet, vae_scale_factor: int, cell_px: int | None, rad_cell_px
 
 
 @torch.no_grad()
-def source_word_maps(pipe, source_latents: torch.Tensor, prompt: str, token_indices: Sequence[Sequence[int]],
+def source_word_maps(pipe, source_latents: torch.Tensor, prompt, token_indices: Sequence[Sequence[int]],
                      timesteps: Sequence[int], layers: Sequence[str], grid: tuple[int, int], seed: int = 0
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """On the source clip, averaged over the noise levels `timesteps` (each with seeded forward
@@ -307,7 +307,7 @@ def source_word_maps(pipe, source_latents: torch.Tensor, prompt: str, token_indi
       * (F, C, H', W') the UNet's last up block's features (the finest level the UNet has), which
         tell where an object ends: the attention of a well-trained word peaks on the object but
         need not cover it.
-    source_latents: (1, C, F, h, w) scaled latents."""
+    source_latents: (1, C, F, h, w) scaled latents; prompt: a str or its PromptTokens."""
     from .attention_maps import AttentionStore, record_cross_attention
 
     unet = pipe.unet
@@ -373,8 +373,9 @@ def find_source_regions(pipe, video: torch.Tensor, source_latents: torch.Tensor,
     colour_weight, timesteps, attention_cell_px, seed), found on `video` (F, 3, H, W) in [-1, 1]
     with its scaled latents (1, C, F, h, w) and source `prompt`. Specs that share the attention
     settings share the UNet passes."""
-    from .tokens import word_token_indices
+    from .tokens import tokenize_prompt, word_token_indices
 
+    prompt = tokenize_prompt(pipe.tokenizer, prompt)  # once, for every spec and the UNet passes
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
     n_frames, _, height, width = video.shape
     regions: list[Region | None] = [None] * len(specs)

@@ -27,7 +27,7 @@ from .inversion import inversion_cache_key, load_or_invert
 from .rad import word_labels
 from .region_files import write_regions
 from .regions import Region, parse_region
-from .tokens import load_tokenizer, resolve_objects_tokens, token_table, word_token_indices
+from .tokens import load_tokenizer, resolve_objects_tokens, token_table, tokenize_prompt, word_token_indices
 from .video import read_video, to_uint8, write_frames, write_video
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class PreparedEdit:
     token_indices: list[list[int]]
     token_table: str
     origins: list[str] = field(default_factory=list)  # where each region came from, for regions.json
+    tokens: Any = None  # the edit prompt's PromptTokens: tokenized once, here, for the whole edit
 
     def objects(self) -> list:
         """The edit's objects resolved (regions found: after EditRunner.resolve_regions)."""
@@ -140,10 +141,11 @@ class EditRunner:
                                             start_frame=cfg.video.start_frame, frame_stride=cfg.video.frame_stride,
                                             native_size=native))
                 origins.append(f"boxes_file {obj.boxes_file}" if getattr(obj, "boxes_file", None) else regions[-1].kind)
-            indices = resolve_objects_tokens(self.tokenizer, edit.prompt, edit.objects, f"{field_prefix}.objects")
-            self._check_prompt_length(edit_config(cfg, edit), field_prefix, indices)
-            prepared.append(PreparedEdit(edit_config(cfg, edit), edit, regions, indices, token_table(self.tokenizer, edit.prompt),
-                                         origins))
+            tokens = tokenize_prompt(self.tokenizer, edit.prompt)
+            indices = resolve_objects_tokens(self.tokenizer, tokens, edit.objects, f"{field_prefix}.objects")
+            self._check_prompt_length(edit_config(cfg, edit), field_prefix, tokens, indices)
+            prepared.append(PreparedEdit(edit_config(cfg, edit), edit, regions, indices, token_table(self.tokenizer, tokens),
+                                         origins, tokens))
         return prepared
 
     def native_size(self) -> tuple[int, int]:
@@ -187,12 +189,12 @@ class EditRunner:
         return prepared.regions
 
 
-    def _check_prompt_length(self, cfg, field_prefix: str, indices) -> None:
+    @staticmethod
+    def _check_prompt_length(cfg, field_prefix: str, tokens, indices) -> None:
         """The text encoder reads model_max_length tokens (SOT and EOT included): a longer prompt
         is cut, which RAD cannot follow when it normalises over the prompt's own tokens or when
         a word of interest lies past the cut."""
-        tok = self.tokenizer
-        n, limit = len(tok(cfg.edits[0].prompt).input_ids), tok.model_max_length
+        n, limit = len(tokens.ids), tokens.model_max_length
         if n <= limit:
             return
         past = any(i >= limit - 1 for idx in indices for i in idx)
@@ -245,7 +247,9 @@ class EditRunner:
             start = time.perf_counter()
             unet = self._unet()  # may tune first: that is timed as "tune", not as loading
             try:
-                pipe = ReAtCoPipeline.from_pretrained(self.cfg.model.pretrained, unet=unet, dtype=self.dtype)
+                # the tokenizer that checked the edits, so that their tokens serve the call as they are
+                pipe = ReAtCoPipeline.from_pretrained(self.cfg.model.pretrained, unet=unet, tokenizer=self.tokenizer,
+                                                      dtype=self.dtype)
             except ConfigError:
                 raise
             except (OSError, ValueError, RuntimeError) as err:  # missing or damaged weights
@@ -357,7 +361,8 @@ class EditRunner:
         if trajectory.shape[0] != cfg.sampling.steps + 1:
             raise ConfigError("inversion.steps", f"must equal sampling.steps ({cfg.sampling.steps}) so the trajectory pairs with the sampling steps")
         # the objects resolved once here (the pipeline takes them as they are), the cached source
-        arguments = pipeline_arguments(cfg, prepared.edit, objects=prepared.objects(), source=(source_latents, trajectory))
+        arguments = pipeline_arguments(cfg, prepared.edit, objects=prepared.objects(), source=(source_latents, trajectory),
+                                       prompt=prepared.tokens)
         start = time.perf_counter()
         with self.autocast():
             output = pipe(**arguments, output_type="np", attention_steps=attention_steps(

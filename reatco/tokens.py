@@ -9,6 +9,8 @@ import logging
 import os
 import re
 import tempfile
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import ConfigError
 
@@ -71,9 +73,53 @@ _WORD_END = "</w>"  # CLIP's BPE marks the last sub-token of every word with thi
 _SD1_ID = re.compile(r"stable-diffusion-v-?1([-_.]\d)?\b", re.IGNORECASE)
 
 
-def _prompt_ids(tokenizer, text: str) -> list[int]:
-    """Token ids of `text` with SOT/EOT, never truncated (so that we can say what was cut)."""
-    return list(tokenizer(text, truncation=False).input_ids)
+@dataclass(frozen=True)
+class PromptTokens:
+    """A prompt tokenized once per edit: its ids with SOT/EOT, never truncated (so that we can
+    say what was cut), and their tokens. Everything that reads the prompt's tokens (the words'
+    indices, the token table, the length checks, the text encoder's input) reads them here."""
+
+    text: str
+    ids: tuple[int, ...]
+    tokens: tuple[str, ...]
+    model_max_length: int
+    pad_id: int
+    padding_side: str
+    tokenizer: Any = field(default=None, compare=False, repr=False)  # the one that made them
+
+    @property
+    def word_end(self) -> bool:
+        return _uses_word_end(list(self.tokens))
+
+    def encoder_ids(self) -> list[int]:
+        """The text encoder's input: cut to model_max_length (SOT, the first L − 2 tokens, EOT)
+        and padded to it, as `tokenizer(text, padding="max_length", truncation=True)` gives."""
+        limit, ids = self.model_max_length, list(self.ids)
+        if len(ids) > limit:
+            ids = ids[: limit - 1] + ids[-1:]
+        padding = [self.pad_id] * (limit - len(ids))
+        return padding + ids if self.padding_side == "left" else ids + padding
+
+
+def tokenize_prompt(tokenizer, prompt: "str | PromptTokens") -> PromptTokens:
+    """`prompt` tokenized by `tokenizer` (tokens of this tokenizer are taken as they are)."""
+    if isinstance(prompt, PromptTokens) and prompt.tokenizer is tokenizer:
+        return prompt
+    text = prompt.text if isinstance(prompt, PromptTokens) else prompt
+    if not isinstance(text, str):
+        raise TypeError(f"prompt must be a str, got {type(text).__name__}")
+    ids = tuple(tokenizer(text, truncation=False).input_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return PromptTokens(text, ids, tuple(tokenizer.convert_ids_to_tokens(list(ids))), tokenizer.model_max_length, pad,
+                        getattr(tokenizer, "padding_side", "right"), tokenizer)
+
+
+def encode_prompt(text_encoder, tokens: PromptTokens, device=None):
+    """The prompt's embeddings (1, L, d): the one prompt encoder of the pipeline and the tuning."""
+    import torch
+
+    ids = torch.tensor([tokens.encoder_ids()], device=device if device is not None else text_encoder.device)
+    return text_encoder(ids)[0]
 
 
 def _word_ids(tokenizer, word: str) -> list[int]:
@@ -112,23 +158,22 @@ def _find_sequence(ids: list[int], tokens: list[str], needle: list[int], word_en
     return starts
 
 
-def token_table(tokenizer, prompt: str) -> str:
+def token_table(tokenizer, prompt: "str | PromptTokens") -> str:
     """The prompt's tokens with the indices RAD uses (SOT = 0), one per line.
 
     Sub-tokens that do not end their word are shown with a trailing "+"; tokens beyond the
     tokenizer's length (which the text encoder never sees) are marked "(truncated)"."""
-    ids = _prompt_ids(tokenizer, prompt)
-    tokens = tokenizer.convert_ids_to_tokens(ids)
-    word_end = _uses_word_end(tokens)
-    limit = tokenizer.model_max_length
-    lines = [f"tokens of {prompt!r}:", "  idx  token"]
+    p = tokenize_prompt(tokenizer, prompt)
+    ids, tokens, word_end, limit = p.ids, p.tokens, p.word_end, p.model_max_length
+    lines = [f"tokens of {p.text!r}:", "  idx  token"]
     for i, tok in enumerate(tokens):
         note = "  (truncated)" if i >= limit - 1 and i < len(ids) - 1 else ""
         lines.append(f"  {i:>3}  {_display(tok, word_end)}{note}")
     return "\n".join(lines)
 
 
-def word_token_indices(tokenizer, prompt: str, word: str, occurrence: int | None = None, field: str = "word") -> list[int]:
+def word_token_indices(tokenizer, prompt: "str | PromptTokens", word: str, occurrence: int | None = None,
+                       field: str = "word") -> list[int]:
     """Indices (SOT = 0) of the tokens of `word` in `prompt`, as the text encoder sees them.
 
     `word` may be a single word (split into several sub-tokens: all of them are returned) or a
@@ -140,12 +185,11 @@ def word_token_indices(tokenizer, prompt: str, word: str, occurrence: int | None
     needle = _word_ids(tokenizer, word)
     needle = [i for i in needle if i not in _special_ids(tokenizer)]
     if not needle:
-        raise ConfigError(field, f"{word!r} has no tokens; name a word of the prompt {prompt!r}")
-    ids = _prompt_ids(tokenizer, prompt)
-    tokens = tokenizer.convert_ids_to_tokens(ids)
-    starts = _find_sequence(ids, tokens, needle, _uses_word_end(tokens))
+        raise ConfigError(field, f"{word!r} has no tokens; name a word of the prompt {getattr(prompt, 'text', prompt)!r}")
+    p = tokenize_prompt(tokenizer, prompt)
+    starts = _find_sequence(list(p.ids), list(p.tokens), needle, p.word_end)
     if not starts:
-        raise ConfigError(field, f"{word!r} is not a word of the prompt; use one of its words:\n{token_table(tokenizer, prompt)}")
+        raise ConfigError(field, f"{word!r} is not a word of the prompt; use one of its words:\n{token_table(tokenizer, p)}")
     last_seen = tokenizer.model_max_length - 2  # the encoder sees SOT + tokens 1…L−2 + EOT
     visible = [s for s in starts if s + len(needle) - 1 <= last_seen]
     if not visible:
@@ -172,13 +216,12 @@ def word_token_indices(tokenizer, prompt: str, word: str, occurrence: int | None
     return list(range(start, start + len(needle)))
 
 
-def describe_tokens(tokenizer, prompt: str, word: str, indices: list[int]) -> str:
+def describe_tokens(tokenizer, prompt: "str | PromptTokens", word: str, indices: list[int]) -> str:
     """One log line: which tokens a word maps to, e.g. "'goldfish' → token 5 (goldfish)" or, for a
     word split into sub-tokens, "'sdfwerqu' → tokens [2, 3, 4, 5] (sd+ f+ wer+ qu), one map from all of them
     (rad.word_tokens)"."""
-    tokens = tokenizer.convert_ids_to_tokens(_prompt_ids(tokenizer, prompt))
-    word_end = _uses_word_end(tokens)
-    shown = " ".join(_display(tokens[i], word_end) for i in indices)
+    p = tokenize_prompt(tokenizer, prompt)
+    shown = " ".join(_display(p.tokens[i], p.word_end) for i in indices)
     if len(indices) == 1:
         return f"{word!r} → token {indices[0]} ({shown})"
     return f"{word!r} → tokens {indices} ({shown}), one map from all of them (rad.word_tokens)"
@@ -188,10 +231,11 @@ def _attr(obj, name, default=None):
     return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
-def resolve_objects_tokens(tokenizer, prompt: str, objects, field_prefix: str = "objects") -> list[list[int]]:
+def resolve_objects_tokens(tokenizer, prompt: "str | PromptTokens", objects, field_prefix: str = "objects") -> list[list[int]]:
     """Token indices of every object's word (objects have `word` and optional `occurrence`).
 
     Logs which tokens each multi-token word uses; two objects naming the same tokens is an error."""
+    prompt = tokenize_prompt(tokenizer, prompt)  # once for every object
     result: list[list[int]] = []
     owner: dict[int, int] = {}
     for j, obj in enumerate(objects):

@@ -24,6 +24,7 @@ from .environment import package_versions
 from .errors import ConfigError, NonFiniteError
 from .files import new_partial_dir, remove_quietly, replace_dir
 from .models import TuneAVideoUNet
+from .tokens import encode_prompt, tokenize_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +92,6 @@ def _to(model, device, dtype):
     return model if model.dtype == dtype else model.to(dtype=dtype)
 
 
-def _encode_prompt(tokenizer, text_encoder, prompt: str, device) -> torch.Tensor:
-    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-    return text_encoder(ids.to(device))[0]
-
-
 def encode_frame_by_frame(vae, pixels: torch.Tensor):
     """The VAE posterior of frames (F, 3, H, W), encoded one frame at a time: the encoder's
     activations are one frame's, whatever the clip's length (GroupNorm is per frame, so the
@@ -159,7 +155,7 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
     generator = torch.Generator().manual_seed(s.seed)  # CPU generator: same draws on any device
     with torch.no_grad():
         posterior = encode_frame_by_frame(vae, video.to(device, weight_dtype))
-        text = _encode_prompt(tokenizer, text_encoder, prompt, device)
+        text = encode_prompt(text_encoder, tokenize_prompt(tokenizer, prompt), device)
     scale = vae.config.scaling_factor
     n_train = scheduler.config.num_train_timesteps
     prediction = scheduler.config.prediction_type

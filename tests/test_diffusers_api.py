@@ -310,3 +310,45 @@ def test_the_runner_and_the_library_give_the_same_edit_for_one_seed(folder, tmp_
     runner.pipeline()(**{**args, "generator": generator, "output_type": "latent", "num_inference_steps": 1,
                          "rad": {"enabled": False}, "irjs": {"source": "inversion"}, "start_in_regions": "inversion"})
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(7).get_state())
+
+
+def _count_calls_on(tokenizer, text):
+    """Every call of `tokenizer` on `text` (its class swapped for a counting subclass)."""
+    calls = []
+    base = type(tokenizer)
+
+    class Counting(base):
+        def __call__(self, value, *args, **kwargs):
+            if value == text:
+                calls.append(kwargs)
+            return super().__call__(value, *args, **kwargs)
+
+    tokenizer.__class__ = Counting
+    return calls
+
+
+def test_the_prompt_is_tokenized_once_per_edit(folder, tmp_path):
+    """From Python (objects given as dicts: words found, lengths checked, prompt encoded) and from
+    scripts/edit.py (EditRunner: the edit checked without weights, then run): one tokenization."""
+    from reatco.config import config_from_dict
+    from reatco.runner import EditRunner
+    from reatco.video import write_frames
+
+    pipe = ReAtCoPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    calls = _count_calls_on(pipe.tokenizer, PROMPT)
+    pipe(**_args(rad={"max_update_steps": 2, "refinement_thresholds": {}, "normalize_eot": True}, num_inference_steps=2))
+    assert len(calls) == 1
+
+    write_frames((_video() + 1) / 2, tmp_path / "frames")
+    cfg = config_from_dict({
+        "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+        "model": {"pretrained": str(folder), "attention_cell_px": CELL},
+        "video": {"path": str(tmp_path / "frames"), "prompt": "x", "height": SIZE, "width": SIZE, "n_frames": N_FRAMES},
+        "sampling": {"steps": 2, "guidance_scale": 3.0},
+        "rad": {"max_update_steps": 1, "refinement_thresholds": {}, "normalize_eot": True},
+        "edits": [{"name": "a", "prompt": PROMPT, "objects": OBJECTS}]})
+    runner = EditRunner(cfg, progress=False)
+    calls = _count_calls_on(runner.tokenizer, PROMPT)
+    runner.run(runner.prepare()[0], write=False)
+    assert len(calls) == 1 and runner.pipeline().tokenizer is runner.tokenizer

@@ -151,3 +151,22 @@ def test_load_tokenizer_offline_falls_back_only_for_sd1(monkeypatch, caplog):
     with pytest.raises(ConfigError) as e:
         load_tokenizer("stabilityai/stable-diffusion-2-1")
     assert e.value.field == "model.pretrained"
+
+
+@pytest.mark.parametrize("model", ["sd", "shapes"])
+def test_the_encoders_input_from_one_tokenization_is_the_tokenizers_own(tok, model):
+    """PromptTokens keeps the untruncated ids; the text encoder's input cut and padded from them is
+    what tokenizer(prompt, padding="max_length", truncation=True) gives, short prompts and long."""
+    from pathlib import Path
+
+    from reatco.tokens import tokenize_prompt
+
+    tokenizer = tok if model == "sd" else load_tokenizer(Path(__file__).resolve().parent.parent / "data" / "shapes-model")
+    long = " ".join(["a red circle and a blue square"] * 20)
+    for prompt in ("", "a green circle and a yellow triangle on a gray background", DOLPHINS, long):
+        tokens = tokenize_prompt(tokenizer, prompt)
+        expected = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length, truncation=True).input_ids
+        assert tokens.encoder_ids() == list(expected), prompt
+        assert list(tokens.ids) == tokenizer(prompt, truncation=False).input_ids
+    assert len(tokenize_prompt(tokenizer, long).ids) > tokenizer.model_max_length
+    assert tokenize_prompt(tokenizer, tokens) is tokens  # tokens of this tokenizer are taken as they are
