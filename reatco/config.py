@@ -358,8 +358,8 @@ def _join(path: str, key) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _unknown_key(path: str, key, cls) -> ConfigError:
-    names = list(_field_types(cls))
+def _unknown_key(path: str, key, cls, extra: Sequence[str] = ()) -> ConfigError:
+    names = list(_field_types(cls)) + list(extra)
     close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
     hint = f"did you mean {_join(path, close[0])!r}? " if close else ""
     return ConfigError(_join(path, key), f"unknown key; {hint}valid keys here: {', '.join(names)}")
@@ -766,7 +766,7 @@ _AUTOCASTS = ("none", "bf16")
 _MIXED = ("auto", "no", "fp16", "bf16")
 _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
-_STARTS = ("inversion", "noise", "tracked_noise")
+STARTS = ("inversion", "noise", "tracked_noise")
 _DECODE_STATISTICS = ("edit", "source")
 REFINEMENTS = ("official", "full", "max_inner")
 TOP_K_ROUNDINGS = ("truncate", "round")
@@ -866,11 +866,20 @@ def validate_irjs(irjs: IRJSConfig, p: str = "irjs") -> None:
     _choice(irjs.decode_statistics, _DECODE_STATISTICS, f"{p}.decode_statistics")
 
 
-def _validate_sampling(s: SamplingConfig, p: str) -> None:
-    _at_least(s.steps, 1, f"{p}.steps")
-    _at_least(s.guidance_scale, 1.0, f"{p}.guidance_scale", " (1.0 = no guidance)")
-    _seed(s.seed, f"{p}.seed")
-    _choice(s.start_in_regions, _STARTS, f"{p}.start_in_regions")
+def validate_sampling(s: SamplingConfig, p: str = "sampling") -> None:
+    """Check a sampling section (ConfigError naming `p`.field; `p` = "": the pipeline's own
+    arguments, guidance_scale and start_in_regions)."""
+    _at_least(s.steps, 1, _join(p, "steps"))
+    _at_least(s.guidance_scale, 1.0, _join(p, "guidance_scale"), " (1.0 = no guidance)")
+    _seed(s.seed, _join(p, "seed"))
+    _choice(s.start_in_regions, STARTS, _join(p, "start_in_regions"))
+
+
+def check_attention_cell_px(value, field_: str = "model.attention_cell_px") -> None:
+    """The RAD attention cell in pixels (the config's model.attention_cell_px, the pipeline's
+    attention_cell_px)."""
+    _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, field_,
+             f"must be ≥ 1 px (32 for SD v1.x, 8 for the shapes model), got {value!r}")
 
 
 def validate_window(w: WindowConfig, p: str = "window") -> None:
@@ -881,10 +890,10 @@ def validate_window(w: WindowConfig, p: str = "window") -> None:
         _require(w.stride <= w.size, f"{p}.stride", f"{w.stride} is larger than {p}.size ({w.size}): windows would skip frames")
 
 
-_SECTIONS = {"rad": RADConfig, "irjs": IRJSConfig, "window": WindowConfig, "tune": TuneConfig}
+_SECTIONS = {"rad": RADConfig, "irjs": IRJSConfig, "window": WindowConfig, "tune": TuneConfig, "sampling": SamplingConfig}
 
 
-def section_settings(section: str, value=None, steps: Optional[int] = None):
+def section_settings(section: str, value=None, steps: Optional[int] = None, field: Optional[str] = None):
     """A `rad=` / `irjs=` / `window=` value given to the pipeline from Python (or the `tune`
     settings given to `reatco.tuning.tune_unet`) → the validated section dataclass, through the same schema and checks as a YAML file, with the same
     ConfigErrors: None (the defaults), a partial dict (or OmegaConf mapping) of the section's
@@ -892,36 +901,36 @@ def section_settings(section: str, value=None, steps: Optional[int] = None):
     `refinement_thresholds` ({"0": 0.9}, as JSON leaves them) become step indices.
 
     `steps`: the sampling steps; refinement thresholds must lie within them, except the default
-    table, which simply fires where the run reaches (as it did before this check)."""
+    table, which simply fires where the run reaches (as it did before this check). `field`: the
+    prefix errors name (default: the section's name; "" for settings that are the pipeline's own
+    arguments, e.g. guidance_scale)."""
     if section not in _SECTIONS:
         raise ValueError(f"section must be one of {', '.join(_SECTIONS)}, got {section!r}")
     cls = _SECTIONS[section]
+    where = section if field is None else field
     if value is None:
         raw: Dict[str, Any] = {}
     elif isinstance(value, cls):
         raw = config_to_dict(value)
     elif is_dataclass(value) and not isinstance(value, type):
-        raise ConfigError(section, f"expected a {cls.__name__} or a dict of its fields, got a {type(value).__name__}")
+        raise ConfigError(where or section, f"expected a {cls.__name__} or a dict of its fields, got a {type(value).__name__}")
     else:
         try:
             raw = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
         except OmegaConfBaseException as err:
-            raise _omegaconf_error(err, section) from err
+            raise _omegaconf_error(err, where) from err
         if not isinstance(raw, dict):
-            raise ConfigError(section, f"must be a mapping of {section} settings (or a {cls.__name__}), got {value!r}")
+            raise ConfigError(where or section, f"must be a mapping of {section} settings (or a {cls.__name__}), got {value!r}")
         raw = copy.deepcopy(dict(raw))
-    _check_keys(raw, cls, section)
-    _check_finite(raw, section)
-    settings = _typed(cls, raw, section)
+    _check_keys(raw, cls, where)
+    _check_finite(raw, where)
+    settings = _typed(cls, raw, where)
     if section == "rad":
         default = RADConfig().refinement_thresholds
-        validate_rad(settings, None if settings.refinement_thresholds == default else steps, section)
-    elif section == "irjs":
-        validate_irjs(settings, section)
-    elif section == "tune":
-        validate_tune(settings, section)
+        validate_rad(settings, None if settings.refinement_thresholds == default else steps, where)
     else:
-        validate_window(settings, section)
+        validators = {"irjs": validate_irjs, "window": validate_window, "tune": validate_tune, "sampling": validate_sampling}
+        validators[section](settings, where)
     return settings
 
 
@@ -930,7 +939,7 @@ def _validate_model(m: ModelConfig, check_paths: bool) -> None:
     if check_paths and m.tuned_unet is not None:
         _require(os.path.isdir(m.tuned_unet), "model.tuned_unet",
                  f"{m.tuned_unet} is not a folder; give a Tune-A-Video UNet folder or null to tune")
-    _at_least(m.attention_cell_px, 1, "model.attention_cell_px", " px (32 for SD v1.x, 8 for the shapes model)")
+    check_attention_cell_px(m.attention_cell_px, "model.attention_cell_px")
     _choice(m.dtype, _DTYPES, "model.dtype")
     _choice(m.autocast, _AUTOCASTS, "model.autocast")
     _require(bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device)), "model.device",
@@ -1009,6 +1018,48 @@ def _validate_source(src: SourceRegionConfig, cfg: ReAtCoConfig, p: str) -> None
         _at_least(src.attention_cell_px, 1, f"{p}.attention_cell_px", " px")
 
 
+def value_of(obj, name: str, default=None):
+    """A setting of a config object or of a dict given from Python: the one place that tells
+    the two apart."""
+    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+
+
+# A dict object from Python may give its region ready-made: `region` (a reatco.regions.Region).
+_OBJECT_KEYS = tuple(f.name for f in fields(ObjectConfig)) + ("region",)
+
+
+def validate_object(obj, field_: str = "objects[0]") -> str:
+    """One user's object, checked alike wherever it comes from (load_config, the pipeline's
+    `objects=`, EditRunner): an ObjectConfig or a dict of its fields; its word, its occurrence,
+    exactly one region. Returns the region's kind (box, boxes, mask, boxes_file, source or
+    region). Where the word is in the prompt is reatco.tokens' check, the region's geometry
+    reatco.regions.parse_region's."""
+    if isinstance(obj, dict):
+        for key in obj:
+            if key not in _OBJECT_KEYS:  # the YAML loader's wording for an unknown key
+                raise _unknown_key(field_, key, ObjectConfig, extra=("region",))
+    elif not is_dataclass(obj):
+        raise ConfigError(field_, f"an object is a mapping (word, occurrence, and one region), got {obj!r}")
+    word = value_of(obj, "word")
+    _require(isinstance(word, str) and bool(word.strip()), f"{field_}.word",
+             f"must name a word of the edit prompt, got {word!r}")
+    occurrence = value_of(obj, "occurrence")
+    _require(occurrence is None or (isinstance(occurrence, int) and not isinstance(occurrence, bool) and occurrence >= 1),
+             f"{field_}.occurrence", f"must be ≥ 1 (1 = first occurrence; null if the word occurs once), got {occurrence!r}")
+    kind = region_kind(obj, field_)
+    _require(value_of(obj, "track") is None or value_of(obj, "boxes_file") is not None, f"{field_}.track",
+             "names an object of boxes_file; give boxes_file too")
+    return kind
+
+
+def region_kind(obj, field_: str = "objects[0]") -> str:
+    """Which region an object gives: exactly one of REGION_KEYS (or, from Python, `region`)."""
+    given = [n for n in REGION_KEYS + ("region",) if value_of(obj, n) is not None]
+    _require(len(given) == 1, field_, f"give exactly one of box, boxes, mask, boxes_file or source (from Python also "
+                                      f"region=, a reatco.regions.Region) (got {' and '.join(given) or 'none'})")
+    return given[0]
+
+
 def _validate_edit(cfg: ReAtCoConfig, k: int, edit: EditConfig, inversion_steps: int) -> None:
     p = f"edits[{k}]"
     _require(bool(_SAFE_NAME.match(edit.name)), f"{p}.name",
@@ -1016,17 +1067,12 @@ def _validate_edit(cfg: ReAtCoConfig, k: int, edit: EditConfig, inversion_steps:
     _require(bool(edit.prompt.strip()), f"{p}.prompt", "is empty; write the edited prompt")
     for j, obj in enumerate(edit.objects):
         q = f"{p}.objects[{j}]"
-        _require(bool(obj.word.strip()), f"{q}.word", "is empty; name a word of the edit prompt")
-        if obj.occurrence is not None:
-            _at_least(obj.occurrence, 1, f"{q}.occurrence", " (1 = first occurrence; null if the word occurs once)")
-        given = [n for n in REGION_KEYS if getattr(obj, n) is not None]
-        _require(len(given) == 1, q, f"give exactly one of box, boxes, mask, boxes_file or source (got {' and '.join(given) or 'none'})")
-        _require(obj.track is None or obj.boxes_file is not None, f"{q}.track", "names an object of boxes_file; give boxes_file too")
+        validate_object(obj, q)
         if obj.source is not None:
             _validate_source(obj.source, cfg, f"{q}.source")
     merged = edit_config(cfg, edit)
     if edit.sampling:
-        _validate_sampling(merged.sampling, f"{p}.sampling")
+        validate_sampling(merged.sampling, f"{p}.sampling")
         _require(merged.sampling.steps == inversion_steps, f"{p}.sampling.steps",
                  f"must equal the inversion steps ({inversion_steps}): the inversion trajectory pairs with the "
                  "sampling steps; change sampling.steps at the top level instead")
@@ -1050,7 +1096,7 @@ def validate(cfg: ReAtCoConfig, check_paths: bool = True) -> None:
     _validate_model(cfg.model, check_paths)
     _validate_video(cfg.video, cfg, check_paths)
     validate_tune(cfg.tune)
-    _validate_sampling(cfg.sampling, "sampling")
+    validate_sampling(cfg.sampling, "sampling")
     if cfg.inversion.steps is not None:
         _at_least(cfg.inversion.steps, 1, "inversion.steps", " (or null for sampling.steps)")
         _require(cfg.inversion.steps == cfg.sampling.steps, "inversion.steps",
@@ -1080,5 +1126,6 @@ __all__ = [
     "ModelConfig", "VideoConfig", "TuneConfig", "InversionConfig", "SamplingConfig", "RADConfig",
     "IRJSConfig", "WindowConfig", "SourceRegionConfig", "ObjectConfig", "EditConfig", "ReAtCoConfig",
     "load_config", "config_from_dict", "config_to_dict", "save_config", "edit_config", "validate",
-    "section_settings", "validate_rad", "validate_irjs", "validate_window", "validate_tune",
+    "section_settings", "validate_rad", "validate_irjs", "validate_window", "validate_tune", "validate_sampling",
+    "validate_object", "region_kind", "check_attention_cell_px", "value_of", "STARTS", "REGION_KEYS",
 ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from .config import validate_object, value_of
 from .regions import Region, parse_region
 from .tokens import resolve_objects_tokens
 
@@ -29,14 +30,10 @@ def resolve_objects(tokenizer, prompt: str, objects: Sequence, n_frames: int, he
         return list(objects)
     regions = []
     for j, obj in enumerate(objects):
-        region = _get(obj, "region")
-        if region is None:
-            region = parse_region(obj, n_frames, height, width, cell_px, field=f"{field}[{j}]")
+        kind = validate_object(obj, f"{field}[{j}]")  # as load_config checks a config's objects
+        region = value_of(obj, "region") if kind == "region" else parse_region(obj, n_frames, height, width, cell_px,
+                                                                               field=f"{field}[{j}]")
         regions.append(region)
     indices = resolve_objects_tokens(tokenizer, prompt, objects, field) if objects else []
-    return [EditObject(_get(o, "word"), _get(o, "occurrence"), region, tuple(idx))
+    return [EditObject(value_of(o, "word"), value_of(o, "occurrence"), region, tuple(idx))
             for o, region, idx in zip(objects, regions, indices)]
-
-
-def _get(obj, name: str):
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)

@@ -19,8 +19,7 @@ from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from . import irjs as irjs_ops
-from .config import _STARTS as STARTS
-from .config import IRJSConfig, RADConfig, WindowConfig, section_settings
+from .config import IRJSConfig, RADConfig, WindowConfig, check_attention_cell_px, section_settings, validate_object
 from .decoding import decode_chunks_with_reference_statistics
 from .edit_objects import EditObject, resolve_objects
 from .errors import ConfigError, check_finite
@@ -32,7 +31,7 @@ from .models import TuneAVideoUNet, rad_attention_layers
 from .rad_guidance import RADGuidance
 from .region_noise import tracked_noise
 from .regions import object_masks
-from .tokens import PromptTokens, encode_prompt, tokenize_prompt
+from .tokens import PromptTokens, check_prompt_length, encode_prompt, tokenize_prompt
 from .video import check_video_tensor
 from .windows import merge_windows, temporal_windows
 
@@ -279,15 +278,22 @@ class ReAtCoPipeline(DiffusionPipeline):
         negative_prompt = negative_prompt if negative_prompt is not None else defaults.get("negative_prompt", "")
         start_in_regions = start_in_regions if start_in_regions is not None else defaults.get("start_in_regions", "inversion")
         attention_cell_px = attention_cell_px if attention_cell_px is not None else defaults.get("attention_cell_px")
-        # The same schema and checks as a YAML config (ConfigError naming e.g. rad.refinement).
+        # The same schema, checks and wording as a YAML config (ConfigError naming e.g. rad.refinement;
+        # the sampling settings by their argument names: guidance_scale, start_in_regions).
+        section_settings("sampling", {"guidance_scale": guidance_scale, "negative_prompt": negative_prompt,
+                                      "start_in_regions": start_in_regions}, field="")
         rad = section_settings("rad", merge_section(defaults.get("rad"), rad), steps=num_inference_steps)
         irjs = section_settings("irjs", merge_section(defaults.get("irjs"), irjs))
         window = section_settings("window", merge_section(defaults.get("window"), window))
-        _check_call(tokens, objects, guidance_scale, attention_cell_px, rad)
+        if attention_cell_px is not None:
+            check_attention_cell_px(attention_cell_px, "attention_cell_px")
+        for j, obj in enumerate(objects or ()):  # as load_config checks a config's objects (EditObjects are)
+            if not isinstance(obj, EditObject):
+                validate_object(obj, f"objects[{j}]")
+        # a prompt cut by the text encoder breaks RAD's normalisation over the prompt's own tokens
+        check_prompt_length(tokens, bool(objects) and rad.enabled and rad.normalize_eot, "prompt")
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
-        if start_in_regions not in STARTS:  # the config schema's choices
-            raise ValueError(f"start_in_regions must be one of {', '.join(STARTS)}, not {start_in_regions!r}")
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
         return CallSettings(tokens.text, tokens, generator, num_inference_steps, guidance_scale, negative_prompt, start_in_regions,
                             rad, irjs, window, cell_px, tuple(callback_on_step_end_tensor_inputs))
@@ -632,29 +638,6 @@ def _check_range(video: torch.Tensor) -> None:
     if low >= 0:
         raise ValueError(f"video values span [{low:.3g}, {high:.3g}]: that looks like [0, 1] images; pass [-1, 1] "
                          "(video * 2 - 1)")
-
-
-def _check_call(tokens: PromptTokens, objects, guidance_scale, attention_cell_px, rad: RADConfig) -> None:
-    """Settings from Python, checked before any model work (configs are checked by reatco.config)."""
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) \
-            or guidance_scale < 1:
-        raise ConfigError("guidance_scale", f"must be a finite number ≥ 1 (1 = no guidance), got {guidance_scale!r}")
-    if attention_cell_px is not None and (isinstance(attention_cell_px, bool) or not isinstance(attention_cell_px, int)
-                                          or attention_cell_px < 1):
-        raise ConfigError("attention_cell_px", f"must be a positive number of pixels (or None), got {attention_cell_px!r}")
-    for name in ("step_size", "temperature", "smoothing_sigma", "top_k_ratio"):
-        value = getattr(rad, name)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"rad.{name}", f"must be a finite number, got {value!r}")
-    if not isinstance(rad.max_update_steps, int) or rad.max_update_steps < 0:
-        raise ConfigError("rad.max_update_steps", f"must be an integer ≥ 0, got {rad.max_update_steps!r}")
-    if not rad.temperature > 0:
-        raise ConfigError("rad.temperature", f"must be > 0 (default 100), got {rad.temperature!r}")
-    if objects and rad.enabled and rad.normalize_eot:
-        n, limit = len(tokens.ids), tokens.model_max_length
-        if n > limit:
-            raise ConfigError("prompt", f"has {n} tokens but the text encoder reads at most {limit} (start and end "
-                              "tokens included); shorten it")
 
 
 def _accumulate(total, count, word_maps, frames, n_frames):

@@ -81,16 +81,16 @@ def detect_source_regions(frames: np.ndarray, specs: Sequence, rad_cell_px: int,
                           fields: Sequence[str] | None = None) -> list[Region]:
     """Regions of `specs` (SourceRegionConfig or dicts with detector, query, score, instance,
     order, margin, region) found on the source `frames` (F, H, W, 3) uint8."""
-    from .region_finding import _get
+    from .config import value_of
 
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
     height, width = frames.shape[1:3]
     regions = []
     for spec, field in zip(specs, fields):
-        model, processor = load_detector(_get(spec, "detector"), device, f"{field}.detector")
-        per_frame = detect_instances(frames, model, processor, _get(spec, "query"), _get(spec, "score", 0.1))
-        region = _get(spec, "region", "boxes")
-        regions.append(region_from_instances(per_frame, height, width, _get(spec, "instance", "largest"),
-                                             _get(spec, "order", "left"), _get(spec, "margin", 0.0),
+        model, processor = load_detector(value_of(spec, "detector"), device, f"{field}.detector")
+        per_frame = detect_instances(frames, model, processor, value_of(spec, "query"), value_of(spec, "score", 0.1))
+        region = value_of(spec, "region", "boxes")
+        regions.append(region_from_instances(per_frame, height, width, value_of(spec, "instance", "largest"),
+                                             value_of(spec, "order", "left"), value_of(spec, "margin", 0.0),
                                              region, min_side=rad_cell_px, field=field))
     return regions

@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .config import value_of
 from .errors import ConfigError
 from .regions import Region
 
@@ -344,10 +345,6 @@ def source_word_maps(pipe, source_latents: torch.Tensor, prompt, token_indices: 
     return (maps_sum / n).cpu(), (features_sum / n).cpu()
 
 
-def _get(spec, name, default=None):
-    return spec.get(name, default) if isinstance(spec, dict) else getattr(spec, name, default)
-
-
 def attention_instances(maps: torch.Tensor, features: torch.Tensor, video: torch.Tensor | None, threshold: float = 0.5,
                         similarity: float = 0.6, colour_weight: float = 1.0) -> list[list[Instance]]:
     """One word's (F, h, w) attention maps, the (F, C, h', w') UNet features and the (F, 3, H, W)
@@ -381,19 +378,19 @@ def find_source_regions(pipe, video: torch.Tensor, source_latents: torch.Tensor,
     regions: list[Region | None] = [None] * len(specs)
     groups: dict[tuple, list[int]] = {}
     for j, spec in enumerate(specs):
-        key = (tuple(_get(spec, "timesteps", (50, 150))), _get(spec, "attention_cell_px"), _get(spec, "seed", 0))
+        key = (tuple(value_of(spec, "timesteps", (50, 150))), value_of(spec, "attention_cell_px"), value_of(spec, "seed", 0))
         groups.setdefault(key, []).append(j)
     for (timesteps, cell_px, seed), members in groups.items():
         layers, cell = finding_layers(pipe.unet, pipe.vae_scale_factor, cell_px, rad_cell_px)
-        indices = [word_token_indices(pipe.tokenizer, prompt, _get(specs[j], "word"), _get(specs[j], "occurrence"),
+        indices = [word_token_indices(pipe.tokenizer, prompt, value_of(specs[j], "word"), value_of(specs[j], "occurrence"),
                                       field=f"{fields[j]}.word") for j in members]
         maps, features = source_word_maps(pipe, source_latents, prompt, indices, timesteps, layers,
                                           (height // cell, width // cell), seed=seed)
         for k, j in enumerate(members):
             spec = specs[j]
-            per_frame = attention_instances(maps[k], features, video.cpu(), _get(spec, "threshold", 0.5),
-                                            _get(spec, "similarity", 0.6), _get(spec, "colour_weight", 1.0))
-            regions[j] = region_from_instances(per_frame, height, width, _get(spec, "instance", "largest"),
-                                               _get(spec, "order", "left"), _get(spec, "margin", 0.0),
-                                               _get(spec, "region", "boxes"), min_side=rad_cell_px, field=fields[j])
+            per_frame = attention_instances(maps[k], features, video.cpu(), value_of(spec, "threshold", 0.5),
+                                            value_of(spec, "similarity", 0.6), value_of(spec, "colour_weight", 1.0))
+            regions[j] = region_from_instances(per_frame, height, width, value_of(spec, "instance", "largest"),
+                                               value_of(spec, "order", "left"), value_of(spec, "margin", 0.0),
+                                               value_of(spec, "region", "boxes"), min_side=rad_cell_px, field=fields[j])
     return regions

@@ -26,17 +26,18 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
+from .config import region_kind, value_of
 from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-_PALETTE = [(255, 64, 64), (64, 160, 255), (64, 220, 64), (255, 200, 0), (220, 80, 255), (0, 220, 220), (255, 128, 0), (255, 255, 255)]
+PALETTE = [(255, 64, 64), (64, 160, 255), (64, 220, 64), (255, 200, 0), (220, 80, 255), (0, 220, 220), (255, 128, 0), (255, 255, 255)]
 
 
 @dataclass(frozen=True, eq=False)  # holds tensors: compare regions by identity
@@ -133,10 +134,6 @@ def _mask_to_grid(pixel_masks: torch.Tensor, grid_h: int, grid_w: int) -> torch.
 
 
 # ----------------------------------------------------------------------------- parsing and validation
-
-
-def _get(obj: Any, name: str):
-    return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
 
 
 def _plain(value):
@@ -263,9 +260,6 @@ def _parse_mask(mask, n_frames: int, height: int, width: int, field: str, base_d
     return masks
 
 
-REGION_KEYS = ("box", "boxes", "mask", "boxes_file", "source")
-
-
 def parse_region(obj, n_frames: int, height: int, width: int, cell_px: int, field: str = "objects[0]",
                  base_dir: str | None = None, start_frame: int = 0, frame_stride: int = 1,
                  native_size: tuple[int, int] | None = None) -> Region:
@@ -275,13 +269,11 @@ def parse_region(obj, n_frames: int, height: int, width: int, cell_px: int, fiel
     `edits[0].objects[1].box`. Relative mask and boxes-file paths are taken from `base_dir` when
     given; a boxes file is read at the clip's `start_frame`/`frame_stride`, in pixels of
     `native_size` (see region_files.py). A `source` region needs the model: EditRunner finds it."""
-    given = [name for name in REGION_KEYS if _get(obj, name) is not None]
-    if len(given) != 1:
-        what = "none" if not given else " and ".join(given)
-        raise ConfigError(field, f"give exactly one of `box`, `boxes`, `mask`, `boxes_file` or `source` for each object (got {what})")
-    kind = given[0]
-    value = _get(obj, kind)
+    kind = region_kind(obj, field)  # the object validator's own check and wording
+    value = value_of(obj, kind)
     sub = f"{field}.{kind}"
+    if kind == "region":
+        raise ConfigError(sub, "is a ready Region: take it as it is (reatco.edit_objects.resolve_objects does)")
     if kind == "source":
         raise ConfigError(sub, "a region found in the source video needs the model and the source clip: run the edit with "
                                "EditRunner (scripts/edit.py), or find it with reatco.region_finding and pass `region=`")
@@ -291,7 +283,7 @@ def parse_region(obj, n_frames: int, height: int, width: int, cell_px: int, fiel
         path = os.fspath(value)
         if base_dir is not None and not os.path.isabs(path):
             path = os.path.join(base_dir, path)
-        return read_boxes_file(path, n_frames, height, width, cell_px, track=_get(obj, "track"), start_frame=start_frame,
+        return read_boxes_file(path, n_frames, height, width, cell_px, track=value_of(obj, "track"), start_frame=start_frame,
                                frame_stride=frame_stride, native_size=native_size, field=sub)
     if kind == "box":
         box = _check_box(value, height, width, cell_px, sub)
@@ -339,7 +331,7 @@ def draw_regions(image: np.ndarray, regions: Sequence[Region], labels: Sequence[
     except (TypeError, OSError, ImportError):
         font = ImageFont.load_default()
     for j, (region, label) in enumerate(zip(regions, labels)):
-        colour = _PALETTE[j % len(_PALETTE)]
+        colour = PALETTE[j % len(PALETTE)]
         sx, sy = img_w / region.width, img_h / region.height
         if region.boxes is not None:
             x1, y1, x2, y2 = region.boxes[frame].tolist()

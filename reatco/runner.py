@@ -27,7 +27,8 @@ from .inversion import inversion_cache_key, load_or_invert
 from .rad import word_labels
 from .region_files import write_regions
 from .regions import Region, parse_region
-from .tokens import load_tokenizer, resolve_objects_tokens, token_table, tokenize_prompt, word_token_indices
+from .tokens import (check_prompt_length, load_tokenizer, resolve_objects_tokens, token_table, tokenize_prompt,
+                     word_token_indices)
 from .video import read_video, to_uint8, write_frames, write_video
 
 logger = logging.getLogger(__name__)
@@ -143,8 +144,11 @@ class EditRunner:
                 origins.append(f"boxes_file {obj.boxes_file}" if getattr(obj, "boxes_file", None) else regions[-1].kind)
             tokens = tokenize_prompt(self.tokenizer, edit.prompt)
             indices = resolve_objects_tokens(self.tokenizer, tokens, edit.objects, f"{field_prefix}.objects")
-            self._check_prompt_length(edit_config(cfg, edit), field_prefix, tokens, indices)
-            prepared.append(PreparedEdit(edit_config(cfg, edit), edit, regions, indices, token_table(self.tokenizer, tokens),
+            merged = edit_config(cfg, edit)
+            past = any(i >= tokens.model_max_length - 1 for idx in indices for i in idx)
+            check_prompt_length(tokens, past or (merged.rad.enabled and merged.rad.normalize_eot and bool(indices)),
+                                f"{field_prefix}.prompt")
+            prepared.append(PreparedEdit(merged, edit, regions, indices, token_table(self.tokenizer, tokens),
                                          origins, tokens))
         return prepared
 
@@ -188,20 +192,6 @@ class EditRunner:
         self.timings["find_regions"] = self.timings.get("find_regions", 0.0) + time.perf_counter() - start
         return prepared.regions
 
-
-    @staticmethod
-    def _check_prompt_length(cfg, field_prefix: str, tokens, indices) -> None:
-        """The text encoder reads model_max_length tokens (SOT and EOT included): a longer prompt
-        is cut, which RAD cannot follow when it normalises over the prompt's own tokens or when
-        a word of interest lies past the cut."""
-        n, limit = len(tokens.ids), tokens.model_max_length
-        if n <= limit:
-            return
-        past = any(i >= limit - 1 for idx in indices for i in idx)
-        if past or (cfg.rad.enabled and cfg.rad.normalize_eot and indices):
-            raise ConfigError(f"{field_prefix}.prompt", f"has {n} tokens but the text encoder reads at most {limit} "
-                              "(start and end tokens included); shorten the prompt")
-        logger.warning("%s.prompt has %d tokens; the text encoder reads only the first %d", field_prefix, n, limit)
 
     def preflight(self) -> None:
         """Everything that can fail before a model loads: the video, and (when tuning) whether

@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import value_of
 from .errors import ConfigError
 
 
@@ -216,6 +217,19 @@ def word_token_indices(tokenizer, prompt: "str | PromptTokens", word: str, occur
     return list(range(start, start + len(needle)))
 
 
+def check_prompt_length(tokens: PromptTokens, needs_all: bool, field: str = "prompt") -> None:
+    """The text encoder reads model_max_length tokens (SOT and EOT included): a longer prompt is
+    cut. ConfigError where the edit needs all of it (`needs_all`: RAD normalising over the
+    prompt's own tokens, or a word of interest past the cut), else a warning."""
+    n, limit = len(tokens.ids), tokens.model_max_length
+    if n <= limit:
+        return
+    if needs_all:
+        raise ConfigError(field, f"has {n} tokens but the text encoder reads at most {limit} (start and end tokens "
+                                 "included); shorten the prompt")
+    logger.warning("%s has %d tokens; the text encoder reads only the first %d", field, n, limit)
+
+
 def describe_tokens(tokenizer, prompt: "str | PromptTokens", word: str, indices: list[int]) -> str:
     """One log line: which tokens a word maps to, e.g. "'goldfish' → token 5 (goldfish)" or, for a
     word split into sub-tokens, "'sdfwerqu' → tokens [2, 3, 4, 5] (sd+ f+ wer+ qu), one map from all of them
@@ -227,10 +241,6 @@ def describe_tokens(tokenizer, prompt: "str | PromptTokens", word: str, indices:
     return f"{word!r} → tokens {indices} ({shown}), one map from all of them (rad.word_tokens)"
 
 
-def _attr(obj, name, default=None):
-    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
-
-
 def resolve_objects_tokens(tokenizer, prompt: "str | PromptTokens", objects, field_prefix: str = "objects") -> list[list[int]]:
     """Token indices of every object's word (objects have `word` and optional `occurrence`).
 
@@ -240,8 +250,8 @@ def resolve_objects_tokens(tokenizer, prompt: "str | PromptTokens", objects, fie
     owner: dict[int, int] = {}
     for j, obj in enumerate(objects):
         field = f"{field_prefix}[{j}].word"
-        word = _attr(obj, "word")
-        indices = word_token_indices(tokenizer, prompt, word, _attr(obj, "occurrence"), field=field)
+        word = value_of(obj, "word")
+        indices = word_token_indices(tokenizer, prompt, word, value_of(obj, "occurrence"), field=field)
         for i in indices:
             if i in owner:
                 raise ConfigError(field, f"{word!r} maps to token {i}, already used by {field_prefix}[{owner[i]}]; "

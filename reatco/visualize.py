@@ -134,7 +134,7 @@ def regions_sheet(frames: np.ndarray, regions, words: list[str], frame_px: int |
     """Every frame of the source with every region outlined in its word's colour, frame numbers
     above, and a legend (colour → word) below: (H', W', 3) uint8. frames (F, H, W, 3) uint8;
     frame_px: each frame's width (default: its own, within 192–384 px)."""
-    from .regions import _PALETTE, draw_regions
+    from .regions import PALETTE, draw_regions
 
     n_frames = len(frames)
     frame_px = frame_px or int(np.clip(frames.shape[2], 192, 384))
@@ -155,7 +155,7 @@ def regions_sheet(frames: np.ndarray, regions, words: list[str], frame_px: int |
         sheet.paste(Image.fromarray(tile), (x, y + 20))
     x, y = 4, rows * (tile_h + 22) + 4
     for j, word in enumerate(words):
-        colour = _PALETTE[j % len(_PALETTE)]
+        colour = PALETTE[j % len(PALETTE)]
         draw.rectangle([x, y + 3, x + 14, y + 17], fill=colour)
         draw.text((x + 20, y + 2), word, fill=(255, 255, 255), font=font)
         x += 20 + int(draw.textlength(word, font=font)) + 24

@@ -352,3 +352,45 @@ def test_the_prompt_is_tokenized_once_per_edit(folder, tmp_path):
     calls = _count_calls_on(runner.tokenizer, PROMPT)
     runner.run(runner.prepare()[0], write=False)
     assert len(calls) == 1 and runner.pipeline().tokenizer is runner.tokenizer
+
+
+_BOX = [0, 0, 16, 16]
+
+
+@pytest.mark.parametrize("obj, call, field, config_field", [
+    ({"word": "cat", "box": _BOX, "mask": "m.png"}, {}, "objects[0]", "edits[0].objects[0]"),
+    ({"word": "cat"}, {}, "objects[0]", "edits[0].objects[0]"),
+    ({"word": " ", "box": _BOX}, {}, "objects[0].word", "edits[0].objects[0].word"),
+    ({"word": "cat", "occurrence": 0, "box": _BOX}, {}, "objects[0].occurrence", "edits[0].objects[0].occurrence"),
+    ({"word": "cat", "track": 1, "box": _BOX}, {}, "objects[0].track", "edits[0].objects[0].track"),
+    ({"word": "cat", "box": _BOX}, {"guidance_scale": 0.5}, "guidance_scale", "sampling.guidance_scale"),
+    ({"word": "cat", "box": _BOX}, {"start_in_regions": "nois"}, "start_in_regions", "sampling.start_in_regions"),
+    ({"word": "cat", "box": _BOX}, {"attention_cell_px": 0}, "attention_cell_px", "model.attention_cell_px"),
+])
+def test_a_bad_setting_reads_the_same_from_python_and_from_a_config(pipe, monkeypatch, tmp_path, obj, call, field,
+                                                                     config_field):
+    """One validator per section and one for a user's object: the pipeline (dicts from Python) and
+    load_config say the same thing, naming the field as each entry point spells it, before any work."""
+    from reatco.config import config_from_dict
+
+    config_values = {"guidance_scale": ("sampling", "guidance_scale"), "start_in_regions": ("sampling", "start_in_regions"),
+                     "attention_cell_px": ("model", "attention_cell_px")}
+    raw = {"model": {"pretrained": "x", "attention_cell_px": 8}, "sampling": {},
+           "video": {"path": "v.mp4", "height": SIZE, "width": SIZE, "n_frames": N_FRAMES},
+           "edits": [{"name": "a", "prompt": PROMPT, "objects": [obj]}]}
+    for name, value in call.items():
+        section, key = config_values[name]
+        raw[section][key] = value
+    with pytest.raises(ConfigError) as from_config:
+        config_from_dict(raw, check_paths=False)
+    _no_work(pipe, monkeypatch)
+    with pytest.raises(ConfigError) as from_python:
+        pipe(**_args(objects=[obj], **call))
+    assert (from_python.value.field, from_config.value.field) == (field, config_field)
+    assert from_python.value.message == from_config.value.message
+
+
+def test_an_unknown_key_of_an_object_from_python_is_named_with_a_suggestion(pipe, monkeypatch):
+    _no_work(pipe, monkeypatch)
+    with pytest.raises(ConfigError, match=r"^objects\[1\].boxs: unknown key; did you mean 'objects\[1\].boxes'"):
+        pipe(**_args(objects=[OBJECTS[0], {"word": "dog", "boxs": [_BOX] * N_FRAMES}]))

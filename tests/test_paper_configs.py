@@ -77,7 +77,7 @@ def test_paper_config_dry_run_draws_regions_on_the_clip(name, tmp_path, capsys):
                              "--output_dir", str(out), "--dry-run"])
     assert code == 0, capsys.readouterr().err
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"video.path={clip}"])
-    from reatco.regions import _PALETTE
+    from reatco.regions import PALETTE
 
     scale = 384 / 768  # regions.png: every frame 384 px wide, frame 0 at (4, 20)
     for edit in cfg.edits:
@@ -87,4 +87,4 @@ def test_paper_config_dry_run_draws_regions_on_the_clip(name, tmp_path, capsys):
             x1, y1, x2, y2 = (round(v * scale) for v in obj.box)
             # frame 0's outline in the word's colour along the box's left edge
             edge = drawn[20 + y1 + 2:20 + y2 - 2, 4 + x1]
-            assert (edge == _PALETTE[j % len(_PALETTE)]).all(-1).mean() > 0.9, (edit.name, obj.word)
+            assert (edge == PALETTE[j % len(PALETTE)]).all(-1).mean() > 0.9, (edit.name, obj.word)
