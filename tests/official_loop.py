@@ -3,7 +3,7 @@
 Written from reading mdswyz/ReAtCo @9ecd5c0 `tuneavideo/pipelines/pipeline_split_gen.py` (with
 `ptp_utils.py` and `gaussian_smoothing.py`): the same control flow, step by step, in plain code
 that shares nothing with reatco's RAD/IRJS/window modules — only the UNet, the text encoder and
-a DDIM scheduler are reused. Facts reproduced (DESIGN.md §1 lists them):
+a DDIM scheduler are reused. Facts reproduced:
 
   for each step i, for each window (get_views: starts 0, 1, …, F − size; one window = whole clip):
     RAD   conditional forward with grad; maps = mean over the heads and layers of the cross-
