@@ -39,6 +39,20 @@ class AttentionStore:
     def reset(self) -> None:
         self._maps = []
 
+    @contextlib.contextmanager
+    def recording(self, mode: str = "record", observe_rows: int = 0):
+        """The recorded layers compute in `mode` ("record", "replay" or "observe" with the last
+        `observe_rows` batch rows) inside; maps recorded before are dropped on entry, and the store
+        is off (plain SDPA) again on exit. The one place the mode is set."""
+        if mode not in ("record", "replay", "observe"):
+            raise ValueError(f"unknown attention store mode {mode!r}")
+        self.reset()
+        self.mode, self.observe_rows = mode, observe_rows
+        try:
+            yield self
+        finally:
+            self.mode, self.observe_rows = "off", 0
+
     @property
     def explicit(self) -> bool:
         return self.mode != "off"

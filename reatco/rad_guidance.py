@@ -30,18 +30,22 @@ class RADPass:
     inner: torch.Tensor
     outer: torch.Tensor
     word_maps: torch.Tensor
+    store: AttentionStore | None = None  # the recorder's store, replaying during the backward
 
     def grad(self, objective: str = "full") -> torch.Tensor:
-        with torch.enable_grad():  # the pipeline runs under no_grad: the targets need a graph
+        # Checkpointed blocks recompute their attention during the backward: explicitly, as in
+        # the forward, and unrecorded.
+        replay = self.store.recording("replay") if self.store is not None else contextlib.nullcontext()
+        with torch.enable_grad(), replay:  # the pipeline runs under no_grad: the targets need a graph
             if objective == "max_inner":  # official refinement: the worst word's inner term only
                 target = self.inner.clamp(min=0).max()
             elif objective == "inner":  # the inner terms alone (official update after refinement)
                 target = self.inner.clamp(min=0).sum()
             else:
                 target = self.loss
-        if not target.requires_grad:
-            return torch.zeros_like(self.x)
-        return torch.autograd.grad(target, self.x)[0].detach()
+            if not target.requires_grad:
+                return torch.zeros_like(self.x)
+            return torch.autograd.grad(target, self.x)[0].detach()
 
 
 class RADGuidance:
@@ -93,7 +97,6 @@ class RADGuidance:
             try:
                 yield self
             finally:
-                self.store.mode = "off"
                 self.store.reset()
 
     # ------------------------------------------------------------------ attention
@@ -114,12 +117,11 @@ class RADGuidance:
         """Record the conditional half (`rows` frames) of the UNet calls inside, detached, for
         attention pictures without RAD; yields a list that receives the word maps on exit."""
         found: list[torch.Tensor] = []
-        self.store.mode, self.store.observe_rows = "observe", rows
         try:
-            yield found
-            found.append(self.word_maps(self.store.maps().float()))
+            with self.store.recording("observe", rows):
+                yield found
+                found.append(self.word_maps(self.store.maps().float()))
         finally:
-            self.store.mode = "off"
             self.store.reset()
 
     # ------------------------------------------------------------------ the pass
@@ -130,22 +132,19 @@ class RADGuidance:
         masks = self.masks if frames is None else self.masks[:, frames]
         x = latents.detach().requires_grad_(True)
         store = self.store
-        store.reset()
-        store.mode = "record"
         with torch.enable_grad():
-            try:
-                self.unet(x, t, encoder_hidden_states=self.cond)
-            except RADForwardComplete:
-                pass  # everything RAD reads has been computed
-            # Checkpointed blocks recompute the explicit attention during backward, unrecorded.
-            store.mode = "replay"
-            maps = store.maps()  # RAD's math in float32 at least (fp16 maps), float64 kept
+            with store.recording("record"):
+                try:
+                    self.unet(x, t, encoder_hidden_states=self.cond)
+                except RADForwardComplete:
+                    pass  # everything RAD reads has been computed
+                maps = store.maps()  # RAD's math in float32 at least (fp16 maps), float64 kept
             word_maps = self.word_maps(maps.to(torch.promote_types(maps.dtype, torch.float32)))
             store.reset()
             rad = self.settings
             inner, outer = rad_ops.region_losses(word_maps, masks, top_k_ratio=rad.top_k_ratio, top_k_rounding=rad.top_k_rounding)
             loss = rad_ops.rad_loss(inner, outer)
-        return RADPass(x, loss, inner, outer, word_maps)
+        return RADPass(x, loss, inner, outer, word_maps, store)
 
     def update(self, latents: torch.Tensor, step_index: int, t, frames: Sequence[int] | None = None,
                step_size: float | None = None):
@@ -183,7 +182,6 @@ class RADGuidance:
         outer = step.outer if stale_outer is None else stale_outer
         if step_index < rad.max_update_steps and rad_ops.rad_loss(step.inner.detach(), outer).item() != 0.0:
             latents = _descend(latents, step_size, step.grad(objective))
-        self.store.mode = "off"
         check_finite(latents, f"after the RAD update at step {step_index}", "lower rad.step_size or use model.dtype=float32")
         extra = {} if frames is None else {"frames": [frames[0], frames[-1]]}
         record = self.log.add(step_index, int(t), step.inner, step.outer, refinement_iters=iters, **extra)

@@ -325,13 +325,9 @@ def source_word_maps(pipe, source_latents: torch.Tensor, prompt, token_indices: 
                 noise = torch.randn(source_latents.shape, generator=generator).to(device, dtype)
                 alpha = pipe.scheduler.alphas_cumprod[int(t)].to(device, dtype)
                 x = alpha.sqrt() * source_latents.to(dtype) + (1 - alpha).sqrt() * noise
-                store.reset()
                 features.clear()
-                store.mode = "record"
-                try:
+                with store.recording("record"):
                     unet(x, torch.tensor(int(t), device=device), encoder_hidden_states=cond)
-                finally:
-                    store.mode = "off"
                 # The raw probabilities: a per-cell re-normalisation over the prompt tokens (RAD's
                 # `share`) inflates cells where the text gets almost no attention at all.
                 probs = store.maps().float()

@@ -89,13 +89,13 @@ def test_stopping_the_forward_early_leaves_the_recorded_maps_identical():
         for early in (False, True):
             store = AttentionStore(grid=(8, 8), stop_early=early)
             with record_cross_attention(unet, layers, store), torch.no_grad():
-                store.mode = "record"
                 later_calls.clear()
-                try:
-                    unet(x, 500, encoder_hidden_states=cond)
-                    stopped = False
-                except RADForwardComplete:
-                    stopped = True
+                with store.recording("record"):
+                    try:
+                        unet(x, 500, encoder_hidden_states=cond)
+                        stopped = False
+                    except RADForwardComplete:
+                        stopped = True
                 assert stopped is early
                 assert store.n_recorded == len(layers)
                 assert bool(later_calls) is not early  # an early stop runs nothing after the last recorded layer

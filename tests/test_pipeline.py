@@ -338,3 +338,25 @@ def test_resolved_edit_objects_are_taken_as_they_are(pipe, cell):
     assert [(o.word, o.token_indices) for o in objects] == [("cat", (2,)), ("dog", (5,))]
     assert pipe.prepare_objects(PROMPT, objects, N_FRAMES, SIZE, SIZE, cell) == objects
     assert torch.equal(_run(pipe, cell, objects=objects).frames, _run(pipe, cell).frames)
+
+
+def test_the_attention_store_records_only_inside_recording_and_is_off_after_an_error(pipe, cell):
+    from reatco.attention_maps import AttentionStore, record_cross_attention
+
+    layers = rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell)
+    store = AttentionStore(grid=(SIZE // cell, SIZE // cell), stop_early=False)
+    x = torch.randn(1, 4, N_FRAMES, SIZE // pipe.vae_scale_factor, SIZE // pipe.vae_scale_factor,
+                    generator=torch.Generator().manual_seed(0))
+    cond = pipe.encode_prompt(PROMPT)
+    with record_cross_attention(pipe.unet, layers, store), torch.no_grad():
+        pipe.unet(x, 500, encoder_hidden_states=cond)
+        assert store.n_recorded == 0 and not store.explicit  # off: plain SDPA, nothing kept
+        with store.recording("record"):
+            pipe.unet(x, 500, encoder_hidden_states=cond)
+            assert store.n_recorded == len(layers)
+        with pytest.raises(RuntimeError, match="boom"), store.recording("replay"):
+            assert store.n_recorded == 0 and store.explicit  # entering drops the maps of before
+            raise RuntimeError("boom")
+        assert store.mode == "off"
+    with pytest.raises(ValueError, match="unknown attention store mode"), store.recording("keep"):
+        pass

@@ -313,10 +313,9 @@ def test_rad_records_attention_in_float32_under_fp16(pipe):
 
     half = type(pipe)(**tiny_sd_components()).to(dtype=torch.float16)
     store = AttentionStore(grid=(SIZE // 4, SIZE // 4), stop_early=False)
-    store.mode = "record"
     layers = rad_attention_layers(half.unet, half.vae_scale_factor, 4)
     x = torch.randn(1, 4, N_FRAMES, SIZE // 2, SIZE // 2, dtype=torch.float16)
-    with record_cross_attention(half.unet, layers, store), torch.no_grad():
+    with record_cross_attention(half.unet, layers, store), torch.no_grad(), store.recording("record"):
         half.unet(x, torch.tensor(500), encoder_hidden_states=half.encode_prompt("a cat"))
     assert store.maps().dtype == torch.float32
 

@@ -235,9 +235,7 @@ def run_worker(args, variant: str) -> dict:
 
                 def update():
                     step = guidance.forward(inp["latents"], inp["t"])
-                    new = inp["latents"] - 1.0 * step.grad("full")
-                    store.mode = "off"
-                    return new
+                    return inp["latents"] - 1.0 * step.grad("full")
             else:
                 def update():
                     return guidance.update(inp["latents"], STEP_INDEX, inp["t"], step_size=1.0)[0]
@@ -247,9 +245,7 @@ def run_worker(args, variant: str) -> dict:
 
             def gradient_pass():  # the same forward + backward; its gradient is kept for the comparison
                 step = guidance.forward(inp["latents"], inp["t"])
-                grad = step.grad("full")
-                store.mode = "off"  # forward leaves "replay" on for a checkpointed backward
-                return grad
+                return step.grad("full")
 
             grad = gradient_pass()  # also the warm-up
             if i == 0 and grad_file:
@@ -265,9 +261,8 @@ def run_worker(args, variant: str) -> dict:
                 row["sec_grad_forward"] = _timed(lambda: guidance.forward(inp["latents"], inp["t"]), args.repeats, device, warmup=0)
 
                 def discarded():
-                    store.mode = "replay"  # explicit softmax in the recorded layers, nothing kept
-                    unet(inp["latents"], inp["t"], encoder_hidden_states=inp["cond"])
-                    store.mode = "off"
+                    with store.recording("replay"):  # explicit softmax in the recorded layers, nothing kept
+                        unet(inp["latents"], inp["t"], encoder_hidden_states=inp["cond"])
 
                 row["sec_discarded_forward"] = _timed(discarded, args.repeats, device, warmup=0)
             elif variant == "fast":
@@ -315,13 +310,11 @@ def _forward_split(unet, layers, inp, repeats, device) -> dict:
     store = AttentionStore(grid=inp["grid"], stop_early=True)
 
     def early():
-        store.reset()
-        store.mode = "record"
-        try:
-            unet(inp["latents"], inp["t"], encoder_hidden_states=inp["cond"])
-        except RADForwardComplete:
-            pass
-        store.mode = "off"
+        with store.recording("record"):
+            try:
+                unet(inp["latents"], inp["t"], encoder_hidden_states=inp["cond"])
+            except RADForwardComplete:
+                pass
         store.reset()
 
     with record_cross_attention(unet, layers, store):
