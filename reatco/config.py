@@ -214,6 +214,11 @@ class IRJSConfig:
     # decoder's GroupNorm layers had for the source frames, so that the edit inside the regions
     # does not shift the colours of the whole frame (reatco/decoding.py).
     decode_statistics: str = "edit"
+    # edit (every pixel is the decoded edit) | source: outside the regions' latent cells (the cells
+    # IRJS keeps from the source), the pixels are the source latents' own decode. The decoder's
+    # receptive field carries the edit a few pixels across every region edge; IRJS keeps those
+    # latents, so their pixels are the source's (reatco/decoding.py).
+    decode_outside: str = "edit"
 
 
 @dataclass
@@ -768,6 +773,7 @@ _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
 STARTS = ("inversion", "noise", "tracked_noise")
 _DECODE_STATISTICS = ("edit", "source")
+_DECODE_OUTSIDE = ("edit", "source")
 REFINEMENTS = ("official", "full", "max_inner")
 TOP_K_ROUNDINGS = ("truncate", "round")
 BOX_GRIDS = ("round", "coverage")
@@ -864,6 +870,7 @@ def validate_irjs(irjs: IRJSConfig, p: str = "irjs") -> None:
     _choice(irjs.noise, IRJS_NOISE, f"{p}.noise")
     _at_least(irjs.feather, 0, f"{p}.feather", " latent cells")
     _choice(irjs.decode_statistics, _DECODE_STATISTICS, f"{p}.decode_statistics")
+    _choice(irjs.decode_outside, _DECODE_OUTSIDE, f"{p}.decode_outside")
 
 
 def validate_sampling(s: SamplingConfig, p: str = "sampling") -> None:

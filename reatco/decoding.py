@@ -112,10 +112,11 @@ class ReferenceStatistics:
         return normalize_into(output, x, module, mean, var)
 
     @torch.no_grad()
-    def record(self, fn: Callable, *args) -> None:
+    def record(self, fn: Callable, *args):
+        """fn(*args), keeping every GroupNorm call's statistics; returns fn's output."""
         self.recorded, self.mode = [], "record"
         try:
-            fn(*args)  # only the statistics are kept
+            return fn(*args)
         finally:
             self.mode = "off"
 
@@ -132,19 +133,45 @@ class ReferenceStatistics:
         return out
 
 
+def keep_reference_pixels(decoded: torch.Tensor, reference_decoded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """decoded where `mask` is 1, the reference's decode where it is 0 (soft values mix).
+
+    decoded, reference_decoded: (N, 3, H, W); mask: (N, 1, h, w) on the latent grid (1 = edited
+    cell), each cell standing for the (H / h) × (W / w) pixels it decodes to."""
+    h, w = decoded.shape[-2:]
+    if h % mask.shape[-2] or w % mask.shape[-1]:
+        raise ValueError(f"a {tuple(mask.shape[-2:])} latent mask does not tile {h}×{w} pixels")
+    pixels = mask.to(decoded.dtype).repeat_interleave(h // mask.shape[-2], -2).repeat_interleave(w // mask.shape[-1], -1)
+    return reference_decoded + (decoded - reference_decoded) * pixels
+
+
 def decode_chunks_with_reference_statistics(decode: Callable[[torch.Tensor], torch.Tensor], decoder: torch.nn.Module,
-                                            references: Sequence[torch.Tensor], latents: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+                                            references: Sequence[torch.Tensor], latents: Sequence[torch.Tensor],
+                                            keep_reference_outside: Sequence[torch.Tensor] | None = None,
+                                            statistics: bool = True) -> list[torch.Tensor]:
     """[decode(z) for z in latents], chunk k's GroupNorms normalising by the statistics they had in
-    decode(references[k]); one chunk in memory at a time (see the module docstring)."""
+    decode(references[k]) (`statistics`; False: each decode keeps its own); one chunk in memory at
+    a time (see the module docstring).
+
+    keep_reference_outside: per chunk, a latent-grid mask (N, 1, h, w), 1 = edited: where it is 0,
+    the pixels are decode(references[k]) (`keep_reference_pixels`)."""
     if len(references) != len(latents):
         raise ValueError(f"{len(references)} reference chunks for {len(latents)} latent chunks")
+    if keep_reference_outside is not None and len(keep_reference_outside) != len(latents):
+        raise ValueError(f"{len(keep_reference_outside)} mask chunks for {len(latents)} latent chunks")
     outputs = []
     with ReferenceStatistics(decoder) as stats:
-        for ref, z in zip(references, latents):
+        for k, (ref, z) in enumerate(zip(references, latents)):
             if ref.shape != z.shape:
                 raise ValueError(f"reference {tuple(ref.shape)} and latents {tuple(z.shape)} must have one shape")
-            stats.record(decode, ref)
-            outputs.append(stats.apply(decode, z))
+            if statistics:
+                ref_out = stats.record(decode, ref)
+                out = stats.apply(decode, z)
+            else:
+                ref_out, out = (decode(ref) if keep_reference_outside is not None else None), decode(z)
+            if keep_reference_outside is not None:
+                out = keep_reference_pixels(out, ref_out, keep_reference_outside[k].to(out.device))
+            outputs.append(out)
     return outputs
 
 

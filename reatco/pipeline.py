@@ -211,11 +211,14 @@ class ReAtCoPipeline(DiffusionPipeline):
         return latents.permute(1, 0, 2, 3).unsqueeze(0)
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+    def decode_latents(self, latents: torch.Tensor, reference: torch.Tensor | None = None, *,
+                       reference_statistics: bool = True, keep_reference_outside: torch.Tensor | None = None) -> torch.Tensor:
         """(1, C, F, h, w) → frames (F, 3, H, W) in [0, 1].
 
         reference: latents of the same shape (the source's): every GroupNorm of the decoder then
-        normalises frame i by the statistics it had for reference frame i (`reatco.decoding`).
+        normalises frame i by the statistics it had for reference frame i (`reatco.decoding`), unless
+        `reference_statistics` is False. keep_reference_outside: a (1, 1, F, h, w) latent mask
+        (1 = edited cell): where it is 0 the pixels are the reference's own decode.
         With VAE slicing on, both are decoded one frame at a time, interleaved, so only one frame's
         activations are ever held."""
         def to_vae(z):
@@ -226,13 +229,18 @@ class ReAtCoPipeline(DiffusionPipeline):
 
         frames = to_vae(latents)
         if reference is None:
+            if keep_reference_outside is not None:
+                raise ValueError("keep_reference_outside needs the reference latents whose pixels it keeps")
             images = decode(frames)
         else:
             if reference.shape != latents.shape:
                 raise ValueError(f"reference {tuple(reference.shape)} and latents {tuple(latents.shape)} must have one shape")
             per_chunk = 1 if self.vae.use_slicing else frames.shape[0]
+            masks = None
+            if keep_reference_outside is not None:  # (1, 1, F, h, w) → per frame (F, 1, h, w)
+                masks = keep_reference_outside[0].permute(1, 0, 2, 3).split(per_chunk)
             chunks = decode_chunks_with_reference_statistics(decode, self.vae.decoder, to_vae(reference.to(latents)).split(per_chunk),
-                                                             frames.split(per_chunk))
+                                                             frames.split(per_chunk), masks, statistics=reference_statistics)
             images = torch.cat(chunks)
         return (images.float() / 2 + 0.5).clamp(0, 1)
 
@@ -521,7 +529,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                         negative_prompt_embeds = result.get("negative_prompt_embeds", negative_prompt_embeds)
                     progress.update()
 
-        # 6. Decode (with the source's decoder statistics where IRJS asks for them)
+        # 6. Decode (with the source's decoder statistics, and its own pixels outside the regions, where IRJS asks)
         check_finite(latents, "in the final latents", "lower rad.step_size or guidance_scale, or use float32")
         attention = None
         if return_attention and attention_sum is not None:
@@ -530,8 +538,10 @@ class ReAtCoPipeline(DiffusionPipeline):
         if output_type == "latent":
             frames_out = latents
         else:
-            if invariant is not None and irjs.decode_statistics == "source":
-                frames_out = self.decode_latents(latents, reference=source_latents).cpu()
+            if invariant is not None and "source" in (irjs.decode_statistics, irjs.decode_outside):
+                frames_out = self.decode_latents(
+                    latents, reference=source_latents, reference_statistics=irjs.decode_statistics == "source",
+                    keep_reference_outside=invariant.mask if irjs.decode_outside == "source" else None).cpu()
             else:
                 frames_out = self.decode_latents(latents).cpu()
             check_finite(frames_out, "in the decoded frames", "the VAE overflowed: decode in float32")

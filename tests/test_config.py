@@ -349,7 +349,7 @@ def test_save_load_round_trip_is_equal(cfg_dict, tmp_path):
 def test_config_to_dict_of_a_section(cfg_dict):
     cfg = config_from_dict(cfg_dict)
     assert config_to_dict(cfg.irjs) == {"enabled": True, "placement": "before_step", "source": "noise", "noise": "per_window",
-                                        "feather": 0, "decode_statistics": "edit"}
+                                        "feather": 0, "decode_statistics": "edit", "decode_outside": "edit"}
     with pytest.raises(TypeError):
         config_to_dict(42)
 

@@ -62,8 +62,8 @@ def test_paper_configs_run_the_official_edits_with_the_official_numerics(name):
         assert (rad.token_normalization, rad.temperature, rad.normalize_eot, rad.smoothing) == ("softmax", 100.0, False, True)
         # whole clips, with α calibrated to what the official 4-frame windows give each frame
         assert run.window.size is None and rad.calibration_frames == 4
-        assert (irjs.placement, irjs.source, irjs.noise, irjs.feather, irjs.decode_statistics) == (
-            "before_step", "noise", "per_window", 0, "edit")
+        assert (irjs.placement, irjs.source, irjs.noise, irjs.feather, irjs.decode_statistics, irjs.decode_outside) == (
+            "before_step", "noise", "per_window", 0, "edit", "edit")
         assert (run.sampling.start_in_regions, run.inversion.prompt, run.inversion.guidance_scale) == ("inversion", "", 1.0)
 
 

@@ -237,6 +237,42 @@ def test_decode_statistics_source_decodes_with_the_source_frames_statistics(pipe
     torch.testing.assert_close(sliced, fixed, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("statistics", ["edit", "source"])
+def test_decode_outside_source_keeps_the_source_decode_outside_the_regions(pipe, cell, statistics):
+    from reatco.irjs import latent_region_mask
+    from reatco.regions import object_masks, parse_region
+
+    source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
+    irjs = IRJSConfig(placement="after_step", decode_statistics=statistics)
+    common = dict(source_latents=source, video=None, output_type="pt")
+    edited = _run(pipe, cell, irjs=irjs, **common).frames
+    kept = _run(pipe, cell, irjs=IRJSConfig(placement="after_step", decode_statistics=statistics, decode_outside="source"),
+                **common).frames
+    source_decoded = pipe.decode_latents(source)
+    h = SIZE // pipe.vae_scale_factor
+    regions = [parse_region(o, N_FRAMES, SIZE, SIZE, 1) for o in OBJECTS]
+    cells = latent_region_mask(object_masks(regions, N_FRAMES, h, h), h, h)[0, 0]  # (F, h, w), 1 = edited
+    edited_pixels = cells.repeat_interleave(pipe.vae_scale_factor, 1).repeat_interleave(pipe.vae_scale_factor, 2).bool()
+    edited_pixels = edited_pixels[:, None].expand_as(kept)
+    assert 0 < edited_pixels.float().mean() < 1
+    # outside the regions' cells: the source's own decode; inside: the edit's decode, unchanged
+    torch.testing.assert_close(kept[~edited_pixels], source_decoded[~edited_pixels], rtol=0, atol=1e-6)
+    torch.testing.assert_close(kept[edited_pixels], edited[edited_pixels], rtol=0, atol=1e-6)
+    assert (edited[~edited_pixels] - source_decoded[~edited_pixels]).abs().max() > 1e-3  # the leak it removes
+
+
+def test_keep_reference_pixels_mixes_by_the_upsampled_latent_mask():
+    from reatco.decoding import keep_reference_pixels
+
+    edit, ref = torch.ones(2, 3, 8, 8), torch.zeros(2, 3, 8, 8)
+    mask = torch.tensor([[1.0, 0.0], [0.5, 0.0]]).expand(2, 1, 2, 2)
+    out = keep_reference_pixels(edit, ref, mask)
+    assert torch.equal(out[:, :, :4, :4], torch.ones(2, 3, 4, 4)) and torch.equal(out[:, :, :, 4:], torch.zeros(2, 3, 8, 4))
+    assert torch.equal(out[:, :, 4:, :4], torch.full((2, 3, 4, 4), 0.5))
+    with pytest.raises(ValueError, match="does not tile"):
+        keep_reference_pixels(edit, ref, torch.ones(2, 1, 3, 3))
+
+
 def test_window_covering_the_clip_equals_a_single_pass(pipe, cell):
     whole = _run(pipe, cell).frames
     windowed = _run(pipe, cell, window={"size": N_FRAMES, "stride": 1}).frames
