@@ -1,4 +1,4 @@
-"""What an interactive editor needs from the library (scripts/app.py is a thin UI over this):
+"""What an interactive editor needs from the library (reatco/app.py is a thin UI over this):
 candidate words of a prompt, a config built from drawn keyframes or source words, region previews
 on every frame, and runs that reuse the loaded model, the tuned UNet and the inversion.
 """
