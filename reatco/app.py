@@ -25,7 +25,7 @@ def build_app(cfg):
 
     from .interactive import (EditSession, ObjectDraft, build_config, candidate_words, drafts_from_config, scale_box,
                               upscale)
-    from .regions import _interpolate_keyframes
+    from .regions import interpolate_keyframes
     from .tokens import load_tokenizer, token_table
 
     session = EditSession(progress=True)
@@ -53,7 +53,7 @@ def build_app(cfg):
         draft = drafts[int(obj) - 1]
         boxes = []
         if draft.keyframes and not draft.source_word:
-            box = _interpolate_keyframes({int(k): v for k, v in draft.keyframes.items()}, len(frames))[int(frame)].tolist()
+            box = interpolate_keyframes({int(k): v for k, v in draft.keyframes.items()}, len(frames))[int(frame)].tolist()
             x1, y1, x2, y2 = (round(v) for v in scale_box(box, DISPLAY))
             boxes = [{"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2, "label": f"object {obj}"}]
         return {"image": image, "boxes": boxes}

@@ -388,15 +388,15 @@ def _child_type(tp, key, path: str):
     return Any
 
 
-def _check_keys(node, tp, path: str = "") -> None:
+def check_known_keys(node, tp, path: str = "") -> None:
     """Reject keys the schema does not have, with the field path and a suggestion."""
     tp = _unwrap_optional(tp)
     if is_dataclass(tp) and isinstance(node, dict):
         for key, value in node.items():
-            _check_keys(value, _child_type(tp, key, path), _join(path, key))
+            check_known_keys(value, _child_type(tp, key, path), _join(path, key))
     elif typing.get_origin(tp) in (list, List) and isinstance(node, list):
         for i, item in enumerate(node):
-            _check_keys(item, typing.get_args(tp)[0], _join(path, i))
+            check_known_keys(item, typing.get_args(tp)[0], _join(path, i))
 
 
 # ----------------------------------------------------------------------------- loading
@@ -646,7 +646,7 @@ def _build(layers: List[dict], overrides: Sequence[str], name: str, check_paths:
     if isinstance(overrides, str):
         overrides = [overrides]
     raw = _with_model_defaults(layers, overrides)
-    _check_keys(raw, ReAtCoConfig)
+    check_known_keys(raw, ReAtCoConfig)
     _refuse_interpolation(raw)
     cfg = _typed(ReAtCoConfig, raw)
     if cfg.output_dir is None:
@@ -759,7 +759,7 @@ def edit_config(cfg: ReAtCoConfig, edit: EditConfig) -> ReAtCoConfig:
         where = f"{prefix}.{section}"
         if not isinstance(override, dict):
             raise ConfigError(where, f"must be a mapping of {section} settings, e.g. {{enabled: false}}")
-        _check_keys(override, cls, where)
+        check_known_keys(override, cls, where)
         changes[section] = _typed(cls, _merge(config_to_dict(getattr(cfg, section)), override), where)
     return dataclasses.replace(copy.deepcopy(cfg), **changes)
 
@@ -929,7 +929,7 @@ def section_settings(section: str, value=None, steps: Optional[int] = None, fiel
         if not isinstance(raw, dict):
             raise ConfigError(where or section, f"must be a mapping of {section} settings (or a {cls.__name__}), got {value!r}")
         raw = copy.deepcopy(dict(raw))
-    _check_keys(raw, cls, where)
+    check_known_keys(raw, cls, where)
     _check_finite(raw, where)
     settings = _typed(cls, raw, where)
     if section == "rad":

@@ -39,7 +39,7 @@ def _int_keys(thresholds: dict) -> dict:
 
 def check_model_defaults(defaults: Any, source: str) -> dict:
     """Validate the file's keys against the config schema; ConfigError naming the file and key."""
-    from .config import ReAtCoConfig, _check_keys
+    from .config import ReAtCoConfig, check_known_keys
 
     if not isinstance(defaults, dict):
         raise ConfigError(source, "must hold a JSON object of config sections, e.g. {\"model\": {\"attention_cell_px\": 8}}")
@@ -55,7 +55,7 @@ def check_model_defaults(defaults: Any, source: str) -> dict:
             if key in values:
                 raise ConfigError(f"{source}: {section}.{key}", "belongs to a run's config, not to the model")
         try:
-            _check_keys({section: values}, ReAtCoConfig)
+            check_known_keys({section: values}, ReAtCoConfig)
         except ConfigError as err:
             raise ConfigError(f"{source}: {err.field}", err.message) from None
         values = dict(values)

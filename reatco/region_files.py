@@ -201,9 +201,9 @@ def _finite(v) -> bool:
 
 
 def _mask_region(folder: Path, files: Sequence[str], n_frames: int, height: int, width: int, field: str) -> Region:
-    from .regions import _read_mask
+    from .regions import read_mask
 
-    masks = torch.stack([_read_mask(str(folder / f), height, width, field) for f in files])
+    masks = torch.stack([read_mask(str(folder / f), height, width, field) for f in files])
     if not masks.any():
         raise ConfigError(field, "the mask files are empty: no white pixels")
     return Region("mask", n_frames, height, width, pixel_masks=masks)

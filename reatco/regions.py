@@ -194,7 +194,7 @@ def _parse_boxes(boxes, n_frames: int, height: int, width: int, cell_px: int, fi
             if k in keys:
                 raise ConfigError(f"{field}[{key}]", f"keyframe {k} is given twice")
             keys[k] = _check_box(box, height, width, cell_px, f"{field}[{key}]")
-        return _interpolate_keyframes(keys, n_frames)
+        return interpolate_keyframes(keys, n_frames)
     if isinstance(boxes, (list, tuple)):
         if len(boxes) != n_frames:
             raise ConfigError(
@@ -205,7 +205,7 @@ def _parse_boxes(boxes, n_frames: int, height: int, width: int, cell_px: int, fi
     raise ConfigError(field, f"`boxes` is a list with one box per frame or a mapping {{frame: box}} of keyframes, got {boxes!r}")
 
 
-def _interpolate_keyframes(keys: dict[int, list[float]], n_frames: int) -> torch.Tensor:
+def interpolate_keyframes(keys: dict[int, list[float]], n_frames: int) -> torch.Tensor:
     """Linear interpolation of coordinates between keyframes; held before the first / after the last."""
     frames = sorted(keys)
     known = torch.tensor([keys[k] for k in frames], dtype=torch.float64)
@@ -222,7 +222,7 @@ def _interpolate_keyframes(keys: dict[int, list[float]], n_frames: int) -> torch
     return out
 
 
-def _read_mask(path: str, height: int, width: int, field: str) -> torch.Tensor:
+def read_mask(path: str, height: int, width: int, field: str) -> torch.Tensor:
     from PIL import Image
 
     try:
@@ -250,9 +250,9 @@ def _parse_mask(mask, n_frames: int, height: int, width: int, field: str, base_d
         files = sorted(f for f in os.listdir(path) if f.lower().endswith(_IMAGE_EXTS))
         if len(files) != n_frames:
             raise ConfigError(field, f"{path} holds {len(files)} mask images for a clip of {n_frames} frames: give one per frame (sorted by name)")
-        masks = torch.stack([_read_mask(os.path.join(path, f), height, width, field) for f in files])
+        masks = torch.stack([read_mask(os.path.join(path, f), height, width, field) for f in files])
     elif os.path.isfile(path):
-        masks = _read_mask(path, height, width, field).expand(n_frames, height, width).clone()
+        masks = read_mask(path, height, width, field).expand(n_frames, height, width).clone()
     else:
         raise ConfigError(field, f"mask {path} does not exist (a PNG, or a folder of per-frame PNGs; white = object)")
     if not masks.any():

@@ -27,7 +27,7 @@ DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 BACKENDS = ("transformers", "open_clip")
 
 
-def _as_tensor(out) -> torch.Tensor:
+def feature_tensor(out) -> torch.Tensor:
     """transformers 5 returns an output object from get_*_features; 4.x a tensor."""
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
@@ -47,7 +47,7 @@ class ClipScorer:
         """(F, D) unnormalised image embeddings."""
         if self.backend == "transformers":
             inputs = self.preprocess(images=images, return_tensors="pt").to(self.device)
-            return _as_tensor(self.model.get_image_features(**inputs)).float()
+            return feature_tensor(self.model.get_image_features(**inputs)).float()
         pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
         return self.model.encode_image(pixels).float()
 

@@ -15,7 +15,7 @@ import torch
 
 from ..environment import resolve_device
 from ._cache import cached
-from .clip_metrics import _as_tensor, batched
+from .clip_metrics import batched, feature_tensor
 from .frames import LOVEU_SIZE, to_pil_frames
 
 DEFAULT_PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
@@ -34,8 +34,8 @@ class PickScorer:
         image_inputs = self.processor(images=images, return_tensors="pt").to(self.device)
         text_inputs = self.processor(text=prompt, padding=True, truncation=True, max_length=77,
                                      return_tensors="pt").to(self.device)
-        image = torch.nn.functional.normalize(_as_tensor(self.model.get_image_features(**image_inputs)).float(), dim=-1)
-        text = torch.nn.functional.normalize(_as_tensor(self.model.get_text_features(**text_inputs)).float(), dim=-1)
+        image = torch.nn.functional.normalize(feature_tensor(self.model.get_image_features(**image_inputs)).float(), dim=-1)
+        text = torch.nn.functional.normalize(feature_tensor(self.model.get_text_features(**text_inputs)).float(), dim=-1)
         return self.model.logit_scale.exp().float() * (text @ image.T)[0]
 
 

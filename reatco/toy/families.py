@@ -73,7 +73,7 @@ def _prompt(phrases: list[str], background: str) -> str:
 def _fits(paths: np.ndarray, radii: np.ndarray, size: int = world.SIZE) -> bool:
     """Every shape wholly in the frame and no two touching, in every frame."""
     inside = all(((paths[j] >= radii[j]) & (paths[j] <= size - radii[j])).all() for j in range(len(radii)))
-    return inside and all(world._apart(paths[:, f], radii) for f in range(paths.shape[1]))
+    return inside and all(world.shapes_apart(paths[:, f], radii) for f in range(paths.shape[1]))
 
 
 def _line(p0, p1, n_frames: int) -> np.ndarray:
@@ -123,7 +123,7 @@ def _three(rng, n_frames: int, box_grid: int) -> EditCase | None:
     shapes = _shapes(rng, 3, (7.0, 10.0))
     radii = np.array([s.radius for s in shapes])
     for _ in range(200):  # three apart all along is the rare part: redraw the paths before the shapes
-        paths = np.stack([world._path(rng, r, n_frames, world.SIZE) for r in radii])
+        paths = np.stack([world.smooth_path(rng, r, n_frames, world.SIZE) for r in radii])
         if _fits(paths, radii):
             break
     else:
@@ -142,7 +142,7 @@ def _two_moving_objects(rng, n_frames: int):
     or None when the paths touch (the caller draws the case again)."""
     shapes = _shapes(rng, 2)
     radii = np.array([s.radius for s in shapes])
-    paths = np.stack([world._path(rng, r, n_frames, world.SIZE) for r in radii])
+    paths = np.stack([world.smooth_path(rng, r, n_frames, world.SIZE) for r in radii])
     if not _fits(paths, radii):
         return None
     bg, name = _background(rng)
@@ -197,7 +197,7 @@ def _border(rng, n_frames: int, box_grid: int) -> EditCase | None:
         across = np.full(n_frames, depth if edge in (0, 2) else size - depth)
         paths.append(np.stack([across, along], 1) if edge < 2 else np.stack([along, across], 1))
     paths = np.stack(paths)
-    if not all(world._apart(paths[:, f], radii) for f in range(n_frames)):
+    if not all(world.shapes_apart(paths[:, f], radii) for f in range(n_frames)):
         return None
     bg, name = _background(rng)
     source = world.render_video(bg, name, shapes, paths)

@@ -163,7 +163,8 @@ def sample_shapes(rng: np.random.Generator, n_objects: int) -> list[Shape]:
     return [Shape(str(c), str(rng.choice(SHAPES)), float(rng.uniform(*RADIUS_RANGE))) for c in colors]
 
 
-def _apart(centers: np.ndarray, radii: np.ndarray, margin: float = 2.0) -> bool:
+def shapes_apart(centers: np.ndarray, radii: np.ndarray, margin: float = 2.0) -> bool:
+    """No two shapes (centres (J, 2), radii (J,)) come within `margin` px of each other."""
     for a in range(len(radii)):
         for b in range(a + 1, len(radii)):
             # squares/triangles reach to the bounding square: compare on the L∞ distance
@@ -175,7 +176,7 @@ def _apart(centers: np.ndarray, radii: np.ndarray, margin: float = 2.0) -> bool:
 def _place(rng: np.random.Generator, radii: np.ndarray, size: int, tries: int = 200) -> np.ndarray | None:
     for _ in range(tries):
         c = np.stack([rng.uniform(r, size - r, size=2) for r in radii])
-        if _apart(c, radii):
+        if shapes_apart(c, radii):
             return c
     return None
 
@@ -205,7 +206,7 @@ def make_image(seed: int, index: int = 0, n_objects: int | None = None, size: in
                   masks[:, None], caption(objs, bg_name))
 
 
-def _path(rng: np.random.Generator, r: float, n_frames: int, size: int) -> np.ndarray:
+def smooth_path(rng: np.random.Generator, r: float, n_frames: int, size: int) -> np.ndarray:
     """Smooth path: a straight segment plus a gentle sideways arc. (F,2) centres."""
     lo, hi = r, size - r
     p0 = rng.uniform(lo, hi, size=2)
@@ -230,9 +231,9 @@ def make_video(seed: int, index: int = 0, n_frames: int = 8, n_objects: int = 2,
     bg_name = background if background is not None else str(rng.choice(BACKGROUNDS))
     radii = np.array([s.radius for s in objs])
     for _ in range(1000):
-        paths = np.stack([_path(rng, r, n_frames, size) for r in radii])  # (J,F,2)
+        paths = np.stack([smooth_path(rng, r, n_frames, size) for r in radii])  # (J,F,2)
         inside = all(((paths[j] >= radii[j]) & (paths[j] <= size - radii[j])).all() for j in range(len(objs)))
-        if inside and all(_apart(paths[:, f], radii) for f in range(n_frames)):
+        if inside and all(shapes_apart(paths[:, f], radii) for f in range(n_frames)):
             break
     else:
         raise ValueError("could not find non-overlapping paths; use fewer or smaller shapes")
