@@ -490,15 +490,12 @@ class ReAtCoPipeline(DiffusionPipeline):
                     outputs = []
                     for frames in windows:
                         x = latents[:, :, frames]
+                        word_maps = None  # this window's word maps, from the RAD pass or observed
                         if rad_here:
                             first = not guidance.records
                             x, record, word_maps = guidance.update(x, i, t, frames=frames)
                             if first:
                                 self._warn_if_unattended(record, cell_px, guidance.labels, token_indices, rad)
-                            if return_attention:
-                                attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
-                                if i in attention_steps:
-                                    by_step[i] = _accumulate(*by_step.get(i, (None, 0)), word_maps, frames, n_frames)
                         if invariant is not None:
                             x = invariant.before_step(x, i, t, frames, len(windows))
                         x_in = torch.cat([x, x]) if do_cfg else x
@@ -510,6 +507,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                             noise = self.unet(x_in, t, encoder_hidden_states=embeds).sample
                         if observed:
                             word_maps = observed[0]
+                        if return_attention and word_maps is not None:
                             attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
                             if i in attention_steps:
                                 by_step[i] = _accumulate(*by_step.get(i, (None, 0)), word_maps, frames, n_frames)
