@@ -192,6 +192,13 @@ class RADConfig:
     gradient_checkpointing: bool = False
     # Stop the RAD forward after the last recorded layer (its output is not needed).
     early_stop: bool = True
+    # Anchoring (not in the paper): after the denoising step at this fraction of the steps (step
+    # index int(ratio × steps), as diffusers' cutoff_step_ratio), every frame of an object takes
+    # the latents of its region in the frame where its word holds the most attention, moved with
+    # the region (reatco/region_noise.py: anchor_object_latents). A model may leave an object out
+    # of single frames while drawing it in the others; from that step on every frame develops it.
+    # It steers by attention as RAD does and is off with RAD. null: off (the paper).
+    anchor_step_ratio: Optional[float] = None
 
 
 @dataclass
@@ -861,6 +868,9 @@ def validate_rad(rad: RADConfig, steps: Optional[int], p: str = "rad") -> None:
     _choice(rad.refinement, REFINEMENTS, f"{p}.refinement")
     _choice(rad.token_normalization, _TOKEN_NORMALIZATIONS, f"{p}.token_normalization")
     _choice(rad.word_tokens, _WORD_TOKENS, f"{p}.word_tokens")
+    if rad.anchor_step_ratio is not None:
+        _require(0 <= rad.anchor_step_ratio < 1, f"{p}.anchor_step_ratio",
+                 f"must be a fraction of the steps in [0, 1) (or null: off), got {rad.anchor_step_ratio!r}")
 
 
 def validate_irjs(irjs: IRJSConfig, p: str = "irjs") -> None:
@@ -875,8 +885,8 @@ def validate_irjs(irjs: IRJSConfig, p: str = "irjs") -> None:
 
 def validate_sampling(s: SamplingConfig, p: str = "sampling") -> None:
     """Check a sampling section (ConfigError naming `p`.field; `p` = "": the pipeline's own
-    arguments, guidance_scale and start_in_regions)."""
-    _at_least(s.steps, 1, _join(p, "steps"))
+    arguments, guidance_scale and start_in_regions; steps is then num_inference_steps)."""
+    _at_least(s.steps, 1, _join(p, "steps") if p else "num_inference_steps")
     _at_least(s.guidance_scale, 1.0, _join(p, "guidance_scale"), " (1.0 = no guidance)")
     _seed(s.seed, _join(p, "seed"))
     _choice(s.start_in_regions, STARTS, _join(p, "start_in_regions"))

@@ -29,7 +29,7 @@ from .inversion import ddim_inversion
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
 from .models import TuneAVideoUNet, rad_attention_layers
 from .rad_guidance import RADGuidance
-from .region_noise import tracked_noise
+from .region_noise import anchor_object_latents, tracked_noise
 from .regions import object_masks
 from .tokens import PromptTokens, check_prompt_length, encode_prompt, tokenize_prompt
 from .video import check_video_tensor
@@ -288,7 +288,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         attention_cell_px = attention_cell_px if attention_cell_px is not None else defaults.get("attention_cell_px")
         # The same schema, checks and wording as a YAML config (ConfigError naming e.g. rad.refinement;
         # the sampling settings by their argument names: guidance_scale, start_in_regions).
-        section_settings("sampling", {"guidance_scale": guidance_scale, "negative_prompt": negative_prompt,
+        section_settings("sampling", {"steps": num_inference_steps, "guidance_scale": guidance_scale, "negative_prompt": negative_prompt,
                                       "start_in_regions": start_in_regions}, field="")
         rad = section_settings("rad", merge_section(defaults.get("rad"), rad), steps=num_inference_steps)
         irjs = section_settings("irjs", merge_section(defaults.get("irjs"), irjs))
@@ -470,6 +470,8 @@ class ReAtCoPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         windows = temporal_windows(n_frames, window.size, window.stride)
+        # the step after which every frame of an object takes its region from its best-attended frame
+        anchor_step = int(rad.anchor_step_ratio * num_inference_steps) if use_rad and rad.anchor_step_ratio is not None else None
         guidance = None
         if (use_rad or return_attention) and regions:
             guidance = RADGuidance(self.unet, rad_attention_layers(self.unet, self.vae_scale_factor, cell_px), cond, words,
@@ -488,25 +490,31 @@ class ReAtCoPipeline(DiffusionPipeline):
                     do_cfg = self.do_classifier_free_guidance  # a callback may have turned guidance off
                     rad_here = use_rad and guidance.runs_at(i)
                     outputs = []
+                    presence = None  # at the anchor step: (sum, count) of the words' presence over the windows
                     for frames in windows:
                         x = latents[:, :, frames]
                         word_maps = None  # this window's word maps, from the RAD pass or observed
+                        window_presence = None
                         if rad_here:
                             first = not guidance.records
-                            x, record, word_maps = guidance.update(x, i, t, frames=frames)
+                            x, record, word_maps, window_presence = guidance.update(x, i, t, frames=frames)
                             if first:
                                 self._warn_if_unattended(record, cell_px, guidance.labels, token_indices, rad)
                         if invariant is not None:
                             x = invariant.before_step(x, i, t, frames, len(windows))
                         x_in = torch.cat([x, x]) if do_cfg else x
                         x_in = self.scheduler.scale_model_input(x_in, t)
-                        observe = return_attention and not use_rad and bool(regions) and i < rad.max_update_steps
+                        pictures = return_attention and not use_rad and bool(regions) and i < rad.max_update_steps
+                        observe = pictures or (i == anchor_step and not rad_here)
                         embeds = prompt_embeds if prompt_embeds.shape[0] == x_in.shape[0] else prompt_embeds[-x_in.shape[0]:]
-                        # attention pictures without RAD: the conditional half, detached
-                        with guidance.observing(len(frames)) if observe else contextlib.nullcontext([]) as observed:
+                        # attention pictures without RAD, or the anchor step's presence: the conditional half, detached
+                        with guidance.observing(len(frames), frames) if observe else contextlib.nullcontext({}) as observed:
                             noise = self.unet(x_in, t, encoder_hidden_states=embeds).sample
                         if observed:
-                            word_maps = observed[0]
+                            word_maps = observed["word_maps"] if pictures else None
+                            window_presence = observed["presence"]
+                        if i == anchor_step:
+                            presence = _accumulate(*(presence or (None, 0)), window_presence[:, :, None, None], frames, n_frames)
                         if return_attention and word_maps is not None:
                             attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
                             if i in attention_steps:
@@ -518,6 +526,9 @@ class ReAtCoPipeline(DiffusionPipeline):
                     latents = merge_windows(outputs, windows, n_frames) if len(windows) > 1 else outputs[0]
                     if invariant is not None:
                         latents = invariant.after_step(latents, i)
+                    if i == anchor_step:  # every frame of an object from its best-attended frame on
+                        total, count = presence
+                        latents, _ = anchor_object_latents(latents, latent_coverage >= 0.5, (total / count.clamp(min=1))[..., 0, 0])
                     if callback_on_step_end is not None:
                         available = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
                         values = {name: available[name] for name in callback_on_step_end_tensor_inputs}

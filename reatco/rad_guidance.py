@@ -30,6 +30,7 @@ class RADPass:
     inner: torch.Tensor
     outer: torch.Tensor
     word_maps: torch.Tensor
+    presence: torch.Tensor  # (J, F) each word's mean raw attention in its region (RADGuidance.presence)
     store: AttentionStore | None = None  # the recorder's store, replaying during the backward
 
     def grad(self, objective: str = "full") -> torch.Tensor:
@@ -112,15 +113,28 @@ class RADGuidance:
             )
         return word_maps
 
+    def presence(self, maps: torch.Tensor, frames: Sequence[int] | None = None) -> torch.Tensor:
+        """Recorded maps (F, h, w, L) → (J, F): how strongly each word is attended in its region in
+        each frame — the mean, over the region's cells, of the attention probability on the word's
+        tokens as the model gives it (no normalisation). Where the model leaves an object out, its
+        region attends to EOT/padding instead and this is near zero, while the word maps RAD reads
+        (shares of the prompt tokens' attention) can still be high. `frames`: the window `maps` holds."""
+        masks = (self.masks if frames is None else self.masks[:, frames]).to(maps.device)
+        raw = torch.stack([maps.float()[..., list(idx)].sum(-1) for idx in self.token_indices])  # (J, F, h, w)
+        cells = masks.float().flatten(2)
+        return (raw.flatten(2) * cells).sum(-1) / cells.sum(-1).clamp(min=1)
+
     @contextlib.contextmanager
-    def observing(self, rows: int):
+    def observing(self, rows: int, frames: Sequence[int] | None = None):
         """Record the conditional half (`rows` frames) of the UNet calls inside, detached, for
-        attention pictures without RAD; yields a list that receives the word maps on exit."""
-        found: list[torch.Tensor] = []
+        attention pictures without RAD and the words' presence; yields a dict that receives
+        "word_maps" and "presence" on exit."""
+        found: dict[str, torch.Tensor] = {}
         try:
             with self.store.recording("observe", rows):
                 yield found
-                found.append(self.word_maps(self.store.maps().float()))
+                maps = self.store.maps()
+                found.update(word_maps=self.word_maps(maps.float()), presence=self.presence(maps, frames))
         finally:
             self.store.reset()
 
@@ -140,22 +154,25 @@ class RADGuidance:
                     pass  # everything RAD reads has been computed
                 maps = store.maps()  # RAD's math in float32 at least (fp16 maps), float64 kept
             word_maps = self.word_maps(maps.to(torch.promote_types(maps.dtype, torch.float32)))
+            presence = self.presence(maps.detach(), frames)
             store.reset()
             rad = self.settings
             inner, outer = rad_ops.region_losses(word_maps, masks, top_k_ratio=rad.top_k_ratio, top_k_rounding=rad.top_k_rounding)
             loss = rad_ops.rad_loss(inner, outer)
-        return RADPass(x, loss, inner, outer, word_maps, store)
+        return RADPass(x, loss, inner, outer, word_maps, presence.detach(), store)
 
     def update(self, latents: torch.Tensor, step_index: int, t, frames: Sequence[int] | None = None,
                step_size: float | None = None):
         """RAD at one denoising step: iterative refinement where scheduled, then (at update
         steps) x_t ← x_t − α_t ∇L. `settings.refinement` picks the control flow (RADConfig).
         α_t is the schedule's step size scaled for the window's frame count unless `step_size`
-        is given. Returns (latents, the step's loss record, the word maps)."""
+        is given. Returns (latents, the step's loss record, the word maps, the words' presence
+        in their regions (`presence`) at the latents the step started from)."""
         rad = self.settings
         if step_size is None:
             step_size = float(self.step_sizes[step_index]) * rad_ops.frame_scale(latents.shape[2], rad.calibration_frames)
         step = self.forward(latents, t, frames)
+        first_presence = step.presence
         threshold = rad.refinement_thresholds.get(step_index)
         refine = threshold is not None and rad.max_refinement_iters > 0 and rad_ops.needs_refinement(step.inner, threshold)
         iters = 0
@@ -185,7 +202,7 @@ class RADGuidance:
         check_finite(latents, f"after the RAD update at step {step_index}", "lower rad.step_size or use model.dtype=float32")
         extra = {} if frames is None else {"frames": [frames[0], frames[-1]]}
         record = self.log.add(step_index, int(t), step.inner, step.outer, refinement_iters=iters, **extra)
-        return latents.detach(), record, step.word_maps.detach()
+        return latents.detach(), record, step.word_maps.detach(), first_presence
 
 
 def _descend(latents: torch.Tensor, step_size: float, grad: torch.Tensor) -> torch.Tensor:

@@ -366,6 +366,7 @@ _BOX = [0, 0, 16, 16]
     ({"word": "cat", "box": _BOX}, {"guidance_scale": 0.5}, "guidance_scale", "sampling.guidance_scale"),
     ({"word": "cat", "box": _BOX}, {"start_in_regions": "nois"}, "start_in_regions", "sampling.start_in_regions"),
     ({"word": "cat", "box": _BOX}, {"attention_cell_px": 0}, "attention_cell_px", "model.attention_cell_px"),
+    ({"word": "cat", "box": _BOX}, {"num_inference_steps": 0}, "num_inference_steps", "sampling.steps"),
 ])
 def test_a_bad_setting_reads_the_same_from_python_and_from_a_config(pipe, monkeypatch, tmp_path, obj, call, field,
                                                                      config_field):
@@ -374,7 +375,7 @@ def test_a_bad_setting_reads_the_same_from_python_and_from_a_config(pipe, monkey
     from reatco.config import config_from_dict
 
     config_values = {"guidance_scale": ("sampling", "guidance_scale"), "start_in_regions": ("sampling", "start_in_regions"),
-                     "attention_cell_px": ("model", "attention_cell_px")}
+                     "attention_cell_px": ("model", "attention_cell_px"), "num_inference_steps": ("sampling", "steps")}
     raw = {"model": {"pretrained": "x", "attention_cell_px": 8}, "sampling": {},
            "video": {"path": "v.mp4", "height": SIZE, "width": SIZE, "n_frames": N_FRAMES},
            "edits": [{"name": "a", "prompt": PROMPT, "objects": [obj]}]}

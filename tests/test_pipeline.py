@@ -8,6 +8,7 @@ import torch
 from reatco.attention_maps import AttentionStore, record_cross_attention
 from reatco.models import rad_attention_layers
 from reatco.config import IRJSConfig, RADConfig
+from reatco.errors import ConfigError
 from reatco.pipeline import ReAtCoPipeline
 from reatco.rad_guidance import RADGuidance
 
@@ -70,7 +71,7 @@ def test_rad_update_lowers_the_loss_and_touches_only_the_latent(pipe, cell):
         assert grad.abs().sum() > 0
         assert all(p.grad is None for p in pipe.unet.parameters())
         second = guidance.forward(latents - 1e-2 / grad.abs().max() * grad, t)
-        updated, record, _ = guidance.update(latents, 0, t, step_size=1e-2 / float(grad.abs().max()))
+        updated, record, _, _ = guidance.update(latents, 0, t, step_size=1e-2 / float(grad.abs().max()))
     assert second.loss < first.loss
     torch.testing.assert_close(updated, latents - 1e-2 / grad.abs().max() * grad)
     assert record["step"] == 0 and record["loss"] == pytest.approx(float(first.loss.detach()), rel=1e-6)
@@ -215,6 +216,58 @@ def test_start_in_regions_tracked_noise_moves_each_objects_noise_with_its_region
     for f in range(1, N_FRAMES):
         torch.testing.assert_close(start[0, :, f, rows[f]:rows[f] + h][..., cols], start[0, :, 0, rows[0]:rows[0] + h][..., cols],
                                    rtol=0, atol=0)
+
+
+def _latents_at_step(pipe, cell, step, **kwargs):
+    seen = {}
+
+    def keep(p, i, t, tensors):
+        if i == step:
+            seen["latents"] = tensors["latents"].clone()
+        return {}
+
+    _run(pipe, cell, callback_on_step_end=keep, **kwargs)
+    return seen["latents"]
+
+
+def _region_patches(latents, cells):
+    """Each frame's latents over the bounding box of its region's cells (all the same size here)."""
+    patches = []
+    for f in range(cells.shape[0]):
+        rows, cols = cells[f].any(1).nonzero()[:, 0], cells[f].any(0).nonzero()[:, 0]
+        patches.append(latents[0, :, f, int(rows[0]):int(rows[-1]) + 1, int(cols[0]):int(cols[-1]) + 1])
+    return patches
+
+
+# RAD passes on steps 0-1 only (the anchor step's attention is observed in its UNet call), or on every step
+@pytest.mark.parametrize("max_update_steps", [2, 4])
+def test_anchoring_gives_every_frame_of_an_object_one_frames_region_latents(pipe, cell, max_update_steps):
+    common, _, per_object, inside = _start_case(pipe, cell)
+    rad = {"max_update_steps": max_update_steps, "refinement_thresholds": {}}
+    common.update(start_in_regions="noise", irjs={"placement": "after_step"})
+    plain = _latents_at_step(pipe, cell, 2, rad=rad, **common)
+    anchored = _latents_at_step(pipe, cell, 2, rad={**rad, "anchor_step_ratio": 0.5}, **common)  # 4 steps: after step 2
+    assert torch.equal(anchored[~inside], plain[~inside])  # only the regions' cells change
+    for cells in per_object:  # the cat stays put, the dog moves up
+        patches, before = _region_patches(anchored, cells), _region_patches(plain, cells)
+        assert any(not torch.equal(b, before[0]) for b in before[1:])  # without anchoring the frames differ
+        for patch in patches[1:]:
+            torch.testing.assert_close(patch, patches[0], rtol=0, atol=0)
+        # ...and are one frame's own latents (an observed step records its attention explicitly: float rounding)
+        assert any(torch.allclose(patches[0], b, rtol=0, atol=1e-5) for b in before)
+    later = _run(pipe, cell, rad={**rad, "anchor_step_ratio": 0.5}, **common).frames
+    assert torch.isfinite(later).all() and not torch.equal(later, _run(pipe, cell, rad=rad, **common).frames)
+
+
+def test_anchoring_is_off_with_rad_and_its_ratio_is_checked(pipe, cell):
+    common, *_ = _start_case(pipe, cell)
+    common.update(start_in_regions="noise")
+    off = {"enabled": False}
+    torch.testing.assert_close(_run(pipe, cell, rad={**off, "anchor_step_ratio": 0.5}, **common).frames,
+                               _run(pipe, cell, rad=off, **common).frames, rtol=0, atol=0)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match=r"^rad.anchor_step_ratio: must be a fraction of the steps in \[0, 1\)"):
+            _run(pipe, cell, rad={"anchor_step_ratio": bad}, **common)
 
 
 def test_decode_statistics_source_decodes_with_the_source_frames_statistics(pipe, cell):
