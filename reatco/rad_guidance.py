@@ -120,7 +120,8 @@ class RADGuidance:
         region attends to EOT/padding instead and this is near zero, while the word maps RAD reads
         (shares of the prompt tokens' attention) can still be high. `frames`: the window `maps` holds."""
         masks = (self.masks if frames is None else self.masks[:, frames]).to(maps.device)
-        raw = torch.stack([maps.float()[..., list(idx)].sum(-1) for idx in self.token_indices])  # (J, F, h, w)
+        maps = maps.float()
+        raw = torch.stack([maps[..., list(idx)].sum(-1) for idx in self.token_indices])  # (J, F, h, w)
         cells = masks.float().flatten(2)
         return (raw.flatten(2) * cells).sum(-1) / cells.sum(-1).clamp(min=1)
 
