@@ -490,7 +490,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                     do_cfg = self.do_classifier_free_guidance  # a callback may have turned guidance off
                     rad_here = use_rad and guidance.runs_at(i)
                     outputs = []
-                    presence = None  # at the anchor step: (sum, count) of the words' presence over the windows
+                    presence = (None, 0)  # at the anchor step: (sum, count) of the words' presence over the windows
                     for frames in windows:
                         x = latents[:, :, frames]
                         word_maps = None  # this window's word maps, from the RAD pass or observed
@@ -514,7 +514,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                             word_maps = observed["word_maps"] if pictures else None
                             window_presence = observed["presence"]
                         if i == anchor_step:
-                            presence = _accumulate(*(presence or (None, 0)), window_presence[:, :, None, None], frames, n_frames)
+                            presence = _accumulate(*presence, window_presence, frames, n_frames)
                         if return_attention and word_maps is not None:
                             attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
                             if i in attention_steps:
@@ -528,7 +528,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                         latents = invariant.after_step(latents, i)
                     if i == anchor_step:  # every frame of an object from its best-attended frame on
                         total, count = presence
-                        latents, _ = anchor_object_latents(latents, latent_coverage >= 0.5, (total / count.clamp(min=1))[..., 0, 0])
+                        latents, _ = anchor_object_latents(latents, latent_coverage >= 0.5, total / count.clamp(min=1))
                     if callback_on_step_end is not None:
                         available = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
                         values = {name: available[name] for name in callback_on_step_end_tensor_inputs}
@@ -659,10 +659,12 @@ def _check_range(video: torch.Tensor) -> None:
                          "(video * 2 - 1)")
 
 
-def _accumulate(total, count, word_maps, frames, n_frames):
+def _accumulate(total, count, values, frames, n_frames):
+    """Add a window's per-frame values (J, window frames, ...) into the clip's (J, n_frames, ...)
+    running sum and per-frame count (None, 0 to start); the mean is total / count.clamp(min=1)."""
     if total is None:
-        total = torch.zeros(word_maps.shape[0], n_frames, *word_maps.shape[2:], device=word_maps.device)
-        count = torch.zeros(1, n_frames, 1, 1, device=word_maps.device)
-    total[:, frames] += word_maps
+        total = torch.zeros(values.shape[0], n_frames, *values.shape[2:], device=values.device)
+        count = torch.zeros(1, n_frames, *(1,) * (values.dim() - 2), device=values.device)
+    total[:, frames] += values
     count[:, frames] += 1
     return total, count
