@@ -192,13 +192,15 @@ class RADConfig:
     gradient_checkpointing: bool = False
     # Stop the RAD forward after the last recorded layer (its output is not needed).
     early_stop: bool = True
-    # Anchoring (not in the paper): after the denoising step at this fraction of the steps (step
-    # index int(ratio × steps), as diffusers' cutoff_step_ratio), every frame of an object takes
-    # the latents of its region in the frame where its word holds the most attention, moved with
-    # the region (reatco/region_noise.py: anchor_object_latents). A model may leave an object out
-    # of single frames while drawing it in the others; from that step on every frame develops it.
-    # It steers by attention as RAD does and is off with RAD. null: off (the paper).
-    anchor_step_ratio: Optional[float] = None
+    # Anchoring (not in the paper): after the denoising step at each of these fractions of the
+    # steps (step index int(ratio × steps), as diffusers' cutoff_step_ratio), every frame of an
+    # object takes the latents of its region in the frame where its word holds the most attention
+    # at that step, moved with the region (reatco/region_noise.py: anchor_object_latents). A model
+    # may leave an object out of single frames while drawing it in the others; from that step on
+    # every frame develops it. A later fraction anchors again, from the frame that holds the object
+    # best by then (an early anchor frame the model went on to leave empty is replaced). It steers
+    # by attention as RAD does and is off with RAD. []: off (the paper).
+    anchor_step_ratios: List[float] = field(default_factory=list)
 
 
 @dataclass
@@ -868,9 +870,12 @@ def validate_rad(rad: RADConfig, steps: Optional[int], p: str = "rad") -> None:
     _choice(rad.refinement, REFINEMENTS, f"{p}.refinement")
     _choice(rad.token_normalization, _TOKEN_NORMALIZATIONS, f"{p}.token_normalization")
     _choice(rad.word_tokens, _WORD_TOKENS, f"{p}.word_tokens")
-    if rad.anchor_step_ratio is not None:
-        _require(0 <= rad.anchor_step_ratio < 1, f"{p}.anchor_step_ratio",
-                 f"must be a fraction of the steps in [0, 1) (or null: off), got {rad.anchor_step_ratio!r}")
+    _require(isinstance(rad.anchor_step_ratios, (list, tuple)), f"{p}.anchor_step_ratios",
+             f"must be a list of fractions of the steps (e.g. [0.2, 0.4]; [] is off), got {rad.anchor_step_ratios!r}")
+    for k, ratio in enumerate(rad.anchor_step_ratios):
+        _require(isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 <= ratio < 1,
+                 f"{p}.anchor_step_ratios.{k}",
+                 f"must be a fraction of the steps in [0, 1) (e.g. [0.2, 0.4]; [] is off), got {ratio!r}")
 
 
 def validate_irjs(irjs: IRJSConfig, p: str = "irjs") -> None:

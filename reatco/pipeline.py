@@ -470,8 +470,8 @@ class ReAtCoPipeline(DiffusionPipeline):
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         windows = temporal_windows(n_frames, window.size, window.stride)
-        # the step after which every frame of an object takes its region from its best-attended frame
-        anchor_step = int(rad.anchor_step_ratio * num_inference_steps) if use_rad and rad.anchor_step_ratio is not None else None
+        # the steps after which every frame of an object takes its region from its best-attended frame
+        anchor_steps = {int(r * num_inference_steps) for r in rad.anchor_step_ratios} if use_rad else set()
         guidance = None
         if (use_rad or return_attention) and regions:
             guidance = RADGuidance(self.unet, rad_attention_layers(self.unet, self.vae_scale_factor, cell_px), cond, words,
@@ -490,7 +490,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                     do_cfg = self.do_classifier_free_guidance  # a callback may have turned guidance off
                     rad_here = use_rad and guidance.runs_at(i)
                     outputs = []
-                    presence = (None, 0)  # at the anchor step: (sum, count) of the words' presence over the windows
+                    presence = (None, 0)  # at an anchor step: (sum, count) of the words' presence over the windows
                     for frames in windows:
                         x = latents[:, :, frames]
                         word_maps = None  # this window's word maps, from the RAD pass or observed
@@ -505,15 +505,15 @@ class ReAtCoPipeline(DiffusionPipeline):
                         x_in = torch.cat([x, x]) if do_cfg else x
                         x_in = self.scheduler.scale_model_input(x_in, t)
                         pictures = return_attention and not use_rad and bool(regions) and i < rad.max_update_steps
-                        observe = pictures or (i == anchor_step and not rad_here)
+                        observe = pictures or (i in anchor_steps and not rad_here)
                         embeds = prompt_embeds if prompt_embeds.shape[0] == x_in.shape[0] else prompt_embeds[-x_in.shape[0]:]
-                        # attention pictures without RAD, or the anchor step's presence: the conditional half, detached
+                        # attention pictures without RAD, or an anchor step's presence: the conditional half, detached
                         with guidance.observing(len(frames), frames) if observe else contextlib.nullcontext({}) as observed:
                             noise = self.unet(x_in, t, encoder_hidden_states=embeds).sample
                         if observed:
                             word_maps = observed["word_maps"] if pictures else None
                             window_presence = observed["presence"]
-                        if i == anchor_step:
+                        if i in anchor_steps:
                             presence = _accumulate(*presence, window_presence, frames, n_frames)
                         if return_attention and word_maps is not None:
                             attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
@@ -526,7 +526,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                     latents = merge_windows(outputs, windows, n_frames) if len(windows) > 1 else outputs[0]
                     if invariant is not None:
                         latents = invariant.after_step(latents, i)
-                    if i == anchor_step:  # every frame of an object from its best-attended frame on
+                    if i in anchor_steps:  # every frame of an object from its best-attended frame on
                         total, count = presence
                         latents, _ = anchor_object_latents(latents, latent_coverage >= 0.5, total / count.clamp(min=1))
                     if callback_on_step_end is not None:

@@ -8,7 +8,7 @@ frame), so every frame of the object starts from the same noise, shifted as the 
 the noise follows the motion, as the source video's content does.
 
 Even so, a model may draw an object in most frames and leave single frames' regions empty.
-`anchor_object_latents` (`rad.anchor_step_ratio`) copies, at one denoising step, the region's
+`anchor_object_latents` (`rad.anchor_step_ratios`) copies, at a denoising step, the region's
 latents of the frame where the object's word is attended most to every other frame,
 moved the same way, so that from that step on every frame develops the object.
 """

@@ -7,7 +7,7 @@ import torch
 
 from reatco.attention_maps import AttentionStore, record_cross_attention
 from reatco.models import rad_attention_layers
-from reatco.config import IRJSConfig, RADConfig
+from reatco.config import IRJSConfig, RADConfig, validate_rad
 from reatco.errors import ConfigError
 from reatco.pipeline import ReAtCoPipeline
 from reatco.rad_guidance import RADGuidance
@@ -246,7 +246,7 @@ def test_anchoring_gives_every_frame_of_an_object_one_frames_region_latents(pipe
     rad = {"max_update_steps": max_update_steps, "refinement_thresholds": {}}
     common.update(start_in_regions="noise", irjs={"placement": "after_step"})
     plain = _latents_at_step(pipe, cell, 2, rad=rad, **common)
-    anchored = _latents_at_step(pipe, cell, 2, rad={**rad, "anchor_step_ratio": 0.5}, **common)  # 4 steps: after step 2
+    anchored = _latents_at_step(pipe, cell, 2, rad={**rad, "anchor_step_ratios": [0.5]}, **common)  # 4 steps: after step 2
     assert torch.equal(anchored[~inside], plain[~inside])  # only the regions' cells change
     for cells in per_object:  # the cat stays put, the dog moves up
         patches, before = _region_patches(anchored, cells), _region_patches(plain, cells)
@@ -255,19 +255,42 @@ def test_anchoring_gives_every_frame_of_an_object_one_frames_region_latents(pipe
             torch.testing.assert_close(patch, patches[0], rtol=0, atol=0)
         # ...and are one frame's own latents (an observed step records its attention explicitly: float rounding)
         assert any(torch.allclose(patches[0], b, rtol=0, atol=1e-5) for b in before)
-    later = _run(pipe, cell, rad={**rad, "anchor_step_ratio": 0.5}, **common).frames
+    later = _run(pipe, cell, rad={**rad, "anchor_step_ratios": [0.5]}, **common).frames
     assert torch.isfinite(later).all() and not torch.equal(later, _run(pipe, cell, rad=rad, **common).frames)
 
 
-def test_anchoring_is_off_with_rad_and_its_ratio_is_checked(pipe, cell):
+def test_a_later_anchor_step_anchors_again(pipe, cell):
+    common, _, per_object, _ = _start_case(pipe, cell)
+    rad = {"max_update_steps": 4, "refinement_thresholds": {}}
+    common.update(start_in_regions="noise", irjs={"placement": "after_step"})
+    once = _latents_at_step(pipe, cell, 2, rad={**rad, "anchor_step_ratios": [0.25]}, **common)  # after step 1
+    twice = _latents_at_step(pipe, cell, 2, rad={**rad, "anchor_step_ratios": [0.25, 0.5]}, **common)  # and step 2
+    for cells in per_object:
+        after_one_more_step = _region_patches(once, cells)
+        assert any(not torch.equal(p, after_one_more_step[0]) for p in after_one_more_step[1:])  # the frames drift apart
+        patches = _region_patches(twice, cells)
+        for patch in patches[1:]:
+            torch.testing.assert_close(patch, patches[0], rtol=0, atol=0)
+    # the list's order and repeats do not matter: each listed step anchors once
+    torch.testing.assert_close(twice, _latents_at_step(pipe, cell, 2, rad={**rad, "anchor_step_ratios": [0.5, 0.25, 0.5]},
+                                                       **common), rtol=0, atol=0)
+
+
+def test_anchoring_is_off_with_rad_and_its_ratios_are_checked(pipe, cell):
     common, *_ = _start_case(pipe, cell)
     common.update(start_in_regions="noise")
     off = {"enabled": False}
-    torch.testing.assert_close(_run(pipe, cell, rad={**off, "anchor_step_ratio": 0.5}, **common).frames,
+    torch.testing.assert_close(_run(pipe, cell, rad={**off, "anchor_step_ratios": [0.5]}, **common).frames,
                                _run(pipe, cell, rad=off, **common).frames, rtol=0, atol=0)
-    for bad in (1.0, -0.1):
-        with pytest.raises(ConfigError, match=r"^rad.anchor_step_ratio: must be a fraction of the steps in \[0, 1\)"):
-            _run(pipe, cell, rad={"anchor_step_ratio": bad}, **common)
+    for bad, k in (([1.0], 0), ([0.2, -0.1], 1)):
+        with pytest.raises(ConfigError, match=rf"^rad.anchor_step_ratios.{k}: must be a fraction of the steps in \[0, 1\)"):
+            _run(pipe, cell, rad={"anchor_step_ratios": bad}, **common)
+    with pytest.raises(ConfigError, match=r"^rad.anchor_step_ratios"):
+        _run(pipe, cell, rad={"anchor_step_ratios": 0.2}, **common)  # a list, not a number
+    with pytest.raises(ConfigError, match=r"^rad.anchor_step_ratios: "):
+        _run(pipe, cell, rad=RADConfig(anchor_step_ratios=0.2), **common)
+    with pytest.raises(ConfigError, match=r"^rad.anchor_step_ratios: must be a list of fractions"):
+        validate_rad(RADConfig(anchor_step_ratios=0.2), 50)  # the validator alone, without the typed merge
 
 
 def test_decode_statistics_source_decodes_with_the_source_frames_statistics(pipe, cell):
