@@ -134,8 +134,8 @@ class RADGuidance:
         try:
             with self.store.recording("observe", rows):
                 yield found
-                maps = self.store.maps()
-                found.update(word_maps=self.word_maps(maps.float()), presence=self.presence(maps, frames))
+                maps = self.store.maps().float()
+                found.update(word_maps=self.word_maps(maps), presence=self.presence(maps, frames))
         finally:
             self.store.reset()
 
@@ -153,14 +153,15 @@ class RADGuidance:
                     self.unet(x, t, encoder_hidden_states=self.cond)
                 except RADForwardComplete:
                     pass  # everything RAD reads has been computed
-                maps = store.maps()  # RAD's math in float32 at least (fp16 maps), float64 kept
-            word_maps = self.word_maps(maps.to(torch.promote_types(maps.dtype, torch.float32)))
+                maps = store.maps()
+            maps = maps.to(torch.promote_types(maps.dtype, torch.float32))  # RAD's math in float32 at least (fp16 maps), float64 kept
+            word_maps = self.word_maps(maps)
             presence = self.presence(maps.detach(), frames)
             store.reset()
             rad = self.settings
             inner, outer = rad_ops.region_losses(word_maps, masks, top_k_ratio=rad.top_k_ratio, top_k_rounding=rad.top_k_rounding)
             loss = rad_ops.rad_loss(inner, outer)
-        return RADPass(x, loss, inner, outer, word_maps, presence.detach(), store)
+        return RADPass(x, loss, inner, outer, word_maps, presence, store)
 
     def update(self, latents: torch.Tensor, step_index: int, t, frames: Sequence[int] | None = None,
                step_size: float | None = None):
