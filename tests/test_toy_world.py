@@ -65,6 +65,19 @@ def test_videos_move_smoothly_and_stay_inside():
     assert (s.boxes >= 0).all() and (s.boxes <= world.SIZE).all()
 
 
+def test_paths_fit_only_when_every_shape_stays_in_the_frame_and_apart():
+    radii = np.array([5.0, 6.0])
+    apart = np.array([[[10.0, 10.0], [12.0, 10.0]], [[40.0, 40.0], [40.0, 44.0]]])  # (J=2, F=2, 2)
+    assert world.paths_fit(apart, radii)
+    leaving = apart.copy()
+    leaving[0, 1] = [4.0, 10.0]  # the 5 px shape's centre 4 px from the left edge in frame 1
+    assert not world.paths_fit(leaving, radii)
+    touching = apart.copy()
+    touching[1, 1] = [12.0 + 5 + 6 + 1, 10.0]  # 12 px apart in frame 1: under the radii and the 2 px margin
+    assert not world.paths_fit(touching, radii)
+    assert not world.paths_fit(apart, radii, size=45)  # the 6 px shape at y = 44 leaves a 45 px frame
+
+
 def test_detector_is_exact_on_generated_frames():
     for i in range(150):
         s = world.make_image(7, i)

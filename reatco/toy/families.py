@@ -70,12 +70,6 @@ def _prompt(phrases: list[str], background: str) -> str:
     return f"{listed} on a {background} background"
 
 
-def _fits(paths: np.ndarray, radii: np.ndarray, size: int = world.SIZE) -> bool:
-    """Every shape wholly in the frame and no two touching, in every frame."""
-    inside = all(((paths[j] >= radii[j]) & (paths[j] <= size - radii[j])).all() for j in range(len(radii)))
-    return inside and all(world.shapes_apart(paths[:, f], radii) for f in range(paths.shape[1]))
-
-
 def _line(p0, p1, n_frames: int) -> np.ndarray:
     s = np.linspace(0.0, 1.0, n_frames)[:, None]
     return np.asarray(p0, float) + (np.asarray(p1, float) - np.asarray(p0, float)) * s
@@ -109,7 +103,7 @@ def _cross(rng, n_frames: int, box_grid: int) -> EditCase | None:
                       _line((rights[1], ys[1]), (lefts[1], ys[1] + drift[1]), n_frames)])
     # left/right must be the dominant relation at both ends, so that VISOR reads the swap
     ends = paths[:, [0, -1]]
-    if not _fits(paths, radii) or (np.abs(ends[0, :, 1] - ends[1, :, 1]) >= np.abs(ends[0, :, 0] - ends[1, :, 0])).any():
+    if not world.paths_fit(paths, radii) or (np.abs(ends[0, :, 1] - ends[1, :, 1]) >= np.abs(ends[0, :, 0] - ends[1, :, 0])).any():
         return None
     bg, name = _background(rng)
     source = world.render_video(bg, name, shapes, paths)
@@ -124,7 +118,7 @@ def _three(rng, n_frames: int, box_grid: int) -> EditCase | None:
     radii = np.array([s.radius for s in shapes])
     for _ in range(200):  # three apart all along is the rare part: redraw the paths before the shapes
         paths = np.stack([world.smooth_path(rng, r, n_frames, world.SIZE) for r in radii])
-        if _fits(paths, radii):
+        if world.paths_fit(paths, radii):
             break
     else:
         return None
@@ -143,7 +137,7 @@ def _two_moving_objects(rng, n_frames: int):
     shapes = _shapes(rng, 2)
     radii = np.array([s.radius for s in shapes])
     paths = np.stack([world.smooth_path(rng, r, n_frames, world.SIZE) for r in radii])
-    if not _fits(paths, radii):
+    if not world.paths_fit(paths, radii):
         return None
     bg, name = _background(rng)
     return shapes, name, world.render_video(bg, name, shapes, paths)
@@ -171,7 +165,7 @@ def _fast(rng, n_frames: int, box_grid: int) -> EditCase | None:
                 break
             p0 = rng.uniform(lo, hi)
             paths.append(_line(p0, p0 + travel, n_frames))
-        if len(paths) == 2 and _fits(np.stack(paths), radii):
+        if len(paths) == 2 and world.paths_fit(np.stack(paths), radii):
             break
     else:
         return None

@@ -173,6 +173,12 @@ def shapes_apart(centers: np.ndarray, radii: np.ndarray, margin: float = 2.0) ->
     return True
 
 
+def paths_fit(paths: np.ndarray, radii: np.ndarray, size: int = SIZE) -> bool:
+    """Every shape (paths (J, F, 2) centres, radii (J,)) wholly in the frame and no two touching, in every frame."""
+    inside = all(((paths[j] >= radii[j]) & (paths[j] <= size - radii[j])).all() for j in range(len(radii)))
+    return inside and all(shapes_apart(paths[:, f], radii) for f in range(paths.shape[1]))
+
+
 def _place(rng: np.random.Generator, radii: np.ndarray, size: int, tries: int = 200) -> np.ndarray | None:
     for _ in range(tries):
         c = np.stack([rng.uniform(r, size - r, size=2) for r in radii])
@@ -232,8 +238,7 @@ def make_video(seed: int, index: int = 0, n_frames: int = 8, n_objects: int = 2,
     radii = np.array([s.radius for s in objs])
     for _ in range(1000):
         paths = np.stack([smooth_path(rng, r, n_frames, size) for r in radii])  # (J,F,2)
-        inside = all(((paths[j] >= radii[j]) & (paths[j] <= size - radii[j])).all() for j in range(len(objs)))
-        if inside and all(shapes_apart(paths[:, f], radii) for f in range(n_frames)):
+        if paths_fit(paths, radii, size):
             break
     else:
         raise ValueError("could not find non-overlapping paths; use fewer or smaller shapes")
