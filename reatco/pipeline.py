@@ -349,8 +349,8 @@ class ReAtCoPipeline(DiffusionPipeline):
         return source_latents, inversion_trajectory, latents
 
     def prepare_regions(self, prompt, objects, n_frames, height, width, cell_px, box_grid):
-        """Objects → (words, regions, token indices, RAD masks (J, F, gh, gw), the regions' coverage
-        of the latent grid (J, F, h, w) and its union's latent cells (1, 1, F, h, w), 1 = editable)."""
+        """Objects → (words, regions, token indices, RAD masks (J, F, gh, gw), each object's latent
+        cells (J, F, h, w) bool and their union's latent cells (1, 1, F, h, w), 1 = editable)."""
         edit_objects = self.prepare_objects(prompt, objects or [], n_frames, height, width, cell_px)
         words, regions = [o.word for o in edit_objects], [o.region for o in edit_objects]
         token_indices = [list(o.token_indices) for o in edit_objects]
@@ -364,7 +364,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         attn_masks = object_masks(regions, n_frames, height // cell_px, width // cell_px, box_grid=box_grid).to(device)
         coverage = object_masks(regions, n_frames, *latent_hw, box_grid=box_grid)
         cells = irjs_ops.latent_region_mask(coverage, *latent_hw).to(device, dtype)
-        return words, regions, token_indices, attn_masks, coverage, cells
+        return words, regions, token_indices, attn_masks, coverage >= 0.5, cells
 
     # ------------------------------------------------------------------ sampling
 
@@ -441,7 +441,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         n_frames, height, width = latents.shape[2], latents.shape[3] * self.vae_scale_factor, latents.shape[4] * self.vae_scale_factor
 
         # 3. The objects: words, token indices, RAD masks and the regions' latent cells
-        words, regions, token_indices, attn_masks, latent_coverage, cells = self.prepare_regions(
+        words, regions, token_indices, attn_masks, object_cells, cells = self.prepare_regions(
             c.tokens, objects, n_frames, height, width, cell_px, rad.box_grid)
         invariant = None
         if irjs.enabled and regions:
@@ -452,7 +452,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         if c.start_in_regions != "inversion" and regions:
             noise = torch.randn(latents.shape, generator=generator, device=torch.device("cpu")).to(device, dtype)
             if c.start_in_regions == "tracked_noise":  # one patch per object, moved with its region
-                noise = torch.stack([tracked_noise(latent_coverage >= 0.5, n, generator) for n in noise])
+                noise = torch.stack([tracked_noise(object_cells, n, generator) for n in noise])
             latents = irjs_ops.blend(noise, latents, cells)
 
         # 4. The prompt embeddings, the timesteps, the windows and the RAD guidance
@@ -528,7 +528,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                         latents = invariant.after_step(latents, i)
                     if i in anchor_steps:  # every frame of an object from its best-attended frame on
                         total, count = presence
-                        latents, _ = anchor_object_latents(latents, latent_coverage >= 0.5, total / count.clamp(min=1))
+                        latents, _ = anchor_object_latents(latents, object_cells, total / count.clamp(min=1))
                     if callback_on_step_end is not None:
                         available = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
                         values = {name: available[name] for name in callback_on_step_end_tensor_inputs}
