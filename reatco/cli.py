@@ -91,9 +91,22 @@ def config_parser(description: str, override_example: str):
     return parser
 
 
+def thread_count(text: str) -> int:
+    """--threads: a whole number ≥ 0 (argparse turns the ValueError into exit 2 naming the flag)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give 0 (the idle cores) or a count ≥ 1") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 (the idle cores) or a count ≥ 1")
+    return value
+
+
 def add_run_arguments(parser, progress: str = "no progress bars") -> None:
     """--threads and --quiet (`progress` says what --quiet leaves out)."""
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
+    parser.add_argument("--threads", type=thread_count, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
     parser.add_argument("--quiet", action="store_true", help=progress)
 
 

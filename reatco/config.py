@@ -411,6 +411,37 @@ def check_known_keys(node, tp, path: str = "") -> None:
 # ----------------------------------------------------------------------------- loading
 
 
+def check_shapes(node, tp, path: str = "") -> None:
+    """Sections must be mappings and lists lists, before OmegaConf types them: its own message
+    ("Merge error: int is not a subclass of RADConfig") names neither the section nor the fix."""
+    tp = _unwrap_optional(tp)
+    if node is None:
+        return
+    if is_dataclass(tp):
+        if not isinstance(node, dict):
+            what = "list" if isinstance(node, list) else type(node).__name__
+            raise ConfigError(path or "config", f"is a section of settings: write it as a mapping (key: value lines "
+                                                f"under `{path.rsplit('.', 1)[-1] or 'config'}:`), got {_short(node)} ({what})")
+        types = _field_types(tp)
+        for key, value in node.items():
+            if key in types:
+                check_shapes(value, types[key], _join(path, key))
+    elif typing.get_origin(tp) in (list, List):
+        if isinstance(node, dict):
+            item = typing.get_args(tp)[0]
+            example = " (- name: ..., prompt: ..., objects: [...])" if item is EditConfig else ""
+            raise ConfigError(path, f"is a list: write its entries as `- ...` items{example}, got a mapping "
+                                    f"with keys {', '.join(map(str, list(node)[:5]))}")
+        if isinstance(node, list):
+            for i, item in enumerate(node):
+                check_shapes(item, typing.get_args(tp)[0], _join(path, i))
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _merge(base: dict, over: dict) -> dict:
     """`over` merged onto `base`: mappings recursively, lists and atomic mappings replaced."""
     out = dict(base)
@@ -494,6 +525,7 @@ def _with_model_defaults(layers: List[dict], overrides: Sequence[str]) -> dict:
     raw.pop(_BASE_KEY, None)
     for item in overrides:
         _apply_override(raw, item)
+    check_shapes(raw, ReAtCoConfig)
     pretrained = (raw.get("model") or {}).get("pretrained", ModelConfig.pretrained)
     model_defaults = read_model_defaults(pretrained, local_only=True) if _is_local(pretrained) else {}
     if not model_defaults:
@@ -962,6 +994,7 @@ def _validate_model(m: ModelConfig, check_paths: bool) -> None:
         _require(os.path.isdir(m.tuned_unet), "model.tuned_unet",
                  f"{m.tuned_unet} is not a folder; give a Tune-A-Video UNet folder or null to tune")
     check_attention_cell_px(m.attention_cell_px, "model.attention_cell_px")
+    check_model_cell(m.attention_cell_px, m.pretrained, "model.attention_cell_px")
     _choice(m.dtype, _DTYPES, "model.dtype")
     _choice(m.autocast, _AUTOCASTS, "model.autocast")
     _require(bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device)), "model.device",
@@ -1021,6 +1054,7 @@ def _validate_source(src: SourceRegionConfig, cfg: ReAtCoConfig, p: str) -> None
     else:
         _require(bool(src.word and src.word.strip()), f"{p}.word",
                  "is empty; name the word of the source prompt (video.prompt) for the object, or set detector + query")
+        check_word(src.word, f"{p}.word")
         _require(bool(cfg.video.prompt.strip()), "video.prompt", f"is empty, but {p}.word looks for a word in it")
         _require(src.query is None, f"{p}.query", "is for detector: set detector too, or use word")
     if src.occurrence is not None:
@@ -1037,7 +1071,12 @@ def _validate_source(src: SourceRegionConfig, cfg: ReAtCoConfig, p: str) -> None
     _require(len(src.timesteps) > 0 and all(0 <= t < 1000 for t in src.timesteps), f"{p}.timesteps",
              f"must be scheduler timesteps in [0, 1000), e.g. [50, 150], got {src.timesteps}")
     if src.attention_cell_px is not None:
-        _at_least(src.attention_cell_px, 1, f"{p}.attention_cell_px", " px")
+        cell = src.attention_cell_px
+        _at_least(cell, 1, f"{p}.attention_cell_px", " px (null: the model's finest level near RAD's)")
+        _require(cell & (cell - 1) == 0 and cfg.video.height % cell == 0 and cfg.video.width % cell == 0,
+                 f"{p}.attention_cell_px", f"{cell} px must be a power of two that divides video.height and video.width "
+                 f"({cfg.video.height}×{cfg.video.width}); null picks the model's own")
+        check_model_cell(cell, cfg.model.pretrained, f"{p}.attention_cell_px")
 
 
 def value_of(obj, name: str, default=None):
@@ -1065,6 +1104,7 @@ def validate_object(obj, field_: str = "objects[0]") -> str:
     word = value_of(obj, "word")
     _require(isinstance(word, str) and bool(word.strip()), f"{field_}.word",
              f"must name a word of the edit prompt, got {word!r}")
+    check_word(word, f"{field_}.word")
     occurrence = value_of(obj, "occurrence")
     _require(occurrence is None or (isinstance(occurrence, int) and not isinstance(occurrence, bool) and occurrence >= 1),
              f"{field_}.occurrence", f"must be ≥ 1 (1 = first occurrence; null if the word occurs once), got {occurrence!r}")
@@ -1072,6 +1112,55 @@ def validate_object(obj, field_: str = "objects[0]") -> str:
     _require(value_of(obj, "track") is None or value_of(obj, "boxes_file") is not None, f"{field_}.track",
              "names an object of boxes_file; give boxes_file too")
     return kind
+
+
+def check_word(word: str, field_: str) -> None:
+    """A word of interest has a letter or a digit: punctuation and emoji carry no object the
+    attention could place (a "," token attends everywhere; "🟢" is byte pieces)."""
+    _require(any(ch.isalnum() for ch in word), field_,
+             f"{word!r} has no letter or digit: name a word of the prompt for the object (e.g. \"circle\"), "
+             "not punctuation or an emoji")
+
+
+def train_timesteps(pretrained) -> int:
+    """The scheduler's training steps of a local model folder (its scheduler_config.json), else
+    Stable Diffusion's 1000: sampling and inversion steps cannot exceed them."""
+    import json
+
+    path = Path(os.path.expanduser(str(pretrained))) / "scheduler" / "scheduler_config.json"
+    try:
+        value = json.loads(path.read_text(encoding="utf-8")).get("num_train_timesteps", 1000)
+    except (OSError, ValueError, AttributeError):
+        return 1000
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1000
+
+
+def model_attention_cells(pretrained) -> Optional[List[int]]:
+    """The cell sizes (px) of a local model folder's cross-attention layers, from its unet/ and
+    vae/ configs without loading weights (the layout models/layers.cross_attention_scales reads
+    from the module); None for a hub id or a folder without those files."""
+    import json
+
+    folder = Path(os.path.expanduser(str(pretrained)))
+    try:
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        vae = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
+        down = list(unet["down_block_types"])
+        mid = unet.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    cells = {vae_factor * 2 ** i for i, kind in enumerate(down) if "CrossAttn" in str(kind)}
+    if mid and "CrossAttn" in str(mid):
+        cells.add(vae_factor * 2 ** (len(down) - 1))
+    return sorted(cells) or None
+
+
+def check_model_cell(value, pretrained, field_: str) -> None:
+    """An attention cell the model has (checked from its configs when the folder is local)."""
+    cells = model_attention_cells(pretrained)
+    _require(cells is None or value in cells, field_,
+             f"{value} px: the model ({pretrained}) has cross-attention cells of {cells} px only; use one of them")
 
 
 def region_kind(obj, field_: str = "objects[0]") -> str:
@@ -1119,6 +1208,10 @@ def validate(cfg: ReAtCoConfig, check_paths: bool = True) -> None:
     _validate_video(cfg.video, cfg, check_paths)
     validate_tune(cfg.tune)
     validate_sampling(cfg.sampling, "sampling")
+    n_train = train_timesteps(cfg.model.pretrained)
+    _require(cfg.sampling.steps <= n_train, "sampling.steps",
+             f"{cfg.sampling.steps} is more than the scheduler's {n_train} training steps (model.pretrained's "
+             f"scheduler); use at most {n_train} (50 is usual)")
     if cfg.inversion.steps is not None:
         _at_least(cfg.inversion.steps, 1, "inversion.steps", " (or null for sampling.steps)")
         _require(cfg.inversion.steps == cfg.sampling.steps, "inversion.steps",

@@ -39,45 +39,143 @@ from .regions import Region
 _XYXY = ("x1", "y1", "x2", "y2")
 _XYWH = (("x", "y", "w", "h"), ("bb_left", "bb_top", "bb_width", "bb_height"), ("left", "top", "width", "height"))
 _ID_COLUMNS = ("id", "object", "name", "label", "track", "track_id")
+# A boxes file is a few kilobytes per object and frame; anything far larger is not one.
+MAX_FILE_BYTES = 64 * 2**20
+# Frame numbers of a video: anything beyond is a typo or a hostile file.
+MAX_FRAME = 10**7
+
+
+def read_text_file(path: Path, field: str, what: str, max_bytes: int = MAX_FILE_BYTES) -> str:
+    """An untrusted text file: a regular file of at most `max_bytes`, UTF-8 (a BOM is allowed),
+    else a ConfigError naming the file and the fix."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ConfigError(field, f"{path} is {size / 2**20:.1f} MiB, more than a {what} can be "
+                                     f"({max_bytes // 2**20} MiB); is it the right file?")
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(field, f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(field, f"{path}, line {line}: not UTF-8 text (byte {data[err.start]:#04x} at offset "
+                                 f"{err.start}); save the {what} as UTF-8") from None
+
+
+def _frame_number(value, where: str, field: str, path: Path) -> int:
+    """A frame number: a whole number ≥ 0 (JSON keys and CSV cells are text: '7' and 7.0 too)."""
+    number = value
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                raise ConfigError(field, f"{path}, {where}: frame {value!r} is not a whole number") from None
+    if isinstance(number, bool) or not isinstance(number, (int, float)):
+        raise ConfigError(field, f"{path}, {where}: frame {value!r} is not a whole number")
+    if isinstance(number, float):
+        if not math.isfinite(number) or not number.is_integer():
+            raise ConfigError(field, f"{path}, {where}: frame {value!r} is not a whole number")
+        number = int(number)
+    if not 0 <= number <= MAX_FRAME:
+        raise ConfigError(field, f"{path}, {where}: frame {number} is out of range (frames are numbered from 0, "
+                                 f"MOT rows from 1)")
+    return number
+
+
+def _json_box(item, where: str, field: str, path: Path):
+    """A JSON box: null (not seen there) or 4 finite numbers."""
+    if item is None:
+        return None
+    if not (isinstance(item, list) and len(item) == 4 and all(_finite(v) for v in item)):
+        raise ConfigError(field, f"{path}, {where}: a box is [x1, y1, x2, y2] (4 finite numbers) or null, got {_short(item)}")
+    return [float(v) for v in item]
+
+
+def _short(value, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _size(data: dict, field: str, path: Path) -> tuple[int, int] | None:
+    """The `width`/`height` a JSON states: both or neither, whole numbers ≥ 1."""
+    if "width" not in data and "height" not in data:
+        return None
+    out = []
+    for key in ("width", "height"):
+        value = data.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or float(value) != int(value) or not 1 <= value <= 2**16:
+            raise ConfigError(field, f"{path}: `{key}` must be the frames' size in pixels (a whole number ≥ 1) "
+                                     f"that the boxes are given in, got {_short(value)}; or leave out width and height")
+        out.append(int(value))
+    return out[0], out[1]
 
 
 def _parse_json(path: Path, field: str) -> tuple[dict[str, dict[int, Any]], tuple[int, int] | None]:
     """→ ({object name: {file frame: box or {"box", "mask"}}}, (width, height) or None)."""
+    text = read_text_file(path, field, "boxes file")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(field, f"cannot read {path} as JSON: {err}") from err
-    size = None
-    if isinstance(data, dict) and "width" in data and "height" in data:
-        size = (int(data["width"]), int(data["height"]))
+        data = json.loads(text, parse_constant=lambda c: float(c))
+    except ValueError as err:
+        raise ConfigError(field, f"{path}: not valid JSON: {err}") from err
+    size = _size(data, field, path) if isinstance(data, dict) else None
     objects: dict[str, dict[int, Any]] = {}
     if isinstance(data, list):
-        objects["0"] = dict(enumerate(data))
-    elif isinstance(data, dict) and isinstance(data.get("objects"), list) and data["objects"] and isinstance(data["objects"][0], dict):
-        for k, obj in enumerate(data["objects"]):  # reatco's regions.json
-            name = str(obj.get("word", obj.get("name", k)))
-            entry = {}
-            for item in obj.get("frames", []):
-                entry[int(item["frame"])] = {"box": item.get("box"), "mask": item.get("mask")}
-            objects[name] = entry
+        objects["0"] = {f: _json_box(b, f"frame {f}", field, path) for f, b in enumerate(data)}
+    elif isinstance(data, dict) and "objects" in data and "boxes" not in data:  # reatco's regions.json
+        if not isinstance(data["objects"], list) or not data["objects"]:
+            raise ConfigError(field, f"{path}: `objects` must be a non-empty list of {{word, frames: [{{frame, box}}]}}")
+        for k, obj in enumerate(data["objects"]):
+            where = f"objects[{k}]"
+            if not isinstance(obj, dict) or not isinstance(obj.get("frames"), list):
+                raise ConfigError(field, f"{path}, {where}: an object is {{\"word\": ..., \"frames\": [{{\"frame\": i, \"box\": [...]}}]}}, "
+                                         f"got {_short(obj)}")
+            entry: dict[int, Any] = {}
+            for n, item in enumerate(obj["frames"]):
+                at = f"{where}.frames[{n}]"
+                if not isinstance(item, dict) or "frame" not in item:
+                    raise ConfigError(field, f"{path}, {at}: each frame entry is {{\"frame\": i, \"box\": [x1, y1, x2, y2]"
+                                             f"[, \"mask\": \"masks/...png\"]}}, got {_short(item)}")
+                frame = _frame_number(item["frame"], at, field, path)
+                if frame in entry:
+                    raise ConfigError(field, f"{path}, {at}: frame {frame} is given twice")
+                mask = item.get("mask")
+                if mask is not None and not isinstance(mask, str):
+                    raise ConfigError(field, f"{path}, {at}: `mask` is a PNG path inside the file's folder, got {_short(mask)}")
+                entry[frame] = {"box": _json_box(item.get("box"), at, field, path), "mask": mask}
+            name = obj.get("word", obj.get("name", k))
+            objects[_name(name) if isinstance(name, (str, int, float)) and not isinstance(name, bool) else str(k)] = entry
             objects.setdefault(str(k), entry)
     else:
         table = data.get("boxes", data) if isinstance(data, dict) else None
-        if not isinstance(table, dict):
+        if not isinstance(table, dict) or not table:
             raise ConfigError(field, f"{path}: expected {{\"boxes\": {{name: [box per frame]}}}}, {{name: [...]}}, a list of boxes "
                                      "or a reatco regions.json")
         for name, boxes in table.items():
+            if name in ("width", "height") and table is data:
+                continue
             if isinstance(boxes, list):
-                objects[str(name)] = dict(enumerate(boxes))
+                objects[_name(name)] = {f: _json_box(b, f"{name}[{f}]", field, path) for f, b in enumerate(boxes)}
             elif isinstance(boxes, dict):
-                objects[str(name)] = {int(k): v for k, v in boxes.items()}
+                objects[_name(name)] = {_frame_number(k, f"{name}, key {k!r}", field, path): _json_box(v, f"{name}[{k}]", field, path)
+                                        for k, v in boxes.items()}
+            else:
+                raise ConfigError(field, f"{path}, {name}: an object's boxes are a list (one per frame) or a mapping "
+                                         f"{{frame: box}}, got {_short(boxes)}")
     return objects, size
 
 
 def _parse_csv(path: Path, field: str) -> dict[str, dict[int, Any]]:
+    text = read_text_file(path, field, "boxes CSV")
     try:
-        rows = [r for r in csv.reader(path.read_text().splitlines()) if r and any(c.strip() for c in r)]
-    except (OSError, csv.Error) as err:
+        rows = [(n, r) for n, r in enumerate(csv.reader(text.splitlines()), 1) if r and any(c.strip() for c in r)]
+    except csv.Error as err:
         raise ConfigError(field, f"cannot read {path} as CSV: {err}") from err
     if not rows:
         raise ConfigError(field, f"{path} is empty")
@@ -85,17 +183,32 @@ def _parse_csv(path: Path, field: str) -> dict[str, dict[int, Any]]:
 
     def number(text: str, where: str) -> float:
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise ConfigError(field, f"{path}, {where}: {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(field, f"{path}, {where}: {text!r} is not a finite number")
+        return value
 
-    header = [c.strip().lower() for c in rows[0]]
+    def put(name: str, frame: int, box, where: str) -> None:
+        entry = objects.setdefault(name, {})
+        if frame in entry:
+            raise ConfigError(field, f"{path}, {where}: object {name!r} has a second box for frame {frame}")
+        entry[frame] = box
+
+    header = [c.strip().lower() for c in rows[0][1]]
     if all(_is_number(c) for c in header):  # MOTChallenge: frame (1-based), id, left, top, width, height, ...
-        for n, row in enumerate(rows, 1):
+        for n, row in rows:
+            where = f"line {n}"
             if len(row) < 6:
-                raise ConfigError(field, f"{path}, line {n}: a MOT row is frame, id, left, top, width, height[, ...]")
-            frame, ident, x, y, w, h = (number(c, f"line {n}") for c in row[:6])
-            objects.setdefault(_name(ident), {})[int(frame) - 1] = [x, y, x + w, y + h]
+                raise ConfigError(field, f"{path}, {where}: a MOT row is frame, id, left, top, width, height[, ...], "
+                                         f"got {len(row)} values")
+            frame = _frame_number(row[0], where, field, path)
+            if frame < 1:
+                raise ConfigError(field, f"{path}, {where}: MOT frames count from 1, got {frame}")
+            ident = number(row[1], where)
+            x, y, w, h = (number(c, where) for c in row[2:6])
+            put(_name(ident), frame - 1, [x, y, x + w, y + h], where)
         return objects
     if "frame" not in header:
         raise ConfigError(field, f"{path}: the header needs a `frame` column (or give MOT rows without a header)")
@@ -112,10 +225,14 @@ def _parse_csv(path: Path, field: str) -> dict[str, dict[int, Any]]:
         def box(r, w):
             x, y, bw, bh = (number(r[col[c]], w) for c in names)
             return [x, y, x + bw, y + bh]
-    for n, row in enumerate(rows[1:], 2):
+    needed = max(col.values()) + 1
+    for n, row in rows[1:]:
         where = f"line {n}"
+        if len(row) < needed:
+            raise ConfigError(field, f"{path}, {where}: {len(row)} values for a header of {len(header)} columns; "
+                                     "every row needs a value in each column")
         name = _name(row[id_col]) if id_col is not None else "0"
-        objects.setdefault(name, {})[int(number(row[col["frame"]], where))] = box(row, where)
+        put(name, _frame_number(row[col["frame"]], where, field, path), box(row, where), where)
     return objects
 
 
@@ -132,7 +249,7 @@ def _name(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     text = str(value).strip()
-    return str(int(float(text))) if _is_number(text) and float(text).is_integer() else text
+    return str(int(float(text))) if _is_number(text) and math.isfinite(float(text)) and float(text).is_integer() else text
 
 
 def read_boxes_file(path, n_frames: int, height: int, width: int, cell_px: int = 1, track=None, start_frame: int = 0,
@@ -141,7 +258,9 @@ def read_boxes_file(path, n_frames: int, height: int, width: int, cell_px: int =
 
     `track`: the object's name or id in the file (optional when it holds one object).
     `native_size`: (width, height) of the source video's own frames, the unit of files that do
-    not state their size (None: the working size). Boxes smaller than `cell_px` grow to it."""
+    not state their size (None: the working size). Boxes smaller than `cell_px` grow to it; a box
+    outside the frame is refused, as a typed one is. Mask files of a regions.json are read only
+    from inside the file's folder."""
     path = Path(os.fspath(path))
     if not path.is_file():
         raise ConfigError(field, f"{path} does not exist (a JSON or CSV of per-frame boxes)")
@@ -162,8 +281,8 @@ def read_boxes_file(path, n_frames: int, height: int, width: int, cell_px: int =
         if key not in objects:
             raise ConfigError(field.rsplit(".", 1)[0] + ".track", f"{track!r} is not an object of {path}; it has {', '.join(names)}")
         entries = objects[key]
-    size = size or native_size or (width, height)
-    sx, sy = width / size[0], height / size[1]
+    unit = size or native_size or (width, height)
+    sx, sy = width / unit[0], height / unit[1]
     wanted = [start_frame + i * frame_stride for i in range(n_frames)]
     boxes = np.full((n_frames, 4), np.nan)
     masks: list[str | None] = [None] * n_frames
@@ -174,11 +293,14 @@ def read_boxes_file(path, n_frames: int, height: int, width: int, cell_px: int =
             item = item.get("box")
         if item is None:
             continue
-        if not (isinstance(item, (list, tuple)) and len(item) == 4 and all(_finite(v) for v in item)):
-            raise ConfigError(field, f"{path}, frame {frame}: a box is [x1, y1, x2, y2] (4 finite numbers), got {item!r}")
-        x1, y1, x2, y2 = (float(v) for v in item)
+        x1, y1, x2, y2 = item
         if x2 <= x1 or y2 <= y1:
             raise ConfigError(field, f"{path}, frame {frame}: box {item!r} is empty or inverted (need x1 < x2, y1 < y2)")
+        if x1 < 0 or y1 < 0 or x2 > unit[0] or y2 > unit[1]:  # as a typed box outside the frame is refused
+            raise ConfigError(field, f"{path}, frame {frame}: box {item!r} is outside the {unit[0]}×{unit[1]} frame "
+                                     f"(x in [0, {unit[0]}], y in [0, {unit[1]}]) that the file's boxes are in"
+                                     f"{'' if size else ' (the source video’s own size)'}; fix the box, or state the "
+                                     "file's width and height")
         boxes[i] = [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
     seen = ~np.isnan(boxes[:, 0])
     if not seen.any():
@@ -190,7 +312,7 @@ def read_boxes_file(path, n_frames: int, height: int, width: int, cell_px: int =
         boxes[:, c] = np.interp(np.arange(n_frames), np.nonzero(seen)[0], boxes[seen, c])
     from .region_finding import grow_boxes
 
-    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)  # float rounding of the scaling only
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
     boxes = grow_boxes(boxes, 0.0, cell_px, height, width)
     return Region("boxes", n_frames, height, width, boxes=torch.from_numpy(boxes))
@@ -200,10 +322,26 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def inside_folder(folder: Path, name: str, field: str, what: str) -> Path:
+    """`name` (a path a file gives) as a file inside `folder`: relative, no `..` out, no
+    symlink out; else a ConfigError. Untrusted files never make us open anything else."""
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ConfigError(field, f"{what} {_short(name)} is not a file name")
+    if os.path.isabs(name) or name.startswith(("~", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise ConfigError(field, f"{what} {name!r} is an absolute path; it must be relative to {folder} and inside it")
+    root = folder.resolve()
+    target = (folder / name).resolve()
+    if target != root and root not in target.parents:
+        raise ConfigError(field, f"{what} {name!r} leads outside {folder} (through `..` or a link); files it names must "
+                                 "lie inside its folder")
+    return target
+
+
 def _mask_region(folder: Path, files: Sequence[str], n_frames: int, height: int, width: int, field: str) -> Region:
     from .regions import read_mask
 
-    masks = torch.stack([read_mask(str(folder / f), height, width, field) for f in files])
+    paths = [inside_folder(folder, f, field, "mask") for f in files]
+    masks = torch.stack([read_mask(str(p), height, width, field) for p in paths])
     if not masks.any():
         raise ConfigError(field, "the mask files are empty: no white pixels")
     return Region("mask", n_frames, height, width, pixel_masks=masks)

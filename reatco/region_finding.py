@@ -283,7 +283,8 @@ def region_from_instances(per_frame: Sequence[Sequence[Instance]], height: int, 
 # ----------------------------------------------------------------------------- the model's attention
 
 
-def finding_layers(unet, vae_scale_factor: int, cell_px: int | None, rad_cell_px: int) -> tuple[list[str], int]:
+def finding_layers(unet, vae_scale_factor: int, cell_px: int | None, rad_cell_px: int,
+                   field: str = "source.attention_cell_px") -> tuple[list[str], int]:
     """The cross-attention layers to read and their cell size in pixels: `cell_px` when given,
     otherwise the finest level of at least half the RAD cell (SD: 16 px, one level finer than
     RAD's 32 px; the shapes model has nothing finer than its 8 px RAD grid)."""
@@ -294,7 +295,7 @@ def finding_layers(unet, vae_scale_factor: int, cell_px: int | None, rad_cell_px
     if cell_px is None:
         finer = [c for c in available if rad_cell_px / 2 <= c <= rad_cell_px]
         cell_px = min(finer) if finer else min(available, key=lambda c: abs(c - rad_cell_px))
-    return rad_attention_layers(unet, vae_scale_factor, cell_px), cell_px
+    return rad_attention_layers(unet, vae_scale_factor, cell_px, field), cell_px
 
 
 @torch.no_grad()
@@ -377,7 +378,8 @@ def find_source_regions(pipe, video: torch.Tensor, source_latents: torch.Tensor,
         key = (tuple(value_of(spec, "timesteps", (50, 150))), value_of(spec, "attention_cell_px"), value_of(spec, "seed", 0))
         groups.setdefault(key, []).append(j)
     for (timesteps, cell_px, seed), members in groups.items():
-        layers, cell = finding_layers(pipe.unet, pipe.vae_scale_factor, cell_px, rad_cell_px)
+        layers, cell = finding_layers(pipe.unet, pipe.vae_scale_factor, cell_px, rad_cell_px,
+                                      f"{fields[members[0]]}.attention_cell_px")
         indices = [word_token_indices(pipe.tokenizer, prompt, value_of(specs[j], "word"), value_of(specs[j], "occurrence"),
                                       field=f"{fields[j]}.word") for j in members]
         maps, features = source_word_maps(pipe, source_latents, prompt, indices, timesteps, layers,

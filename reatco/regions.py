@@ -225,12 +225,11 @@ def interpolate_keyframes(keys: dict[int, list[float]], n_frames: int) -> torch.
 def read_mask(path: str, height: int, width: int, field: str) -> torch.Tensor:
     from PIL import Image
 
-    try:
-        with Image.open(path) as image:
-            w, h = image.size
-            gray = image.convert("L").resize((width, height), Image.BILINEAR)
-    except (OSError, ValueError) as err:
-        raise ConfigError(field, f"cannot read the mask image {path}: {err}") from err
+    from .video import load_image
+
+    rgb = load_image(path, field, "the mask image")  # 16-bit masks scaled, not clipped to white
+    h, w = rgb.shape[:2]
+    gray = Image.fromarray(rgb).convert("L").resize((width, height), Image.BILINEAR)
     if abs(w / h - width / height) > 0.01 * width / height:
         # Right when the mask was drawn on source frames of that shape (they are stretched alike);
         # a mask drawn at another shape ends up stretched off its object.

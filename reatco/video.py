@@ -140,12 +140,34 @@ def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(Image.fromarray(frame).resize((width, height), Image.BICUBIC))
 
 
-def _load_image(path: Path, field: str) -> np.ndarray:
+def image_to_uint8(image: "Image.Image") -> np.ndarray:
+    """(H, W, 3) uint8 of any PIL image: 16-bit and 32-bit greyscale scaled down to 8 bits
+    (Pillow's own convert("RGB") clips them to 255: a white clip), palettes and alpha dropped."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        if mode.startswith("I;16") or (mode == "I" and values.max(initial=0) > 255):
+            values = values / 257.0  # 0…65535 → 0…255
+        elif mode == "F" and values.max(initial=0) <= 1.0:
+            values = values * 255.0
+        grey = np.clip(np.rint(values), 0, 255).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
+def load_image(path, field: str, what: str = "frame") -> np.ndarray:
+    """An untrusted image file → (H, W, 3) uint8; a ConfigError naming the file otherwise
+    (not an image, truncated, or a decompression bomb)."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except Exception as err:
-        raise ConfigError(field, f"cannot read frame {path}: {err}") from err
+            image.load()
+            return image_to_uint8(image)
+    except Exception as err:  # Pillow raises several types (UnidentifiedImageError, DecompressionBombError, …)
+        raise ConfigError(field, f"cannot read {what} {path} as an image: {err}") from err
+
+
+def _load_image(path: Path, field: str) -> np.ndarray:
+    return load_image(path, field)
 
 
 def read_video(path, height: int, width: int, n_frames: Optional[int] = None, start_frame: int = 0,

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP: waiting threads sleep
 
-from reatco.cli import run_main  # noqa: E402
+from reatco.cli import run_main, thread_count  # noqa: E402
 from reatco.errors import ConfigError  # noqa: E402
 from reatco.files import file_lock  # noqa: E402
 from reatco.metrics import evaluate as ev  # noqa: E402
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--configs", nargs="*", default=[], help="our edit YAMLs (edits with regions: needed by VISOR, PSNR, LPIPS)")
     p.add_argument("--pred_root", help="edited frames, <pred_root>[/<variant>]/<subset>/<video>/<category>/00000.jpg; "
                                        "missing ones are generated there (default: <out>/predictions)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
+    p.add_argument("--threads", type=thread_count, default=0, help="torch CPU threads (0: the idle cores, at least 1)")
     p.add_argument("--out", required=True, help="results folder: scores/, summary.json, tables.md")
     p.add_argument("--metrics", default=",".join(ev.METRICS), help=f"comma list from {','.join(ev.METRICS)} (default: all)")
     p.add_argument("--clip_model", default=DEFAULT_CLIP, help="CLIP for text alignment and frame consistency: hub id or "
