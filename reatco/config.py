@@ -988,11 +988,32 @@ def section_settings(section: str, value=None, steps: Optional[int] = None, fiel
     return settings
 
 
+def _check_shard_indexes(folder, field_: str) -> None:
+    """A sharded UNet's index.json, read before any weights load: its shards are files in the
+    folder (an untrusted index never names a file elsewhere)."""
+    indexes = [p for sub in (Path(folder), Path(folder) / "unet") if sub.is_dir() for p in sub.glob("*.index.json")]
+    if not indexes:
+        return
+    from .models.checkpoint import CheckpointError, index_shards
+
+    for index in indexes:
+        try:
+            for shard in index_shards(str(index)):
+                target = index.parent / shard
+                _require(target.is_file(), field_, f"{index} names the shard {shard!r}, which is not in {index.parent}; "
+                                                   "copy the whole UNet folder again")
+                _require(target.resolve().parent == index.parent.resolve(), field_,
+                         f"{index}: the shard {shard!r} links outside {index.parent}; shards must be files in the folder")
+        except CheckpointError as err:
+            raise ConfigError(field_, str(err)) from None
+
+
 def _validate_model(m: ModelConfig, check_paths: bool) -> None:
     _require(bool(m.pretrained), "model.pretrained", "is empty; give a hub id or a folder in Stable Diffusion layout")
     if check_paths and m.tuned_unet is not None:
         _require(os.path.isdir(m.tuned_unet), "model.tuned_unet",
                  f"{m.tuned_unet} is not a folder; give a Tune-A-Video UNet folder or null to tune")
+        _check_shard_indexes(m.tuned_unet, "model.tuned_unet")
     check_attention_cell_px(m.attention_cell_px, "model.attention_cell_px")
     check_model_cell(m.attention_cell_px, m.pretrained, "model.attention_cell_px")
     _choice(m.dtype, _DTYPES, "model.dtype")
@@ -1100,7 +1121,7 @@ def validate_object(obj, field_: str = "objects[0]") -> str:
             if key not in _OBJECT_KEYS:  # the YAML loader's wording for an unknown key
                 raise _unknown_key(field_, key, ObjectConfig, extra=("region",))
     elif not is_dataclass(obj):
-        raise ConfigError(field_, f"an object is a mapping (word, occurrence, and one region), got {obj!r}")
+        raise ConfigError(field_, f"an object is a mapping (word, occurrence, and one region), got {_short(obj)}")
     word = value_of(obj, "word")
     _require(isinstance(word, str) and bool(word.strip()), f"{field_}.word",
              f"must name a word of the edit prompt, got {word!r}")

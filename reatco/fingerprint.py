@@ -59,6 +59,10 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _is_sha256(value) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
 class _Memo:
     """{absolute path: [size, mtime_ns, ctime_ns, inode, sha256]} in a JSON file (best effort)."""
 
@@ -68,16 +72,20 @@ class _Memo:
         self.changed = False
         if path is not None:
             try:
-                self.data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                self.data = {}
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):  # missing, unreadable, not JSON: rebuilt
+                data = {}
+            if not isinstance(data, dict):  # a list, a number…: not ours; rebuilt, never fatal
+                logger.warning("%s does not hold file hashes (a JSON object); rebuilding it", path)
+                data, self.changed = {}, True
+            self.data = data
 
     def digest(self, file: Path) -> str:
         st = file.stat()
         stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
         key = str(file.resolve())
         known = self.data.get(key)
-        if isinstance(known, list) and known[:4] == stamp:
+        if isinstance(known, list) and len(known) == 5 and known[:4] == stamp and _is_sha256(known[4]):
             return known[4]
         value = _file_digest(file)
         self.data[key] = stamp + [value]

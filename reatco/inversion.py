@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -82,7 +83,10 @@ def load_or_invert(cache_dir: str | os.PathLike | None, key: str, invert: Callab
         return trajectory
     path = Path(cache_dir) / f"{key}.pt"
     with file_lock(path.with_name(f".{path.name}.lock"), "inverting the same video"):
-        if path.exists():
+        if path.is_dir() and not path.is_symlink():  # not a cache file (a stray folder): recomputed in its place
+            logger.warning("the cached DDIM inversion %s is a folder, not a file; removing it and inverting again", path)
+            shutil.rmtree(path)
+        if path.exists() or path.is_symlink():
             try:
                 trajectory = torch.load(path, map_location="cpu", weights_only=True)
                 if not isinstance(trajectory, torch.Tensor) or not torch.isfinite(trajectory).all():

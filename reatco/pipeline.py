@@ -32,7 +32,7 @@ from .rad_guidance import RADGuidance
 from .region_noise import anchor_object_latents, tracked_noise
 from .regions import object_masks
 from .tokens import PromptTokens, check_prompt_length, encode_prompt, tokenize_prompt
-from .video import check_video_tensor
+from .video import check_video_tensor, video_input
 from .windows import merge_windows, temporal_windows
 
 logger = logging.get_logger(__name__)
@@ -67,9 +67,11 @@ def encode_generator(generator: torch.Generator | None) -> torch.Generator | Non
 
 @dataclass
 class ReAtCoPipelineOutput(BaseOutput):
-    """frames: (F, 3, H, W) in [0, 1] for "pt", (F, H, W, 3) floats in [0, 1] for "np", a list of
-    PIL images for "pil" (one video: no batch axis). `reatco.write_video(frames, path)` takes each
-    as it comes, diffusers' `export_to_video(frames, path)` the "np" and "pil" ones.
+    """frames, batched as diffusers' video pipelines return them (one video: a batch of one, so
+    `frames[0]` is the clip): (1, F, H, W, 3) float32 in [0, 1] for "np" (the default), (1, F, 3,
+    H, W) in [0, 1] for "pt", [[PIL images]] for "pil", the latents (1, C, F, h, w) for "latent".
+    `diffusers.utils.export_to_video(out.frames[0], path)` and `reatco.write_video(out.frames[0],
+    path)` take the clip as it comes.
     rad_losses: one record per RAD pass (step, timestep, total, per-word inner/outer terms).
     attention_maps: (J, F, h, w) per-word attention averaged over the RAD passes, when asked.
     attention_by_step: {step index: (J, F, h, w)} at the steps asked for in `attention_steps`.
@@ -266,7 +268,7 @@ class ReAtCoPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ call steps
 
     def check_inputs(self, prompt, objects, generator, num_inference_steps, guidance_scale, negative_prompt,
-                     start_in_regions, rad, irjs, window, attention_cell_px, output_type="pt",
+                     start_in_regions, rad, irjs, window, attention_cell_px, output_type="np",
                      callback_on_step_end=None, callback_on_step_end_tensor_inputs=("latents",)) -> "CallSettings":
         """Every setting checked before any model work, with the model's defaults filled in for
         those left as None (a `rad`/`irjs`/`window` dict is merged over the model's section and
@@ -314,7 +316,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         x_T is noise of the given size."""
         device, dtype = self._execution_device, self.unet.dtype
         if video is not None:
-            video = _video_tensor(video)
+            video = _video_tensor(video, height, width, n_frames)
             check_video_tensor(video, "video")
             n_frames, _, height, width = video.shape
         encoded = video is not None and source_latents is None
@@ -392,7 +394,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         n_frames: int | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
-        output_type: str = "pt",
+        output_type: str = "np",
         return_attention: bool = False,
         attention_steps: Sequence[int] = (),
         return_dict: bool = True,
@@ -554,10 +556,7 @@ class ReAtCoPipeline(DiffusionPipeline):
             else:
                 frames_out = self.decode_latents(latents).cpu()
             check_finite(frames_out, "in the decoded frames", "the VAE overflowed: decode in float32")
-            if output_type in ("np", "pil"):
-                frames_out = frames_out.permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                frames_out = [Image.fromarray((f * 255).round().astype(np.uint8)) for f in frames_out]
+            frames_out = _postprocess_video(frames_out, output_type)
         self.maybe_free_model_hooks()
         rad_records = guidance.records if guidance is not None else []
         if not return_dict:
@@ -633,15 +632,15 @@ def _single(name: str, value, kind, fix: str):
     return value
 
 
-def _video_tensor(video) -> torch.Tensor:
+def _video_tensor(video, height=None, width=None, n_frames=None) -> torch.Tensor:
+    """`video=` as (F, 3, H, W) in [-1, 1]: a path, a tensor, an array or a list of frames
+    (reatco.video.video_input)."""
     if isinstance(video, torch.Tensor):
         if video.ndim != 4 or video.shape[1] != 3:
             raise ValueError(f"video must be (frames, 3, H, W) in [-1, 1], got {tuple(video.shape)}")
         _check_range(video)
         return video
-    arrays = [np.asarray(f.convert("RGB") if isinstance(f, Image.Image) else f) for f in video]
-    stacked = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
-    return stacked / 127.5 - 1
+    return video_input(video, height, width, n_frames)
 
 
 def _check_range(video: torch.Tensor) -> None:
@@ -657,6 +656,17 @@ def _check_range(video: torch.Tensor) -> None:
     if low >= 0:
         raise ValueError(f"video values span [{low:.3g}, {high:.3g}]: that looks like [0, 1] images; pass [-1, 1] "
                          "(video * 2 - 1)")
+
+
+def _postprocess_video(frames: torch.Tensor, output_type: str):
+    """Decoded (F, 3, H, W) in [0, 1] → diffusers' video output for one video (a batch of one):
+    "np" (1, F, H, W, 3) float32, "pt" (1, F, 3, H, W), "pil" [[PIL.Image per frame]]."""
+    if output_type == "pt":
+        return frames.unsqueeze(0)
+    clip = frames.float().permute(0, 2, 3, 1).numpy()
+    if output_type == "np":
+        return clip[None]
+    return [[Image.fromarray((f * 255).round().astype(np.uint8)) for f in clip]]
 
 
 def _accumulate(total, count, values, frames, n_frames):

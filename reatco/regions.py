@@ -148,13 +148,23 @@ def _plain(value):
     return value
 
 
+def _describe(value, limit: int = 80) -> str:
+    """A value for an error message: tensors and arrays by shape and dtype, the rest cut short."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"a {type(value).__name__} of shape {tuple(value.shape)} and dtype {value.dtype}"
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _check_box(box, height: int, width: int, cell_px: int, field: str) -> list[float]:
     box = _plain(box)
+    if isinstance(box, (torch.Tensor, np.ndarray)) and box.ndim == 1 and box.shape[0] == 4:
+        box = [float(v) for v in box.tolist()]
     if not isinstance(box, (list, tuple)) or len(box) != 4:
         n = len(box) if isinstance(box, (list, tuple)) else "not a list"
-        raise ConfigError(field, f"a box is [x1, y1, x2, y2] (4 numbers, pixels at {width}×{height}), got {box!r} ({n})")
+        raise ConfigError(field, f"a box is [x1, y1, x2, y2] (4 numbers, pixels at {width}×{height}), got {_describe(box)} ({n})")
     if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in box):
-        raise ConfigError(field, f"box coordinates must be finite numbers, got {box!r}")
+        raise ConfigError(field, f"box coordinates must be finite numbers, got {_describe(box)}")
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 <= x1 or y2 <= y1:
         raise ConfigError(field, f"box {box!r} is empty or inverted: need x1 < x2 and y1 < y2 ([x1, y1, x2, y2], not [x, y, w, h])")
@@ -183,6 +193,10 @@ def _frame_key(key, field: str) -> int:
 
 def _parse_boxes(boxes, n_frames: int, height: int, width: int, cell_px: int, field: str) -> torch.Tensor:
     boxes = _plain(boxes)
+    if isinstance(boxes, (torch.Tensor, np.ndarray)):
+        if boxes.ndim != 2 or boxes.shape[-1] != 4:
+            raise ConfigError(field, f"per-frame boxes are ({n_frames}, 4) [x1, y1, x2, y2], got {_describe(boxes)}")
+        boxes = [[float(v) for v in row] for row in boxes.tolist()]
     if isinstance(boxes, dict):
         if not boxes:
             raise ConfigError(field, "give at least one keyframe {frame: [x1, y1, x2, y2]}")
@@ -202,7 +216,7 @@ def _parse_boxes(boxes, n_frames: int, height: int, width: int, cell_px: int, fi
                        f"or a mapping {{frame: box}} of keyframes, or a single `box`"
             )
         return torch.tensor([_check_box(b, height, width, cell_px, f"{field}[{i}]") for i, b in enumerate(boxes)], dtype=torch.float64)
-    raise ConfigError(field, f"`boxes` is a list with one box per frame or a mapping {{frame: box}} of keyframes, got {boxes!r}")
+    raise ConfigError(field, f"`boxes` is a list with one box per frame or a mapping {{frame: box}} of keyframes, got {_describe(boxes)}")
 
 
 def interpolate_keyframes(keys: dict[int, list[float]], n_frames: int) -> torch.Tensor:
@@ -239,9 +253,40 @@ def read_mask(path: str, height: int, width: int, field: str) -> torch.Tensor:
     return torch.from_numpy(np.asarray(gray) >= 128)  # white = object
 
 
+def mask_from_array(mask, n_frames: int, height: int, width: int, field: str) -> torch.Tensor:
+    """A mask given from Python as a tensor or array: (H, W) for every frame or (F, H, W) per
+    frame; bool, 0/1 or [0, 1] floats (≥ 0.5 is the object) or uint8 (≥ 128); resized (nearest)
+    to the working size. Errors describe it by shape and dtype, never by its values."""
+    what = f"a {type(mask).__name__} of shape {tuple(mask.shape)} and dtype {mask.dtype}"
+    values = torch.as_tensor(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask.detach().cpu()
+    if values.ndim == 2:
+        values = values.expand(n_frames, *values.shape)
+    if values.ndim != 3 or values.shape[0] != n_frames:
+        raise ConfigError(field, f"a mask tensor is (H, W) or ({n_frames}, H, W) for this {n_frames}-frame clip, got {what}")
+    if values.dtype == torch.bool:
+        binary = values
+    elif values.is_floating_point():
+        if not torch.isfinite(values).all():
+            raise ConfigError(field, f"holds NaN or infinite values ({what})")
+        binary = values >= 0.5
+    elif values.dtype == torch.uint8:
+        binary = values >= 128 if int(values.max()) > 1 else values > 0
+    else:
+        binary = values > 0
+    if tuple(binary.shape[1:]) != (height, width):
+        binary = torch.nn.functional.interpolate(binary[:, None].float(), size=(height, width), mode="nearest")[:, 0] > 0.5
+    return binary.clone()
+
+
 def _parse_mask(mask, n_frames: int, height: int, width: int, field: str, base_dir: str | None) -> torch.Tensor:
+    if isinstance(mask, (torch.Tensor, np.ndarray)):
+        masks = mask_from_array(mask, n_frames, height, width, field)
+        if not masks.any():
+            raise ConfigError(field, "the mask is empty: no pixel of the object (True / ≥ 0.5)")
+        return masks
     if not isinstance(mask, (str, os.PathLike)):
-        raise ConfigError(field, f"`mask` is the path of a PNG or of a folder of per-frame PNGs, got {mask!r}")
+        raise ConfigError(field, f"`mask` is the path of a PNG, a folder of per-frame PNGs, or a bool/float tensor, "
+                                 f"got {_describe(mask)}")
     path = os.fspath(mask)
     if base_dir is not None and not os.path.isabs(path):
         path = os.path.join(base_dir, path)

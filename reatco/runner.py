@@ -358,8 +358,9 @@ class EditRunner:
             output = pipe(**arguments, output_type="np", attention_steps=attention_steps(
                 cfg.rad.max_update_steps if cfg.rad.enabled else 0, cfg.sampling.steps))
         edit_seconds = time.perf_counter() - start
-        check_finite(output.frames, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
-        frames = (output.frames * 255).round().astype(np.uint8)
+        clip = output.frames[0]  # diffusers' video output: a batch of one clip
+        check_finite(clip, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
+        frames = (clip * 255).round().astype(np.uint8)
         n_steps = cfg.sampling.steps
         report = {
             "edit": prepared.edit.name,

@@ -247,6 +247,83 @@ def check_video_tensor(video, field: str = "video") -> None:
                       "output), pass x * 2 - 1", stacklevel=3)
 
 
+def _short_array(value) -> str:
+    """A tensor or array described by its type, shape and dtype, never its values."""
+    shape = tuple(getattr(value, "shape", ()))
+    return f"a {type(value).__name__} of shape {shape} and dtype {getattr(value, 'dtype', '?')}"
+
+
+def frame_to_uint8(frame, field: str = "video") -> np.ndarray:
+    """One frame from Python → (H, W, 3) uint8: a PIL image (16-bit too), or an array (H, W, 3)
+    or (3, H, W), uint8 / uint16 / floats in [0, 1] (diffusers' image arrays)."""
+    if isinstance(frame, Image.Image):
+        return image_to_uint8(frame)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(frame, torch.Tensor):
+        frame = frame.detach().cpu().float().numpy() if frame.is_floating_point() else frame.detach().cpu().numpy()
+    array = np.asarray(frame)
+    if array.ndim == 2:
+        array = array[..., None].repeat(3, axis=-1)
+    if array.ndim != 3:
+        raise ConfigError(field, f"a frame is (H, W, 3) or (3, H, W), got {_short_array(array)}")
+    if array.shape[-1] not in (3, 4) and array.shape[0] in (3, 4):
+        array = array.transpose(1, 2, 0)  # channels first
+    if array.shape[-1] not in (3, 4):
+        raise ConfigError(field, f"a frame has 3 colour channels, got {_short_array(array)}")
+    array = array[..., :3]
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array)
+    if array.dtype == np.uint16:
+        return (array.astype(np.float64) / 257.0).round().astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ConfigError(field, "frames hold NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < -_RANGE_SLACK or high > 1 + _RANGE_SLACK:
+            raise ConfigError(field, f"float frames are taken in [0, 1] (diffusers' image arrays), got values in "
+                                     f"[{low:.3g}, {high:.3g}]; pass uint8 frames, x / 255, or a [-1, 1] torch tensor")
+        return (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    raise ConfigError(field, f"frames are uint8, uint16 or floats in [0, 1], got {_short_array(array)}")
+
+
+def video_input(video, height: Optional[int] = None, width: Optional[int] = None, n_frames: Optional[int] = None,
+                field: str = "video") -> "torch.Tensor":
+    """What the pipeline's `video=` takes → (F, 3, H, W) float32 in [-1, 1]:
+    * a path (a folder of frames, an mp4 / gif / …): read with read_video at height × width (None:
+      the clip's own size), its first n_frames (None: all);
+    * a torch tensor (F, 3, H, W), floats in [-1, 1] (read_video's range), as it is;
+    * a numpy array (F, H, W, 3) or (F, 3, H, W): uint8, uint16, or floats in [0, 1];
+    * a list of frames: PIL images or such arrays."""
+    import torch
+
+    if isinstance(video, (str, os.PathLike)):
+        if height is None or width is None:
+            native_w, native_h = native_frame_size(video, field)
+            height, width = height or native_h, width or native_w
+            if height % 8 or width % 8:
+                raise ConfigError(field, f"{os.fspath(video)} has {native_w}×{native_h} frames; pass height= and width= "
+                                         "(multiples of the model's attention cell) to read it at a working size")
+        return read_video(video, height, width, n_frames=n_frames, field=field)
+    if isinstance(video, torch.Tensor):
+        return video
+    if isinstance(video, np.ndarray):
+        if video.ndim != 4:
+            raise ConfigError(field, f"a video array is (F, H, W, 3) or (F, 3, H, W), got {_short_array(video)}")
+        frames = [frame_to_uint8(f, field) for f in video]
+    elif isinstance(video, (list, tuple)):
+        if not video:
+            raise ConfigError(field, "is an empty list of frames")
+        frames = [frame_to_uint8(f, f"{field}[{i}]") for i, f in enumerate(video)]
+    else:
+        raise ConfigError(field, f"takes a path, a (F, 3, H, W) tensor in [-1, 1], an array or a list of frames; "
+                                 f"got {type(video).__name__}")
+    sizes = {f.shape[:2] for f in frames}
+    if len(sizes) > 1:
+        raise ConfigError(field, f"the frames differ in size ({sorted(sizes)}); give frames of one size")
+    stacked = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float()
+    return stacked / 127.5 - 1
+
+
 def _float_frames_to_uint8(frames: np.ndarray) -> np.ndarray:
     """Float frames in [0, 1] (the pipeline's output) → uint8; any other range is refused."""
     if not np.isfinite(frames).all():
@@ -276,7 +353,14 @@ def native_frame_size(path, field: str = "video.path") -> tuple[int, int]:
 
 def to_uint8(frames) -> np.ndarray:
     """(F, H, W, 3) uint8 from what the pipeline returns: float frames in [0, 1] (a tensor or an
-    array, channels first or last), uint8 frames, or a list of PIL images."""
+    array, channels first or last), uint8 frames, or a list of PIL images; the pipeline's whole
+    `out.frames` (a batch of one clip) is taken as its clip."""
+    if isinstance(frames, (list, tuple)) and len(frames) == 1 and isinstance(frames[0], (list, tuple)):
+        frames = frames[0]  # "pil": [[images]]
+    if getattr(frames, "ndim", 0) == 5:
+        if frames.shape[0] != 1:
+            raise ValueError(f"frames hold a batch of {frames.shape[0]} videos; write one: frames[i]")
+        frames = frames[0]
     if isinstance(frames, (list, tuple)) and frames and isinstance(frames[0], Image.Image):
         return np.stack([np.asarray(f.convert("RGB")) for f in frames])
     torch = sys.modules.get("torch")  # a tensor implies torch is already imported

@@ -74,7 +74,7 @@ def test_dtype_puts_every_component_in_it_and_the_call_runs(folder, spelling):
     pipe.set_progress_bar_config(disable=True)
     assert {pipe.vae.dtype, pipe.text_encoder.dtype, pipe.unet.dtype} == {torch.bfloat16}
     frames = pipe(**_args(num_inference_steps=2, output_type="pt")).frames
-    assert frames.shape == (N_FRAMES, 3, SIZE, SIZE) and torch.isfinite(frames).all()
+    assert frames.shape == (1, N_FRAMES, 3, SIZE, SIZE) and torch.isfinite(frames).all()
 
 
 def test_dtype_and_torch_dtype_must_agree(folder):
@@ -230,26 +230,39 @@ def test_warns_when_a_word_has_no_attention_in_its_region(caplog):
 # ----------------------------------------------------------------------------- output range
 
 
+def test_outputs_have_diffusers_video_shapes_and_np_is_the_default(pipe):
+    """As diffusers' video pipelines (WanPipeline, TextToVideoSDPipeline): a batch of one clip."""
+    args = {k: v for k, v in _args().items() if k != "output_type"}
+    default = pipe(**args).frames
+    assert isinstance(default, np.ndarray) and default.shape == (1, N_FRAMES, SIZE, SIZE, 3) and default.dtype == np.float32
+    assert 0 <= default.min() and default.max() <= 1
+    pt = pipe(**args, output_type="pt").frames
+    assert pt.shape == (1, N_FRAMES, 3, SIZE, SIZE) and np.array_equal(pt[0].permute(0, 2, 3, 1).numpy(), default[0])
+    pil = pipe(**args, output_type="pil").frames
+    assert len(pil) == 1 and len(pil[0]) == N_FRAMES and pil[0][0].size == (SIZE, SIZE)
+    assert np.array_equal(np.asarray(pil[0][1]), (default[0, 1] * 255).round().astype(np.uint8))
+
+
 @pytest.mark.parametrize("output_type", ["pt", "np", "pil"])
 def test_writers_take_the_output_as_it_comes(pipe, tmp_path, output_type):
     from reatco.video import write_frames
 
     out = pipe(**_args(output_type=output_type))
-    reference = pipe(**_args(output_type="pt")).frames  # [0, 1]
+    reference = pipe(**_args(output_type="pt")).frames[0]  # [0, 1]
     expected = (reference.permute(0, 2, 3, 1).numpy() * 255).round()
-    write_frames(out.frames, tmp_path / "frames")  # png: exact
+    write_frames(out.frames[0], tmp_path / "frames")  # png: exact
     back = ((read_video(tmp_path / "frames", SIZE, SIZE) + 1) * 127.5).round().permute(0, 2, 3, 1).numpy()
     assert np.array_equal(back, expected)
 
     def frame_means(path):  # h264 blurs 32 px noise; a frame's mean colour survives (washed out: +64)
         return ((read_video(path, SIZE, SIZE) + 1) * 127.5).mean(dim=(2, 3)).numpy()
 
-    write_video(out.frames, tmp_path / "edited.mp4")
+    write_video(out.frames[0], tmp_path / "edited.mp4")
     assert np.abs(frame_means(tmp_path / "edited.mp4") - expected.mean(axis=(1, 2))).max() < 3
-    if output_type != "pt":  # diffusers' writer takes the "np" and "pil" frames too
+    if output_type != "pt":  # diffusers' writer takes the "np" and "pil" clip as every diffusers video pipeline's docs show
         from diffusers.utils import export_to_video
 
-        export_to_video(out.frames, str(tmp_path / "diffusers.mp4"), fps=4)
+        export_to_video(out.frames[0], str(tmp_path / "diffusers.mp4"), fps=4)
         assert np.abs(frame_means(tmp_path / "diffusers.mp4") - expected.mean(axis=(1, 2))).max() < 3
 
 
@@ -303,7 +316,7 @@ def test_the_runner_and_the_library_give_the_same_edit_for_one_seed(folder, tmp_
     result = runner.run(runner.prepare()[0], write=False)
     args = pipeline_arguments(cfg, "a")
     assert args["generator"].initial_seed() == 7
-    library = runner.pipeline()(**{**args, "output_type": "np"}).frames
+    library = runner.pipeline()(**{**args, "output_type": "np"}).frames[0]
     assert np.array_equal(result.frames, (library * 255).round().astype(np.uint8))
     # the encode leaves the caller's generator where it was
     generator = torch.Generator().manual_seed(7)

@@ -122,10 +122,10 @@ def test_recorder_restores_processors_even_on_error(pipe, cell):
 
 
 def test_same_seed_gives_identical_frames(pipe, cell):
-    a = _run(pipe, cell, output_type="pt").frames
-    b = _run(pipe, cell, output_type="pt").frames
+    a = _run(pipe, cell, output_type="pt").frames[0]
+    b = _run(pipe, cell, output_type="pt").frames[0]
     assert torch.equal(a, b)
-    c = _run(pipe, cell, output_type="pt", generator=torch.Generator().manual_seed(8)).frames
+    c = _run(pipe, cell, output_type="pt", generator=torch.Generator().manual_seed(8)).frames[0]
     assert not torch.equal(a, c)
 
 
@@ -299,15 +299,15 @@ def test_decode_statistics_source_decodes_with_the_source_frames_statistics(pipe
     source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
     common = dict(source_latents=source, video=None, irjs=IRJSConfig(placement="after_step"))
     latents = _run(pipe, cell, **common).frames
-    plain = _run(pipe, cell, output_type="pt", **common).frames
+    plain = _run(pipe, cell, output_type="pt", **common).frames[0]
     fixed = _run(pipe, cell, output_type="pt", irjs=IRJSConfig(placement="after_step", decode_statistics="source"),
-                 source_latents=source, video=None).frames
+                 source_latents=source, video=None).frames[0]
     assert torch.equal(plain, pipe.decode_latents(latents)) and not torch.equal(fixed, plain)
     torch.testing.assert_close(fixed, decode_with_reference_statistics(pipe.decode_latents, pipe.vae.decoder, source, latents))
     pipe.enable_vae_slicing()  # one frame at a time: the same statistics, frame by frame
     try:
         sliced = _run(pipe, cell, output_type="pt", irjs=IRJSConfig(placement="after_step", decode_statistics="source"),
-                      source_latents=source, video=None).frames
+                      source_latents=source, video=None).frames[0]
     finally:
         pipe.disable_vae_slicing()
     torch.testing.assert_close(sliced, fixed, rtol=1e-4, atol=1e-5)
@@ -321,9 +321,9 @@ def test_decode_outside_source_keeps_the_source_decode_outside_the_regions(pipe,
     source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
     irjs = IRJSConfig(placement="after_step", decode_statistics=statistics)
     common = dict(source_latents=source, video=None, output_type="pt")
-    edited = _run(pipe, cell, irjs=irjs, **common).frames
+    edited = _run(pipe, cell, irjs=irjs, **common).frames[0]
     kept = _run(pipe, cell, irjs=IRJSConfig(placement="after_step", decode_statistics=statistics, decode_outside="source"),
-                **common).frames
+                **common).frames[0]
     source_decoded = pipe.decode_latents(source)
     h = SIZE // pipe.vae_scale_factor
     regions = [parse_region(o, N_FRAMES, SIZE, SIZE, 1) for o in OBJECTS]
@@ -386,11 +386,11 @@ def test_rad_reads_a_phrase_as_the_sum_of_its_tokens_unless_told_mean(pipe, cell
 
 
 def test_vae_slicing_keeps_the_frames(pipe, cell):
-    whole = _run(pipe, cell, output_type="pt", rad={"enabled": False}).frames
+    whole = _run(pipe, cell, output_type="pt", rad={"enabled": False}).frames[0]
     pipe.enable_vae_slicing()
     try:
         assert pipe.vae.use_slicing
-        sliced = _run(pipe, cell, output_type="pt", rad={"enabled": False}).frames
+        sliced = _run(pipe, cell, output_type="pt", rad={"enabled": False}).frames[0]
     finally:
         pipe.disable_vae_slicing()
     torch.testing.assert_close(sliced, whole, rtol=0, atol=1e-5)

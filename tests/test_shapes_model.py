@@ -37,7 +37,7 @@ def _run(edit, rad: RADConfig, irjs: IRJSConfig, start_in_regions: str = "invers
                num_inference_steps=STEPS, guidance_scale=10.0, generator=torch.Generator().manual_seed(0),
                start_in_regions=start_in_regions, rad=rad, irjs=irjs, attention_cell_px=8, output_type="np",
                return_attention=True)
-    return (out.frames * 255).round().astype(np.uint8), out
+    return (out.frames[0] * 255).round().astype(np.uint8), out
 
 
 # the shapes demo's settings (configs/shapes.yaml), the RAD schedule shortened to the test's 20 steps

@@ -78,7 +78,7 @@ def _edit(pipe, cfg, prompt, video, latents, trajectory, objects, **changes):
                   return_attention=False)
     kwargs.update(changes)
     out = pipe(**kwargs)
-    return out, (out.frames * 255).round().astype(np.uint8)
+    return out, (out.frames[0] * 255).round().astype(np.uint8)
 
 
 def edit_gate(args, _pipe) -> dict:

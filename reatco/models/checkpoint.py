@@ -131,16 +131,50 @@ def weight_candidates(variant: str | None = None, use_safetensors: bool | None =
     return safe + pickle
 
 
+# An index.json maps parameter names to shard files: a few hundred kilobytes at most.
+_MAX_INDEX_BYTES = 16 * 2**20
+
+
+def index_shards(path: str) -> list[str]:
+    """The shard file names of a sharded checkpoint's index.json, checked: a JSON object whose
+    `weight_map` maps names to plain file names beside it (no folders, no `..`, no absolute
+    paths: an index never makes us open a file outside its folder)."""
+    try:
+        if os.path.getsize(path) > _MAX_INDEX_BYTES:
+            raise CheckpointError(f"{path} is larger than any index.json ({_MAX_INDEX_BYTES // 2**20} MiB); is it the right file?")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is not a readable JSON index ({err}); copy or save the UNet again") from err
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{path} has no `weight_map` (parameter name → shard file); copy or save the UNet again")
+    shards = set()
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard or shard in (".", "..") or "/" in shard or "\\" in shard \
+                or "\x00" in shard or os.path.isabs(shard):
+            raise CheckpointError(f"{path}: the shard of {str(key)[:80]!r} is {str(shard)[:80]!r}; shards are file names "
+                                  "in the index's own folder")
+        shards.add(shard)
+    return sorted(shards)
+
+
 def read_state_dict(path: str, fetch=None) -> dict[str, torch.Tensor]:
     """Tensors of a .safetensors / .bin file (pickles with weights_only=True), or of the shards an
     index.json names (`fetch(shard_name) -> path` resolves them)."""
     if path.endswith(".index.json"):
-        with open(path) as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
-        fetch = fetch or (lambda shard: os.path.join(os.path.dirname(path), shard))
+        shards = index_shards(path)
+        folder = os.path.dirname(path)
+        fetch = fetch or (lambda shard: os.path.join(folder, shard))
         state: dict[str, torch.Tensor] = {}
         for shard in shards:
-            state.update(read_state_dict(fetch(shard)))
+            shard_path = fetch(shard)
+            if shard_path is None or not os.path.isfile(shard_path):
+                raise CheckpointError(f"{path} names the shard {shard!r}, which is not there; copy the whole folder again")
+            real, root = os.path.realpath(shard_path), os.path.realpath(os.path.dirname(shard_path))
+            if os.path.dirname(real) != root and os.path.isdir(folder):  # a link out of the folder
+                raise CheckpointError(f"{path}: the shard {shard!r} links outside its folder; shards must be files in it")
+            state.update(read_state_dict(shard_path))
         return state
     try:
         if path.endswith(".safetensors"):
