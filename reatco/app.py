@@ -24,7 +24,7 @@ def build_app(cfg):
     from gradio_image_annotation import image_annotator
 
     from .interactive import (EditSession, ObjectDraft, build_config, candidate_words, drafts_from_config, scale_box,
-                              upscale)
+                              uploaded_path, upscale)
     from .regions import interpolate_keyframes
     from .tokens import load_tokenizer, token_table
 
@@ -113,7 +113,7 @@ def build_app(cfg):
         # ------------------------------------------------------------------ events (each a library call)
 
         def on_open(path, uploaded, src_prompt, e_prompt, drafts):
-            path = uploaded or path
+            path = uploaded_path(uploaded) or uploaded_path(path) or ""
             try:
                 frames = session.frames(current_config(path, src_prompt, e_prompt, []))
             except ConfigError as err:

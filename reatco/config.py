@@ -870,6 +870,14 @@ def _writable_folder(path, field_: str) -> None:
         raise ConfigError(field_, f"{p} cannot be created: {probe} is a file")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise ConfigError(field_, f"{p} cannot be written: {probe} is not writable")
+    # os.access says yes to root everywhere, and /proc or a read-only mount refuse anyway: try it
+    # (an empty temp folder, removed at once)
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".reatco-write-check-", dir=probe))
+    except OSError as err:
+        raise ConfigError(field_, f"{p} cannot be written ({err.strerror or err} in {probe}); choose another folder") from None
 
 
 def validate_rad(rad: RADConfig, steps: Optional[int], p: str = "rad") -> None:
@@ -1027,7 +1035,9 @@ def _validate_video(v: VideoConfig, cfg: ReAtCoConfig, check_paths: bool) -> Non
 
     _require(bool(v.path), "video.path", "is required: an mp4 (or avi, mov, ...) file or a folder of jpg/png frames")
     if check_paths:
-        _require(os.path.exists(v.path), "video.path", f"{v.path} does not exist")
+        _require(os.path.exists(v.path), "video.path",
+                 f"{v.path} does not exist; give a video file or a folder of frames (the paper's clips are not "
+                 "shipped: data/README.md says where to get them and where they go)")
     if cfg.tune.enabled and cfg.model.tuned_unet is None:
         _require(bool(v.prompt.strip()), "video.prompt", "is empty; describe the source video (tuning uses it)")
     check_size(v.height, v.width, multiple=8, field="video")

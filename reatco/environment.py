@@ -37,3 +37,44 @@ def package_versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "accelerate": accelerate.__version__,
     }
+
+
+def _looks_like_path(name: str) -> bool:
+    """A path rather than a hub id (`org/name`): absolute, ./ ../ ~, or more than one '/'."""
+    import os
+
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or (os.sep != "/" and os.sep in name)
+
+
+def check_model_available(name, field: str = "model.pretrained", marker: str = "model_index.json",
+                          what: str = "Stable Diffusion layout") -> None:
+    """Weights that cannot be had fail here, in seconds and before any work, with one line that
+    names `field` and what to do — not after token tables, tuning set-up and the hub client's
+    retries with back-off. A local folder must exist; a hub id must be in the local Hugging Face
+    cache (its `marker` file) or the hub reachable."""
+    import os
+
+    from .tokens import _hub_reachable
+
+    text = os.fspath(name)
+    local = os.path.expanduser(text)
+    if os.path.isdir(local):
+        return
+    if os.path.exists(local) or _looks_like_path(text):
+        raise ConfigError(field, f"{text} is not a folder; give a folder in {what} or a hub id (org/name)")
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(text, marker)
+    except Exception:  # an id the hub client refuses (bad characters): the message below says it all
+        cached = None
+    if isinstance(cached, str):
+        return
+    from huggingface_hub import constants
+
+    offline = bool(constants.HF_HUB_OFFLINE)
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
+        raise ConfigError(field, f"{text} is not in the local Hugging Face cache and {why}: download it once with a "
+                                 f"connection (`huggingface-cli download {text}`) and then run with HF_HUB_OFFLINE=1, "
+                                 f"or give a local folder in {what}")

@@ -73,13 +73,85 @@ def write_json_atomic(path: str | os.PathLike, data, **dump_options) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, **dump_options) + "\n")
 
 
+def _process_start(pid: int) -> str | None:
+    """A process's start time (Linux: /proc/<pid>/stat field 22), which tells a live owner from a
+    later process that reuses its pid; None where it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_record() -> str:
+    return json.dumps({"pid": os.getpid(), "start": _process_start(os.getpid()), "host": os.uname().nodename})
+
+
+def _owner_is_dead(marker: Path) -> bool:
+    """True only when the marker proves its run is gone: same host, and its pid is not running
+    (or runs a later process). Anything unclear (another host, an unreadable marker) counts as
+    alive: a stale folder left is harmless, one removed under a live run is not."""
+    try:
+        owner = json.loads(marker.read_text())
+        pid, start, host = int(owner["pid"]), owner.get("start"), owner.get("host")
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != os.uname().nodename or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # running, as another user
+        return False
+    return start is not None and _process_start(pid) not in (None, start)
+
+
+def clean_stale_partials(final: str | os.PathLike) -> list[Path]:
+    """Remove the `.<name>.partial-XXXX/` folders beside `final` whose runs died (killed with
+    SIGKILL, a crash of the machine): each run records its owner beside its folder, and only a
+    folder whose owner is provably gone is removed. Returns what was removed."""
+    final = Path(final)
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for marker in final.parent.glob(f".{glob_escape(final.name)}.partial-*.owner"):
+        folder = marker.with_suffix("")
+        if _owner_is_dead(marker):
+            remove_quietly(folder)
+            remove_quietly(marker)
+            removed.append(folder)
+            logger.info("removed %s, left by a run that was killed", folder)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
 def new_partial_dir(final: str | os.PathLike) -> Path:
-    """A fresh folder `.<name>.partial-XXXX` beside `final`, private to this run."""
+    """A fresh folder `.<name>.partial-XXXX` beside `final`, private to this run (its owner
+    recorded in `.<name>.partial-XXXX.owner`, so that a later run removes it should this one be
+    killed); the stale folders of killed runs are removed first."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_partials(final)
     folder = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
     honour_umask(folder, directory=True)
+    with contextlib.suppress(OSError):
+        folder.with_name(folder.name + ".owner").write_text(_owner_record())
     return folder
+
+
+class ResultExistsError(FileExistsError):
+    """replace_dir(..., replace_finished=False) found a finished result in place: the new one
+    was moved to `kept` instead."""
+
+    def __init__(self, final: Path, kept: Path):
+        super().__init__(f"{final} holds a finished result; the new one was kept in {kept}")
+        self.final, self.kept = final, kept
 
 
 @contextlib.contextmanager
@@ -110,13 +182,26 @@ def lock_path(final: str | os.PathLike) -> Path:
     return final.parent / f".{final.name}.lock"
 
 
-def replace_dir(new: str | os.PathLike, final: str | os.PathLike) -> Path:
+def replace_dir(new: str | os.PathLike, final: str | os.PathLike, replace_finished: bool = True,
+                finished_marker: str = "report.json") -> Path:
     """Move the finished folder `new` to `final`, replacing what was there only once `new` is
     complete: a crash leaves either the old result or the new one, never a mix. Concurrent calls
-    for one `final` take turns (each leaves a complete folder; the last one stays)."""
+    for one `final` take turns (each leaves a complete folder; the last one stays).
+
+    replace_finished=False: where `final` holds a finished result (its `finished_marker` file),
+    checked under the lock at the moment of replacing, `new` is moved beside it as
+    `<name>.kept-XXXX` instead and ResultExistsError raised: another run that finished meanwhile
+    is never silently replaced, and this run's work is not lost."""
     new, final = Path(new), Path(final)
     honour_umask(new, directory=True)
+    owner = new.with_name(new.name + ".owner")
     with file_lock(lock_path(final), f"writing {final}"):
+        if not replace_finished and (final / finished_marker).is_file():
+            kept = Path(tempfile.mkdtemp(prefix=f"{final.name}.kept-", dir=final.parent))
+            os.replace(new, kept)
+            honour_umask(kept, directory=True)
+            remove_quietly(owner)
+            raise ResultExistsError(final, kept)
         if final.exists() and _exchange(new, final):
             old = new  # it now holds the previous result: readers never saw `final` missing
         else:
@@ -124,6 +209,7 @@ def replace_dir(new: str | os.PathLike, final: str | os.PathLike) -> Path:
             if final.exists():
                 os.replace(final, old)
             os.replace(new, final)
+        remove_quietly(owner)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -141,8 +227,12 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def remove_quietly(path: str | os.PathLike) -> None:
-    """Remove a temp file or folder of this run, whatever state it is in."""
+    """Remove a temp file or folder of this run, whatever state it is in (a partial folder's
+    owner record with it)."""
     path = Path(path)
+    if ".partial-" in path.name and not path.name.endswith(".owner"):
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + ".owner").unlink()
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:

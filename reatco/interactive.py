@@ -6,6 +6,7 @@ on every frame, and runs that reuse the loaded model, the tuned UNet and the inv
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,19 +78,55 @@ def build_config(base, video_path: str, source_prompt: str, edit_prompt: str, dr
     """A validated config: `base` (a config) with the clip, the prompts and one edit of `drafts`
     (objects without a word are left out; no edit when none has one)."""
     raw = config_to_dict(base)
-    raw["video"]["path"] = video_path
+    raw["video"]["path"] = uploaded_path(video_path) or video_path
     raw["video"]["prompt"] = source_prompt
     objects = [d.as_config() for d in drafts if d.word]
     raw["edits"] = [{"name": name, "prompt": edit_prompt, "objects": objects}] if objects else []
     return config_from_dict(raw)
 
 
+def uploaded_path(value) -> str | None:
+    """What a Gradio upload gives (a NamedString — a str subclass OmegaConf refuses —, a file
+    object with .name, a {"path": …} dict, or a list of them for several frames) → a plain path;
+    several uploaded images are linked into one folder of frames, in the order of their names."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, (list, tuple)):
+        paths = [uploaded_path(v) for v in value]
+        paths = [p for p in paths if p]
+        if len(paths) == 1:
+            return paths[0]
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="reatco-upload-"))
+        for k, p in enumerate(sorted(paths, key=lambda q: Path(q).name)):
+            (folder / f"{k:05d}{Path(p).suffix.lower()}").symlink_to(Path(p).resolve())
+        return str(folder)
+    if isinstance(value, dict):
+        value = value.get("path") or value.get("name")
+    elif not isinstance(value, (str, os.PathLike)) and hasattr(value, "name"):
+        value = value.name
+    return None if value is None else "".join(os.fspath(value))  # "".join: a plain str, never the subclass
+
+
+def clip_stamp(path) -> list:
+    """Size, mtime and inode of the clip's file (or of every frame of its folder): a clip changed
+    on disk gives another stamp, so the session reads and inverts it again."""
+    p = Path(os.fspath(path))
+    try:
+        files = sorted(p.iterdir()) if p.is_dir() else [p]
+        return [[f.name, *(lambda st: (st.st_size, st.st_mtime_ns, st.st_ino))(f.stat())] for f in files if f.is_file()]
+    except OSError:
+        return []
+
+
 def _runner_key(cfg) -> str:
     """Everything that decides the model, the tuning and the inversion: a runner is reused while it
-    is the same (edits and output names do not matter)."""
+    is the same (edits and output names do not matter), the clip's files on disk included."""
     raw = config_to_dict(cfg)
     for key in ("edits", "save_attention", "save_gif", "save_frames"):
         raw.pop(key, None)
+    raw["clip_files"] = clip_stamp(cfg.video.path)
     return json.dumps(raw, sort_keys=True, default=str)
 
 

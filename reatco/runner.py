@@ -21,7 +21,7 @@ from .arguments import pipeline_arguments
 from .config import edit_config, save_config
 from .environment import package_versions, resolve_device
 from .errors import ConfigError, check_finite
-from .files import new_partial_dir, remove_quietly, replace_dir
+from .files import ResultExistsError, new_partial_dir, remove_quietly, replace_dir
 from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
 from .inversion import inversion_cache_key, load_or_invert
 from .rad import word_labels
@@ -85,9 +85,12 @@ def source_origin(src) -> str:
 class EditRunner:
     """Holds one config's model, source video and inversion; runs its edits one by one."""
 
-    def __init__(self, cfg, progress: bool = True):
+    def __init__(self, cfg, progress: bool = True, overwrite: bool = True):
         self.cfg = cfg
         self.progress = progress
+        # False (scripts/edit.py without --overwrite): a finished edit folder is never replaced,
+        # checked at the moment of replacing (a concurrent run may have finished meanwhile)
+        self.overwrite = overwrite
         self.device = resolve_device(cfg.model.device)
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
         self.timings: dict[str, float] = {}
@@ -198,6 +201,14 @@ class EditRunner:
         tune.output_dir holds a UNet of another setup."""
         self.source_video()
         cfg = self.cfg
+        from .environment import check_model_available
+
+        check_model_available(cfg.model.pretrained, "model.pretrained")
+        for k, edit in enumerate(cfg.edits):  # detectors of found regions: loaded after the model, checked now
+            for j, obj in enumerate(edit.objects):
+                if obj.source is not None and obj.source.detector:
+                    check_model_available(obj.source.detector, f"edits[{k}].objects[{j}].source.detector",
+                                          marker="config.json", what="OWL-ViT / OWLv2 layout (config.json)")
         if not cfg.model.tuned_unet and cfg.tune.enabled:
             from .tuning import check_output_dir, tuned_unet_dir
 
@@ -421,7 +432,12 @@ class EditRunner:
         save_config(cfg, partial / "config.yaml", relative_inputs=True)  # reruns from where it lies
         with open(partial / "report.json", "w") as f:
             json.dump(result.report, f, indent=2)
-        return replace_dir(partial, final)
+        try:
+            return replace_dir(partial, final, replace_finished=self.overwrite)
+        except ResultExistsError as err:
+            raise ConfigError("--overwrite", f"{final} was finished by another run while this one was editing; nothing "
+                              f"was replaced: this run's result is in {err.kept} (compare them, keep one, or rerun "
+                              "with --overwrite)") from None
 
     def write_regions_png(self, prepared: PreparedEdit, path: Path) -> None:
         """Every source frame with the regions outlined, frame numbers, and a legend of the words."""
@@ -429,6 +445,9 @@ class EditRunner:
 
         from .visualize import regions_sheet
 
+        from .files import atomic_file
+
         frames = self.source_frames()
         known = [(r, o.word) for r, o in zip(prepared.regions, prepared.edit.objects) if r is not None]  # found ones: at run time
-        Image.fromarray(regions_sheet(frames, [r for r, _ in known], [w for _, w in known])).save(path)
+        with atomic_file(path, suffix=".png") as tmp:
+            Image.fromarray(regions_sheet(frames, [r for r, _ in known], [w for _, w in known])).save(tmp)

@@ -56,7 +56,7 @@ def _main(argv=None) -> int:
     start_run(args.threads)
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     cfg = load_config(args.config, overrides)
-    runner = EditRunner(cfg, progress=not args.quiet)
+    runner = EditRunner(cfg, progress=not args.quiet, overwrite=args.overwrite)
     prepared = runner.prepare(only=args.only)
     done = [] if args.overwrite or args.dry_run else finished_edits(prepared, cfg.output_dir)
     if done:
@@ -74,9 +74,11 @@ def _main(argv=None) -> int:
         for obj, idx in zip(item.edit.objects, item.token_indices):
             print(f"  {obj.word!r} -> token indices {idx}")
         if args.dry_run:
-            out.mkdir(parents=True, exist_ok=True)
-            runner.write_regions_png(item, out / "regions.png")
-            print(f"  regions drawn in {out / 'regions.png'}")
+            # a finished edit's regions.png describes its frames: the dry run draws beside it
+            drawing = out.parent / f"{out.name}.dry-run-regions.png" if (out / "report.json").is_file() else out / "regions.png"
+            drawing.parent.mkdir(parents=True, exist_ok=True)
+            runner.write_regions_png(item, drawing)
+            print(f"  regions drawn in {drawing}")
             for obj, region in zip(item.edit.objects, item.regions):
                 if region is None:
                     print(f"  {obj.word!r}: region found when the edit runs (from the source video)")

@@ -113,7 +113,7 @@ def _main(argv=None) -> int:
         path = ev.score_path(args.out, edit)
         start = time.perf_counter()
         frames = run.predictions(args, edit, prompts)
-        inputs = run.config_inputs(edit, frames)
+        inputs = run.config_inputs(edit, frames, ev.prediction_folder(args.pred_root, edit, args.ablation))
         digest = ev.inputs_digest(edit, inputs)  # scores belong to the frames they scored
         if ev.is_finished(ev.read_json(path), metrics, settings.record(), digest):
             skipped += 1

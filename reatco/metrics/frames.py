@@ -37,8 +37,14 @@ def to_pil_frames(frames, size: tuple[int, int] | None = LOVEU_SIZE) -> list[Ima
             raise ValueError(f"expected frames (F, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
         images = [Image.fromarray(f) for f in frames]
     else:
-        images = [f if isinstance(f, Image.Image) else Image.open(f) for f in frames]
+        from ..video import image_to_uint8, load_image
+
+        images = [Image.fromarray(image_to_uint8(f)) if isinstance(f, Image.Image) else Image.fromarray(load_image(f, "frames"))
+                  for f in frames]
     images = [im.convert("RGB") for im in images]
+    if size is None and len({im.size for im in images}) > 1:
+        sizes = sorted({im.size for im in images})
+        raise ConfigError("frames", f"the frames differ in size ({', '.join(f'{w}×{h}' for w, h in sizes)}); give frames of one size")
     if size is not None:
         # No resample argument on purpose: the official evaluator uses PIL's default filter.
         images = [im.resize(tuple(size)) for im in images]

@@ -62,8 +62,13 @@ def read_loveu_csv(path: str | os.PathLike) -> list[LoveuVideo]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("data_root", f"{path} not found; --data_root must hold {CSV_NAME}")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    from ..region_files import read_text_file
+
+    text = read_text_file(path, str(path), "LOVEU-TGVE CSV")  # UTF-8 (with or without a BOM), size-capped
+    try:
+        rows = list(csv.reader(text.splitlines()))
+    except csv.Error as err:
+        raise ConfigError(str(path), f"not a readable CSV: {err}") from err
     header, columns = None, {}
     subset, videos, seen = None, [], set()
     for line, row in enumerate(rows, start=1):

@@ -48,6 +48,13 @@ def check_predictions(args, edits) -> None:
     """Every edit needs predictions or a way to make them (scores are reused only for the very
     frames they scored, so the frames must be there either way)."""
     missing = [e for e in edits if not has_frames(ev.prediction_folder(args.pred_root, e, args.ablation))]
+    for e in edits:  # found regions are known only to the run that found them
+        folder = ev.prediction_folder(args.pred_root, e, args.ablation)
+        if e not in missing and regions_file(folder) is None and needs_found_regions(e):
+            raise ConfigError("--pred_root", f"{e.key}: its objects find their regions in the source clip (source:), "
+                                             f"so scoring needs the regions.json the edit's run wrote, beside the frames "
+                                             f"in {folder} (scripts/edit.py writes it into the edit's folder); or remove "
+                                             "the predictions so that eval_loveu.py runs the edit")
     if not missing:
         return
     first = ev.prediction_folder(args.pred_root, missing[0], args.ablation)
@@ -60,6 +67,14 @@ def check_predictions(args, edits) -> None:
                                          f"edit runner cannot be imported ({err}); provide predictions or use --no_run") from err
     if any(e.config is None for e in missing) and not Path(args.base_config).is_file():
         raise ConfigError("--base_config", f"{args.base_config} not found; LOVEU edits without predictions are run with it")
+    # the edits that will run need their weights: one clear line now, not a traceback after the first edit
+    from ..config import load_config
+    from ..environment import check_model_available
+
+    configs = sorted({str(e.config) for e in missing if e.config is not None})
+    configs += [str(args.base_config)] if any(e.config is None for e in missing) else []
+    for path in configs:
+        check_model_available(load_config(path, check_paths=False).model.pretrained, f"{path}: model.pretrained")
 
 
 def check_out(out) -> None:
@@ -137,11 +152,15 @@ def run_edit(config_path: str, edit_name: str, overrides, out_dir: Path) -> np.n
         _RUNNERS[key] = EditRunner(load_config(config_path, list(overrides)), progress=False)
     runner = _RUNNERS[key]
     prepared = runner.prepare(only=edit_name)[0]
-    return runner.run(prepared, out_dir=out_dir).frames
+    result = runner.run(prepared, out_dir=out_dir)
+    return result.frames
 
 
-def save_prediction(frames: np.ndarray, folder: Path, loveu: bool) -> None:
-    """Official layout: 00000.jpg ... at 480x480 for LOVEU; lossless png for our configs (fidelity)."""
+def save_prediction(frames: np.ndarray, folder: Path, loveu: bool, run_dir: Path | None = None) -> None:
+    """Official layout: 00000.jpg ... at 480x480 for LOVEU; lossless png for our configs (fidelity).
+    The run's regions.json (and its masks/) go along: found regions are scored from it."""
+    import shutil
+
     from PIL import Image
 
     tmp = new_partial_dir(folder)  # private to this run
@@ -152,6 +171,10 @@ def save_prediction(frames: np.ndarray, folder: Path, loveu: bool) -> None:
                 image.resize((480, 480), Image.BICUBIC).save(tmp / f"{i:05d}.jpg", quality=95)
             else:
                 image.save(tmp / f"{i:05d}.png")
+        if run_dir is not None and (Path(run_dir) / "regions.json").is_file():
+            shutil.copy2(Path(run_dir) / "regions.json", tmp / "regions.json")
+            if (Path(run_dir) / "masks").is_dir():
+                shutil.copytree(Path(run_dir) / "masks", tmp / "masks")
         replace_dir(tmp, folder)
     except BaseException:
         remove_quietly(tmp)
@@ -168,15 +191,68 @@ def predictions(args, edit: ev.EvalEdit, prompts: dict) -> np.ndarray:
         overrides = ev.VARIANTS.get(edit.variant, ())
         run_dir = Path(args.out) / "runs" / edit.variant / edit.subset / edit.video / edit.category
         frames = run_edit(config, edit.category, overrides, run_dir)
-        save_prediction(frames, folder, loveu=edit.config is None)
-    return to_uint8_frames(list_frame_files(folder, field="--pred_root"))
+        save_prediction(frames, folder, loveu=edit.config is None, run_dir=run_dir)
+    files = list_frame_files(folder, field="--pred_root")
+    try:
+        return to_uint8_frames(files)
+    except ConfigError as err:  # not an image, frames of mixed sizes: name the folder and the flag
+        raise ConfigError("--pred_root", f"{folder}: {err.message if hasattr(err, 'message') else err}") from None
 
 
 # ---------------------------------------------------------------------------- regions and source of config edits
 
 
-def config_inputs(edit: ev.EvalEdit, frames: np.ndarray) -> ev.EditInputs:
-    """Source frames and region masks of a config edit, at the predictions' size."""
+def regions_file(pred_folder: Path | None) -> Path | None:
+    """The regions.json the edit's run wrote (found regions are only known to the run), kept
+    beside the predicted frames."""
+    if pred_folder is not None and (Path(pred_folder) / "regions.json").is_file():
+        return Path(pred_folder) / "regions.json"
+    return None
+
+
+def needs_found_regions(edit: ev.EvalEdit) -> list[int]:
+    """The objects of a config edit whose regions come from `source:` (found when it runs)."""
+    if edit.config is None:
+        return []
+    from ..config import load_config
+
+    cfg = load_config(edit.config, check_paths=False)
+    return [j for j, o in enumerate(cfg.edits[edit.edit_index].objects) if o.source is not None]
+
+
+def edit_regions(cfg, edit: ev.EvalEdit, pred_folder: Path | None = None) -> list:
+    """Each object's region as the edit used it: typed regions and boxes files read at the clip's
+    frames (video.start_frame / frame_stride, the source's own size), found ones (`source:`) from
+    the regions.json its run wrote."""
+    from ..regions import parse_region
+    from ..region_files import read_boxes_file
+    from ..video import native_frame_size
+
+    v = cfg.video
+    objects = cfg.edits[edit.edit_index].objects
+    native = native_frame_size(v.path) if any(o.boxes_file for o in objects) else None
+    regions = []
+    for j, o in enumerate(objects):
+        field = f"edits[{edit.edit_index}].objects[{j}]"
+        if o.source is not None:
+            found = regions_file(pred_folder)
+            if found is None:
+                raise ConfigError("--pred_root", f"{edit.key}: {field} finds its region in the source clip (source:), "
+                                                 "so scoring needs the regions.json its run wrote: put it beside the "
+                                                 "predicted frames (scripts/edit.py writes it into the edit's folder), "
+                                                 "or remove the predictions so that eval_loveu.py runs the edit")
+            regions.append(read_boxes_file(found, v.n_frames, v.height, v.width, cfg.model.attention_cell_px,
+                                           track=j, start_frame=v.start_frame, frame_stride=v.frame_stride,
+                                           field=f"{field}.source"))
+            continue
+        regions.append(parse_region(o, v.n_frames, v.height, v.width, cfg.model.attention_cell_px, field=field,
+                                    start_frame=v.start_frame, frame_stride=v.frame_stride, native_size=native))
+    return regions
+
+
+def config_inputs(edit: ev.EvalEdit, frames: np.ndarray, pred_folder: Path | None = None) -> ev.EditInputs:
+    """Source frames and region masks of a config edit, at the predictions' size (`pred_folder`:
+    where the predictions lie, with the regions.json of found regions)."""
     if edit.config is None:
         return ev.EditInputs(frames)
     from PIL import Image
@@ -194,9 +270,6 @@ def config_inputs(edit: ev.EvalEdit, frames: np.ndarray) -> ev.EditInputs:
     if source.shape[1:3] != (height, width):
         source = np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BICUBIC)) for f in source])
     objects = cfg.edits[edit.edit_index].objects
-    masks = np.stack([
-        np.asarray(parse_region(o, v.n_frames, v.height, v.width, cfg.model.attention_cell_px,
-                                field=f"edits[{edit.edit_index}].objects[{j}]").masks(n, height, width)) > 0.5
-        for j, o in enumerate(objects)
-    ]) if objects else None
+    regions = edit_regions(cfg, edit, pred_folder)
+    masks = np.stack([np.asarray(r.masks(n, height, width)) > 0.5 for r in regions]) if objects else None
     return ev.EditInputs(frames, source, masks, edit.objects)
