@@ -14,12 +14,22 @@ from typing import Any
 
 
 def _edit(cfg, edit):
+    from .config import EditConfig, ReAtCoConfig
+    from .errors import ConfigError
+
+    if not isinstance(cfg, ReAtCoConfig):
+        raise TypeError(f"pipeline_arguments takes a loaded config (reatco.load_config(path)), got {type(cfg).__name__}")
     edits = list(cfg.edits)
     if edit is None:
         if not edits:
             raise ValueError("the config has no edits; add one under edits: or pass edit=EditConfig(...)")
         return edits[0]
+    if isinstance(edit, bool) or not isinstance(edit, (int, str, EditConfig)):
+        raise TypeError(f"edit is an edit's name, its index or an EditConfig, got {type(edit).__name__}")
     if isinstance(edit, int):
+        if not -len(edits) <= edit < len(edits):
+            raise ConfigError("edit", f"index {edit} is out of range: the config has {len(edits)} edit(s) "
+                                      f"{[e.name for e in edits]}; give an index below {len(edits)} or a name")
         return edits[edit]
     if isinstance(edit, str):
         for e in edits:

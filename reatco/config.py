@@ -5,10 +5,13 @@ loaded first (recursively) and the file is merged over it. Overrides use OmegaCo
 form (`sampling.seed=7`, `edits.0.prompt=...`). Unknown keys are rejected with a suggestion,
 wrong types and bad values with a `ConfigError` naming the field — all before any model loads.
 
-Relative file paths in a YAML file are taken from that file's folder and made absolute:
-`video.path` and object `mask`s always, `model.pretrained` / `model.tuned_unet` only when such a
-folder exists (otherwise they are hub ids). Output folders (`output_dir`, `cache_dir`, `tune.output_dir`,
-`inversion.cache_dir`) stay relative to the working directory, like any command-line path.
+One rule for relative paths: a path written in a YAML file is relative to that file's folder
+(made absolute on loading): `video.path`, object `mask`s and `boxes_file`s, the output folders
+(`output_dir`, `cache_dir`, `tune.output_dir`, `inversion.cache_dir`), and `model.pretrained` /
+`model.tuned_unet` when such a folder exists (otherwise they are hub ids). A path given on the
+command line (`--output_dir`, `--set key=path`) or from Python is relative to the working
+directory, as any command-line path; a folder left null gets its default there
+(`outputs/<config file stem>`).
 
 A local model folder may carry its own defaults (`reatco_defaults.json`, model_defaults.py): they
 take the place of the library's for every setting that no file and no override sets.
@@ -332,7 +335,7 @@ class ReAtCoConfig:
     irjs: IRJSConfig = field(default_factory=IRJSConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     edits: List[EditConfig] = field(default_factory=list)
-    # Results folder (relative to the working directory); null: outputs/<config file stem>.
+    # Results folder (in a YAML: relative to the file; null: outputs/<config file stem> in the working directory).
     output_dir: Optional[str] = None
     # Tuned UNets and inversions, shared by every output folder; null: $REATCO_CACHE_DIR, else
     # ~/.cache/reatco. Entries are keyed by content, so a changed input is never served stale.
@@ -457,6 +460,10 @@ def _is_local(value) -> bool:
     return isinstance(value, str) and value != "" and "${" not in value
 
 
+# (section or "" for the top level, key): the folders a run writes into.
+_OUTPUT_KEYS = (("", "output_dir"), ("", "cache_dir"), ("tune", "output_dir"), ("inversion", "cache_dir"))
+
+
 def _resolve_paths(raw: dict, folder: Path) -> None:
     """Make a file's relative input paths absolute, taken from the file's own folder."""
     def absolute(p: str) -> str:
@@ -466,6 +473,11 @@ def _resolve_paths(raw: dict, folder: Path) -> None:
     video = raw.get("video")
     if isinstance(video, dict) and _is_local(video.get("path")):
         video["path"] = absolute(video["path"])
+    # output folders too: every path a YAML file writes is relative to that file (docs: one rule)
+    for section, key in _OUTPUT_KEYS:
+        node = raw.get(section) if section else raw
+        if isinstance(node, dict) and _is_local(node.get(key)):
+            node[key] = absolute(node[key])
     model = raw.get("model")
     if isinstance(model, dict):
         for key in ("pretrained", "tuned_unet"):
@@ -752,6 +764,7 @@ def _relative_inputs(d: dict, folder: Path) -> dict:
     for edit in d["edits"]:
         for obj in edit["objects"]:
             obj["mask"] = rel(obj["mask"])
+            obj["boxes_file"] = rel(obj.get("boxes_file"))
     return d
 
 
@@ -762,11 +775,15 @@ def save_config(cfg, path, relative_inputs: bool = False) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     data = config_to_dict(cfg)
+    for section, key in _OUTPUT_KEYS:  # as they were meant when the run read them (a saved file moves)
+        node = data.get(section) if section else data
+        if isinstance(node, dict) and _is_local(node.get(key)):
+            node[key] = os.path.abspath(os.path.expanduser(node[key]))
     if relative_inputs and "video" in data:
         data = _relative_inputs(data, path.parent)
     text = "# Resolved reatco config: every value, base configs and overrides applied.\n"
     if relative_inputs:
-        text += "# Input paths are relative to this file's folder; output folders to the working directory.\n"
+        text += "# Input paths are relative to this file's folder; output folders are absolute.\n"
     text += OmegaConf.to_yaml(OmegaConf.create(data))
     from .files import write_text_atomic
 

@@ -7,6 +7,7 @@ import contextlib
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -28,6 +29,7 @@ from .irjs import InvariantRegion
 from .inversion import ddim_inversion
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
 from .models import TuneAVideoUNet, rad_attention_layers
+from .models.unet import cast_dtype
 from .rad_guidance import RADGuidance
 from .region_noise import anchor_object_latents, tracked_noise
 from .regions import object_masks
@@ -130,7 +132,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         elif not isinstance(unet, TuneAVideoUNet) and isinstance(unet, UNet2DConditionModel):
             unet = TuneAVideoUNet.from_unet2d(unet)
         if dtype is not None and unet.dtype != dtype:  # a UNet object given in another dtype
-            unet = unet.to(dtype=dtype)
+            unet = cast_dtype(unet, dtype)
         if scheduler is None:
             scheduler = DDIMScheduler.from_pretrained(pretrained_model_name_or_path, subfolder="scheduler", **hub_kwargs)
         if _is_own_shim(pretrained_model_name_or_path):  # our saved folder: its one-line import is ours
@@ -304,6 +306,14 @@ class ReAtCoPipeline(DiffusionPipeline):
         check_prompt_length(tokens, bool(objects) and rad.enabled and rad.normalize_eot, "prompt")
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
+        if self._execution_device.type == "cpu" and self.unet.dtype in (torch.float16, torch.bfloat16):
+            warnings.warn(f"the pipeline runs in {str(self.unet.dtype).replace('torch.', '')} on a CPU: CPU kernels for "
+                          "half precision are slow (an edit ran 13x slower than in float32) and less exact; load it "
+                          "with dtype=torch.float32 on a CPU", stacklevel=3)
+        n_train = self.scheduler.config.num_train_timesteps
+        if num_inference_steps > n_train:
+            raise ConfigError("num_inference_steps", f"{num_inference_steps} is more than the scheduler's {n_train} "
+                                                     f"training steps; use at most {n_train} (50 is usual)")
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
         return CallSettings(tokens.text, tokens, generator, num_inference_steps, guidance_scale, negative_prompt, start_in_regions,
                             rad, irjs, window, cell_px, tuple(callback_on_step_end_tensor_inputs))

@@ -93,6 +93,10 @@ class EditRunner:
         self.overwrite = overwrite
         self.device = resolve_device(cfg.model.device)
         self.dtype = resolve_dtype(cfg.model.dtype, self.device)
+        if self.device.type == "cpu" and self.dtype != torch.float32:
+            logger.warning("model.dtype is %s on a CPU: CPU kernels for half precision are slow (an edit ran 13x "
+                           "slower than in float32) and less exact; use model.dtype: float32 (or auto) on a CPU",
+                           str(self.dtype).replace("torch.", ""))
         self.timings: dict[str, float] = {}
         self._tokenizer = None
         self._video: torch.Tensor | None = None
@@ -210,7 +214,9 @@ class EditRunner:
                     check_model_available(obj.source.detector, f"edits[{k}].objects[{j}].source.detector",
                                           marker="config.json", what="OWL-ViT / OWLv2 layout (config.json)")
         if not cfg.model.tuned_unet and cfg.tune.enabled:
-            from .tuning import check_output_dir, tuned_unet_dir
+            from .tuning import check_output_dir, check_trainable_modules, tuned_unet_dir
+
+            check_trainable_modules(cfg.model.pretrained, cfg.tune.trainable_modules)
 
             key, _ = self.tune_key()
             check_output_dir(tuned_unet_dir(cfg, key), bool(cfg.tune.overwrite), key)
@@ -280,7 +286,9 @@ class EditRunner:
             result = tune_from_config(cfg, video=self.source_video(), progress=self.progress, key=key, parts=parts)
             if result.reused:
                 logger.info("using the UNet tuned with this exact setup in %s", result.folder)
-                unet = result.unet.to(self.dtype) if self.dtype != torch.float32 else result.unet
+                from .models.unet import cast_dtype
+
+                unet = cast_dtype(result.unet, self.dtype) if self.dtype != torch.float32 else result.unet
             else:
                 self.timings["tune"] = time.perf_counter() - start
                 unet = load_tuned(result.folder, torch_dtype=self.dtype, field="tune.output_dir")

@@ -10,7 +10,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from .config import value_of
 from .errors import ConfigError
@@ -259,8 +259,27 @@ def resolve_objects_tokens(tokenizer, prompt: "str | PromptTokens", objects, fie
             owner[i] = j
         if len(indices) > 1:
             logger.info("%s", describe_tokens(tokenizer, prompt, word, indices))
+        warn_if_shattered(prompt, word, indices, field)
         result.append(indices)
     return result
+
+
+# A word the tokenizer splits into this many pieces or more (per whitespace word) is most likely
+# one the model never learnt: SD's CLIP has one token for nearly every English word.
+SHATTERED_PIECES = 3
+
+
+def warn_if_shattered(prompt: "PromptTokens", word: str, indices: Sequence[int], field: str) -> bool:
+    """Warn when `word` is split into many pieces ("elephant" on the shapes model: 6): RAD then
+    steers word pieces the model has no object for, and the edit runs without drawing it."""
+    words = max(1, len(word.split()))
+    if len(indices) < SHATTERED_PIECES * words:
+        return False
+    pieces = [prompt.tokens[i] for i in indices]
+    logger.warning("%s: the tokenizer splits %r into %d pieces (%s): the model most likely does not know the word, "
+                   "and RAD cannot place an object it has no word for; use a word the model knows (see the token "
+                   "table: known words are one token each)", field, word, len(indices), " ".join(pieces))
+    return True
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:

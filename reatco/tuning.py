@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -51,6 +52,34 @@ class TuneResult:
 
 # ----------------------------------------------------------------------------- pieces
 
+def check_trainable_modules(pretrained, patterns: Sequence[str], field: str = "tune.trainable_modules") -> None:
+    """Before any weights load or tuning starts: every pattern names a module of the model's UNet,
+    built from a local folder's unet/config.json on the meta device (no weights, no memory).
+    Hub ids are checked when the UNet is there (select_trainable)."""
+    import json
+
+    from .models import TuneAVideoUNet
+
+    config_file = Path(os.path.expanduser(str(pretrained))) / "unet" / "config.json"
+    if not config_file.is_file():
+        return
+    try:
+        config = {k: v for k, v in json.loads(config_file.read_text(encoding="utf-8")).items() if not k.startswith("_")}
+        with torch.device("meta"):
+            unet = TuneAVideoUNet.from_config(config)
+    except Exception:  # a config this check cannot build: the load reports it properly
+        return
+    _unmatched(unet, patterns, field)
+
+
+def _unmatched(unet: torch.nn.Module, patterns: Sequence[str], field: str = "tune.trainable_modules") -> None:
+    names = [name for name, _ in unet.named_modules()]
+    unused = sorted(p for p in set(patterns) if not any(n == p or n.endswith("." + p) for n in names))
+    if unused:
+        raise ConfigError(field, f"no module of the UNet ends with {unused} "
+                                 f"(e.g. 'attn1.to_q', 'attn2.to_q', 'attn_temp', 'ff')")
+
+
 def select_trainable(unet: torch.nn.Module, patterns: Sequence[str]) -> list[str]:
     """Freeze everything, then unfreeze the parameters of modules whose name ends with a pattern
     (Tune-A-Video's rule: "attn_temp" matches every `...attn_temp` module and all it holds).
@@ -89,7 +118,9 @@ def _precision(requested: str, on_gpu: bool) -> str:
 def _to(model, device, dtype):
     """Move, and cast only when needed (diffusers warns on every dtype cast)."""
     model = model.to(device)
-    return model if model.dtype == dtype else model.to(dtype=dtype)
+    from .models.unet import cast_dtype
+
+    return model if model.dtype == dtype else cast_dtype(model, dtype)
 
 
 def encode_frame_by_frame(vae, pixels: torch.Tensor):

@@ -84,6 +84,8 @@ def _main(argv=None) -> int:
                     print(f"  {obj.word!r}: region found when the edit runs (from the source video)")
     if args.dry_run:
         return 0
+    for item in prepared:  # regions found in the source clip: every edit's, before any edit runs (a bad
+        runner.resolve_regions(item)  # source.instance or detector stops here, with nothing written)
     for item in prepared:
         result = runner.run(item)
         print(f"[{item.edit.name}] written to {result.out_dir}")

@@ -44,7 +44,8 @@ def _main(argv=None) -> int:
     args = parse_args(argv)  # before the imports below: --help is instant
     from reatco.cli import start_run
     from reatco.config import load_config
-    from reatco.tuning import tune_from_config
+    from reatco.environment import check_model_available
+    from reatco.tuning import check_trainable_modules, tune_from_config
 
     start_run(args.threads)
     overrides = list(args.set)
@@ -53,6 +54,8 @@ def _main(argv=None) -> int:
     if args.overwrite:
         overrides.append("tune.overwrite=true")
     cfg = load_config(args.config, overrides)
+    check_model_available(cfg.model.pretrained, "model.pretrained")  # one line now, not a traceback after the retries
+    check_trainable_modules(cfg.model.pretrained, cfg.tune.trainable_modules)
     result = tune_from_config(cfg, progress=not args.quiet)
     losses = result.losses
     if result.reused:

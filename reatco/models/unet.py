@@ -170,7 +170,7 @@ class TuneAVideoUNet(UNet2DConditionModel):
         model._load(state_dict, with_temporal=is_tav, source=weights_file)
         model.register_to_config(_name_or_path=location)
         if torch_dtype is not None and torch_dtype != torch.float32:
-            model = model.to(torch_dtype)
+            model = cast_dtype(model, torch_dtype)
         return model.eval()
 
     def save_pretrained(self, save_directory, safe_serialization: bool = False, **kwargs) -> None:
@@ -199,3 +199,13 @@ pipe = ReAtCoPipeline.from_pretrained("model/folder", unet="this/folder")   # or
 reads that name; diffusers' own `UNet3DConditionModel` is a different architecture (ModelScope's
 text-to-video UNet) and refuses these weights.
 """
+
+
+def cast_dtype(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """`model` in `dtype`, without diffusers' "modules that should be kept in float32: []"
+    warning: ModelMixin.to warns on every dtype cast of a model whose list is empty (it tests the
+    list against None), which told users something was wrong when nothing was. A model that does
+    keep modules in float32 goes through ModelMixin.to and its warning."""
+    if getattr(model, "_keep_in_fp32_modules", None):
+        return model.to(dtype=dtype)
+    return torch.nn.Module.to(model, dtype=dtype)
