@@ -331,4 +331,7 @@ def load_tokenizer(pretrained: str):
         if _SD1_ID.search(path):
             logger.warning("could not fetch the tokenizer of %s (%s); using OpenAI CLIP's BPE, which SD v1.x ships", path, err)
             return openai_clip_tokenizer()
+        from .environment import check_model_available
+
+        check_model_available(path, "model.pretrained")  # offline and not cached: the one wording, with what to do
         raise ConfigError("model.pretrained", f"cannot load a tokenizer from {path!r} ({err}); give a local SD-layout folder or a reachable hub id") from err

@@ -232,13 +232,15 @@ def test_warns_when_a_word_has_no_attention_in_its_region(caplog):
 
 def test_outputs_have_diffusers_video_shapes_and_np_is_the_default(pipe):
     """As diffusers' video pipelines (WanPipeline, TextToVideoSDPipeline): a batch of one clip."""
-    args = {k: v for k, v in _args().items() if k != "output_type"}
-    default = pipe(**args).frames
+    def args():  # a fresh generator per call
+        return {k: v for k, v in _args().items() if k != "output_type"}
+
+    default = pipe(**args()).frames
     assert isinstance(default, np.ndarray) and default.shape == (1, N_FRAMES, SIZE, SIZE, 3) and default.dtype == np.float32
     assert 0 <= default.min() and default.max() <= 1
-    pt = pipe(**args, output_type="pt").frames
-    assert pt.shape == (1, N_FRAMES, 3, SIZE, SIZE) and np.array_equal(pt[0].permute(0, 2, 3, 1).numpy(), default[0])
-    pil = pipe(**args, output_type="pil").frames
+    pt = pipe(**args(), output_type="pt").frames
+    assert tuple(pt.shape) == (1, N_FRAMES, 3, SIZE, SIZE) and np.array_equal(pt[0].permute(0, 2, 3, 1).numpy(), default[0])
+    pil = pipe(**args(), output_type="pil").frames
     assert len(pil) == 1 and len(pil[0]) == N_FRAMES and pil[0][0].size == (SIZE, SIZE)
     assert np.array_equal(np.asarray(pil[0][1]), (default[0, 1] * 255).round().astype(np.uint8))
 
