@@ -44,7 +44,8 @@ def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None, pr
 
     edit: an EditConfig, its name, its index, or None for the first. video: the source frames
     ((F, 3, H, W) in [-1, 1]); None reads `cfg.video` (at its size, frames and stride). The
-    generator is seeded with `sampling.seed`; outputs are "pt" frames with the attention maps.
+    generator is seeded with `sampling.seed`; the output is the pipeline's default ("np" frames, `out.frames[0]`
+    the clip) with the attention maps.
     objects: the edit's objects already resolved (EditObjects, as `EditRunner` has them); None:
     the config's, as dicts. source: (source latents, inversion trajectory) to edit from instead of
     the video (the runner's cached encode and inversion); the video is then not read. prompt:

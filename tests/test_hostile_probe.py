@@ -193,7 +193,8 @@ def _regions_with_mask(folder: Path, mask_name: str) -> Path:
     ("absolute", ["absolute path"]),
     ("symlink-out", ["leads outside"]),
     ("not-an-image", ["cannot read", "as an image"]),
-], ids=lambda v: f"untrusted-regions-mask-{v}" if isinstance(v, str) else None)
+], ids=["untrusted-regions-mask-climbs-out", "untrusted-regions-mask-absolute", "untrusted-regions-mask-symlink-out",
+        "untrusted-regions-mask-not-an-image"])
 def test_untrusted_regions_json_masks_stay_in_their_folder(box, capsys, case, words):
     secret = box / "outside_secret.png"
     Image.fromarray(np.full((SIZE, SIZE), 255, np.uint8)).save(secret)
@@ -294,14 +295,24 @@ INPUT_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("changes, extra, code, words", [r[1:] for r in INPUT_ROWS], ids=[r[0] for r in INPUT_ROWS])
-def test_inputs_exit_2_naming_the_field_before_any_weights(box, capsys, monkeypatch, changes, extra, code, words):
+def _no_weights(monkeypatch):
+    """Any load of weights (the pipeline, a UNet, a VAE, a text encoder) fails the row."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel
+
     import reatco.pipeline
+    from reatco.models import TuneAVideoUNet
 
     def no_weights(*args, **kwargs):
         raise AssertionError("weights were loaded")
 
-    monkeypatch.setattr(reatco.pipeline.ReAtCoPipeline, "from_pretrained", no_weights)
+    for cls in (reatco.pipeline.ReAtCoPipeline, TuneAVideoUNet, AutoencoderKL, CLIPTextModel):
+        monkeypatch.setattr(cls, "from_pretrained", no_weights)
+
+
+@pytest.mark.parametrize("changes, extra, code, words", [r[1:] for r in INPUT_ROWS], ids=[r[0] for r in INPUT_ROWS])
+def test_inputs_exit_2_naming_the_field_before_any_weights(box, capsys, monkeypatch, changes, extra, code, words):
+    _no_weights(monkeypatch)
     name = hashlib.md5(repr((changes, extra)).encode()).hexdigest()[:10]
     got, err = _edit_cli(box, capsys, name, _config(box, **changes), extra)
     assert got == code, err
@@ -316,11 +327,8 @@ def test_newuser_weights_that_cannot_be_had_fail_in_seconds_naming_model_pretrai
 
     from huggingface_hub import constants
 
-    import reatco.pipeline
-
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(reatco.pipeline.ReAtCoPipeline, "from_pretrained",
-                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("weights were loaded")))
+    _no_weights(monkeypatch)
     cfg = _config(box, **{"model": {"pretrained": pretrained, "attention_cell_px": 8}, "output_dir": str(box / "out-new")})
     start = time.perf_counter()
     code, err = _edit_cli(box, capsys, f"offline-{pretrained.replace('/', '_')}", cfg)
@@ -334,6 +342,7 @@ def test_inputs_detector_on_an_offline_hub_fails_before_any_weights(box, capsys,
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _no_weights(monkeypatch)
     cfg = _config(box, **{"edits.0.objects.0": {"word": "green circle", "source": {"detector": "someone/owl-not-cached",
                                                                                   "query": "a circle"}}})
     code, err = _edit_cli(box, capsys, "offline-detector", cfg, ["--overwrite"])
@@ -591,7 +600,7 @@ def _pred_folder(pred_root: Path, cfg_path: Path) -> Path:
     ("jpg-not-an-image", ["--pred_root", "cannot read", "as an image"]),
     ("mixed-sizes", ["--pred_root", "differ in size"]),
     ("source-without-regions", ["--pred_root", "regions.json", "source:"]),
-], ids=lambda v: f"eval-{v}" if isinstance(v, str) else None)
+], ids=["eval-jpg-not-an-image", "eval-mixed-sizes", "eval-source-without-regions"])
 def test_eval_bad_predictions_exit_2(box, capsys, case, words):
     changes = {"edits.0.objects.0": {"word": "green circle", "source": {"word": "red circle"}}} if case == "source-without-regions" else {}
     cfg_path = _write_config(box, f"eval_{case.replace('-', '_')}", _config(box, **changes))
