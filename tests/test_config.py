@@ -1,6 +1,7 @@
 """Configs: schema defaults, inheritance, overrides, unknown keys, validation errors, round trips."""
 
 import copy
+import dataclasses
 import os
 from pathlib import Path
 
@@ -343,8 +344,12 @@ def test_save_load_round_trip_is_equal(cfg_dict, tmp_path):
     save_config(cfg, tmp_path / "deep" / "config.yaml")
     assert sorted(p.name for p in (tmp_path / "deep").iterdir()) == ["config.yaml"]  # no temp left
     again = load_config(tmp_path / "deep" / "config.yaml")
-    assert again == cfg
-    assert config_to_dict(again) == config_to_dict(cfg)
+    # output folders given relative (the command line's: to the working directory) are saved
+    # absolute, so that the saved file, read from its own folder, still writes where this run did
+    assert again.output_dir == os.path.abspath("out/somewhere") and again.tune.output_dir == os.path.abspath("t")
+    expected = dataclasses.replace(cfg, output_dir=again.output_dir, tune=dataclasses.replace(cfg.tune, output_dir=again.tune.output_dir))
+    assert again == expected
+    assert config_to_dict(again) == config_to_dict(expected)
 
 
 def test_config_to_dict_of_a_section(cfg_dict):

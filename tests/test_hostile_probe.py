@@ -167,13 +167,14 @@ BOXES_FILE_ROWS = [
 
 
 @pytest.mark.parametrize("name, content, words", [r[1:] for r in BOXES_FILE_ROWS], ids=[r[0] for r in BOXES_FILE_ROWS])
-def test_untrusted_boxes_files(box, capsys, name, content, words):
+def test_untrusted_boxes_files(box, capsys, monkeypatch, name, content, words):
+    _no_weights(monkeypatch)  # a file taken as valid would go on to load the model: the row fails there
     path = box / "files" / name
     if isinstance(content, dict):
         content = json.dumps(content)
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     cfg = _config(box, **{"edits.0.objects.0": {"word": "green circle", "boxes_file": str(path)}})
-    code, err = _edit_cli(box, capsys, name.replace(".", "_"), cfg)
+    code, err = _edit_cli(box, capsys, name.replace(".", "_"), cfg, ["--overwrite"])
     assert code == 2 and "edits[0].objects[0].boxes_file" in err and str(path) in err, err
     for word in words:
         assert word in err, (word, err)
@@ -195,7 +196,8 @@ def _regions_with_mask(folder: Path, mask_name: str) -> Path:
     ("not-an-image", ["cannot read", "as an image"]),
 ], ids=["untrusted-regions-mask-climbs-out", "untrusted-regions-mask-absolute", "untrusted-regions-mask-symlink-out",
         "untrusted-regions-mask-not-an-image"])
-def test_untrusted_regions_json_masks_stay_in_their_folder(box, capsys, case, words):
+def test_untrusted_regions_json_masks_stay_in_their_folder(box, capsys, monkeypatch, case, words):
+    _no_weights(monkeypatch)
     secret = box / "outside_secret.png"
     Image.fromarray(np.full((SIZE, SIZE), 255, np.uint8)).save(secret)
     folder = box / "files" / f"regions-{case}" / "edit"
@@ -208,7 +210,7 @@ def test_untrusted_regions_json_masks_stay_in_their_folder(box, capsys, case, wo
     if case == "not-an-image":
         (folder / "masks" / "notes.png").write_text("not a png")
     cfg = _config(box, **{"edits.0.objects.0": {"word": "green circle", "boxes_file": str(path)}})
-    code, err = _edit_cli(box, capsys, f"mask_{case}", cfg)
+    code, err = _edit_cli(box, capsys, f"mask_{case}", cfg, ["--overwrite"])
     assert code == 2 and "boxes_file" in err, err
     for word in words:
         assert word in err, (word, err)
@@ -222,12 +224,13 @@ def test_untrusted_regions_json_masks_stay_in_their_folder(box, capsys, case, wo
     ({"weights": {}}, ["model.tuned_unet", "weight_map"]),
 ], ids=["untrusted-index-climbs-out", "untrusted-index-absolute", "untrusted-index-missing-shard",
         "untrusted-index-not-json", "untrusted-index-no-weight-map"])
-def test_untrusted_sharded_index_of_a_tuned_unet(box, capsys, index, words):
+def test_untrusted_sharded_index_of_a_tuned_unet(box, capsys, monkeypatch, index, words):
+    _no_weights(monkeypatch)
     folder = box / "files" / f"unet-{hashlib.md5(str(index).encode()).hexdigest()[:8]}"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
     (folder / "diffusion_pytorch_model.safetensors.index.json").write_text(index if isinstance(index, str) else json.dumps(index))
-    code, err = _edit_cli(box, capsys, f"index_{folder.name}", _config(box, **{"model.tuned_unet": str(folder)}))
+    code, err = _edit_cli(box, capsys, f"index_{folder.name}", _config(box, **{"model.tuned_unet": str(folder)}), ["--overwrite"])
     assert code == 2, err
     for word in words:
         assert word in err, (word, err)
