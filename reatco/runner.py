@@ -201,18 +201,19 @@ class EditRunner:
 
 
     def preflight(self) -> None:
-        """Everything that can fail before a model loads: the video, and (when tuning) whether
-        tune.output_dir holds a UNet of another setup."""
-        self.source_video()
+        """Everything that can fail before a model loads: weights and detectors that cannot be
+        had, the video, and (when tuning) the trainable modules and whether tune.output_dir holds a
+        UNet of another setup."""
         cfg = self.cfg
         from .environment import check_model_available
 
-        check_model_available(cfg.model.pretrained, "model.pretrained")
+        check_model_available(cfg.model.pretrained, "model.pretrained")  # seconds, before reading the clip
         for k, edit in enumerate(cfg.edits):  # detectors of found regions: loaded after the model, checked now
             for j, obj in enumerate(edit.objects):
                 if obj.source is not None and obj.source.detector:
                     check_model_available(obj.source.detector, f"edits[{k}].objects[{j}].source.detector",
                                           marker="config.json", what="OWL-ViT / OWLv2 layout (config.json)")
+        self.source_video()
         if not cfg.model.tuned_unet and cfg.tune.enabled:
             from .tuning import check_output_dir, check_trainable_modules, tuned_unet_dir
 
