@@ -122,11 +122,10 @@ def clip_stamp(path) -> list:
 
 def _runner_key(cfg) -> str:
     """Everything that decides the model, the tuning and the inversion: a runner is reused while it
-    is the same (edits and output names do not matter), the clip's files on disk included."""
+    is the same (edits and output names do not matter)."""
     raw = config_to_dict(cfg)
     for key in ("edits", "save_attention", "save_gif", "save_frames"):
         raw.pop(key, None)
-    raw["clip_files"] = clip_stamp(cfg.video.path)
     return json.dumps(raw, sort_keys=True, default=str)
 
 
@@ -137,12 +136,17 @@ class EditSession:
     def __init__(self, progress: bool = True):
         self.progress = progress
         self._key: str | None = None
+        self._clip: list | None = None
         self.runner: EditRunner | None = None
 
     def runner_for(self, cfg) -> EditRunner:
-        key = _runner_key(cfg)
-        if self.runner is None or key != self._key:
+        key, clip = _runner_key(cfg), clip_stamp(cfg.video.path)
+        tuned_on_clip = cfg.tune.enabled and not cfg.model.tuned_unet  # its UNet depends on the frames
+        if self.runner is None or key != self._key or (clip != self._clip and tuned_on_clip):
             self.runner, self._key = EditRunner(cfg, progress=self.progress), key
+        elif clip != self._clip:  # the clip changed on disk: read, encode and invert it again, keep the model
+            self.runner.forget_source()
+        self._clip = clip
         self.runner.cfg = cfg  # the same model and clip; this config's edits
         return self.runner
 

@@ -159,6 +159,13 @@ class EditRunner:
                                          origins, tokens))
         return prepared
 
+    def forget_source(self) -> None:
+        """Drop what was read from the source clip (frames, latents and inversion, found regions,
+        its size), keeping the model: the clip changed on disk. The caches are keyed by content,
+        so the next edit reads it again and inverts it anew."""
+        self._video = self._source = self._native_size = self._tune_key = None
+        self._found = {}
+
     def native_size(self) -> tuple[int, int]:
         """(width, height) of the source video's own frames: the unit of boxes files that do not state theirs."""
         if self._native_size is None:

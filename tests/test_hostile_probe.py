@@ -720,10 +720,12 @@ def test_app_a_clip_changed_on_disk_is_read_again(box, tmp_path):
     cfg = config_from_dict({**_config(box), "video": {**_config(box)["video"], "path": str(tmp_path / "clip")}})
     session = EditSession(progress=False)
     first = session.frames(cfg).copy()
-    assert session.runner_for(cfg) is session.runner_for(cfg)  # unchanged: the same runner (model, inversion) is reused
+    runner = session.runner_for(cfg)
+    assert session.runner_for(cfg) is runner and runner._video is not None  # unchanged: all of it reused
     _frames(tmp_path / "clip", seed=2)  # the clip rewritten in place, same names
     second = session.frames(cfg)
     assert not np.array_equal(first, second)
+    assert session.runner_for(cfg) is runner  # the model is kept; the clip, its latents and inversion are not
     from reatco.video import read_video, to_uint8
 
     assert np.array_equal(second, to_uint8((read_video(tmp_path / "clip", SIZE, SIZE, N_FRAMES) + 1) / 2))

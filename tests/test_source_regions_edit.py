@@ -60,3 +60,24 @@ def test_a_source_word_missing_from_the_source_prompt_fails_before_any_weights(t
     with pytest.raises(ConfigError, match="instance") as err:
         load_config(ROOT / "configs" / "shapes-auto.yaml", ["edits.0.objects.0.source.instance=middle"])
     assert err.value.field == "edits[0].objects[0].source.instance"
+
+
+def test_eval_loveu_scores_a_source_config_it_runs_from_the_regions_the_run_found(tmp_path, capsys):
+    """Without predictions, eval_loveu.py runs the edit; the regions it found (regions.json) go
+    along with the predicted frames, and the masked scores use them: exit 0, not a late exit 2."""
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("eval_loveu_src", ROOT / "scripts" / "eval_loveu.py")
+    eval_script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_script)
+    config = tmp_path / "auto.yaml"
+    config.write_text(yaml.safe_dump({"base_config": str(ROOT / "configs" / "shapes-auto.yaml"), "output_dir": str(tmp_path / "o"),
+                                      "sampling": {"steps": 4}, "rad": {"max_update_steps": 2, "refinement_thresholds": {}}}))
+    out = tmp_path / "eval"
+    code = eval_script.main(["--configs", str(config), "--pred_root", str(tmp_path / "pred"), "--out", str(out), "--metrics", "psnr"])
+    assert code == 0, capsys.readouterr().err[-2000:]
+    pred = tmp_path / "pred" / "configs" / "auto" / "triangle-and-circle"
+    found = json.loads((pred / "regions.json").read_text())
+    assert [o["word"] for o in found["objects"]] == ["green circle", "yellow triangle"]
+    score = json.loads(next((out / "scores").rglob("*.json")).read_text())
+    assert isinstance(score["scores"]["psnr"], float) and np.isfinite(score["scores"]["psnr"]), score  # masked by the found regions
