@@ -718,6 +718,17 @@ def load_config(path, overrides: Sequence[str] = (), check_paths: bool = True) -
     return _build(_load_layers(path), overrides, path.stem, check_paths)
 
 
+def pretrained_of(path) -> str:
+    """`model.pretrained` of a YAML file and its base_config chain, without validating the rest
+    (a LOVEU base config has no video yet): what eval_loveu.py checks before running edits."""
+    raw: dict = {}
+    for layer in _load_layers(Path(path)):
+        raw = _merge(raw, layer)
+    model = raw.get("model")
+    value = model.get("pretrained") if isinstance(model, dict) else None
+    return value if isinstance(value, str) and value else ModelConfig.pretrained
+
+
 def config_from_dict(d: dict, overrides: Sequence[str] = (), check_paths: bool = True,
                      base_dir=None, name: str = "reatco") -> ReAtCoConfig:
     """Same as load_config for a dict; relative input paths are taken from `base_dir` when given

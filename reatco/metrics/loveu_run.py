@@ -68,13 +68,13 @@ def check_predictions(args, edits) -> None:
     if any(e.config is None for e in missing) and not Path(args.base_config).is_file():
         raise ConfigError("--base_config", f"{args.base_config} not found; LOVEU edits without predictions are run with it")
     # the edits that will run need their weights: one clear line now, not a traceback after the first edit
-    from ..config import load_config
+    from ..config import pretrained_of
     from ..environment import check_model_available
 
     configs = sorted({str(e.config) for e in missing if e.config is not None})
     configs += [str(args.base_config)] if any(e.config is None for e in missing) else []
     for path in configs:
-        check_model_available(load_config(path, check_paths=False).model.pretrained, f"{path}: model.pretrained")
+        check_model_available(pretrained_of(path), f"{path}: model.pretrained")
 
 
 def check_out(out) -> None:
