@@ -271,6 +271,28 @@ def test_two_concurrent_runs_on_one_folder_both_finish_whole(sandbox, finished):
     assert json.loads((sandbox / "conc" / "swap" / "report.json").read_text())["unet"]["source"] in ("tuned", "cache")
 
 
+def test_two_concurrent_runs_with_different_seeds_never_replace_each_other_silently(sandbox, finished):
+    """No --overwrite: the run that finishes first keeps the folder; the other stops with exit 2
+    naming --overwrite — at start-up if the first had finished by then, else at the moment of
+    replacing, with its own result kept beside (`<name>.kept-XXXX`). Nothing is lost."""
+    out = sandbox / "race"
+    configs = [_config(sandbox, f"race{seed}", **{"sampling.seed": seed}, output_dir=str(out), cache_dir=str(sandbox / "race-cache"))
+               for seed in (11, 12)]
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "scripts" / "edit.py"), "--config", str(c), "--quiet"],
+                              env=_env(sandbox), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in configs]
+    results = [p.communicate(timeout=300) for p in procs]
+    codes = [p.returncode for p in procs]
+    assert sorted(codes) == [0, 2], [r[1][-2000:] for r in results]
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    assert "--overwrite" in results[loser][1] and "Traceback" not in results[loser][1]
+    assert json.loads((out / "swap" / "report.json").read_text())["seed"] == (11, 12)[winner]
+    kept = [p for p in out.iterdir() if ".kept-" in p.name]
+    assert len(kept) <= 1 and not [p for p in out.iterdir() if ".partial" in p.name]
+    if kept:  # stopped at the replacement: its finished result is there, whole
+        assert json.loads((kept[0] / "report.json").read_text())["seed"] == (11, 12)[loser]
+        assert {p.name for p in kept[0].iterdir()} == RESULT_FILES and str(kept[0]) in results[loser][1]
+
+
 def test_sigint_exits_130_without_a_traceback(sandbox, finished):
     before = _tree(sandbox / "out")
     config = _config(sandbox, "sigint", **{"sampling.seed": 8, "tune.steps": 50})
