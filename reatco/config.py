@@ -267,8 +267,9 @@ class SourceRegionConfig:
     region: str = "boxes"
     # Attention: the word's seed blobs are where its map is ≥ threshold × the frame's peak.
     threshold: float = 0.5
-    # Attention: a seed grows over the pixels whose features (the UNet's finest features and,
-    # weighted by colour_weight, the source colours) have cosine ≥ similarity with the seed's.
+    # Attention: a seed grows over the pixels whose features (the UNet's finest features and the
+    # source colours, each scaled to unit RMS over the frame, the colours then with colour_weight
+    # times the features' say) have cosine ≥ similarity with the seed's.
     similarity: float = 0.6
     colour_weight: float = 1.0
     # Attention: noise levels (scheduler timesteps) the source clip is read at, averaged.

@@ -180,14 +180,15 @@ class EditRunner:
                     from .region_detector import detect_source_regions
 
                     self._found[key] = detect_source_regions(self.source_frames(), [spec], cfg.model.attention_cell_px,
-                                                             str(self.device), [field_name])[0]
+                                                             str(self.device), [field_name], self.latent_cell_px())[0]
                 else:
                     from .region_finding import find_source_regions
 
                     pipe = self.pipeline()
                     source_latents, _ = self.source()
                     self._found[key] = find_source_regions(pipe, self.source_video().to(self.device), source_latents,
-                                                           cfg.video.prompt, [spec], cfg.model.attention_cell_px, [field_name])[0]
+                                                           cfg.video.prompt, [spec], cfg.model.attention_cell_px, [field_name],
+                                                           pipe.vae_scale_factor)[0]
             prepared.regions[j] = self._found[key]
         self.timings["find_regions"] = self.timings.get("find_regions", 0.0) + time.perf_counter() - start
         return prepared.regions
@@ -225,6 +226,14 @@ class EditRunner:
             v = self.cfg.video
             self._video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
         return self._video
+
+    def latent_cell_px(self) -> int:
+        """Pixels per latent cell of the model (the VAE's downsampling), read from its VAE config
+        without loading any weights."""
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.load_config(self.cfg.model.pretrained, subfolder="vae")
+        return 2 ** (len(vae.get("block_out_channels", [0])) - 1)
 
     def source_frames(self) -> np.ndarray:
         """The source clip as (F, H, W, 3) uint8 (source_video is the VAE's [-1, 1])."""
