@@ -90,7 +90,7 @@ def detect_source_regions(frames: np.ndarray, specs: Sequence, rad_cell_px: int,
     for spec, field in zip(specs, fields):
         model, processor = load_detector(value_of(spec, "detector"), device, f"{field}.detector")
         per_frame = detect_instances(frames, model, processor, value_of(spec, "query"), value_of(spec, "score", 0.1))
-        region = value_of(spec, "region", "boxes")
+        region = value_of(spec, "region") or "boxes"
         regions.append(region_from_instances(per_frame, height, width, value_of(spec, "instance", "largest"),
                                              value_of(spec, "order", "left"), value_of(spec, "margin", 0.0),
                                              region, min_side=rad_cell_px, field=field, whole_cells=whole_cells))

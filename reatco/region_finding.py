@@ -313,6 +313,15 @@ def region_from_instances(per_frame: Sequence[Sequence[Instance]], height: int, 
         track = merged
     else:
         track = choose_track(tracks, instance, order, field=f"{field}.instance")
+    return region_from_track(track, height, width, margin, kind, min_side, whole_cells)
+
+
+def region_from_track(track: Sequence[Instance | None], height: int, width: int, margin: float = 0.0,
+                      kind: str = "boxes", min_side: float = 1.0, whole_cells: int = 1) -> Region:
+    """One object's track (an instance or None per frame) → its Region: per-frame boxes (skipped
+    frames interpolated), grown by `margin` px and to `min_side`, or its masks dilated by `margin`
+    px (boxes where a frame has no mask); both rounded out to whole cells of `whole_cells` px."""
+    n_frames = len(track)
     boxes = grow_boxes(fill_boxes(track), margin, min_side, height, width)
     if kind == "mask":
         masks = round_out_masks(track_masks(track, boxes, int(round(margin)), height, width), whole_cells)
@@ -429,6 +438,6 @@ def find_source_regions(pipe, video: torch.Tensor, source_latents: torch.Tensor,
                                             value_of(spec, "similarity", 0.6), value_of(spec, "colour_weight", 1.0))
             regions[j] = region_from_instances(per_frame, height, width, value_of(spec, "instance", "largest"),
                                                value_of(spec, "order", "left"), value_of(spec, "margin", 0.0),
-                                               value_of(spec, "region", "boxes"), min_side=rad_cell_px, field=fields[j],
+                                               value_of(spec, "region") or "boxes", min_side=rad_cell_px, field=fields[j],
                                                whole_cells=whole_cells)
     return regions

@@ -1,0 +1,205 @@
+"""Tracked regions (source: {tracker: sam2 | sam3}): the mapping from a tracker's masks to the
+object's region, exact with a stand-in tracker that returns known masks; every bad prompt refused
+before any weights load; masks cached by content; and a whole edit on the shapes model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reatco.config import load_config
+from reatco.errors import ConfigError
+from reatco.region_trackers import Tracked, region_from_tracked, track_source_regions
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["tune.steps=3", "sampling.steps=4", "rad.max_update_steps=2", "rad.refinement_thresholds={}"]
+
+
+def _two_instances(n_frames=4, size=32):
+    """Instance 0 moves right along the top; instance 1 sits at the bottom left, lost in frame 2."""
+    masks = np.zeros((2, n_frames, size, size), bool)
+    for f in range(n_frames):
+        masks[0, f, 2:9, 10 + f:17 + f] = True
+        if f != 2:
+            masks[1, f, 20:30, 1:6] = True
+    return Tracked(masks, np.array([0.9, 0.6]))
+
+
+class StandIn:
+    """A tracker that returns fixed masks, and counts how often it is made and asked."""
+
+    def __init__(self, tracked):
+        self.tracked, self.made, self.calls = tracked, 0, []
+
+    def __call__(self, name, model, device, progress, field):
+        self.made += 1
+        return self
+
+    def track(self, frames, query=None, box=None, point=None, frame=0):
+        self.calls.append(dict(query=query, box=box, point=point, frame=frame))
+        return self.tracked
+
+
+def test_masks_become_the_region_exactly():
+    tracked = _two_instances()
+    region = region_from_tracked(tracked, {"instance": "right"}, "s")
+    assert region.kind == "mask"
+    assert (region.pixel_masks.numpy() == tracked.masks[0]).all()
+    boxes = region_from_tracked(tracked, {"instance": "right", "region": "boxes"}, "s").boxes.numpy()
+    assert boxes.tolist() == [[10 + f, 2, 17 + f, 9] for f in range(4)]
+    # margin grows the mask by that many pixels each way (a square structuring element)
+    grown = region_from_tracked(tracked, {"instance": 1, "order": "right", "margin": 2}, "s").pixel_masks.numpy()
+    expected = np.zeros_like(tracked.masks[0])
+    for f in range(4):
+        expected[f, 0:11, 8 + f:19 + f] = True
+    assert (grown == expected).all()
+
+
+def test_a_frame_where_the_instance_is_lost_is_filled_from_its_neighbours():
+    tracked = _two_instances()
+    region = region_from_tracked(tracked, {"instance": "left", "region": "boxes"}, "s")
+    assert region.boxes.numpy().tolist() == [[1, 20, 6, 30]] * 4  # frame 2 interpolated
+    masks = region_from_tracked(tracked, {"instance": "left"}, "s").pixel_masks.numpy()
+    assert (masks[2] == tracked.masks[1, 0]).all()  # the interpolated box, filled
+
+
+def test_instance_all_takes_the_union_and_whole_cells_round_out():
+    tracked = _two_instances()
+    union = region_from_tracked(tracked, {"instance": "all"}, "s").pixel_masks.numpy()
+    assert (union == tracked.masks.any(0)).all()
+    cells = region_from_tracked(tracked, {"instance": "right", "region": "boxes"}, "s", whole_cells=4).boxes.numpy()
+    assert cells.tolist() == [[8, 0, 20, 12], [8, 0, 20, 12], [12, 0, 20, 12], [12, 0, 20, 12]]
+
+
+def test_nothing_found_and_an_instance_out_of_range_name_the_field_and_the_fix():
+    tracked = _two_instances()
+    with pytest.raises(ConfigError) as err:
+        region_from_tracked(tracked, {"query": "dolphin", "score": 0.95}, "edits[0].objects[0].source")
+    assert err.value.field == "edits[0].objects[0].source.score"
+    assert "no 'dolphin' found in frames 0–3 with score ≥ 0.95 (best score 0.90); lower `score` or give a box" in str(err.value)
+    empty = Tracked(np.zeros((0, 4, 8, 8), bool), np.zeros(0))
+    with pytest.raises(ConfigError, match="no 'dolphin' found in frames 0–3") as err:
+        region_from_tracked(empty, {"query": "dolphin"}, "s")
+    assert err.value.field == "s.query"
+    with pytest.raises(ConfigError, match="asks for instance 3 counted from the left, but 2 were found") as err:
+        region_from_tracked(tracked, {"instance": 3}, "s")
+    assert err.value.field == "s.instance"
+
+
+@pytest.mark.parametrize("source, field, words", [
+    ("{tracker: sam2, box: [10, 10, 30, 30], frame: 8}", "frame", "frames 0–7"),
+    ("{tracker: sam2, box: [10, 10, 70, 30], frame: 1}", "box", "not inside the 64×64 frame"),
+    ("{tracker: sam2, box: [30, 10, 10, 30]}", "box", "x1 < x2"),
+    ("{tracker: sam2, point: [64, 3]}", "point", "outside the 64×64 frame"),
+    ("{tracker: sam2}", "box", "exactly one of box"),
+    ("{tracker: sam2, box: [1, 1, 9, 9], query: dolphin}", "query", "is for sam3"),
+    ("{tracker: sam3}", "query", "is empty"),
+    ("{tracker: sam3, query: circle, box: [1, 1, 9, 9]}", "box", "is for sam2"),
+    ("{tracker: sam4, query: circle}", "tracker", "not one of sam2, sam3"),
+    ("{word: red circle, box: [1, 1, 9, 9]}", "box", "is for a tracker"),
+])
+def test_bad_tracker_prompts_are_refused_when_the_config_loads(tmp_path, source, field, words):
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text(f"base_config: {ROOT / 'configs' / 'shapes.yaml'}\noutput_dir: {tmp_path / 'out'}\nedits:\n"
+                    f"  - name: e\n    prompt: a green circle and a yellow triangle on a gray background\n    objects:\n"
+                    f"      - {{word: green circle, source: {source}}}\n")
+    with pytest.raises(ConfigError, match=words) as err:
+        load_config(yaml)
+    assert err.value.field == f"edits[0].objects[0].source.{field}"
+
+
+def test_the_prompt_is_checked_against_the_clip_before_any_weights_load():
+    stand_in = StandIn(_two_instances())
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    for spec, field in (({"tracker": "sam2", "box": [0, 0, 8, 8], "frame": 4}, "s.frame"),
+                        ({"tracker": "sam2", "box": [0, 0, 40, 8]}, "s.box"),
+                        ({"tracker": "sam2", "point": [3, 32]}, "s.point")):
+        with pytest.raises(ConfigError) as err:
+            track_source_regions(frames, [spec], ["s"], make_tracker=stand_in)
+        assert err.value.field == field
+    assert stand_in.made == 0 and stand_in.calls == []
+
+
+def test_tracked_masks_are_cached_by_content(tmp_path):
+    stand_in = StandIn(_two_instances())
+    frames = np.zeros((4, 32, 32, 3), np.uint8)
+    spec = {"tracker": "sam2", "model": str(tmp_path / "weights"), "box": [10, 2, 17, 9], "frame": 0}
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"one")
+    first = track_source_regions(frames, [spec], cache_dir=tmp_path / "cache", make_tracker=stand_in)[0]
+    again = track_source_regions(frames, [spec], cache_dir=tmp_path / "cache", make_tracker=stand_in)[0]
+    assert stand_in.made == 1 and len(stand_in.calls) == 1  # the second came from the cache
+    assert (first.pixel_masks == again.pixel_masks).all()
+    assert stand_in.calls[0] == dict(query=None, box=[10, 2, 17, 9], point=None, frame=0)
+    # other frames, another prompt or other weights track again
+    track_source_regions(frames + 1, [spec], cache_dir=tmp_path / "cache", make_tracker=stand_in)
+    track_source_regions(frames, [dict(spec, frame=1)], cache_dir=tmp_path / "cache", make_tracker=stand_in)
+    (tmp_path / "weights" / "model.safetensors").write_bytes(b"two")
+    track_source_regions(frames, [spec], cache_dir=tmp_path / "cache", make_tracker=stand_in)
+    assert len(stand_in.calls) == 4
+
+
+def _demo_truth_masks():
+    """The demo's blue square and red circle, exact (colour segmentation of the source frames)."""
+    from PIL import Image
+
+    from reatco.toy.detector import NAMES, classify_pixels
+
+    frames = sorted((ROOT / "data" / "shapes-demo" / "frames").glob("*.png"))
+    colours = np.stack([classify_pixels(np.asarray(Image.open(p).convert("RGB"))) for p in frames])
+    return np.stack([colours == NAMES.index("blue"), colours == NAMES.index("red")])
+
+
+def test_a_tracked_edit_on_the_shapes_model_writes_reusable_regions(tmp_path):
+    """A box on frame 3 (sam2) and a word (sam3) → the stand-in's masks → the edit's regions, written
+    to regions.json and its mask PNGs; the tracker runs before the edit's models load; rerunning
+    from regions.json gives the same regions without any tracker."""
+    from reatco.runner import EditRunner
+
+    truth = _demo_truth_masks()  # (2, 8, 64, 64): square, circle
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text(f"base_config: {ROOT / 'configs' / 'shapes.yaml'}\noutput_dir: {tmp_path / 'out'}\n"
+                    f"cache_dir: {tmp_path / 'cache'}\nedits:\n"
+                    "  - name: tracked\n    prompt: a green circle and a yellow triangle on a gray background\n    objects:\n"
+                    "      - {word: green circle, source: {tracker: sam3, query: circle, model: " + str(tmp_path / 'sam3') + "}}\n"
+                    "      - {word: yellow triangle, source: {tracker: sam2, box: [13, 7, 32, 25], frame: 3, region: boxes, "
+                    "model: " + str(tmp_path / 'sam2') + "}}\n")
+    cfg = load_config(yaml, FAST)
+    runner = EditRunner(cfg, progress=False)
+    seen = []
+
+    class Order(StandIn):
+        def track(self, frames, **prompt):
+            seen.append((runner._pipe is None, frames.shape))
+            if prompt["query"]:  # sam3: every shape it was asked about… here both, the circle scoring higher
+                return Tracked(truth[::-1], np.array([0.8, 0.3]))
+            return Tracked(truth[:1], np.array([0.95]))
+
+    runner.make_tracker = Order(None)
+    cfg.edits[0].objects[0].source.score = 0.5
+    prepared = runner.prepare()
+    result = runner.run(prepared[0])
+    assert seen == [(True, (8, 64, 64, 3)), (True, (8, 64, 64, 3))]  # before the edit's models
+    circle, square = prepared[0].regions
+    assert circle.kind == "mask" and square.kind == "boxes"
+    from reatco.region_finding import round_out_masks
+
+    assert (circle.pixel_masks.numpy() == round_out_masks(truth[1], 4)).all()
+    from reatco.regions import mask_box
+
+    assert square.boxes.numpy().tolist() == [[float(v // 4 * 4) if i < 2 else float(-(-v // 4) * 4)
+                                               for i, v in enumerate(mask_box(m))] for m in truth[0]]
+    folder = Path(result.out_dir) if getattr(result, "out_dir", None) else tmp_path / "out" / "tracked"
+    doc = json.loads((folder / "regions.json").read_text())
+    assert doc["objects"][0]["source"].startswith("source: tracker sam3")
+    assert "box [13.0, 7.0, 32.0, 25.0] on frame 3" in doc["objects"][1]["source"]
+
+    # the written regions rerun the edit without the tracker
+    again = load_config(ROOT / "configs" / "shapes.yaml", [f"output_dir={tmp_path / 'again'}", *FAST])
+    for obj in again.edits[0].objects:
+        obj.box = obj.boxes = None
+        obj.boxes_file, obj.track = str(folder / "regions.json"), obj.word
+    rerun = EditRunner(again, progress=False).prepare()[0]
+    assert (rerun.regions[0].pixel_masks.bool() == circle.pixel_masks.bool()).all()
+    assert rerun.regions[1].boxes.tolist() == square.boxes.tolist()
