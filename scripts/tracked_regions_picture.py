@@ -17,6 +17,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("output", nargs="?", default="docs/images/regions-tracked.png", help="the PNG to write")
+    args = parser.parse_args(argv)
+
     import numpy as np
     from PIL import Image
 
@@ -25,7 +31,7 @@ def main(argv=None) -> int:
     from reatco.video import read_video, to_uint8
     from reatco.visualize import regions_sheet
 
-    out = Path((argv or sys.argv[1:] or ["docs/images/regions-tracked.png"])[0])
+    out = Path(args.output)
     root = Path(__file__).resolve().parent.parent
     frames = to_uint8((read_video(root / "data" / "shapes-demo" / "frames", 64, 64, 8) + 1) / 2)
     colours = np.stack([classify_pixels(f) for f in frames])
