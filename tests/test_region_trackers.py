@@ -203,3 +203,88 @@ def test_a_tracked_edit_on_the_shapes_model_writes_reusable_regions(tmp_path):
     rerun = EditRunner(again, progress=False).prepare()[0]
     assert (rerun.regions[0].pixel_masks.bool() == circle.pixel_masks.bool()).all()
     assert rerun.regions[1].boxes.tolist() == square.boxes.tolist()
+
+
+# ----------------------------------------------------------------------------- tiny real trackers
+
+
+def tiny_sam2_video(folder: Path, size: int = 64) -> Path:
+    """A random SAM 2 video model and its processor, about 1 M parameters at `size` px, saved to
+    `folder` the way a hub checkpoint is (config, weights, processor). Constraints of transformers'
+    code met here: a stage's first block may not be global, the memory cross-attention reads 64
+    channels (memory_encoder_output_channels), and the hidden size is a multiple (> 1) of them."""
+    import torch
+    from transformers import Sam2VideoConfig, Sam2VideoModel, Sam2VideoProcessor
+    from transformers.models.sam2.image_processing_sam2 import Sam2ImageProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+
+    s = size
+    config = Sam2VideoConfig(
+        image_size=s,
+        vision_config=dict(
+            backbone_config=dict(model_type="sam2_hiera_det_model", hidden_size=8, image_size=[s, s], embed_dim_per_stage=[8, 16, 32, 64],
+                                 blocks_per_stage=[1, 1, 1, 2], num_attention_heads_per_stage=[1, 1, 1, 1],
+                                 window_size_per_stage=[4, 4, 4, 2], global_attention_blocks=[4],
+                                 window_positional_embedding_background_size=[2, 2]),
+            backbone_channel_list=[64, 32, 16, 8], backbone_feature_sizes=[[s // 4] * 2, [s // 8] * 2, [s // 16] * 2],
+            fpn_hidden_size=128),
+        prompt_encoder_config=dict(hidden_size=128, image_size=s, patch_size=16, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        memory_attention_hidden_size=128, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[s // 16, s // 16], memory_encoder_hidden_size=128, memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128, memory_fuser_intermediate_dim=64, num_maskmem=3)
+    torch.manual_seed(0)
+    Sam2VideoModel(config).eval().save_pretrained(folder)
+    Sam2VideoProcessor(image_processor=Sam2ImageProcessor(size={"height": s, "width": s}, mask_size={"height": s // 4, "width": s // 4}),
+                       video_processor=Sam2VideoVideoProcessor(size={"height": s, "width": s})).save_pretrained(folder)
+    return folder
+
+
+def test_a_tiny_sam2_video_model_drives_a_tracked_edit(tmp_path):
+    """A box on frame 3 → SAM 2 (random weights: the masks say nothing about accuracy) → a mask per
+    frame → the region → an edit on the shapes model; the masks are cached, so a second runner
+    does not load the tracker."""
+    from reatco import region_trackers
+    from reatco.runner import EditRunner
+
+    weights = tiny_sam2_video(tmp_path / "sam2")
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text(f"base_config: {ROOT / 'configs' / 'shapes.yaml'}\noutput_dir: {tmp_path / 'out'}\n"
+                    f"cache_dir: {tmp_path / 'cache'}\nedits:\n"
+                    "  - name: tracked\n    prompt: a green circle and a yellow triangle on a gray background\n    objects:\n"
+                    "      - {word: yellow triangle, source: {tracker: sam2, box: [13, 7, 32, 25], frame: 3, score: 0, "
+                    f"model: {weights}}}}}\n")
+    cfg = load_config(yaml, FAST)
+    loaded = []
+
+    def counting(*args):
+        loaded.append(args[:2])
+        return region_trackers.load_tracker(*args)
+
+    runner = EditRunner(cfg, progress=False)
+    runner.make_tracker = counting
+    prepared = runner.prepare()[0]
+    runner.run(prepared)
+    assert loaded == [("sam2", str(weights))]
+    region = prepared.regions[0]
+    assert region.kind == "mask" and region.pixel_masks.shape == (8, 64, 64)
+    cached = list((tmp_path / "cache" / "tracks").glob("*.npz"))
+    assert len(cached) == 1
+    from reatco.region_finding import round_out_masks
+
+    with np.load(cached[0]) as data:
+        masks = data["masks"]
+    assert masks.shape == (1, 8, 64, 64)
+    seen = [f for f in range(8) if masks[0, f].any()]
+    assert seen  # else the region would have been refused ("no … found")
+    for f in seen:  # the tracked mask, rounded out to the 4 px latent cells
+        assert (region.pixel_masks.numpy()[f] == round_out_masks(masks[0, f][None], 4)[0]).all(), f
+    doc = json.loads((tmp_path / "out" / "tracked" / "regions.json").read_text())
+    assert doc["objects"][0]["source"].startswith("source: tracker sam2")
+
+    again = EditRunner(load_config(yaml, FAST), progress=False)
+    again.make_tracker = counting
+    second = again.prepare()[0]
+    again.resolve_regions(second, without_pipeline=True)
+    assert len(loaded) == 1  # from the cache
+    assert (second.regions[0].pixel_masks == region.pixel_masks).all()
