@@ -288,3 +288,82 @@ def test_a_tiny_sam2_video_model_drives_a_tracked_edit(tmp_path):
     again.resolve_regions(second, without_pipeline=True)
     assert len(loaded) == 1  # from the cache
     assert (second.regions[0].pixel_masks == region.pixel_masks).all()
+
+
+def tiny_sam3_video(folder: Path, size: int = 56) -> Path:
+    """A random SAM 3 video model (detector + tracker, about 4 M parameters at `size` px) and its
+    processor, with the shapes model's CLIP tokenizer, saved to `folder` like a hub checkpoint.
+    The detector's FPN width is the tracker's hidden size (the tracker reads its features); the
+    detection thresholds are 0 and hotstart off, so random weights still yield instances."""
+    import torch
+    from transformers import CLIPTokenizer, Sam3VideoConfig, Sam3VideoModel, Sam3VideoProcessor
+    from transformers.models.sam2_video.video_processing_sam2_video import Sam2VideoVideoProcessor
+    from transformers.models.sam3.image_processing_sam3 import Sam3ImageProcessor
+
+    s, cells = size, size // 14
+    tokenizer = CLIPTokenizer.from_pretrained(ROOT / "data" / "shapes-model" / "tokenizer")
+    sizes = [[cells * 4] * 2, [cells * 2] * 2, [cells] * 2]
+    vision = dict(backbone_config=dict(model_type="sam3_vit_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                       num_attention_heads=2, image_size=s, patch_size=14, window_size=2, global_attn_indexes=[1],
+                                       pretrain_image_size=s),
+                  fpn_hidden_size=128, backbone_feature_sizes=sizes)
+    detector = dict(
+        vision_config=vision,
+        text_config=dict(model_type="clip_text_model", vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         projection_dim=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=32,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        geometry_encoder_config=dict(hidden_size=128, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        detr_encoder_config=dict(hidden_size=128, num_layers=1, num_attention_heads=2, intermediate_size=64),
+        detr_decoder_config=dict(hidden_size=128, num_layers=1, num_queries=8, num_attention_heads=2, intermediate_size=64),
+        mask_decoder_config=dict(hidden_size=128, num_attention_heads=2))
+    tracker = dict(
+        image_size=s, vision_config=vision,
+        prompt_encoder_config=dict(hidden_size=128, image_size=s, patch_size=14, mask_input_channels=4),
+        mask_decoder_config=dict(hidden_size=128, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+        memory_attention_hidden_size=128, memory_attention_num_layers=1, memory_attention_feed_forward_hidden_size=64,
+        memory_attention_rope_feat_sizes=[cells, cells], memory_encoder_hidden_size=128, memory_encoder_output_channels=64,
+        mask_downsampler_embed_dim=128, memory_fuser_embed_dim=128, memory_fuser_intermediate_dim=64, num_maskmem=3)
+    config = Sam3VideoConfig(detector_config=detector, tracker_config=tracker, low_res_mask_size=cells * 4, hotstart_delay=0,
+                             score_threshold_detection=0.0, new_det_thresh=0.0)
+    torch.manual_seed(0)
+    Sam3VideoModel(config).eval().save_pretrained(folder)
+    Sam3VideoProcessor(image_processor=Sam3ImageProcessor(size={"height": s, "width": s}),
+                       video_processor=Sam2VideoVideoProcessor(size={"height": s, "width": s}),
+                       tokenizer=tokenizer).save_pretrained(folder)
+    return folder
+
+
+def test_a_tiny_sam3_video_model_drives_a_tracked_edit(tmp_path):
+    """A word → SAM 3 (random weights: instances but no accuracy) → every instance's masks → the
+    chosen instance (the largest) → the region → an edit on the shapes model."""
+    from reatco.region_trackers import Sam3Tracker
+    from reatco.runner import EditRunner
+
+    weights = tiny_sam3_video(tmp_path / "sam3")
+    frames = (np.random.default_rng(0).random((4, 64, 64, 3)) * 255).astype(np.uint8)
+    tracked = Sam3Tracker(str(weights), progress=False).track(frames, query="circle")
+    assert tracked.masks.shape[1:] == (4, 64, 64) and len(tracked.scores) == tracked.masks.shape[0] > 0
+
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text(f"base_config: {ROOT / 'configs' / 'shapes.yaml'}\noutput_dir: {tmp_path / 'out'}\n"
+                    f"cache_dir: {tmp_path / 'cache'}\nedits:\n"
+                    "  - name: tracked\n    prompt: a green circle and a yellow triangle on a gray background\n    objects:\n"
+                    "      - {word: green circle, source: {tracker: sam3, query: circle, score: 0, region: boxes, "
+                    f"model: {weights}}}}}\n")
+    runner = EditRunner(load_config(yaml, FAST), progress=False)
+    prepared = runner.prepare()[0]
+    runner.run(prepared)
+    region = prepared.regions[0]
+    assert region.kind == "boxes" and region.boxes.shape == (8, 4)
+    with np.load(next((tmp_path / "cache" / "tracks").glob("*.npz"))) as data:
+        masks, scores = data["masks"], data["scores"]
+    # the largest instance (mean area over the frames it is seen in), its boxes rounded out to 4 px cells
+    areas = [masks[k][masks[k].any(axis=(1, 2))].sum(axis=(1, 2)).mean() if masks[k].any() else -1 for k in range(len(scores))]
+    best = int(np.argmax(areas))
+    from reatco.regions import mask_box
+
+    for f in range(8):
+        if masks[best, f].any():
+            x1, y1, x2, y2 = mask_box(masks[best, f])
+            assert region.boxes[f].tolist() == [x1 // 4 * 4, y1 // 4 * 4, -(-x2 // 4) * 4, -(-y2 // 4) * 4], f
+    assert json.loads((tmp_path / "out" / "tracked" / "regions.json").read_text())["objects"][0]["source"].startswith("source: tracker sam3")
