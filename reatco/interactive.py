@@ -37,15 +37,26 @@ def candidate_words(prompt: str) -> list[str]:
 @dataclass
 class ObjectDraft:
     """One object as an editor holds it: a word of the edited prompt and either keyframed boxes
-    (working-resolution pixels) or a source-prompt word to find it by."""
+    (working-resolution pixels), a source-prompt word to find it by, or a tracker's prompt: a box
+    on one frame (sam2) or a word whose instances it tracks (sam3, `source_word` is the query)."""
 
     word: str = ""
     keyframes: dict[int, list[float]] = field(default_factory=dict)
     source_word: str | None = None
     instance: Any = "largest"
     margin: float = 0.0
+    tracker: str | None = None  # sam2 | sam3
+    track_box: list[float] | None = None  # sam2: the box drawn on `track_frame`
+    track_frame: int = 0
+    tracker_model: str | None = None  # weights (hub id or folder); None: the tracker's default
 
     def as_config(self) -> dict:
+        if self.tracker == "sam2" and self.track_box is not None:
+            return {"word": self.word, "source": {"tracker": "sam2", "box": list(self.track_box), "frame": int(self.track_frame),
+                                                  "model": self.tracker_model, "margin": self.margin}}
+        if self.tracker == "sam3" and self.source_word:
+            return {"word": self.word, "source": {"tracker": "sam3", "query": self.source_word, "instance": self.instance,
+                                                  "model": self.tracker_model, "margin": self.margin}}
         if self.source_word:
             return {"word": self.word, "source": {"word": self.source_word, "instance": self.instance, "margin": self.margin}}
         if len(self.keyframes) == 1:
@@ -66,6 +77,11 @@ def drafts_from_config(cfg) -> list[ObjectDraft]:
             draft.keyframes = {int(k): list(v) for k, v in obj.boxes.items()}
         elif isinstance(obj.boxes, list):
             draft.keyframes = {f: list(b) for f, b in enumerate(obj.boxes)}
+        elif obj.source is not None and obj.source.tracker:
+            src = obj.source
+            draft.tracker, draft.tracker_model, draft.margin, draft.instance = src.tracker, src.model, src.margin, src.instance
+            draft.track_box, draft.track_frame = (list(src.box) if src.box is not None else None), src.frame
+            draft.source_word = src.query
         elif obj.source is not None and obj.source.word:
             draft.source_word, draft.instance, draft.margin = obj.source.word, obj.source.instance, obj.source.margin
         drafts.append(draft)

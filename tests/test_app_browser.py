@@ -159,3 +159,75 @@ def test_browser_editor_draws_runs_and_downloads(app):
     target = os.environ.get("REATCO_APP_SCREENSHOT")
     if target:  # how docs/app.png is made
         shutil.copy(shot, target)
+
+
+def test_browser_box_on_one_frame_becomes_a_tracked_mask_on_every_frame(app):
+    """Object 2 from a box drawn on frame 3 only, tracked by SAM 2 (a tiny random model saved in a
+    folder and named in the page, standing in for the real weights): the edit's regions on every
+    other frame are the tracker's masks for that box (rounded out to the 4 px latent cells), and
+    the downloadable config names the tracker and the box."""
+    from playwright.sync_api import sync_playwright
+
+    from test_region_trackers import tiny_sam2_video
+
+    executable = _chromium()
+    if executable is None:
+        message = "no chromium on this machine: apt-get install chromium (.ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    url, tmp = app
+    weights = tiny_sam2_video(tmp / "sam2")
+    box = [13, 7, 32, 25]  # the blue square on frame 3 (data/shapes-demo/truth.json)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(url, wait_until="load")
+        page.wait_for_selector("#open", timeout=60_000)
+        page.click("#open")
+        page.wait_for_selector("#status :text('8 frames')", timeout=60_000)
+        page.locator("#obj label:has-text('2')").click()
+        time.sleep(0.5)
+        page.locator("#mode label:has-text('tracked box (sam2)')").click()
+        time.sleep(0.5)
+        slider = page.locator("#frame input[type=number]")
+        slider.fill("3")
+        slider.press("Enter")
+        time.sleep(1.0)
+        _draw(page, box)
+        page.click("#set_key")
+        page.wait_for_selector("#status :text('sam2 box on frame 3')")
+        page.get_by_text("tracker weights (hub id or local folder)").click()
+        page.locator("#sam2_model textarea, #sam2_model input").first.fill(str(weights))
+        time.sleep(0.5)
+        summary = page.locator("#summary textarea").input_value()
+        assert "object 2 — 'yellow triangle': sam2 tracks the box" in summary and "frame 3" in summary
+        page.click("#preview")
+        page.wait_for_selector("#gallery img", timeout=120_000)
+        page.click("#run")
+        page.wait_for_selector("#status :text('done')", timeout=240_000)
+        browser.close()
+
+    folder = tmp / "out" / "app"
+    doc = json.loads((folder / "regions.json").read_text())
+    tracked = doc["objects"][1]
+    assert tracked["source"].startswith("source: tracker sam2") and "on frame 3" in tracked["source"]
+    drawn = [float(v) for v in tracked["source"].split("box ")[1].split("]")[0].strip("[").split(",")]
+    assert np.allclose(drawn, box, atol=1.0)  # what the page drew, in working pixels
+
+    # the same tracker on the same frames and box, run here: its masks are the regions of every frame
+    from PIL import Image
+
+    from reatco.region_trackers import Sam2Tracker, region_from_tracked
+    from reatco.video import read_video, to_uint8
+
+    frames = to_uint8((read_video(ROOT / "data" / "shapes-demo" / "frames", 64, 64, 8) + 1) / 2)
+    expected = region_from_tracked(Sam2Tracker(str(weights), progress=False).track(frames, box=drawn, frame=3), {}, "s",
+                                   min_side=8, whole_cells=4).pixel_masks.numpy()
+    for item in tracked["frames"]:
+        mask = np.asarray(Image.open(folder / item["mask"]).convert("L")) > 127
+        assert (mask == expected[item["frame"]]).all(), item["frame"]
+    from reatco.config import load_config
+
+    src = load_config(folder / "config.yaml").edits[0].objects[1].source
+    assert src.tracker == "sam2" and src.frame == 3 and src.model == str(weights)
