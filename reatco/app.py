@@ -124,7 +124,9 @@ def build_app(cfg):
                 mode = gr.Radio(MODES, value=mode_of(drafts0[0]), label="region from", elem_id="mode")
                 source_word = gr.Dropdown(candidate_words(cfg.video.prompt), value=drafts0[0].source_word, allow_custom_value=True,
                                           label="source word it replaces (sam3: the word it tracks)", elem_id="source_word")
-                instance = gr.Dropdown(INSTANCES, value=str(drafts0[0].instance), label="instance", elem_id="instance")
+                instance = gr.Dropdown(INSTANCES, value=str(drafts0[0].instance), label="instance", elem_id="instance",
+                                       allow_custom_value=True)
+                find_btn = gr.Button("Find instances (sam3)", elem_id="find_instances")
                 summary = gr.Textbox(keyframes_text(drafts0), label="objects", lines=4, elem_id="summary")
                 with gr.Accordion("tracker weights (hub id or local folder)", open=False):
                     sam2_model = gr.Textbox(value=DEFAULT_MODELS["sam2"], label="SAM 2", elem_id="sam2_model")
@@ -133,6 +135,8 @@ def build_app(cfg):
             preview_btn = gr.Button("Preview regions", elem_id="preview")
             run_btn = gr.Button("Run edit", variant="primary", elem_id="run")
         status = gr.Markdown("", elem_id="status")
+        instances_gallery = gr.Gallery(label="instances the tracker found (choose one by its number)", columns=6, height=200,
+                                       elem_id="instances")
         gallery = gr.Gallery(label="regions on every frame", columns=8, height=200, elem_id="gallery")
         result = gr.Image(label="source / edited / attention", elem_id="result", type="numpy")
         downloads = gr.File(label="outputs (the config.yaml reruns it: python scripts/edit.py --config config.yaml)",
@@ -203,6 +207,19 @@ def build_app(cfg):
             except ConfigError as err:
                 return gr.update(), f"error: {err}"
             return images, "regions on every frame (regions from source words are found with the model)"
+
+        def on_find(path, src_prompt, e_prompt, drafts, j, sam2, sam3):
+            try:
+                found = session.instances(current_config(path, src_prompt, e_prompt, drafts, sam2, sam3), int(j) - 1)
+            except ConfigError as err:
+                return gr.update(), gr.update(), f"error: {err}"
+            numbers = [str(k) for k in range(1, len(found) + 1)]
+            choices = list(dict.fromkeys(INSTANCES[:6] + numbers))
+            return (found, gr.update(choices=choices),
+                    f"object {j}: {len(found)} instance{'s' if len(found) != 1 else ''} found; choose one by its number")
+
+        find_btn.click(on_find, [video_path, source_prompt, edit_prompt, drafts_state, obj, sam2_model, sam3_model],
+                       [instances_gallery, instance, status])
 
         preview_btn.click(on_preview, [video_path, source_prompt, edit_prompt, drafts_state, sam2_model, sam3_model], [gallery, status])
 

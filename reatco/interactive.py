@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .config import config_from_dict, config_to_dict
+from .errors import ConfigError
 from .regions import draw_regions
 from .runner import EditRunner
 
@@ -137,6 +138,30 @@ class EditSession:
         frames = runner.source_frames()
         words = [o.word for o in prepared.edit.objects]
         return [draw_regions(upscale(frame, 4), regions, words, frame=f) for f, frame in enumerate(frames)]
+
+    def instances(self, cfg, index: int) -> list[tuple[np.ndarray, str]]:
+        """Every instance the tracker of object `index` (a sam3 word) finds, as `instance: k` counts
+        them: for each, the frame where it is largest with its mask outlined, captioned "k (score)"."""
+        from .region_trackers import ranked_instances
+
+        runner = self.runner_for(cfg)
+        prepared = runner.prepare()[0]
+        spec = prepared.edit.objects[index].source
+        if spec is None or not spec.tracker:
+            raise ConfigError(f"edits[0].objects[{index}].source.tracker", "this object's region is not tracked; choose a tracker")
+        tracked = runner.tracked(spec, f"edits[0].objects[{index}].source")
+        frames = runner.source_frames()
+        out = []
+        for k, track in enumerate(ranked_instances(tracked, spec), 1):
+            seen = [i for i in track if i is not None]
+            best = max(seen, key=lambda i: i.area)
+            image = upscale(frames[best.frame], 4).copy()
+            edge = np.repeat(np.repeat(best.mask, 4, 0), 4, 1)
+            edge = edge & ~np.pad(edge, 1)[2:, 1:-1] | edge & ~np.pad(edge, 1)[:-2, 1:-1] | \
+                edge & ~np.pad(edge, 1)[1:-1, 2:] | edge & ~np.pad(edge, 1)[1:-1, :-2]
+            image[edge] = (255, 0, 255)
+            out.append((image, f"{k} (score {best.score:.2f}, frame {best.frame})"))
+        return out
 
     def run(self, cfg) -> dict:
         """Run the config's edit; returns the output folder, the edited frames and a strip with

@@ -234,6 +234,21 @@ def _write_cached(path: Path, tracked: Tracked) -> None:
         np.savez_compressed(handle, masks=tracked.masks, scores=tracked.scores)
 
 
+def ranked_instances(tracked: Tracked, spec) -> list[list[Instance | None]]:
+    """The instances an object may take, as `instance: k` counts them: those scoring at least
+    `score`, steady enough to compete (region_finding.choose_track), ranked from the `order` side
+    (left by default). Entry k − 1 is the track `instance: k` takes."""
+    score = value_of(spec, "score")
+    score = 0.0 if score is None else float(score)
+    tracks = [t for t, s, m in zip(tracked_instances(tracked), tracked.scores, tracked.masks) if s >= score and m.any()]
+    ranked = []
+    while True:
+        try:
+            ranked.append(choose_track(tracks, len(ranked) + 1, value_of(spec, "order", "left")))
+        except ConfigError:
+            return ranked
+
+
 def track_source_regions(frames: np.ndarray, specs: Sequence, fields: Sequence[str] | None = None, device: str = "cpu",
                          cache_dir: str | os.PathLike | None = None, min_side: float = 1.0, whole_cells: int = 1,
                          progress: bool = True, make_tracker: Callable | None = None) -> list[Region]:
@@ -243,6 +258,16 @@ def track_source_regions(frames: np.ndarray, specs: Sequence, fields: Sequence[s
     (`cache_dir`/tracks) when the same frames, weights and prompt were tracked before; each
     tracker's weights are loaded once for its specs and freed before returning.
     `make_tracker(name, model, device, progress, field)`: load_tracker, or a stand-in."""
+    fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
+    tracked = track_objects(frames, specs, fields, device, cache_dir, progress, make_tracker)
+    return [region_from_tracked(t, s, f, min_side, whole_cells) for t, s, f in zip(tracked, specs, fields)]
+
+
+def track_objects(frames: np.ndarray, specs: Sequence, fields: Sequence[str] | None = None, device: str = "cpu",
+                  cache_dir: str | os.PathLike | None = None, progress: bool = True,
+                  make_tracker: Callable | None = None) -> list[Tracked]:
+    """What the trackers of `specs` find on `frames`: every prompt checked against the clip first,
+    then the cache, then each tracker loaded once for its specs and freed (track_source_regions)."""
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
     n_frames, height, width = frames.shape[:3]
     for spec, field in zip(specs, fields):
@@ -275,4 +300,4 @@ def track_source_regions(frames: np.ndarray, specs: Sequence, fields: Sequence[s
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-    return [region_from_tracked(t, s, f, min_side, whole_cells) for t, s, f in zip(tracked, specs, fields)]
+    return tracked

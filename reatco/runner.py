@@ -252,6 +252,15 @@ class EditRunner:
             self._video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
         return self._video
 
+    def tracked(self, spec, field: str = "source"):
+        """What the tracker of a `source: {tracker: …}` spec finds on the source clip (every
+        instance, cached by content): region_trackers.Tracked."""
+        from .region_trackers import track_objects
+        from .tuning import cache_root
+
+        return track_objects(self.source_frames(), [spec], [field], str(self.device), cache_root(self.cfg),
+                             self.progress, self.make_tracker)[0]
+
     def latent_cell_px(self) -> int:
         """Pixels per latent cell of the model (the VAE's downsampling), read from its VAE config
         without loading any weights."""
