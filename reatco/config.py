@@ -453,11 +453,29 @@ def _resolve_paths(raw: dict, folder: Path) -> None:
             value = model.get(key)
             if _is_local(value) and not os.path.isabs(value) and (folder / value).exists():
                 model[key] = absolute(value)
-    for edit in raw.get("edits") or []:
-        for obj in (edit.get("objects") or []) if isinstance(edit, dict) else []:
+    for k, edit in enumerate(raw.get("edits") or []):
+        for j, obj in enumerate((edit.get("objects") or []) if isinstance(edit, dict) else []):
             for key in ("mask", "boxes_file"):
                 if isinstance(obj, dict) and _is_local(obj.get(key)):
                     obj[key] = absolute(obj[key])
+            source = obj.get("source") if isinstance(obj, dict) else None
+            if isinstance(source, dict):
+                _source_alias(source, f"edits[{k}].objects[{j}].source")
+                for key in ("model", "detector"):  # weights folders beside the config; hub ids stay
+                    value = source.get(key)
+                    if _is_local(value) and not os.path.isabs(value) and (folder / value).exists():
+                        source[key] = absolute(value)
+
+
+def _source_alias(source: dict, field_: str) -> None:
+    """`as: box | boxes | mask` (the issue's and the field's spelling; `as` is a Python keyword, so
+    the schema's field is `region`) → `region: boxes | mask`."""
+    if "as" not in source:
+        return
+    value = source.pop("as")
+    if "region" in source:
+        raise ConfigError(f"{field_}.as", "give either `as` or `region` (the same setting), not both")
+    source["region"] = {"box": "boxes"}.get(value, value)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -732,6 +750,8 @@ def _relative_inputs(d: dict, folder: Path) -> dict:
     for edit in d["edits"]:
         for obj in edit["objects"]:
             obj["mask"] = rel(obj["mask"])
+            if obj.get("source"):
+                obj["source"]["model"] = rel(obj["source"]["model"])
     return d
 
 

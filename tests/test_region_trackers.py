@@ -367,3 +367,19 @@ def test_a_tiny_sam3_video_model_drives_a_tracked_edit(tmp_path):
             x1, y1, x2, y2 = mask_box(masks[best, f])
             assert region.boxes[f].tolist() == [x1 // 4 * 4, y1 // 4 * 4, -(-x2 // 4) * 4, -(-y2 // 4) * 4], f
     assert json.loads((tmp_path / "out" / "tracked" / "regions.json").read_text())["objects"][0]["source"].startswith("source: tracker sam3")
+
+
+def test_as_box_is_the_region_setting_and_weights_folders_are_read_beside_the_config(tmp_path):
+    (tmp_path / "weights").mkdir()
+    yaml = tmp_path / "c.yaml"
+    yaml.write_text(f"base_config: {ROOT / 'configs' / 'shapes.yaml'}\noutput_dir: {tmp_path / 'out'}\nedits:\n"
+                    "  - name: e\n    prompt: a green circle and a yellow triangle on a gray background\n    objects:\n"
+                    "      - {word: green circle, source: {tracker: sam3, query: circle, as: box, model: weights}}\n"
+                    "      - {word: yellow triangle, source: {tracker: sam2, point: [20, 15], model: facebook/sam2.1-hiera-tiny}}\n")
+    first, second = (o.source for o in load_config(yaml).edits[0].objects)
+    assert first.region == "boxes" and first.model == str(tmp_path / "weights")
+    assert second.region is None and second.model == "facebook/sam2.1-hiera-tiny"  # a hub id stays
+    yaml.write_text(yaml.read_text().replace("as: box,", "as: box, region: mask,"))
+    with pytest.raises(ConfigError, match="either `as` or `region`") as err:
+        load_config(yaml)
+    assert err.value.field == "edits[0].objects[0].source.as"
