@@ -197,10 +197,22 @@ def load_tracker(name: str, model: str, device: str = "cpu", progress: bool = Tr
         raise ConfigError(field, f"{name!r} is not a tracker; choose from {', '.join(TRACKERS)}")
     try:
         return kinds[name](model, device, progress=progress)
+    except ImportError as err:  # an older transformers: the video models came in its 5.x releases
+        raise ConfigError(field, f"{name} needs transformers' {'Sam2' if name == 'sam2' else 'Sam3'}VideoModel, which this "
+                                 f"transformers ({_transformers_version()}) lacks: pip install -U transformers") from err
     except OSError as err:
         raise ConfigError(f"{field.rsplit('.', 1)[0]}.model",
                           f"could not load {name} weights from {model!r} ({err}); give a local folder or a hub id "
                           f"such as {DEFAULT_MODELS[name]}") from err
+
+
+def _transformers_version() -> str:
+    try:
+        import transformers
+
+        return transformers.__version__
+    except ImportError:
+        return "not installed"
 
 
 # ----------------------------------------------------------------------------- the whole step

@@ -383,3 +383,11 @@ def test_as_box_is_the_region_setting_and_weights_folders_are_read_beside_the_co
     with pytest.raises(ConfigError, match="either `as` or `region`") as err:
         load_config(yaml)
     assert err.value.field == "edits[0].objects[0].source.as"
+
+
+def test_missing_weights_name_the_model_field(tmp_path):
+    from reatco.region_trackers import load_tracker
+
+    with pytest.raises(ConfigError, match="could not load sam2 weights") as err:
+        load_tracker("sam2", str(tmp_path / "nothing-here"), field="edits[0].objects[0].source.tracker")
+    assert err.value.field == "edits[0].objects[0].source.model"
