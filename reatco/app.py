@@ -1,8 +1,9 @@
 """The browser editor's page (scripts/app.py serves it): a Gradio UI over reatco.interactive.
 
-Open a clip, draw a box per object on keyframes (interpolated in between) or name the source-prompt
-word it replaces, preview the regions on every frame, run the edit, and download the outputs with
-the YAML config that reruns it. Every event is one library call; gradio (and
+Open a clip, draw a box per object on keyframes (interpolated in between), name the source-prompt
+word it replaces, draw one box on one frame for SAM 2 to track through the clip, or give a word for
+SAM 3 to find and track (every instance; the instance is chosen in the page); preview the regions on
+every frame, run the edit, and download the outputs with the YAML config that reruns it. Every event is one library call; gradio (and
 gradio_image_annotation) are imported inside the functions, so `import reatco` never needs them.
 """
 
@@ -15,6 +16,17 @@ from .errors import ConfigError
 MAX_OBJECTS = 3
 DISPLAY = 4  # frames are shown this many times their working size (the shapes world is 64 px)
 INSTANCES = ["largest", "left", "right", "top", "bottom", "all", "1", "2", "3"]
+# Where an object's region comes from, as the page offers it.
+MODES = ["boxes", "source word", "tracked box (sam2)", "tracked word (sam3)"]
+MODE_TRACKERS = {"tracked box (sam2)": "sam2", "tracked word (sam3)": "sam3"}
+
+
+def mode_of(draft) -> str:
+    if draft.tracker == "sam2":
+        return MODES[2]
+    if draft.tracker == "sam3":
+        return MODES[3]
+    return "source word" if draft.source_word else "boxes"
 
 
 
@@ -25,6 +37,7 @@ def build_app(cfg):
 
     from .interactive import (EditSession, ObjectDraft, build_config, candidate_words, drafts_from_config, scale_box,
                               uploaded_path, upscale)
+    from .region_trackers import DEFAULT_MODELS
     from .regions import interpolate_keyframes
     from .tokens import load_tokenizer, token_table
 
@@ -42,7 +55,11 @@ def build_app(cfg):
         except Exception as err:  # an over-long prompt, say: show why instead of failing the page
             return f"({err})"
 
-    def current_config(video_path, source_prompt, edit_prompt, drafts):
+    def current_config(video_path, source_prompt, edit_prompt, drafts, sam2_model=None, sam3_model=None):
+        models = {"sam2": sam2_model, "sam3": sam3_model}
+        for d in drafts:  # the weights named in the page, for the trackers the drafts use
+            if d.tracker:
+                d.tracker_model = (models[d.tracker] or "").strip() or None
         return build_config(cfg, video_path, source_prompt, edit_prompt, drafts)
 
     def frame_view(frames, drafts, obj, frame):
@@ -52,7 +69,11 @@ def build_app(cfg):
         image = upscale(frames[int(frame)], DISPLAY)
         draft = drafts[int(obj) - 1]
         boxes = []
-        if draft.keyframes and not draft.source_word:
+        if draft.tracker == "sam2" and draft.track_box is not None:  # the drawn box, on its frame only
+            if int(frame) == draft.track_frame:
+                x1, y1, x2, y2 = (round(v) for v in scale_box(draft.track_box, DISPLAY))
+                boxes = [{"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2, "label": f"object {obj} (tracked)"}]
+        elif draft.keyframes and not draft.source_word and not draft.tracker:
             box = interpolate_keyframes({int(k): v for k, v in draft.keyframes.items()}, len(frames))[int(frame)].tolist()
             x1, y1, x2, y2 = (round(v) for v in scale_box(box, DISPLAY))
             boxes = [{"xmin": x1, "ymin": y1, "xmax": x2, "ymax": y2, "label": f"object {obj}"}]
@@ -63,8 +84,14 @@ def build_app(cfg):
         for j, d in enumerate(drafts, 1):
             if not d.word:
                 continue
-            where = f"from source word {d.source_word!r} ({d.instance})" if d.source_word else \
-                "keyframes " + ", ".join(f"{k}: {[round(v) for v in b]}" for k, b in sorted(d.keyframes.items()))
+            if d.tracker == "sam2":
+                where = (f"sam2 tracks the box {[round(v) for v in d.track_box]} drawn on frame {d.track_frame}"
+                         if d.track_box is not None else "sam2: draw a box on a frame and press Set keyframe")
+            elif d.tracker == "sam3":
+                where = f"sam3 tracks every {d.source_word!r} ({d.instance})" if d.source_word else "sam3: give a word"
+            else:
+                where = f"from source word {d.source_word!r} ({d.instance})" if d.source_word else \
+                    "keyframes " + ", ".join(f"{k}: {[round(v) for v in b]}" for k, b in sorted(d.keyframes.items()))
             lines.append(f"object {j} — {d.word!r}: {where or 'no region yet'}")
         return "\n".join(lines)
 
@@ -94,16 +121,22 @@ def build_app(cfg):
                 obj = gr.Radio([str(j) for j in range(1, MAX_OBJECTS + 1)], value="1", label="object", elem_id="obj")
                 word = gr.Dropdown(candidate_words(edit_prompt0), value=drafts0[0].word or None, allow_custom_value=True,
                                    label="its word (edited prompt)", elem_id="word")
-                mode = gr.Radio(["boxes", "source word"], value="source word" if drafts0[0].source_word else "boxes",
-                                label="region from", elem_id="mode")
+                mode = gr.Radio(MODES, value=mode_of(drafts0[0]), label="region from", elem_id="mode")
                 source_word = gr.Dropdown(candidate_words(cfg.video.prompt), value=drafts0[0].source_word, allow_custom_value=True,
-                                          label="source word it replaces", elem_id="source_word")
-                instance = gr.Dropdown(INSTANCES, value=str(drafts0[0].instance), label="instance", elem_id="instance")
+                                          label="source word it replaces (sam3: the word it tracks)", elem_id="source_word")
+                instance = gr.Dropdown(INSTANCES, value=str(drafts0[0].instance), label="instance", elem_id="instance",
+                                       allow_custom_value=True)
+                find_btn = gr.Button("Find instances (sam3)", elem_id="find_instances")
                 summary = gr.Textbox(keyframes_text(drafts0), label="objects", lines=4, elem_id="summary")
+                with gr.Accordion("tracker weights (hub id or local folder)", open=False):
+                    sam2_model = gr.Textbox(value=DEFAULT_MODELS["sam2"], label="SAM 2", elem_id="sam2_model")
+                    sam3_model = gr.Textbox(value=DEFAULT_MODELS["sam3"], label="SAM 3", elem_id="sam3_model")
         with gr.Row():
             preview_btn = gr.Button("Preview regions", elem_id="preview")
             run_btn = gr.Button("Run edit", variant="primary", elem_id="run")
         status = gr.Markdown("", elem_id="status")
+        instances_gallery = gr.Gallery(label="instances the tracker found (choose one by its number)", columns=6, height=200,
+                                       elem_id="instances")
         gallery = gr.Gallery(label="regions on every frame", columns=8, height=200, elem_id="gallery")
         result = gr.Image(label="source / edited / attention", elem_id="result", type="numpy")
         downloads = gr.File(label="outputs (the config.yaml reruns it: python scripts/edit.py --config config.yaml)",
@@ -129,7 +162,7 @@ def build_app(cfg):
 
         def on_object(drafts, j, frames, f):
             d = drafts[int(j) - 1]
-            return (gr.update(value=d.word or None), "source word" if d.source_word else "boxes", gr.update(value=d.source_word),
+            return (gr.update(value=d.word or None), mode_of(d), gr.update(value=d.source_word),
                     str(d.instance), frame_view(frames, drafts, j, f))
 
         obj.change(on_object, [drafts_state, obj, frames_state, frame], [word, mode, source_word, instance, annotator])
@@ -137,7 +170,8 @@ def build_app(cfg):
         def on_fields(drafts, j, w, m, sw, inst, frames, f):
             d = drafts[int(j) - 1]
             d.word = w or ""
-            d.source_word = sw if m == "source word" and sw else None
+            d.tracker = MODE_TRACKERS.get(m)
+            d.source_word = sw if m in ("source word", "tracked word (sam3)") and sw else None
             d.instance = int(inst) if str(inst).isdigit() else inst
             return drafts, keyframes_text(drafts), frame_view(frames, drafts, j, f)
 
@@ -152,6 +186,9 @@ def build_app(cfg):
             b = boxes[-1]
             box = scale_box([b["xmin"], b["ymin"], b["xmax"], b["ymax"]], 1 / DISPLAY)
             d = drafts[int(j) - 1]
+            if d.tracker == "sam2":  # one box on one frame: the tracker follows it through the clip
+                d.track_box, d.track_frame = [round(v, 1) for v in box], int(f)
+                return drafts, keyframes_text(drafts), f"object {j}: sam2 box on frame {int(f)} = {d.track_box}"
             d.keyframes[int(f)] = [round(v, 1) for v in box]
             d.source_word = None
             return drafts, keyframes_text(drafts), f"object {j}: keyframe {int(f)} = {d.keyframes[int(f)]}"
@@ -164,18 +201,31 @@ def build_app(cfg):
 
         clear_keys.click(on_clear, [drafts_state, obj, frames_state, frame], [drafts_state, summary, annotator])
 
-        def on_preview(path, src_prompt, e_prompt, drafts):
+        def on_preview(path, src_prompt, e_prompt, drafts, sam2, sam3):
             try:
-                images = session.preview(current_config(path, src_prompt, e_prompt, drafts))
+                images = session.preview(current_config(path, src_prompt, e_prompt, drafts, sam2, sam3))
             except ConfigError as err:
                 return gr.update(), f"error: {err}"
             return images, "regions on every frame (regions from source words are found with the model)"
 
-        preview_btn.click(on_preview, [video_path, source_prompt, edit_prompt, drafts_state], [gallery, status])
-
-        def on_run(path, src_prompt, e_prompt, drafts, progress=gr.Progress(track_tqdm=True)):
+        def on_find(path, src_prompt, e_prompt, drafts, j, sam2, sam3):
             try:
-                run_cfg = current_config(path, src_prompt, e_prompt, drafts)
+                found = session.instances(current_config(path, src_prompt, e_prompt, drafts, sam2, sam3), int(j) - 1)
+            except ConfigError as err:
+                return gr.update(), gr.update(), f"error: {err}"
+            numbers = [str(k) for k in range(1, len(found) + 1)]
+            choices = list(dict.fromkeys(INSTANCES[:6] + numbers))
+            return (found, gr.update(choices=choices),
+                    f"object {j}: {len(found)} instance{'s' if len(found) != 1 else ''} found; choose one by its number")
+
+        find_btn.click(on_find, [video_path, source_prompt, edit_prompt, drafts_state, obj, sam2_model, sam3_model],
+                       [instances_gallery, instance, status])
+
+        preview_btn.click(on_preview, [video_path, source_prompt, edit_prompt, drafts_state, sam2_model, sam3_model], [gallery, status])
+
+        def on_run(path, src_prompt, e_prompt, drafts, sam2, sam3, progress=gr.Progress(track_tqdm=True)):
+            try:
+                run_cfg = current_config(path, src_prompt, e_prompt, drafts, sam2, sam3)
                 progress(0, desc="tuning / inverting (cached) and editing")
                 out = session.run(run_cfg)
             except ConfigError as err:
@@ -183,7 +233,8 @@ def build_app(cfg):
             yaml_text = (Path(out["out_dir"]) / "config.yaml").read_text()
             return out["strip"], out["files"], yaml_text, f"done: outputs in {out['out_dir']}"
 
-        run_btn.click(on_run, [video_path, source_prompt, edit_prompt, drafts_state], [result, downloads, config_text, status])
+        run_btn.click(on_run, [video_path, source_prompt, edit_prompt, drafts_state, sam2_model, sam3_model],
+                      [result, downloads, config_text, status])
     return demo
 
 

@@ -256,7 +256,17 @@ class SourceRegionConfig:
     # google/owlvit-base-patch32) used instead of the attention, with the text `query`.
     detector: Optional[str] = None
     query: Optional[str] = None
-    # Detector: keep detections scoring at least this (VISOR's OWL-ViT threshold: 0.1).
+    # A video object tracker instead (reatco/region_trackers.py): sam3 (a text `query` → every
+    # instance, tracked) | sam2 (a `box` or a click `point` on `frame` → that object, tracked).
+    tracker: Optional[str] = None
+    # The tracker's weights: a hub id or local folder; null: facebook/sam3 | facebook/sam2.1-hiera-large.
+    model: Optional[str] = None
+    # sam2: [x1, y1, x2, y2] or a click [x, y] in pixels of the working size (video.width × height),
+    # on the clip's frame `frame` (0-based).
+    box: Optional[List[float]] = None
+    point: Optional[List[float]] = None
+    frame: int = 0
+    # Detector or tracker: keep instances scoring at least this (VISOR's OWL-ViT threshold: 0.1).
     score: float = 0.1
     # Which instance when several are found: largest | left | right | top | bottom (by mean
     # centre over the frames) | all (the box around every instance) | k ≥ 1 (the k-th counted
@@ -266,12 +276,14 @@ class SourceRegionConfig:
     order: str = "left"
     # Pixels added around the found object on every side.
     margin: float = 0.0
-    # boxes (per-frame boxes) | mask (per-frame masks of the found blobs).
-    region: str = "boxes"
+    # boxes (per-frame boxes) | mask (per-frame masks of the found blobs or tracked masks).
+    # null: mask for a tracker, boxes otherwise.
+    region: Optional[str] = None
     # Attention: the word's seed blobs are where its map is ≥ threshold × the frame's peak.
     threshold: float = 0.5
-    # Attention: a seed grows over the pixels whose features (the UNet's finest features and,
-    # weighted by colour_weight, the source colours) have cosine ≥ similarity with the seed's.
+    # Attention: a seed grows over the pixels whose features (the UNet's finest features and the
+    # source colours, each scaled to unit RMS over the frame, the colours then with colour_weight
+    # times the features' say) have cosine ≥ similarity with the seed's.
     similarity: float = 0.6
     colour_weight: float = 1.0
     # Attention: noise levels (scheduler timesteps) the source clip is read at, averaged.
@@ -484,11 +496,29 @@ def _resolve_paths(raw: dict, folder: Path) -> None:
             value = model.get(key)
             if _is_local(value) and not os.path.isabs(value) and (folder / value).exists():
                 model[key] = absolute(value)
-    for edit in raw.get("edits") or []:
-        for obj in (edit.get("objects") or []) if isinstance(edit, dict) else []:
+    for k, edit in enumerate(raw.get("edits") or []):
+        for j, obj in enumerate((edit.get("objects") or []) if isinstance(edit, dict) else []):
             for key in ("mask", "boxes_file"):
                 if isinstance(obj, dict) and _is_local(obj.get(key)):
                     obj[key] = absolute(obj[key])
+            source = obj.get("source") if isinstance(obj, dict) else None
+            if isinstance(source, dict):
+                _source_alias(source, f"edits[{k}].objects[{j}].source")
+                for key in ("model", "detector"):  # weights folders beside the config; hub ids stay
+                    value = source.get(key)
+                    if _is_local(value) and not os.path.isabs(value) and (folder / value).exists():
+                        source[key] = absolute(value)
+
+
+def _source_alias(source: dict, field_: str) -> None:
+    """`as: box | boxes | mask` (the issue's and the field's spelling; `as` is a Python keyword, so
+    the schema's field is `region`) → `region: boxes | mask`."""
+    if "as" not in source:
+        return
+    value = source.pop("as")
+    if "region" in source:
+        raise ConfigError(f"{field_}.as", "give either `as` or `region` (the same setting), not both")
+    source["region"] = {"box": "boxes"}.get(value, value)
 
 
 def _read_yaml(path: Path) -> dict:
@@ -776,6 +806,8 @@ def _relative_inputs(d: dict, folder: Path) -> dict:
         for obj in edit["objects"]:
             obj["mask"] = rel(obj["mask"])
             obj["boxes_file"] = rel(obj.get("boxes_file"))
+            if obj.get("source"):
+                obj["source"]["model"] = rel(obj["source"]["model"])
     return d
 
 
@@ -1106,7 +1138,9 @@ _SOURCE_REGIONS = ("boxes", "mask")
 
 
 def _validate_source(src: SourceRegionConfig, cfg: ReAtCoConfig, p: str) -> None:
-    if src.detector:
+    if src.tracker is not None:
+        _validate_tracker_source(src, cfg, p)
+    elif src.detector:
         _require(bool(src.query and src.query.strip()), f"{p}.query", "is empty; a detector needs a text query, e.g. \"a dolphin\"")
         _require(src.word is None, f"{p}.word", "give either word (the model's own attention) or detector + query, not both")
         _require(0 <= src.score <= 1, f"{p}.score", f"must be in [0, 1] (default 0.1), got {src.score}")
@@ -1115,7 +1149,10 @@ def _validate_source(src: SourceRegionConfig, cfg: ReAtCoConfig, p: str) -> None
                  "is empty; name the word of the source prompt (video.prompt) for the object, or set detector + query")
         check_word(src.word, f"{p}.word")
         _require(bool(cfg.video.prompt.strip()), "video.prompt", f"is empty, but {p}.word looks for a word in it")
-        _require(src.query is None, f"{p}.query", "is for detector: set detector too, or use word")
+        _require(src.query is None, f"{p}.query", "is for detector or tracker: set one of them too, or use word")
+    if src.tracker is None:
+        for key in ("model", "box", "point"):
+            _require(getattr(src, key) is None, f"{p}.{key}", "is for a tracker: set tracker (sam2 or sam3) too")
     if src.occurrence is not None:
         _at_least(src.occurrence, 1, f"{p}.occurrence", " (1 = first occurrence; null if the word occurs once)")
     inst = src.instance
@@ -1123,7 +1160,8 @@ def _validate_source(src: SourceRegionConfig, cfg: ReAtCoConfig, p: str) -> None
              f"{inst!r} is not one of {', '.join(_INSTANCES)} or a number k ≥ 1 (the k-th from the `order` side)")
     _choice(src.order, _ORDERS, f"{p}.order")
     _at_least(src.margin, 0, f"{p}.margin", " px")
-    _choice(src.region, _SOURCE_REGIONS, f"{p}.region")
+    if src.region is not None:
+        _choice(src.region, _SOURCE_REGIONS, f"{p}.region")
     _require(0 < src.threshold <= 1, f"{p}.threshold", f"must be in (0, 1] (default 0.5), got {src.threshold}")
     _require(-1 <= src.similarity <= 1, f"{p}.similarity", f"is a cosine, in [-1, 1] (default 0.6), got {src.similarity}")
     _at_least(src.colour_weight, 0, f"{p}.colour_weight")
@@ -1136,6 +1174,48 @@ def _validate_source(src: SourceRegionConfig, cfg: ReAtCoConfig, p: str) -> None
                  f"{p}.attention_cell_px", f"{cell} px must be a power of two that divides video.height and video.width "
                  f"({cfg.video.height}×{cfg.video.width}); null picks the model's own")
         check_model_cell(cell, cfg.model.pretrained, f"{p}.attention_cell_px")
+
+
+_TRACKERS = ("sam2", "sam3")
+
+
+def _validate_tracker_source(src: SourceRegionConfig, cfg: ReAtCoConfig, p: str) -> None:
+    """A tracker source's own fields; its frame, box and point against the clip are checked by
+    region_trackers.check_tracker_prompt once the clip's frame count is known (still before any
+    weights load)."""
+    _choice(src.tracker, _TRACKERS, f"{p}.tracker")
+    _require(src.word is None and src.detector is None, f"{p}.tracker",
+             "give one of word (the model's attention), detector + query, or tracker, not several")
+    if src.model is not None:
+        _require(bool(str(src.model).strip()), f"{p}.model", "is empty; give a hub id or a local folder, or null for the default")
+    if src.tracker == "sam3":
+        _require(bool(src.query and str(src.query).strip()), f"{p}.query",
+                 "is empty; sam3 tracks every instance of a text query, e.g. \"dolphin\" (or use sam2 with a box)")
+        for key in ("box", "point"):
+            _require(getattr(src, key) is None, f"{p}.{key}", "is for sam2; sam3 finds its instances from `query`")
+    else:
+        _require(src.query is None, f"{p}.query", "is for sam3; sam2 follows a `box` or a click `point` on `frame`")
+        _require((src.box is None) != (src.point is None), f"{p}.box",
+                 "sam2 needs exactly one of box [x1, y1, x2, y2] or point [x, y] on `frame`")
+        if src.box is not None:
+            _require(len(src.box) == 4, f"{p}.box", f"is [x1, y1, x2, y2] in pixels, got {list(src.box)}")
+        if src.point is not None:
+            _require(len(src.point) == 2, f"{p}.point", f"is a click [x, y] in pixels, got {list(src.point)}")
+    _require(not isinstance(src.frame, bool) and isinstance(src.frame, int) and src.frame >= 0, f"{p}.frame",
+             f"is the 0-based frame of the clip the box or point is on, got {src.frame!r}")
+    _require(0 <= src.score <= 1, f"{p}.score", f"must be in [0, 1] (default 0.1), got {src.score}")
+    if cfg.video.n_frames is not None:
+        _require(src.frame < cfg.video.n_frames, f"{p}.frame",
+                 f"is {src.frame}, but the clip has frames 0–{cfg.video.n_frames - 1} (video.n_frames {cfg.video.n_frames})")
+    if src.box is not None and len(src.box) == 4:
+        x1, y1, x2, y2 = src.box
+        _require(0 <= x1 < x2 <= cfg.video.width and 0 <= y1 < y2 <= cfg.video.height, f"{p}.box",
+                 f"{list(src.box)} is not inside the {cfg.video.width}×{cfg.video.height} frame with x1 < x2 and y1 < y2 "
+                 "(pixels of video.width × video.height)")
+    if src.point is not None and len(src.point) == 2:
+        x, y = src.point
+        _require(0 <= x < cfg.video.width and 0 <= y < cfg.video.height, f"{p}.point",
+                 f"{list(src.point)} is outside the {cfg.video.width}×{cfg.video.height} frame (pixels of video.width × video.height)")
 
 
 def value_of(obj, name: str, default=None):

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .config import config_from_dict, config_to_dict
+from .errors import ConfigError
 from .regions import draw_regions
 from .runner import EditRunner
 
@@ -38,15 +39,26 @@ def candidate_words(prompt: str) -> list[str]:
 @dataclass
 class ObjectDraft:
     """One object as an editor holds it: a word of the edited prompt and either keyframed boxes
-    (working-resolution pixels) or a source-prompt word to find it by."""
+    (working-resolution pixels), a source-prompt word to find it by, or a tracker's prompt: a box
+    on one frame (sam2) or a word whose instances it tracks (sam3, `source_word` is the query)."""
 
     word: str = ""
     keyframes: dict[int, list[float]] = field(default_factory=dict)
     source_word: str | None = None
     instance: Any = "largest"
     margin: float = 0.0
+    tracker: str | None = None  # sam2 | sam3
+    track_box: list[float] | None = None  # sam2: the box drawn on `track_frame`
+    track_frame: int = 0
+    tracker_model: str | None = None  # weights (hub id or folder); None: the tracker's default
 
     def as_config(self) -> dict:
+        if self.tracker == "sam2" and self.track_box is not None:
+            return {"word": self.word, "source": {"tracker": "sam2", "box": list(self.track_box), "frame": int(self.track_frame),
+                                                  "model": self.tracker_model, "margin": self.margin}}
+        if self.tracker == "sam3" and self.source_word:
+            return {"word": self.word, "source": {"tracker": "sam3", "query": self.source_word, "instance": self.instance,
+                                                  "model": self.tracker_model, "margin": self.margin}}
         if self.source_word:
             return {"word": self.word, "source": {"word": self.source_word, "instance": self.instance, "margin": self.margin}}
         if len(self.keyframes) == 1:
@@ -67,6 +79,11 @@ def drafts_from_config(cfg) -> list[ObjectDraft]:
             draft.keyframes = {int(k): list(v) for k, v in obj.boxes.items()}
         elif isinstance(obj.boxes, list):
             draft.keyframes = {f: list(b) for f, b in enumerate(obj.boxes)}
+        elif obj.source is not None and obj.source.tracker:
+            src = obj.source
+            draft.tracker, draft.tracker_model, draft.margin, draft.instance = src.tracker, src.model, src.margin, src.instance
+            draft.track_box, draft.track_frame = (list(src.box) if src.box is not None else None), src.frame
+            draft.source_word = src.query
         elif obj.source is not None and obj.source.word:
             draft.source_word, draft.instance, draft.margin = obj.source.word, obj.source.instance, obj.source.margin
         drafts.append(draft)
@@ -162,6 +179,30 @@ class EditSession:
         frames = runner.source_frames()
         words = [o.word for o in prepared.edit.objects]
         return [draw_regions(upscale(frame, 4), regions, words, frame=f) for f, frame in enumerate(frames)]
+
+    def instances(self, cfg, index: int) -> list[tuple[np.ndarray, str]]:
+        """Every instance the tracker of object `index` (a sam3 word) finds, as `instance: k` counts
+        them: for each, the frame where it is largest with its mask outlined, captioned "k (score)"."""
+        from .region_trackers import ranked_instances
+
+        runner = self.runner_for(cfg)
+        prepared = runner.prepare()[0]
+        spec = prepared.edit.objects[index].source
+        if spec is None or not spec.tracker:
+            raise ConfigError(f"edits[0].objects[{index}].source.tracker", "this object's region is not tracked; choose a tracker")
+        tracked = runner.tracked(spec, f"edits[0].objects[{index}].source")
+        frames = runner.source_frames()
+        out = []
+        for k, track in enumerate(ranked_instances(tracked, spec), 1):
+            seen = [i for i in track if i is not None]
+            best = max(seen, key=lambda i: i.area)
+            image = upscale(frames[best.frame], 4).copy()
+            edge = np.repeat(np.repeat(best.mask, 4, 0), 4, 1)
+            edge = edge & ~np.pad(edge, 1)[2:, 1:-1] | edge & ~np.pad(edge, 1)[:-2, 1:-1] | \
+                edge & ~np.pad(edge, 1)[1:-1, 2:] | edge & ~np.pad(edge, 1)[1:-1, :-2]
+            image[edge] = (255, 0, 255)
+            out.append((image, f"{k} (score {best.score:.2f}, frame {best.frame})"))
+        return out
 
     def run(self, cfg) -> dict:
         """Run the config's edit; returns the output folder, the edited frames and a strip with

@@ -78,9 +78,10 @@ def _suppress(found: list[Instance], iou: float = 0.5) -> list[Instance]:
 
 
 def detect_source_regions(frames: np.ndarray, specs: Sequence, rad_cell_px: int, device: str = "cpu",
-                          fields: Sequence[str] | None = None) -> list[Region]:
+                          fields: Sequence[str] | None = None, whole_cells: int = 1) -> list[Region]:
     """Regions of `specs` (SourceRegionConfig or dicts with detector, query, score, instance,
-    order, margin, region) found on the source `frames` (F, H, W, 3) uint8."""
+    order, margin, region) found on the source `frames` (F, H, W, 3) uint8, rounded out to whole
+    cells of `whole_cells` px (region_finding.region_from_instances)."""
     from .config import value_of
 
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
@@ -89,8 +90,8 @@ def detect_source_regions(frames: np.ndarray, specs: Sequence, rad_cell_px: int,
     for spec, field in zip(specs, fields):
         model, processor = load_detector(value_of(spec, "detector"), device, f"{field}.detector")
         per_frame = detect_instances(frames, model, processor, value_of(spec, "query"), value_of(spec, "score", 0.1))
-        region = value_of(spec, "region", "boxes")
+        region = value_of(spec, "region") or "boxes"
         regions.append(region_from_instances(per_frame, height, width, value_of(spec, "instance", "largest"),
                                              value_of(spec, "order", "left"), value_of(spec, "margin", 0.0),
-                                             region, min_side=rad_cell_px, field=field))
+                                             region, min_side=rad_cell_px, field=field, whole_cells=whole_cells))
     return regions

@@ -85,17 +85,30 @@ def frame_instances(maps: np.ndarray, threshold: float = 0.5, min_area: int = 1)
 
 def affinity_features(features: torch.Tensor, frame: torch.Tensor | None, height: int, width: int,
                       colour_weight: float = 1.0) -> np.ndarray:
-    """(C, h', w') UNet features of one frame (+ its (3, H, W) pixels in [-1, 1]) → (D, H, W):
-    features upsampled to pixels, centred over the frame and scaled to unit length per pixel,
-    then the frame's centred colours (in [0, 1] units) × `colour_weight` appended."""
+    """(C, h', w') UNet features of one frame (+ its (3, H, W) pixels in [-1, 1]) → (D, H, W): the
+    features upsampled to pixels and the frame's colours, each centred over the frame and scaled
+    to unit root-mean-square length per pixel, the colours then × sqrt(`colour_weight`) — so that
+    in a cosine the colour cue has `colour_weight` times the features' say (1: equal say).
+
+    Why both cues are scaled: the features carry the object's identity but arrive from a grid 4 px
+    (shapes) to 8 px (SD) coarse, blurred across the object's edge by the upsampling; the colours
+    are sharp at the edge. Left at their own scales (features of unit length, colours a few
+    tenths in [0, 1] units) the colours had almost no say, and a seed grew over the features
+    alone: on the shapes demo the circle's box covered 0.70 of the true one (frame 6 a thin
+    strip), 0.86 over the other clips of the shapes world; with equal say 1.00 and 0.99."""
     up = torch.nn.functional.interpolate(features[None].float(), size=(height, width), mode="bilinear", align_corners=False)[0]
-    up = up - up.mean(dim=(1, 2), keepdim=True)
-    up = torch.nn.functional.normalize(up, dim=0)
+    cues = [_unit_rms(up - up.mean(dim=(1, 2), keepdim=True))]
     if frame is not None and colour_weight > 0:
         colour = (frame.float() / 2 + 0.5)
-        colour = colour - colour.mean(dim=(1, 2), keepdim=True)
-        up = torch.cat([up, colour_weight * colour])
-    return up.numpy()
+        cues.append(colour_weight ** 0.5 * _unit_rms(colour - colour.mean(dim=(1, 2), keepdim=True)))
+    return torch.cat(cues).numpy()
+
+
+def _unit_rms(x: torch.Tensor) -> torch.Tensor:
+    """(D, H, W) centred values scaled so that the mean over pixels of their squared length is 1
+    (a flat cue, all zeros, stays zero)."""
+    rms = x.pow(2).sum(0).mean().sqrt()
+    return x / rms if float(rms) > 1e-12 else x
 
 
 def grow_instances(seeds: Sequence[Instance], attention: np.ndarray, feats: np.ndarray, similarity: float = 0.6) -> list[Instance]:
@@ -234,6 +247,30 @@ def grow_boxes(boxes: np.ndarray, margin: float, min_side: float, height: int, w
     return b
 
 
+def round_out_boxes(boxes: np.ndarray, cell: int, height: int, width: int) -> np.ndarray:
+    """(…, 4) boxes rounded outwards to whole cells of `cell` px (within the frame); 1 keeps them."""
+    if cell <= 1:
+        return boxes
+    b = np.asarray(boxes, float).copy()
+    b[..., :2] = np.floor(b[..., :2] / cell) * cell
+    b[..., 2:] = np.ceil(b[..., 2:] / cell) * cell
+    b[..., [0, 2]] = b[..., [0, 2]].clip(0, width)
+    b[..., [1, 3]] = b[..., [1, 3]].clip(0, height)
+    return b
+
+
+def round_out_masks(masks: np.ndarray, cell: int) -> np.ndarray:
+    """(F, H, W) masks grown to every whole `cell`-px cell they touch; 1 keeps them."""
+    if cell <= 1:
+        return masks
+    n, h, w = masks.shape
+    gh, gw = -(-h // cell), -(-w // cell)
+    padded = np.zeros((n, gh * cell, gw * cell), bool)
+    padded[:, :h, :w] = masks
+    touched = padded.reshape(n, gh, cell, gw, cell).any(axis=(2, 4))
+    return np.repeat(np.repeat(touched, cell, 1), cell, 2)[:, :h, :w]
+
+
 def track_masks(track: Sequence[Instance | None], boxes: np.ndarray, margin: int, height: int, width: int) -> np.ndarray:
     """(F, H, W) masks of a track: its blobs (boxes for detections and skipped frames), dilated
     by `margin` px."""
@@ -253,8 +290,11 @@ def track_masks(track: Sequence[Instance | None], boxes: np.ndarray, margin: int
 
 def region_from_instances(per_frame: Sequence[Sequence[Instance]], height: int, width: int, instance="largest",
                           order: str = "left", margin: float = 0.0, kind: str = "boxes", min_side: float = 1.0,
-                          field: str = "source") -> Region:
-    """Per-frame instances → one tracked object → a Region (per-frame boxes, or masks)."""
+                          field: str = "source", whole_cells: int = 1) -> Region:
+    """Per-frame instances → one tracked object → a Region (per-frame boxes, or masks), rounded
+    out to whole cells of `whole_cells` px (the edit passes its latent cell: IRJS takes every cell
+    a region leaves out from the source, so an object pixel in a cell the region only grazes
+    would stay in the edit as a ring of the source object's colour)."""
     tracks = link_tracks(per_frame, height, width)
     n_frames = len(per_frame)
     if instance == "all":  # every instance: the box (or mask) around all of them
@@ -273,11 +313,20 @@ def region_from_instances(per_frame: Sequence[Sequence[Instance]], height: int, 
         track = merged
     else:
         track = choose_track(tracks, instance, order, field=f"{field}.instance")
+    return region_from_track(track, height, width, margin, kind, min_side, whole_cells)
+
+
+def region_from_track(track: Sequence[Instance | None], height: int, width: int, margin: float = 0.0,
+                      kind: str = "boxes", min_side: float = 1.0, whole_cells: int = 1) -> Region:
+    """One object's track (an instance or None per frame) → its Region: per-frame boxes (skipped
+    frames interpolated), grown by `margin` px and to `min_side`, or its masks dilated by `margin`
+    px (boxes where a frame has no mask); both rounded out to whole cells of `whole_cells` px."""
+    n_frames = len(track)
     boxes = grow_boxes(fill_boxes(track), margin, min_side, height, width)
     if kind == "mask":
-        masks = track_masks(track, boxes, int(round(margin)), height, width)
+        masks = round_out_masks(track_masks(track, boxes, int(round(margin)), height, width), whole_cells)
         return Region("mask", n_frames, height, width, pixel_masks=torch.from_numpy(masks))
-    return Region("boxes", n_frames, height, width, boxes=torch.from_numpy(boxes))
+    return Region("boxes", n_frames, height, width, boxes=torch.from_numpy(round_out_boxes(boxes, whole_cells, height, width)))
 
 
 # ----------------------------------------------------------------------------- the model's attention
@@ -361,12 +410,13 @@ def attention_instances(maps: torch.Tensor, features: torch.Tensor, video: torch
 
 
 def find_source_regions(pipe, video: torch.Tensor, source_latents: torch.Tensor, prompt: str, specs: Sequence,
-                        rad_cell_px: int, fields: Sequence[str] | None = None) -> list[Region]:
+                        rad_cell_px: int, fields: Sequence[str] | None = None, whole_cells: int = 1) -> list[Region]:
     """The regions of the source objects named by `specs` (SourceRegionConfig or dicts with
     `word`, and optionally occurrence, instance, order, margin, region, threshold, similarity,
     colour_weight, timesteps, attention_cell_px, seed), found on `video` (F, 3, H, W) in [-1, 1]
     with its scaled latents (1, C, F, h, w) and source `prompt`. Specs that share the attention
-    settings share the UNet passes."""
+    settings share the UNet passes. `whole_cells`: see `region_from_instances` (1: the found
+    object's own extent; the runner passes the latent cell)."""
     from .tokens import tokenize_prompt, word_token_indices
 
     prompt = tokenize_prompt(pipe.tokenizer, prompt)  # once, for every spec and the UNet passes
@@ -390,5 +440,6 @@ def find_source_regions(pipe, video: torch.Tensor, source_latents: torch.Tensor,
                                             value_of(spec, "similarity", 0.6), value_of(spec, "colour_weight", 1.0))
             regions[j] = region_from_instances(per_frame, height, width, value_of(spec, "instance", "largest"),
                                                value_of(spec, "order", "left"), value_of(spec, "margin", 0.0),
-                                               value_of(spec, "region", "boxes"), min_side=rad_cell_px, field=fields[j])
+                                               value_of(spec, "region") or "boxes", min_side=rad_cell_px, field=fields[j],
+                                               whole_cells=whole_cells)
     return regions

@@ -78,7 +78,15 @@ def attention_steps(recorded_steps: int, steps: int) -> list[int]:
 
 def source_origin(src) -> str:
     """A short description of a `source:` region, for regions.json."""
-    what = f"detector {src.detector} query {src.query!r}" if src.detector else f"attention of source word {src.word!r}"
+    if getattr(src, "tracker", None):
+        from .region_trackers import tracker_model
+
+        prompt = f"query {src.query!r}" if src.query else (f"box {list(src.box)}" if src.box is not None else f"point {list(src.point)}") + f" on frame {src.frame}"
+        what = f"tracker {src.tracker} ({tracker_model(src)}) {prompt}"
+    elif src.detector:
+        what = f"detector {src.detector} query {src.query!r}"
+    else:
+        what = f"attention of source word {src.word!r}"
     return f"source: {what}, instance {src.instance}" + (f", margin {src.margin:g} px" if src.margin else "")
 
 
@@ -104,6 +112,8 @@ class EditRunner:
         self._source: tuple[torch.Tensor, torch.Tensor] | None = None
         self._native_size: tuple[int, int] | None = None
         self._found: dict[str, Region] = {}  # regions found in the source video, by their settings
+        # how a `source: {tracker: …}` tracker is made: region_trackers.load_tracker, or a stand-in
+        self.make_tracker = None
         self._tune_key: tuple[str, dict] | None = None
         self._model_digest: str | None = None
         # which UNet edits: {"source": cache | tuned | model.tuned_unet | inflated, "path", "key"}
@@ -139,7 +149,11 @@ class EditRunner:
                 where = f"{field_prefix}.objects[{j}]"
                 if getattr(obj, "source", None) is not None:  # found later, with the model; the word is checked now
                     src = obj.source
-                    if not src.detector:
+                    if src.tracker:  # its frame, box or point against the clip as read
+                        from .region_trackers import check_tracker_prompt
+
+                        check_tracker_prompt(src, self.source_video().shape[0], cfg.video.height, cfg.video.width, f"{where}.source")
+                    elif not src.detector:
                         word_token_indices(self.tokenizer, cfg.video.prompt, src.word, src.occurrence, field=f"{where}.source.word")
                     regions.append(None)
                     origins.append(source_origin(src))
@@ -174,10 +188,14 @@ class EditRunner:
             self._native_size = native_frame_size(self.cfg.video.path)
         return self._native_size
 
-    def resolve_regions(self, prepared: PreparedEdit) -> list[Region]:
-        """Find the regions of the objects given as `source:` (the model's attention or a detector on
-        the source clip); found regions are kept for the other edits of this runner."""
+    def resolve_regions(self, prepared: PreparedEdit, without_pipeline: bool = False) -> list[Region]:
+        """Find the regions of the objects given as `source:` (the model's attention, a detector or
+        a tracker on the source clip); found regions are kept for the other edits of this runner.
+        without_pipeline: only the detector and tracker ones (run before the edit's models load, so
+        that their weights are freed first)."""
         missing = [j for j, r in enumerate(prepared.regions) if r is None]
+        if without_pipeline:
+            missing = [j for j in missing if prepared.edit.objects[j].source.tracker or prepared.edit.objects[j].source.detector]
         if not missing:
             return prepared.regions
         from .config import config_to_dict
@@ -190,18 +208,26 @@ class EditRunner:
             key = json.dumps(config_to_dict(spec), sort_keys=True)
             if key not in self._found:
                 field_name = f"edits[{k}].objects[{j}].source"
-                if spec.detector:
+                if spec.tracker:
+                    from .region_trackers import track_source_regions
+                    from .tuning import cache_root
+
+                    self._found[key] = track_source_regions(self.source_frames(), [spec], [field_name], str(self.device),
+                                                            cache_root(cfg), cfg.model.attention_cell_px, self.latent_cell_px(),
+                                                            self.progress, self.make_tracker)[0]
+                elif spec.detector:
                     from .region_detector import detect_source_regions
 
                     self._found[key] = detect_source_regions(self.source_frames(), [spec], cfg.model.attention_cell_px,
-                                                             str(self.device), [field_name])[0]
+                                                             str(self.device), [field_name], self.latent_cell_px())[0]
                 else:
                     from .region_finding import find_source_regions
 
                     pipe = self.pipeline()
                     source_latents, _ = self.source()
                     self._found[key] = find_source_regions(pipe, self.source_video().to(self.device), source_latents,
-                                                           cfg.video.prompt, [spec], cfg.model.attention_cell_px, [field_name])[0]
+                                                           cfg.video.prompt, [spec], cfg.model.attention_cell_px, [field_name],
+                                                           pipe.vae_scale_factor)[0]
             prepared.regions[j] = self._found[key]
         self.timings["find_regions"] = self.timings.get("find_regions", 0.0) + time.perf_counter() - start
         return prepared.regions
@@ -250,6 +276,23 @@ class EditRunner:
             v = self.cfg.video
             self._video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
         return self._video
+
+    def tracked(self, spec, field: str = "source"):
+        """What the tracker of a `source: {tracker: …}` spec finds on the source clip (every
+        instance, cached by content): region_trackers.Tracked."""
+        from .region_trackers import track_objects
+        from .tuning import cache_root
+
+        return track_objects(self.source_frames(), [spec], [field], str(self.device), cache_root(self.cfg),
+                             self.progress, self.make_tracker)[0]
+
+    def latent_cell_px(self) -> int:
+        """Pixels per latent cell of the model (the VAE's downsampling), read from its VAE config
+        without loading any weights."""
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.load_config(self.cfg.model.pretrained, subfolder="vae")
+        return 2 ** (len(vae.get("block_out_channels", [0])) - 1)
 
     def source_frames(self) -> np.ndarray:
         """The source clip as (F, H, W, 3) uint8 (source_video is the VAE's [-1, 1])."""
@@ -372,6 +415,7 @@ class EditRunner:
 
     def run(self, prepared: PreparedEdit, out_dir: str | os.PathLike | None = None, write: bool = True) -> EditResult:
         cfg = prepared.cfg
+        self.resolve_regions(prepared, without_pipeline=True)  # trackers and detectors: freed before the models load
         pipe = self.pipeline()
         source_latents, trajectory = self.source()
         self.resolve_regions(prepared)

@@ -38,9 +38,13 @@ def test_shapes_auto_finds_edits_and_writes_reusable_regions(tmp_path, capsys):
     truth = json.loads((ROOT / "data" / "shapes-demo" / "truth.json").read_text())["boxes"]
     for obj, name in zip(doc["objects"], ["red circle", "blue square"]):
         ious = [box_iou(np.array(f["box"]), np.array(truth[name][f["frame"]], float)) for f in obj["frames"]]
-        assert np.mean(ious) > 0.5, (name, ious)
+        assert np.mean(ious) > 0.7, (name, ious)
     report = json.loads((folder / "report.json").read_text())
     assert "find_regions" in report["timings_s"]
+
+    # the regions are rounded out to whole 4 px latent cells (IRJS keeps every other cell)
+    for obj in doc["objects"]:
+        assert all(v % 4 == 0 for frame in obj["frames"] for v in frame["box"]), obj["frames"]
 
     # the written regions, reused as boxes files, give the same regions
     cfg = load_config(ROOT / "configs" / "shapes.yaml", [f"output_dir={tmp_path / 'again'}", *FAST])
@@ -81,3 +85,26 @@ def test_eval_loveu_scores_a_source_config_it_runs_from_the_regions_the_run_foun
     assert [o["word"] for o in found["objects"]] == ["green circle", "yellow triangle"]
     score = json.loads(next((out / "scores").rglob("*.json")).read_text())
     assert isinstance(score["scores"]["psnr"], float) and np.isfinite(score["scores"]["psnr"]), score  # masked by the found regions
+
+
+def test_shapes_auto_leaves_no_source_colour_inside_its_regions(tmp_path):
+    """configs/shapes-auto.yaml as shipped (50 steps): no pixel of the replaced objects' colours
+    (red circle, blue square) anywhere in the edit, by the exact colour segmentation of the shapes
+    world. Before the finder balanced its cues and rounded the regions out to latent cells, frame
+    6's circle region was a thin strip and the edit a green rectangle inside a red ring (14 red
+    pixels a frame were left at the circle's sides even with exact but unrounded boxes)."""
+    from PIL import Image
+
+    from reatco.toy.detector import NAMES, classify_pixels
+
+    out = tmp_path / "out"
+    assert _edit_script().main(["--config", str(ROOT / "configs" / "shapes-auto.yaml"), "--quiet", "--set", f"output_dir={out}"]) == 0
+    folder = out / "triangle-and-circle"
+    frames = sorted((folder / "frames").glob("*.png"))
+    assert len(frames) == 8
+    for f, path in enumerate(frames):
+        colours = classify_pixels(np.asarray(Image.open(path).convert("RGB")))
+        for name in ("red", "blue"):
+            assert (colours == NAMES.index(name)).sum() == 0, (f, name)
+        for name in ("green", "yellow"):  # and the new objects are there
+            assert (colours == NAMES.index(name)).sum() > 150, (f, name)
