@@ -20,7 +20,7 @@ TOKEN_PX = SPATIAL_FACTOR * PATCH  # one token is 16 × 16 px of one latent fram
 
 def frames_after_padding(n_frames: int, temporal: int = TEMPORAL_FACTOR) -> int:
     """The smallest 4k + 1 ≥ n_frames."""
-    return n_frames if n_frames % temporal == 1 else (n_frames // temporal + 1) * temporal + 1
+    return -(-(n_frames - 1) // temporal) * temporal + 1
 
 
 def check_frame_count(n_frames: int, pad: bool = False, field: str = "video.n_frames",
