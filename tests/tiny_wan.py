@@ -17,7 +17,9 @@ import torch
 
 # The words the tiny tokenizer knows; anything else is <unk>.
 WORDS = ("a red green blue yellow circle square triangle star cat dog bird fish polar bear white brown on in the "
-         "sea water gray background and of swims jumps two dolphins dolphin shark boat").split()
+         "sea water gray background and of swims jumps two dolphins dolphin shark boat "
+         # configs/dolphins-wan.yaml's prompts
+         "A Two jellyfish goldfish octopus turtle are swimming blue ocean .").split()
 
 TINY_TRANSFORMER = dict(
     patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=16, out_channels=16,
@@ -36,7 +38,7 @@ def tiny_wan_tokenizer():
     for word in WORDS:
         vocab.setdefault(word, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # words and punctuation apart
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                                    model_max_length=MAX_SEQUENCE_LENGTH)
