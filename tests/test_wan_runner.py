@@ -143,3 +143,43 @@ def test_edit_script_runs_a_whole_wan_edit_and_reuses_the_inversion(workspace, c
     first = (out / "frames" / "00000.png").read_bytes()
     assert edit_script.main(["--config", str(path), "--overwrite", "--quiet"]) == 0
     assert (out / "frames" / "00000.png").read_bytes() == first  # one seed, one edit
+
+
+def test_eval_loveu_edits_missing_predictions_on_a_wan_folder(workspace, tmp_path):
+    """scripts/eval_loveu.py runs the same on a Wan base config: the predictions are edited by the
+    Wan runner (LOVEU's 3-frame clip padded to 5) and scored."""
+    from PIL import Image
+
+    from reatco.metrics import clear_cache
+    from tiny_models import save_tiny_clip
+
+    eval_loveu = load_script("eval_loveu")
+    data = tmp_path / "data"
+    frames = data / "DAVIS_480p" / "480p_frames" / "gold-fish"
+    frames.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for i in range(3):
+        Image.fromarray(rng.randint(0, 256, (24, 24, 3), dtype=np.uint8)).save(frames / f"{i:05d}.jpg")
+    (data / "LOVEU-TGVE-2023_Dataset.csv").write_text(
+        "Video name,Our GT caption,Style Change Caption,Object Change Caption,Background Change Caption,"
+        "Multiple Changes Caption\nDAVIS Videos:,,,,,\ngold-fish,a red fish in the sea.,a blue fish in the sea.,"
+        "a red shark in the sea.,a red fish on the sea.,a blue shark on the sea.\n")
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({
+        "model": {"pretrained": str(workspace / "model"), "attention_cell_px": 16},
+        "video": {"pad_frames": True},
+        "sampling": {"steps": 2, "guidance_scale": 2.0},
+        "rad": {"refinement_thresholds": {}},
+    }))
+    clear_cache()
+    clip = save_tiny_clip(tmp_path / "clip")
+    pred, out = tmp_path / "pred", tmp_path / "out"
+    args = ["--data_root", str(data), "--pred_root", str(pred), "--out", str(out), "--metrics", "clip_text",
+            "--clip_model", str(clip), "--base_config", str(base), "--height", "32", "--width", "32", "--limit", "1"]
+    try:
+        assert eval_loveu.main(args) == 0
+    finally:
+        clear_cache()
+    made = sorted(pred.rglob("00000.jpg"))
+    assert len(made) == 1 and len(list(made[0].parent.glob("*.jpg"))) == 3
+    assert json.loads((out / "summary.json").read_text())["n_edits"] == 1
