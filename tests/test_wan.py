@@ -361,3 +361,27 @@ def test_padding_option_edits_a_16_frame_clip_and_returns_16_frames(pipe):
     out = pipe(PROMPT, video=tiny_clip(8), objects=[CIRCLE], num_inference_steps=2, guidance_scale=3.0,
                pad_frames=True, generator=_gen(), rad={"max_update_steps": 1})
     assert out.frames.shape == (8, 3, 32, 48)
+
+
+def test_per_frame_push_does_not_depend_on_the_number_of_latent_frames(pipe):
+    """The RAD terms are means over the pass's latent frames, so a frame's gradient carries 1/F;
+    α is scaled by F / rad.calibration_frames (latent frames on Wan): a frame whose own term is the
+    same gets the same push in a pass over 2 or 4 latent frames."""
+    from reatco.rad_guidance import RADPass
+
+    class PerFrameLoss(WanRADGuidance):
+        def forward(self, latents, t, frames=None):  # a loss that is a mean of per-frame terms
+            x = latents.detach().requires_grad_(True)
+            with torch.enable_grad():
+                inner = (1 - torch.sigmoid(x.mean(dim=(0, 1, 3, 4))).mean()).reshape(1)
+            n = x.shape[2]
+            return RADPass(x, inner.sum(), inner, torch.zeros(1), torch.zeros(1, n, 2, 3), torch.zeros(1, n))
+
+    pushes = []
+    for n_latent in (2, 4):
+        guidance = _guidance(pipe)
+        guidance.__class__ = PerFrameLoss
+        guidance.masks = torch.ones(1, n_latent, 2, 3)
+        x = torch.zeros(1, 16, n_latent, 4, 6)
+        pushes.append((guidance.update(x, 0, torch.tensor(900.0))[0] - x)[:, :, 0])
+    assert pushes[0].abs().max() > 0 and torch.allclose(pushes[0], pushes[1], rtol=1e-6, atol=0)
