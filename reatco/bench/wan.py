@@ -7,13 +7,13 @@ transformer runs at Wan's full width but with 2 blocks and a few hundred tokens;
 measured at two token counts and fitted as fixed + per-token, then scaled to the target clip's
 tokens (81 × 480 × 832 → 21 × 30 × 52 = 32,760) and to the blocks a pass holds:
   * cfg_step: one forward without gradients (peak transient, independent of depth);
-  * rad_pass: RAD's forward to the last recorded block and its backward (`WanRADGuidance.update`,
-    weights frozen): peak(b blocks) = b·S + T, S and T from passes over 1 and 2 blocks;
+  * rad_pass: RAD's forward to the last recorded block and its backward (`WanRADGuidance.forward`
+    and its gradient, weights frozen): peak(b blocks) = b·S + T, S what a block keeps when the
+    forward ends (passes over 1 and 2 blocks), T the rest of the peak;
   * rad_pass_checkpointed: the same with gradient checkpointing per block: b·I + T'.
 The measurements run in bfloat16, the target dtype, so only tokens and blocks are scaled (labelled
-estimated). Attention runs through PyTorch's SDPA: on a GPU a flash / memory-efficient kernel keeps
-it linear in the tokens; on a CPU at a few hundred tokens its N² part is small and is counted in
-the fit. VAE: AutoencoderKLWan's architecture (random weights) encodes and decodes causally, a few
+estimated). Attention runs through PyTorch's flash kernel on the CPU too (forced), linear in the
+tokens as on a GPU. VAE: AutoencoderKLWan's architecture (random weights) encodes and decodes causally, a few
 frames at a time; its peak is fitted on pixels per frame (two sizes) and taken as the target
 frame's. Weights: parameter counts on the meta device × 2 bytes.
 
@@ -33,6 +33,7 @@ import weakref
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -114,10 +115,10 @@ class TransformerFit:
 
     arch: str
     forward_per_token: float  # cfg_step's transient (one call)
-    rad_block_per_token: float  # S: saved for the backward, per block in the pass
-    rad_transient_per_token: float  # T
-    ckpt_block_per_token: float  # I: a checkpointed block's input
-    ckpt_transient_per_token: float  # T'
+    rad_block_per_token: float  # S: kept for the backward when the forward ends, per block in the pass
+    rad_transient_per_token: float  # T: the rest of the pass's peak (the backward)
+    ckpt_block_per_token: float  # I: the same with checkpointing (a block's input)
+    ckpt_transient_per_token: float  # T': the backward's recomputation
     pass_cost_blocks: float  # a RAD pass over b blocks costs this × b block forwards
     pass_cost_blocks_checkpointed: float
     tokens: tuple[int, int]
@@ -137,42 +138,62 @@ def measure_transformer(arch: str, grids=((2, 16, 16), (4, 16, 16)), dtype=torch
     text = torch.zeros(1, TEXT_TOKENS, 4096, dtype=dtype)
     text[:, :12] = torch.randn(1, 12, 4096, dtype=dtype)  # a 12-token prompt, zero-padded as WanPipeline pads
     rows = []
-    for frames, h, w in grids:
-        x = torch.randn(1, 16, frames, h, w, dtype=torch.float32)
-        t = torch.tensor(900.0)
-        tokens = frames * (h // 2) * (w // 2)
-        with torch.no_grad():
+    # a flash kernel, as on a GPU: attention memory linear in the tokens (the CPU's default math
+    # kernel would keep the N × N scores, which Wan on a GPU never forms)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        for frames, h, w in grids:
+            x = torch.randn(1, 16, frames, h, w, dtype=torch.float32)
+            t = torch.tensor(900.0)
+            tokens = frames * (h // 2) * (w // 2)
             denoiser = WanDenoiser(model)
-            forward, forward_s = _measure(lambda: denoiser(x, t, text))
-        masks = torch.zeros(1, frames, h // 2, w // 2)
-        masks[..., : h // 4, : w // 4] = 1
-        row = {"tokens": tokens, "forward": forward, "forward_s": forward_s}
-        for ckpt in (False, True):
-            for blocks in ([0], [1]):
-                rad = section_settings("rad", {"gradient_checkpointing": ckpt, "refinement_thresholds": {}}, steps=50)
-                guidance = WanRADGuidance(denoiser, blocks, text, ["w"], [[3]], 11, masks, rad, 50)
-                with guidance.attached():
-                    peak, seconds = _measure(lambda: guidance.update(x, 0, t)[0])
-                row[(ckpt, blocks[0] + 1)] = (peak, seconds)
-        rows.append(row)
+            with torch.no_grad():
+                forward, forward_s = _measure(lambda: denoiser(x, t, text))
+            masks = torch.zeros(1, frames, h // 2, w // 2)
+            masks[..., : h // 4, : w // 4] = 1
+            row = {"tokens": tokens, "forward": forward, "forward_s": forward_s}
+            for ckpt in (False, True):
+                for blocks in ([0], [1]):
+                    rad = section_settings("rad", {"gradient_checkpointing": ckpt, "refinement_thresholds": {}}, steps=50)
+                    guidance = WanRADGuidance(denoiser, blocks, text, ["w"], [[3]], 11, masks, rad, 50)
+                    with guidance.attached():
+                        row[(ckpt, blocks[0] + 1)] = _measure_pass(guidance, x, t)
+            rows.append(row)
 
     def slope(values):  # per-token slope through the two grids
         (n1, v1), (n2, v2) = values
         return (v2 - v1) / (n2 - n1)
 
-    def per_token(key, part=0):
-        return slope([(r["tokens"], r[key][part] if isinstance(r[key], tuple) else r[key]) for r in rows])
+    def per_token(key, part):
+        return slope([(r["tokens"], r[key][part]) for r in rows])
 
     scale = target_bytes / torch.tensor([], dtype=dtype).element_size()
     fwd = slope([(r["tokens"], r["forward"]) for r in rows]) * scale
-    s1, s2 = per_token((False, 1)) * scale, per_token((False, 2)) * scale
-    c1, c2 = per_token((True, 1)) * scale, per_token((True, 2)) * scale
+    # what a pass keeps per block when its forward ends (S; I checkpointed): the 2-block pass minus
+    # the 1-block one; the rest of the peak (the backward's transient) from the 2-block pass
+    saved = (per_token((False, 2), "kept") - per_token((False, 1), "kept")) * scale
+    kept_ckpt = (per_token((True, 2), "kept") - per_token((True, 1), "kept")) * scale
+    transient = per_token((False, 2), "peak") * scale - 2 * saved
+    transient_ckpt = per_token((True, 2), "peak") * scale - 2 * kept_ckpt
     # time per token (slopes: the 512 text tokens' projections are a fixed cost that vanishes at 32,760 tokens)
     forward_s = slope([(r["tokens"], r["forward_s"]) for r in rows]) / 2  # one block (the forward runs 2)
-    pass_cost = per_token((False, 2), 1) / (2 * forward_s)
-    pass_cost_ckpt = per_token((True, 2), 1) / (2 * forward_s)
-    return TransformerFit(arch, fwd, s2 - s1, s1 - (s2 - s1), c2 - c1, c1 - (c2 - c1), pass_cost, pass_cost_ckpt,
+    pass_cost = per_token((False, 2), "seconds") / (2 * forward_s)
+    pass_cost_ckpt = per_token((True, 2), "seconds") / (2 * forward_s)
+    return TransformerFit(arch, fwd, saved, transient, kept_ckpt, transient_ckpt, pass_cost, pass_cost_ckpt,
                           tuple(r["tokens"] for r in rows))
+
+
+def _measure_pass(guidance, x, t) -> dict:
+    """A RAD pass and its update (`WanRADGuidance.forward`, then the gradient): bytes kept when the
+    forward ends, the peak, the seconds."""
+    gc.collect()
+    meter = LiveTensorMeter()
+    start = time.perf_counter()
+    with meter:
+        step = guidance.forward(x, t)
+        kept = meter.current
+        grad = step.grad()
+        del step, grad
+    return {"kept": float(kept), "peak": float(meter.peak), "seconds": time.perf_counter() - start}
 
 
 def measure_vae(sizes=((5, 32, 32), (5, 64, 64)), dtype=torch.float32, seed: int = 0, target_bytes: int = 2) -> dict:
