@@ -385,3 +385,16 @@ def test_per_frame_push_does_not_depend_on_the_number_of_latent_frames(pipe):
         x = torch.zeros(1, 16, n_latent, 4, 6)
         pushes.append((guidance.update(x, 0, torch.tensor(900.0))[0] - x)[:, :, 0])
     assert pushes[0].abs().max() > 0 and torch.allclose(pushes[0], pushes[1], rtol=1e-6, atol=0)
+
+
+def test_a_folder_with_wans_unipc_scheduler_loads_with_flow_matching_euler(tmp_path):
+    """The released Wan folders ship UniPC (flow_shift 3 on 480p); the edit runs Euler with that shift,
+    whose steps the flow inversion reverses exactly."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler, WanPipeline
+
+    components = tiny_wan_components()
+    components["scheduler"] = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
+                                                      flow_shift=5.0)
+    WanPipeline(**components).save_pretrained(tmp_path / "unipc")
+    pipe = WanReAtCoPipeline.from_pretrained(tmp_path / "unipc")
+    assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.shift == 5.0
