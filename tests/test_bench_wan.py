@@ -26,8 +26,7 @@ def test_released_models_parameter_counts():
 
 def test_whole_edit_arithmetic():
     fit = wan.TransformerFit("1.3B", forward_per_token=1000, rad_block_per_token=100, rad_transient_per_token=10,
-                             ckpt_block_per_token=20, ckpt_transient_per_token=5, pass_cost_blocks=3,
-                             pass_cost_blocks_checkpointed=4, tokens=(1, 2))
+                             ckpt_block_per_token=20, ckpt_transient_per_token=5, tokens=(1, 2))
     vae = {"encode": 1.0, "decode": 2.0, "encode_fixed": 0.0, "decode_fixed": 0.0}
     weights = {"transformer_1.3B": 1.0, "vae": 0.5}
     e = wan.estimate(fit, vae, weights, rad_steps=0)
