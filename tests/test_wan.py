@@ -398,3 +398,13 @@ def test_a_folder_with_wans_unipc_scheduler_loads_with_flow_matching_euler(tmp_p
     WanPipeline(**components).save_pretrained(tmp_path / "unipc")
     pipe = WanReAtCoPipeline.from_pretrained(tmp_path / "unipc")
     assert isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler) and pipe.scheduler.config.shift == 5.0
+
+
+def test_decode_outside_source_keeps_the_source_pixels_outside_the_regions(pipe):
+    video = tiny_clip(5)
+    out = pipe(PROMPT, video=video, objects=[CIRCLE], num_inference_steps=2, guidance_scale=3.0, generator=_gen(),
+               rad={"enabled": False}, irjs={"decode_outside": "source"})
+    source = pipe.decode_latents(pipe.encode_video(video))
+    assert out.frames.shape == source.shape == (5, 3, 32, 48)
+    assert torch.equal(out.frames[..., 32:], source[..., 32:])  # outside the box (x ≥ 32 px): the source's decode
+    assert not torch.equal(out.frames[..., :32], source[..., :32])

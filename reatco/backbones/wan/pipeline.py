@@ -245,10 +245,10 @@ class WanReAtCoPipeline(WanPipeline):
         irjs = section_settings("irjs", irjs, steps=num_inference_steps, field="irjs")
         if start_in_regions not in STARTS:
             raise ConfigError("start_in_regions", f"must be one of {', '.join(STARTS)}, got {start_in_regions!r}")
-        if "source" in (irjs.decode_statistics, irjs.decode_outside):
-            raise ConfigError("irjs.decode_statistics" if irjs.decode_statistics == "source" else "irjs.decode_outside",
-                              "not available on Wan: its causal VAE normalises with RMS norms (no GroupNorm statistics "
-                              "to borrow from the source), and pixel compositing is not implemented for it yet; use edit")
+        if irjs.decode_statistics == "source":
+            raise ConfigError("irjs.decode_statistics", "does not apply to Wan: its causal VAE normalises with RMS norms "
+                                                        "over channels at each position (no frame statistics to borrow from "
+                                                        "the source); use edit")
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, got {output_type!r}")
         if self.config.expand_timesteps:
@@ -379,7 +379,10 @@ class WanReAtCoPipeline(WanPipeline):
         if output_type == "latent":
             frames_out = latents
         else:
-            frames_out = self.decode_latents(latents)[: plan.n_frames].cpu()
+            frames_out = self.decode_latents(latents)
+            if invariant is not None and irjs.decode_outside == "source":
+                frames_out = self._keep_source_pixels(frames_out, self.decode_latents(source_latents), invariant.mask)
+            frames_out = frames_out[: plan.n_frames].cpu()
             check_finite(frames_out, "in the decoded frames", "the VAE overflowed: decode in float32")
             if output_type in ("np", "pil"):
                 frames_out = frames_out.permute(0, 2, 3, 1).numpy()
@@ -391,6 +394,17 @@ class WanReAtCoPipeline(WanPipeline):
             return frames_out, records, attention
         return ReAtCoPipelineOutput(frames=frames_out, rad_losses=records, attention_maps=attention,
                                     attention_by_step=None)
+
+    def _keep_source_pixels(self, edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """irjs.decode_outside: source — outside the regions' latent cells (`mask` (1, 1, latent
+        frames, h, w), 1 = edited) each pixel frame is the source's decode: a pixel frame takes the
+        cells of the latent frame that covers it, each cell its 8 × 8 pixels."""
+        groups = geometry.latent_frame_groups(edited.shape[0], self.vae_scale_factor_temporal)
+        index = torch.tensor([g for g, frames in enumerate(groups) for _ in frames], device=mask.device)
+        cells = mask[0, 0].index_select(0, index)[:, None].float()  # (F, 1, h, w)
+        pixels = torch.nn.functional.interpolate(cells, scale_factor=self.vae_scale_factor_spatial, mode="nearest")
+        pixels = pixels.to(edited.device, edited.dtype)
+        return edited * pixels + source.to(edited) * (1 - pixels)
 
     @staticmethod
     def _latent_frame_masks(regions, n_frames: int, run_frames: int, grid_h: int, grid_w: int, box_grid: str) -> torch.Tensor:

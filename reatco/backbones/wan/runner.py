@@ -5,7 +5,7 @@ flow inversion (cached by content) and pipeline call.
 What does not apply to Wan is refused before any weights load, naming the field: Tune-A-Video
 tuning (`tune.enabled`, `model.tuned_unet`), an attention cell other than Wan's 16-px token,
 temporal windows (not implemented for Wan yet), guided inversion, `source:` regions found by
-attention (not implemented for Wan yet), anchoring, and the decoders' `source` options.
+attention (not implemented for Wan yet), anchoring, and `irjs.decode_statistics: source`.
 """
 
 from __future__ import annotations
@@ -103,10 +103,9 @@ class WanEditRunner(EditRunner):
             raise ConfigError("inversion.guidance_scale", "Wan's flow inversion runs without guidance: set 1.0")
         if cfg.rad.anchor_step_ratios:
             raise ConfigError(field("rad.anchor_step_ratios"), "anchoring is not implemented for Wan yet: use []")
-        for name in ("decode_statistics", "decode_outside"):
-            if getattr(cfg.irjs, name) == "source":
-                raise ConfigError(field(f"irjs.{name}"), "not available on Wan (its causal VAE has no GroupNorm statistics; "
-                                                         "pixel compositing is not implemented for it yet): use edit")
+        if cfg.irjs.decode_statistics == "source":
+            raise ConfigError(field("irjs.decode_statistics"), "does not apply to Wan (its causal VAE normalises with RMS "
+                                                               "norms at each position: no frame statistics to borrow); use edit")
 
     def prepare(self, only: str | None = None) -> list[PreparedEdit]:
         from ...config import edit_config
