@@ -134,6 +134,10 @@ def test_pipeline_refuses_bad_input_naming_the_field(pipe):
     with pytest.raises(ConfigError) as err:
         pipe(PROMPT, video=tiny_clip(5), objects=[CIRCLE], irjs={"decode_statistics": "source"}, num_inference_steps=2)
     assert err.value.field == "irjs.decode_statistics"
+    with pytest.raises(ConfigError) as err:
+        pipe(PROMPT, video=tiny_clip(5), objects=[CIRCLE], inversion_trajectory=torch.zeros(3, 1, 16, 2, 4, 6),
+             num_inference_steps=4)
+    assert err.value.field == "inversion_trajectory"
     assert resolve_rad_blocks(None, 30) == list(range(7, 15)) and resolve_rad_blocks(None, 2) == [0]
 
 

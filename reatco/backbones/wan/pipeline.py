@@ -249,6 +249,14 @@ class WanReAtCoPipeline(WanPipeline):
             raise ConfigError("irjs.decode_statistics", "does not apply to Wan: its causal VAE normalises with RMS norms "
                                                         "over channels at each position (no frame statistics to borrow from "
                                                         "the source); use edit")
+        if rad.anchor_step_ratios:
+            raise ConfigError("rad.anchor_step_ratios", "anchoring is not implemented for Wan yet: use []")
+        if isinstance(inversion_fixed_point_iters, bool) or not isinstance(inversion_fixed_point_iters, int) \
+                or inversion_fixed_point_iters < 0:
+            raise ConfigError("inversion_fixed_point_iters", f"must be an integer ≥ 0 (0 = Euler), got {inversion_fixed_point_iters!r}")
+        if inversion_trajectory is not None and inversion_trajectory.shape[0] != num_inference_steps + 1:
+            raise ConfigError("inversion_trajectory", f"has {inversion_trajectory.shape[0]} levels; {num_inference_steps} "
+                                                      f"steps need {num_inference_steps + 1} (invert with the same steps)")
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, got {output_type!r}")
         if self.config.expand_timesteps:
