@@ -281,7 +281,7 @@ def test_rad_pass_stops_after_the_last_recorded_block_and_checkpointing_gives_th
     assert not pipe.transformer.is_gradient_checkpointing
 
 
-def test_rad_moves_the_word_into_its_region_in_a_whole_edit(pipe):
+def test_a_whole_edit_runs_rad_on_its_update_steps(pipe):
     args = dict(video=tiny_clip(5), objects=[CIRCLE], num_inference_steps=4, guidance_scale=3.0, generator=_gen())
     out = pipe(PROMPT, rad={"max_update_steps": 3, "step_size": 200.0}, **args)
     assert [r["step"] for r in out.rad_losses] == [0, 1, 2]
