@@ -53,6 +53,9 @@ class ModelConfig:
     # none | bf16: encoding, inversion and editing under bfloat16 autocast, the weights staying in
     # dtype (on the shapes benchmark it keeps the gates; README "Threads and bfloat16 on a CPU").
     autocast: str = "none"
+    # auto | unet | wan: the network the edit drives. auto: wan when the model folder's
+    # model_index.json names a Wan pipeline (or a hub id names Wan), else unet (Tune-A-Video).
+    backbone: str = "auto"
 
 
 @dataclass
@@ -72,6 +75,10 @@ class VideoConfig:
     frame_stride: int = 1
     # Frame rate of the written videos.
     fps: int = 8
+    # Wan only: its VAE needs 4k + 1 frames (17, 81, ...). true: another n_frames is padded to the
+    # next 4k + 1 by repeating the last frame (the padded frames are edited, then dropped from the
+    # outputs); false: another n_frames is refused.
+    pad_frames: bool = False
 
 
 @dataclass
@@ -116,6 +123,10 @@ class InversionConfig:
     # null: <cache_dir>/inversion (files named by a hash of the model, UNet, frames as read,
     # steps, prompt, guidance, seed and dtype).
     cache_dir: Optional[str] = None
+    # Wan only (flow inversion): 0 = Euler; k > 0 = each step solved as the exact inverse of the
+    # sampler's Euler step by k fixed-point iterations (k more model calls a step; on the tiny test
+    # model 8 steps reconstruct the source to 0.22 with Euler, 8e-7 with k = 10, tests/test_wan.py).
+    fixed_point_iters: int = 0
 
 
 @dataclass
@@ -204,6 +215,11 @@ class RADConfig:
     # best by then (an early anchor frame the model went on to leave empty is replaced). It steers
     # by attention as RAD does and is off with RAD. []: off (the paper).
     anchor_step_ratios: List[float] = field(default_factory=list)
+    # Wan only: the transformer blocks whose cross-attention (attn2) RAD reads, in each expert.
+    # null: blocks num_layers // 4 … num_layers // 2 − 1 (Wan 2.1 1.3B's 30 blocks: 7…14; 14B's 40:
+    # 10…19), a first guess: which blocks work best is to be measured on the trained shapes DiT
+    # (issue "The shapes world on a DiT"). The RAD forward stops after the last of them.
+    blocks: Optional[List[int]] = None
 
 
 @dataclass
@@ -869,6 +885,7 @@ def edit_config(cfg: ReAtCoConfig, edit: EditConfig) -> ReAtCoConfig:
 
 _DTYPES = ("auto", "float32", "float16", "bfloat16")
 _AUTOCASTS = ("none", "bf16")
+BACKBONES = ("auto", "unet", "wan")
 _MIXED = ("auto", "no", "fp16", "bf16")
 _PLACEMENTS = ("before_step", "after_step")
 _SOURCES = ("noise", "inversion")
@@ -944,6 +961,9 @@ def validate_rad(rad: RADConfig, steps: Optional[int], p: str = "rad") -> None:
     """Check a RAD section (ConfigError naming `p`.field). `steps`: the sampling steps the
     refinement thresholds must fall in, or None to leave that check out."""
     _at_least(rad.max_update_steps, 0, f"{p}.max_update_steps")
+    if rad.blocks is not None:  # against the model's block count when it loads (Wan's resolve_rad_blocks)
+        _require(len(rad.blocks) > 0 and all(isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in rad.blocks),
+                 f"{p}.blocks", f"must be a non-empty list of transformer block indices ≥ 0, or null, got {list(rad.blocks)}")
     _at_least(rad.step_size, 0, f"{p}.step_size")
     r = rad.step_size_range
     _require(len(r) == 2 and all(x > 0 for x in r), f"{p}.step_size_range",
@@ -1086,6 +1106,7 @@ def _validate_model(m: ModelConfig, check_paths: bool) -> None:
     check_model_cell(m.attention_cell_px, m.pretrained, "model.attention_cell_px")
     _choice(m.dtype, _DTYPES, "model.dtype")
     _choice(m.autocast, _AUTOCASTS, "model.autocast")
+    _choice(m.backbone, BACKBONES, "model.backbone")
     _require(bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", m.device)), "model.device",
              f"{m.device!r} is not one of auto, cpu, cuda, cuda:N, mps")
 
@@ -1357,6 +1378,7 @@ def validate(cfg: ReAtCoConfig, check_paths: bool = True) -> None:
                  f"must equal sampling.steps ({cfg.sampling.steps}) so the trajectory pairs with the sampling steps; "
                  "or leave it null")
     _at_least(cfg.inversion.guidance_scale, 1.0, "inversion.guidance_scale", " (1.0 = no guidance)")
+    _at_least(cfg.inversion.fixed_point_iters, 0, "inversion.fixed_point_iters", " (0 = Euler)")
     validate_rad(cfg.rad, cfg.sampling.steps, "rad")
     validate_irjs(cfg.irjs, "irjs")
     validate_window(cfg.window, "window")

@@ -51,12 +51,12 @@ def _main(argv=None) -> int:
     from reatco.cli import start_run
     from reatco.config import load_config
     from reatco.errors import ConfigError
-    from reatco.runner import EditRunner
+    from reatco.backbones import edit_runner
 
     start_run(args.threads)
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     cfg = load_config(args.config, overrides)
-    runner = EditRunner(cfg, progress=not args.quiet, overwrite=args.overwrite)
+    runner = edit_runner(cfg, progress=not args.quiet, overwrite=args.overwrite)  # the config's backbone: the UNet or Wan
     prepared = runner.prepare(only=args.only)
     done = [] if args.overwrite or args.dry_run else finished_edits(prepared, cfg.output_dir)
     if done:

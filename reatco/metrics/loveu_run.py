@@ -142,14 +142,14 @@ _RUNNERS: dict = {}
 
 
 def run_edit(config_path: str, edit_name: str, overrides, out_dir: Path) -> np.ndarray:
-    """The one place that calls the editing code: EditRunner(cfg) -> frames (F, H, W, 3) uint8."""
+    """The one place that calls the editing code: the config backbone's EditRunner(cfg) -> frames (F, H, W, 3) uint8."""
+    from ..backbones import edit_runner
     from ..config import load_config
-    from ..runner import EditRunner
 
     key = (str(config_path), tuple(overrides))
     if key not in _RUNNERS:
         _RUNNERS.clear()  # one pipeline in memory at a time; tuning and inversion are cached on disk
-        _RUNNERS[key] = EditRunner(load_config(config_path, list(overrides)), progress=False)
+        _RUNNERS[key] = edit_runner(load_config(config_path, list(overrides)), progress=False)
     runner = _RUNNERS[key]
     prepared = runner.prepare(only=edit_name)[0]
     result = runner.run(prepared, out_dir=out_dir)

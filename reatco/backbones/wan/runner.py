@@ -1,0 +1,257 @@
+"""WanEditRunner: one config's edits on a Wan model — the same YAML, outputs and report as the
+UNet's EditRunner (whose video reading and output writing it reuses), with Wan's checks, model,
+flow inversion (cached by content) and pipeline call.
+
+What does not apply to Wan is refused before any weights load, naming the field: Tune-A-Video
+tuning (`tune.enabled`, `model.tuned_unet`), an attention cell other than Wan's 16-px token,
+temporal windows (not implemented for Wan yet), guided inversion, `source:` regions found by
+attention (not implemented for Wan yet), anchoring, and `irjs.decode_statistics: source`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import torch
+
+from ...errors import ConfigError, check_finite
+from ...fingerprint import digest_path, digest_tensor
+from ...inversion import inversion_cache_key, load_or_invert
+from ...rad import word_labels
+from ...runner import EditResult, EditRunner, PreparedEdit
+from ...environment import package_versions
+from . import geometry
+from .pipeline import plan_wan_edit
+from .words import token_table
+
+logger = logging.getLogger(__name__)
+
+WAN_PARTS = ("model_index.json", "transformer", "transformer_2", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def _model_file(pretrained: str, *parts: str) -> str:
+    """A file of a Wan folder or hub id (the hub's local cache first)."""
+    path = os.path.join(os.fspath(pretrained), *parts)
+    if os.path.isdir(os.fspath(pretrained)):
+        if not os.path.isfile(path):
+            raise ConfigError("model.pretrained", f"{pretrained} has no {'/'.join(parts)}: give a Wan folder in the diffusers layout")
+        return path
+    from huggingface_hub import hf_hub_download
+
+    from ...tokens import _hub_reachable
+
+    try:
+        try:
+            return hf_hub_download(pretrained, parts[-1], subfolder="/".join(parts[:-1]) or None, local_files_only=True)
+        except Exception:  # not in the local cache
+            if not _hub_reachable():  # the hub client retries an unreachable host for minutes
+                raise OSError("the Hugging Face Hub cannot be reached (offline) and the file is not in the local cache")
+            return hf_hub_download(pretrained, parts[-1], subfolder="/".join(parts[:-1]) or None)
+    except Exception as err:
+        raise ConfigError("model.pretrained", f"cannot read {'/'.join(parts)} of {pretrained!r} ({str(err).splitlines()[0]}); "
+                                              "give a local Wan folder or a reachable hub id") from err
+
+
+class WanEditRunner(EditRunner):
+    """EditRunner for a Wan model (model.backbone wan, or auto on a Wan folder)."""
+
+    def __init__(self, cfg, progress: bool = True, overwrite: bool = True):
+        super().__init__(cfg, progress, overwrite)
+        self._num_layers = None
+        self.unet_info = {"source": "wan", "model": str(cfg.model.pretrained)}
+
+    # ------------------------------------------------------------------ checks (no weights)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            tokenizer_json = _model_file(self.cfg.model.pretrained, "tokenizer", "tokenizer_config.json")
+            try:
+                self._tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(tokenizer_json))
+            except (OSError, ValueError) as err:
+                raise ConfigError("model.pretrained", f"cannot load Wan's tokenizer: {str(err).splitlines()[0]}") from err
+        return self._tokenizer
+
+    @property
+    def num_layers(self) -> int:
+        if self._num_layers is None:
+            with open(_model_file(self.cfg.model.pretrained, "transformer", "config.json")) as f:
+                self._num_layers = int(json.load(f)["num_layers"])
+        return self._num_layers
+
+    def _check_settings(self, cfg, where: str = "") -> None:
+        """What the UNet path has and Wan does not (yet)."""
+        def field(name):
+            return f"{where}.{name}" if where else name
+
+        if cfg.model.attention_cell_px != geometry.TOKEN_PX:
+            raise ConfigError("model.attention_cell_px", f"Wan attends on its tokens of {geometry.TOKEN_PX} px (VAE 8 × patch 2); "
+                                                         f"set {geometry.TOKEN_PX}, got {cfg.model.attention_cell_px}")
+        if cfg.model.tuned_unet or cfg.tune.enabled:
+            raise ConfigError("tune.enabled" if cfg.tune.enabled else "model.tuned_unet",
+                              "Tune-A-Video tuning applies to the UNet backbone only; on Wan set tune.enabled: false and "
+                              "model.tuned_unet: null")
+        if cfg.window.size is not None and cfg.window.size < cfg.video.n_frames:
+            raise ConfigError(field("window.size"), "temporal windows are not implemented for Wan yet: use null (the whole clip)")
+        if cfg.inversion.guidance_scale != 1.0:
+            raise ConfigError("inversion.guidance_scale", "Wan's flow inversion runs without guidance: set 1.0")
+        if cfg.rad.anchor_step_ratios:
+            raise ConfigError(field("rad.anchor_step_ratios"), "anchoring is not implemented for Wan yet: use []")
+        if cfg.irjs.decode_statistics == "source":
+            raise ConfigError(field("irjs.decode_statistics"), "does not apply to Wan (its causal VAE normalises with RMS "
+                                                               "norms at each position: no frame statistics to borrow); use edit")
+
+    def prepare(self, only: str | None = None) -> list[PreparedEdit]:
+        from ...config import edit_config
+
+        cfg = self.cfg
+        self._check_settings(cfg)
+        geometry.check_frame_count(cfg.video.n_frames, cfg.video.pad_frames)  # before the regions, which count frames
+        geometry.check_size(cfg.video.height, cfg.video.width)
+        edits = list(cfg.edits)
+        if not edits:
+            raise ConfigError("edits", "is empty: there is nothing to edit; add an edit (name, prompt, objects)")
+        if only is not None and only not in [e.name for e in edits]:
+            raise ConfigError("--only", f"no edit named {only!r}; the config has {[e.name for e in edits]}")
+        v = cfg.video
+        prepared = []
+        for k, edit in enumerate(edits):
+            if only is not None and edit.name != only:
+                continue
+            merged = edit_config(cfg, edit)
+            self._check_settings(merged, f"edits[{k}]")
+            for j, obj in enumerate(edit.objects):
+                if getattr(obj, "source", None) is not None:
+                    raise ConfigError(f"edits[{k}].objects[{j}].source", "regions found in the source clip are not "
+                                      "implemented for Wan yet: give box, boxes, mask or boxes_file")
+            native = self.native_size() if any(getattr(o, "boxes_file", None) for o in edit.objects) else None
+            from ...regions import parse_region
+
+            objects = []
+            for j, obj in enumerate(edit.objects):  # regions with the config's frame selection, as the UNet path parses them
+                region = parse_region(obj, v.n_frames, v.height, v.width, geometry.TOKEN_PX, field=f"edits[{k}].objects[{j}]",
+                                      start_frame=v.start_frame, frame_stride=v.frame_stride, native_size=native)
+                objects.append({"word": obj.word, "occurrence": obj.occurrence, "region": region})
+            plan = plan_wan_edit(self.tokenizer, self.num_layers, edit.prompt, objects, v.n_frames, v.height, v.width,
+                                 v.pad_frames, merged.rad.blocks, field=f"edits[{k}].objects")
+            item = PreparedEdit(merged, edit, [o.region for o in plan.objects], [list(o.token_indices) for o in plan.objects],
+                                token_table(plan.tokens), [o.region.kind for o in plan.objects], plan.tokens)
+            item.plan = plan
+            prepared.append(item)
+        return prepared
+
+    def preflight(self) -> None:
+        self.source_video()
+
+    # ------------------------------------------------------------------ the model and the source
+
+    def pipeline(self):
+        if self._pipe is None:
+            from .pipeline import WanReAtCoPipeline
+
+            start = time.perf_counter()
+            try:
+                from ...pipeline import _DTYPE_KWARG
+
+                pipe = WanReAtCoPipeline.from_pretrained(self.cfg.model.pretrained, tokenizer=self.tokenizer,
+                                                         **{_DTYPE_KWARG: self.dtype})
+            except ConfigError:
+                raise
+            except (OSError, ValueError, RuntimeError) as err:
+                raise ConfigError("model.pretrained", f"cannot load {self.cfg.model.pretrained}: {str(err).splitlines()[0]}") from err
+            pipe.to(self.device)
+            pipe.set_progress_bar_config(disable=not self.progress)
+            self._pipe = pipe
+            self.timings["load"] = time.perf_counter() - start
+        return self._pipe
+
+    def model_digest(self) -> str:
+        if self._model_digest is None:
+            from ...tuning import cache_root
+
+            self._model_digest = digest_path(self.cfg.model.pretrained, cache_root(self.cfg) / "file_hashes.json", only=WAN_PARTS)
+        return self._model_digest
+
+    def inversion_prompt(self) -> str:
+        """Wan inverts with the source prompt: inversion.prompt, or video.prompt where that is empty."""
+        return self.cfg.inversion.prompt or self.cfg.video.prompt
+
+    def inversion_key(self) -> str:
+        cfg = self.cfg
+        return inversion_cache_key(
+            backbone="wan", model=self.model_digest(), video=digest_tensor(self.source_video()),
+            frames=[cfg.video.start_frame, cfg.video.frame_stride, cfg.video.n_frames, cfg.video.pad_frames],
+            size=[cfg.video.height, cfg.video.width], steps=cfg.sampling.steps, prompt=self.inversion_prompt(),
+            fixed_point_iters=cfg.inversion.fixed_point_iters, dtype=str(self.dtype), autocast=cfg.model.autocast)
+
+    def source(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised source latents (1, C, latent frames, h, w) and their flow inversion (cached)."""
+        if self._source is None:
+            pipe = self.pipeline()
+            cfg = self.cfg
+            from ...tuning import cache_root
+
+            cache_dir = cfg.inversion.cache_dir or cache_root(cfg) / "inversion"
+            run_frames = geometry.check_frame_count(cfg.video.n_frames, cfg.video.pad_frames)
+
+            def invert():
+                start = time.perf_counter()
+                with self.autocast():
+                    latents = pipe.encode_video(geometry.pad_clip(self.source_video(), run_frames))
+                    embeds = pipe.encode_prompt(self.inversion_prompt(), do_classifier_free_guidance=False,
+                                                device=pipe._execution_device)[0]
+                    trajectory = pipe.invert(latents, embeds, cfg.sampling.steps, cfg.inversion.fixed_point_iters)
+                self.timings["invert"] = time.perf_counter() - start
+                return trajectory
+
+            trajectory = load_or_invert(cache_dir, self.inversion_key(), invert).to(self.device)
+            self._source = (trajectory[0], trajectory)
+        return self._source
+
+    # ------------------------------------------------------------------ editing
+
+    def run(self, prepared: PreparedEdit, out_dir=None, write: bool = True) -> EditResult:
+        cfg = prepared.cfg
+        pipe = self.pipeline()
+        source_latents, trajectory = self.source()
+        s = cfg.sampling
+        start = time.perf_counter()
+        with self.autocast():
+            output = pipe(
+                prepared.edit.prompt, objects=prepared.plan.objects, source_latents=source_latents,
+                inversion_trajectory=trajectory, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
+                negative_prompt=s.negative_prompt, generator=torch.Generator().manual_seed(s.seed),
+                start_in_regions=s.start_in_regions, rad=cfg.rad, irjs=cfg.irjs, rad_blocks=cfg.rad.blocks,
+                n_frames=cfg.video.n_frames, pad_frames=cfg.video.pad_frames, height=cfg.video.height,
+                width=cfg.video.width, return_attention=cfg.save_attention, output_type="np")
+        edit_seconds = time.perf_counter() - start
+        check_finite(output.frames, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
+        frames = (output.frames * 255).round().astype(np.uint8)
+        if output.attention_maps is not None:  # latent frames → the pixel frames each covers
+            groups = geometry.latent_frame_groups(prepared.plan.run_frames)
+            index = [g for g, frames_of in enumerate(groups) for _ in frames_of][: cfg.video.n_frames]
+            output.attention_maps = output.attention_maps[:, index]
+        report = {
+            "edit": prepared.edit.name, "prompt": prepared.edit.prompt, "seed": s.seed, "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""), "backbone": "wan", "model": str(cfg.model.pretrained),
+            "rad_blocks": prepared.plan.rad_blocks, "frames": {"clip": cfg.video.n_frames, "run": prepared.plan.run_frames},
+            "autocast": cfg.model.autocast, "versions": package_versions(),
+            "timings_s": {**self.timings, "edit": edit_seconds, "edit_per_step": edit_seconds / s.steps},
+            "token_indices": dict(zip(word_labels([o.word for o in prepared.edit.objects]), prepared.token_indices)),
+            "rad_losses": output.rad_losses,
+        }
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+        result = EditResult(prepared.edit.name, frames, None, report, output.attention_maps)
+        if write:
+            result.out_dir = self.write_outputs(prepared, result, output, out_dir)
+        return result
+
+
+__all__ = ["WanEditRunner", "WAN_PARTS"]
