@@ -25,8 +25,8 @@ def test_readme_python_example_gives_the_demos_edit(tmp_path, monkeypatch, capsy
     namespace = {}
     exec(compile(readme_example(), "README.md", "exec"), namespace)
     assert "'loss'" in capsys.readouterr().out  # it prints the first RAD record
-    frames = namespace["out"].frames
-    assert frames.shape == (8, 3, 64, 64) and 0 <= float(frames.min()) and float(frames.max()) <= 1
+    clip = namespace["out"].frames[0]  # diffusers' video convention: a batch of one clip
+    assert clip.shape == (8, 64, 64, 3) and 0 <= float(clip.min()) and float(clip.max()) <= 1
 
     demo = load_config(ROOT / "configs" / "shapes.yaml").edits[0]
     assert namespace["out"].rad_losses[0]["inner"].keys() == {o.word for o in demo.objects}
