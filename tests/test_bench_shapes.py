@@ -1,5 +1,5 @@
 """reatco.bench.shapes (scripts/bench_shapes.py) on the shipped shapes model, shrunk to seconds:
-every gate runs end to end and writes its keys (the full numbers are in the README, from the full
+every gate runs end to end and writes its keys (the full numbers are in docs/shapes-benchmark.md, from the full
 run)."""
 
 import json
