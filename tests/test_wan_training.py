@@ -287,3 +287,31 @@ def test_a_word_map_on_its_box_has_all_its_mass_there():
     assert torch.allclose(wm.word_box_mass(maps, 4, cover), torch.ones(2))
     maps[:, 4] = 1.0  # uniform: the box's share of the frame
     assert torch.allclose(wm.word_box_mass(maps, 4, cover), torch.tensor([4 / 64, 5 / 64]))
+
+
+def test_the_shipped_configs_fit_the_25_mb_budget_in_fp32():
+    tok = wm.build_tokenizer()
+    models = (wm.build_vae(), wm.build_transformer(), wm.build_text_encoder(tok))
+    n = sum(p.numel() for m in models for p in m.parameters())
+    assert n * 4 < 20e6  # fp32 safetensors, with room for the configs and the tokenizer
+    assert models[1].config.patch_size == (1, 1, 1) or list(models[1].config.patch_size) == [1, 1, 1]
+    assert models[0].config.scale_factor_spatial == wm.SPATIAL and models[0].config.scale_factor_temporal == wm.TEMPORAL
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "data" / "shapes-wan"
+
+
+@pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(),
+                    reason="data/shapes-wan holds only its model card until the training's export is committed")
+def test_the_shipped_wan_model_loads_as_a_wan_checkpoint_and_samples():
+    from diffusers import WanPipeline
+
+    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
+    assert size <= 25e6
+    pipe = WanPipeline.from_pretrained(SHIPPED)
+    pipe.set_progress_bar_config(disable=True)
+    info = json.loads((SHIPPED / "training.json").read_text())
+    assert info["attention_blocks"] == wm.ATTENTION_BLOCKS and info["configs"]["transformer"]["patch_size"] == [1, 1, 1]
+    video = pipe("a red circle on a gray background", height=64, width=64, num_frames=9, num_inference_steps=2,
+                 guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="np").frames
+    assert video.shape == (1, 9, 64, 64, 3) and np.isfinite(video).all()
