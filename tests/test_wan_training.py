@@ -252,6 +252,16 @@ def test_the_attention_losses_reward_words_on_their_object():
     assert spatial == pytest.approx(1 - 4 / 64) and share == pytest.approx(1 - 2 / 4)  # 2 of the 4 words
     spatial, share = wt.attention_losses(uniform, mask, obj_tok, cover, torch.tensor([False]))  # caption dropped
     assert spatial == 0 and share == 0
+    # the same raw probability of the words everywhere, but the padding (position 7) takes most of
+    # it off the object: renormalised over the real tokens, the words look off the object
+    maps = torch.full((1, n, length), 0.01)
+    maps[0, ~on, 7] = 1 - 0.07
+    maps[0, on, 4] = 1 - 0.07  # </s> instead on the object
+    spatial, _ = wt.attention_losses(maps, mask, obj_tok, cover, keep)
+    real_off = 0.01 / 0.05  # a word's renormalised probability off the object; on it 0.01 / 0.97
+    per_cell_on = 0.01 / 0.97
+    expected = 1 - 4 * per_cell_on / (4 * per_cell_on + 60 * real_off)
+    assert spatial == pytest.approx(expected, rel=1e-6) and spatial > 0.99
 
 
 def test_each_step_draws_from_its_own_generator():
@@ -274,7 +284,7 @@ def test_the_eval_reads_the_three_gates_from_a_checkpoint(trained, tmp_path):
     assert 0 <= out["text2video"]["accuracy"] <= 1 and out["text2video"]["n"] == 2 and out["text2video"]["frames"] == 9
     att = out["attention"]
     assert att["sigma"] == 0.5 and att["blocks"] == [2, 3] and set(att["per_sigma"]) == {"0.25", "0.5", "0.75"}
-    assert 0 < att["box_share"] < 0.5 and 0 <= att["mass_in_box"] <= 1
+    assert 0 < att["box_share"] < 0.5 and 0 <= att["mass_in_box"] <= 1 and 0 <= att["raw_mass_in_box"] <= 1
 
 
 def test_a_word_map_on_its_box_has_all_its_mass_there():

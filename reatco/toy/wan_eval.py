@@ -5,10 +5,12 @@ seeds (`reatco.bench.shapes_model.BENCH_OFFSET`: neither training nor training's
   vae          PSNR of encode → decode on held-out 9-frame clips (uint8 frames; gate ≥ 30 dB)
   text2video   WanPipeline samples (9 frames) for the bench's held-out captions; the detector
                checks every requested colour with its shape in each frame (gate ≥ 90 % of frames)
-  attention    each object word's attn2 map on the recorded blocks, per latent frame normalised
-               over the frame's cells: its mass in the object's box (the union of the latent
-               frame's pixel-frame boxes), on held-out two-object clips noised to σ = 0.5
-               (gate ≥ 0.8; also σ = 0.25 and 0.75, and the box's share of the frame = chance)
+  attention    each object word's attn2 map on the recorded blocks (renormalised over the prompt's
+               real tokens, as the editing pipeline reads it; `raw_mass_in_box`: the softmax as
+               is, padding included), per latent frame normalised over the frame's cells: its
+               mass in the object's box (the union of the latent frame's pixel-frame boxes), on
+               held-out two-object clips noised to σ = 0.5 (gate ≥ 0.8; also σ = 0.25 and 0.75,
+               and the box's share of the frame = chance)
 """
 
 from __future__ import annotations
@@ -103,16 +105,20 @@ def attention_gate(pipe, blocks: list[int], seed: int, n: int, sigmas=SIGMAS) ->
                 store.clear()
                 pipe.transformer(hidden_states=xt, timestep=torch.full((n,), sigma * 1000), encoder_hidden_states=emb)
             maps = torch.stack(store).mean(0)  # (B, N, L)
-            inside, chance = [], []
+            inside, inside_real, chance = [], [], []
             for b, s in enumerate(samples):
                 pos = wm.word_positions(pipe.tokenizer, s.caption)
+                n_real = len(pipe.tokenizer(s.caption).input_ids)
+                # as the editing pipeline reads it: renormalised over the real tokens (</s> included)
+                real = maps[b, :, :n_real] / maps[b, :, :n_real].sum(-1, keepdim=True)
                 boxes = torch.from_numpy(wm.box_coverage(s.boxes, 9)).float()  # (J, T, 8, 8)
                 for j, sh in enumerate(s.shapes):
                     for word in (sh.color, sh.shape):
                         inside += wm.word_box_mass(maps[b], pos[word], boxes[j]).tolist()
+                        inside_real += wm.word_box_mass(real, pos[word], boxes[j]).tolist()
                         chance += boxes[j].flatten(1).mean(1).tolist()
-            per_sigma[str(sigma)] = dict(mass_in_box=float(np.mean(inside)), box_share=float(np.mean(chance)),
-                                    ratio=float(np.mean(inside) / np.mean(chance)))
+            per_sigma[str(sigma)] = dict(mass_in_box=float(np.mean(inside_real)), raw_mass_in_box=float(np.mean(inside)),
+                                         box_share=float(np.mean(chance)), ratio=float(np.mean(inside_real) / np.mean(chance)))
     finally:
         pipe.transformer.set_attn_processor(old)
     mid = per_sigma[str(sigmas[len(sigmas) // 2])]

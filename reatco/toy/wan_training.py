@@ -365,8 +365,8 @@ def attention_losses(maps: torch.Tensor, mask: torch.Tensor, obj_tok: torch.Tens
     maps (B, N = T·8·8, L) head-averaged probabilities; mask (B, Lt) the real text tokens (the
     last one is </s>); obj_tok (B, 3, 2) colour and shape word indices (−1: no object); cover
     (B, 3, T, 8, 8) each object's cell coverage per latent frame; keep (B,) captions not dropped.
-      spatial  1 − mass of each word's per-frame map (normalised over the frame's cells) on its
-               object's cells: the word looks at its object;
+      spatial  1 − mass of each word's per-frame map (renormalised over the real tokens, then
+               normalised over the frame's cells) on its object's cells: the word looks at its object;
       share    1 − the object's two words' share of the prompt words' attention (</s> and the
                zero padding left out, as RAD renormalises over the real tokens) on the cells the
                object covers at least half: the word out-weighs the other words there."""
@@ -377,13 +377,17 @@ def attention_losses(maps: torch.Tensor, mask: torch.Tensor, obj_tok: torch.Tens
     b, o = valid.nonzero(as_tuple=True)
     t = cover.shape[2]
     toks = obj_tok[b, o]  # (K, 2)
+    length = mask.sum(1)  # real tokens, </s> included
+    pos = torch.arange(maps.shape[-1])
+    real = (pos[None] < length[:, None]).to(maps.dtype)  # (B, L)
+    # the word maps as the editing pipeline reads them: renormalised over the real tokens (where
+    # the padding's share varies over the frame, the raw map's shape is not the one RAD sees)
+    real_mass = (maps * real[:, None]).sum(-1)[b]  # (K, N)
     a = torch.stack([maps[b, :, toks[:, 0]], maps[b, :, toks[:, 1]]], 1)  # (K, 2, N)
-    per_frame = a.unflatten(-1, (t, -1))  # (K, 2, T, 64)
+    per_frame = (a / real_mass[:, None].clamp_min(1e-12)).unflatten(-1, (t, -1))  # (K, 2, T, 64)
     p = per_frame / per_frame.sum(-1, keepdim=True).clamp_min(1e-12)
     cov = cover[b, o].flatten(2).to(maps.dtype)  # (K, T, 64)
     spatial = (1 - (p * cov[:, None]).sum(-1)).mean()
-    length = mask.sum(1)  # real tokens, </s> included
-    pos = torch.arange(maps.shape[-1])
     words = (pos[None] < (length - 1)[:, None]).to(maps.dtype)  # (B, L): the prompt's words
     prompt_mass = (maps * words[:, None]).sum(-1)  # (B, N)
     share = a.sum(1) / prompt_mass[b].clamp_min(1e-12)  # (K, N)
