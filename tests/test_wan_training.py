@@ -325,3 +325,34 @@ def test_the_shipped_wan_model_loads_as_a_wan_checkpoint_and_samples():
     video = pipe("a red circle on a gray background", height=64, width=64, num_frames=9, num_inference_steps=2,
                  guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="np").frames
     assert video.shape == (1, 9, 64, 64, 3) and np.isfinite(video).all()
+
+
+def test_a_short_padding_with_its_logit_bias_is_the_pipelines_512_padding():
+    torch.manual_seed(0)
+    tr = wm.build_transformer({**wm.TRANSFORMER_CONFIG, **json.loads(TINY_TRANSFORMER)}).eval()
+    tok = wm.build_tokenizer()
+    text = wm.build_text_encoder(tok).eval()
+    enc = tok(["a red circle on a gray background", "a blue square, a red circle and a green triangle on a dotted background"],
+              padding="max_length", max_length=wm.TEXT_TOKENS, return_tensors="pt")
+    x, t = torch.randn(2, 16, 3, 8, 8), torch.tensor([250.0, 800.0])
+    with torch.no_grad():
+        full_store = []
+        old = wm.install_recorders(tr, [2], full_store)
+        full = tr(hidden_states=x, timestep=t, encoder_hidden_states=wm.encode_text(text, enc.input_ids, enc.attention_mask)).sample
+        tr.set_attn_processor(old)
+        plain = tr(hidden_states=x, timestep=t, encoder_hidden_states=wm.encode_text(text, enc.input_ids, enc.attention_mask)).sample
+        short_store, padding = [], wm.PaddingBias()
+        wm.install_recorders(tr, [2], short_store, padding)
+        padding.set(enc.attention_mask, wm.TEXT_TOKENS + 1)
+        short = tr(hidden_states=x, timestep=t,
+                   encoder_hidden_states=wm.encode_text(text, enc.input_ids, enc.attention_mask, wm.TEXT_TOKENS + 1)).sample
+        padding.bias = None  # without the bias, the short padding is another model
+        unbiased = tr(hidden_states=x, timestep=t,
+                      encoder_hidden_states=wm.encode_text(text, enc.input_ids, enc.attention_mask, wm.TEXT_TOKENS + 1)).sample
+    assert torch.allclose(full, plain, atol=1e-5) and torch.allclose(short, full, atol=1e-5)
+    assert not torch.allclose(unbiased, full, atol=1e-3)
+    n_real = enc.attention_mask.sum(1)
+    for b in range(2):  # the real tokens' maps are the full padding's
+        assert torch.allclose(short_store[0][b, :, :n_real[b]], full_store[0][b, :, :n_real[b]], atol=1e-6)
+    with pytest.raises(ValueError, match="at least one padding"):
+        padding.set(torch.ones(1, 5), 5)

@@ -174,15 +174,39 @@ def box_coverage(boxes: np.ndarray, n_frames: int) -> np.ndarray:
 
 # =============================================================================== attn2 recorder
 
+class PaddingBias:
+    """Stands in for WanPipeline's 512-position zero padding with a few padding positions.
+
+    Every padding position has the same (zero) text state, hence the same key and value in
+    attn2: n of them weigh in the softmax as one of them with its logit raised by ln n. Training
+    pads the text to `short` positions and raises each padding logit by ln((full − r) / (short − r))
+    (r real tokens), so the attention, the output and the real tokens' maps are those of the full
+    padding — at a fraction of the cost (the 512 keys were half a training step)."""
+
+    def __init__(self):
+        self.bias = None  # (B, short) added to the attn2 logits, or None (no shortening)
+
+    def set(self, mask: torch.Tensor, short: int, full: int = PIPELINE_TEXT_LENGTH) -> None:
+        """mask (B, ≤ short) of the real tokens."""
+        real = mask.sum(1).to(torch.float64)
+        if (real >= short).any():
+            raise ValueError(f"the short padding ({short}) must leave at least one padding position")
+        pos = torch.arange(short)[None]
+        count = torch.log((full - real) / (short - real))[:, None]
+        self.bias = torch.where(pos >= real[:, None], count, torch.zeros(())).float()
+
+
 class CrossAttentionRecorder:
     """A processor for a Wan block's attn2 (text cross-attention) that computes the attention
     probabilities itself — WanAttnProcessor dispatches to SDPA and never forms them — and, while
     `store` is a list, appends them averaged over heads: (B, tokens, text length). The output is
     the same attention (softmax(q·kᵀ/√d)·v after norm_q/norm_k and the head split), so a model
-    runs the same with it; gradients flow through the stored maps (the attention loss)."""
+    runs the same with it; gradients flow through the stored maps (the attention loss).
+    `padding` (a PaddingBias) adds its logit bias for a shortened padding."""
 
-    def __init__(self, store: list | None = None):
+    def __init__(self, store: list | None = None, padding: PaddingBias | None = None):
         self.store = store
+        self.padding = padding
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
         if attn.add_k_proj is not None:
@@ -195,6 +219,8 @@ class CrossAttentionRecorder:
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         if attention_mask is not None:
             scores = scores + attention_mask
+        if self.padding is not None and self.padding.bias is not None:
+            scores = scores + self.padding.bias[:, None, None, :].to(scores.dtype)
         probs = scores.softmax(-1)
         if self.store is not None:
             self.store.append(probs.mean(1))
@@ -202,15 +228,20 @@ class CrossAttentionRecorder:
         return attn.to_out[1](attn.to_out[0](out))
 
 
-def install_recorders(transformer, blocks: list[int], store: list) -> dict:
-    """Put a recorder on attn2 of each listed block; returns the previous processors (to restore)."""
+def install_recorders(transformer, blocks: list[int], store: list, padding: PaddingBias | None = None) -> dict:
+    """Put a recorder on attn2 of each listed block (and, with `padding`, a non-recording one with
+    the padding bias on every other block's attn2); returns the previous processors (to restore)."""
     old = dict(transformer.attn_processors)
     names = [f"blocks.{b}.attn2.processor" for b in blocks]
     missing = [n for n in names if n not in old]
     if missing:
         raise ValueError(f"attention blocks: the transformer has no {missing[0]} ({len(transformer.blocks)} blocks)")
-    rec = CrossAttentionRecorder(store)
-    transformer.set_attn_processor({**old, **{n: rec for n in names}})
+    rec = CrossAttentionRecorder(store, padding)
+    new = {n: rec for n in names}
+    if padding is not None:
+        plain = CrossAttentionRecorder(None, padding)
+        new.update({n: plain for n in old if n.endswith("attn2.processor") and n not in new})
+    transformer.set_attn_processor({**old, **new})
     return old
 
 

@@ -431,7 +431,8 @@ def train_transformer(args, chunk: Chunk) -> bool:
         return True
     blocks = [b for b in wm.ATTENTION_BLOCKS if b < len(tr.blocks)]
     store: list = []
-    wm.install_recorders(tr, blocks, store)
+    padding = wm.PaddingBias()  # the pipeline's 512-position padding, in TEXT_TOKENS + 1 positions
+    wm.install_recorders(tr, blocks, store, padding)
     log(f"transformer {sum(p.numel() for p in tr.parameters()) / 1e6:.2f} M, text encoder "
         f"{sum(p.numel() for p in text.parameters()) / 1e6:.2f} M parameters; attention loss on blocks {blocks}")
     mean = torch.tensor(data["latents_mean"]).view(1, -1, 1, 1, 1)
@@ -466,7 +467,9 @@ def train_transformer(args, chunk: Chunk) -> bool:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.steps, args.lr, args.lr_end, args.warmup)
         store.clear()
-        pred = tr(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=wm.encode_text(text, ids, mask)).sample
+        padding.set(mask, wm.TEXT_TOKENS + 1)
+        states = wm.encode_text(text, ids, mask, wm.TEXT_TOKENS + 1)
+        pred = tr(hidden_states=xt, timestep=sigma * 1000, encoder_hidden_states=states).sample
         mse = F.mse_loss(pred, noise - z0)
         loss = mse
         spatial = share = torch.zeros(())
