@@ -287,6 +287,19 @@ def test_the_eval_reads_the_three_gates_from_a_checkpoint(trained, tmp_path):
     assert 0 < att["box_share"] < 0.5 and 0 <= att["mass_in_box"] <= 1 and 0 <= att["raw_mass_in_box"] <= 1
 
 
+def test_before_the_transformer_the_eval_reads_the_vae_alone(trained, tmp_path):
+    straight, _ = trained
+    work = tmp_path / "w"
+    work.mkdir()
+    shutil.copy(straight / "vae.pt", work / "vae.pt")
+    out = wt.evaluate(tiny_settings(work, eval_clips=2))
+    assert out["vae_step"] == 4 and out["transformer_step"] is None and "text2video" not in out
+    vae, _ = wt.load_vae(work)
+    clips = wm.clip_tensor([wm.make_clip(2_000_000, i, 9) for i in range(2)])  # the bench's held-out seeds
+    assert out["vae"]["psnr_mean"] == pytest.approx(float(wt.vae_psnr(vae, clips).mean()))
+    assert json.loads((work / "eval-vae-step4.json").read_text()) == out
+
+
 def test_a_word_map_on_its_box_has_all_its_mass_there():
     cover = torch.zeros(2, 8, 8)
     cover[:, 1:3, 1:3] = 1.0

@@ -129,6 +129,8 @@ def attention_gate(pipe, blocks: list[int], seed: int, n: int, sigmas=SIGMAS) ->
 def evaluate_checkpoint(args) -> dict:
     """The three gates on the model; written to `work`/eval-step<N>.json and returned."""
     t0 = time.time()
+    if not args.eval_model and not (Path(args.work) / "transformer.pt").exists():
+        return _evaluate_vae_only(args, t0)
     pipe, blocks, step = load_pipeline(args)
     out = dict(transformer_step=step, seed=args.seed)
     out["vae"] = vae_gate(pipe, args.seed, args.eval_clips)
@@ -144,4 +146,20 @@ def evaluate_checkpoint(args) -> dict:
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: (v if not isinstance(v, dict) else {a: b for a, b in v.items() if not isinstance(b, (dict, list))})
                       for k, v in out.items()}, indent=1))
+    return out
+
+
+def _evaluate_vae_only(args, t0: float) -> dict:
+    """Before the transformer has a checkpoint: the VAE's gate alone (its EMA weights)."""
+    from types import SimpleNamespace
+
+    from .wan_training import load_vae
+
+    vae, ck = load_vae(args.work)
+    out = dict(transformer_step=None, vae_step=ck["state"]["step"], seed=args.seed,
+               vae=vae_gate(SimpleNamespace(vae=vae), args.seed, args.eval_clips), wall_s=round(time.time() - t0, 1))
+    log(f"eval (VAE only, step {out['vae_step']}): {out['vae']['psnr_mean']:.2f} dB")
+    path = Path(args.work) / f"eval-vae-step{out['vae_step']}.json"
+    path.write_text(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1))
     return out
