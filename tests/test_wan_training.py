@@ -264,6 +264,17 @@ def test_the_attention_losses_reward_words_on_their_object():
     assert spatial == pytest.approx(expected, rel=1e-6) and spatial > 0.99
 
 
+def test_the_vae_trains_on_its_decode_without_the_clamp():
+    torch.manual_seed(0)
+    vae = wm.build_vae({**wm.VAE_CONFIG, **json.loads(TINY_VAE)})
+    with torch.no_grad():
+        vae.decoder.conv_out.bias += 2.0  # outputs beyond 1, as a fresh decoder's often are
+        z = torch.randn(2, 16, 3, 8, 8)
+        raw, clamped = wt.decode_unclamped(vae, z), vae.decode(z).sample
+    assert raw.shape == clamped.shape == (2, 3, 9, 64, 64)
+    assert torch.equal(raw.clamp(-1, 1), clamped) and raw.max() > 1.5
+
+
 def test_each_step_draws_from_its_own_generator():
     a = torch.rand(3, generator=wt.step_generator(0, "vae", 5))
     assert torch.equal(a, torch.rand(3, generator=wt.step_generator(0, "vae", 5)))

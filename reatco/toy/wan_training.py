@@ -4,7 +4,7 @@ session's end (scripts/train_shapes_model.py --backbone wan is the command line)
 Stages (`STAGES`), each checkpointing into `work` and resuming from its last checkpoint:
   vae          AutoencoderKLWan on clips of the world (random 4k + 1-frame windows and 8-px-aligned
                crops of a fixed pool of 9-frame clips: the VAE is convolutional, crops are cheaper),
-               L1 + MSE + tiny KL, EMA; stops at vae_steps or when the EMA's held-out PSNR (whole
+               L1 + MSE + tiny KL on the decoder's unclamped output, EMA; stops at vae_steps or when the EMA's held-out PSNR (whole
                9-frame 64 × 64 clips) reaches target_psnr.
   data         the transformer's training set: posterior moments of n_clips 9-frame and
                n_long_clips 17-frame clips under the VAE (EMA weights), token ids, each object's
@@ -50,7 +50,7 @@ WanTrainSettings = settings_class("WanTrainSettings", [
     ("checkpoint_minutes", float, 5.0), ("progress", bool, True),
     ("vae_config", Optional[str], None), ("transformer_config", Optional[str], None),
     # the VAE stage
-    ("vae_steps", int, 3000), ("vae_lr", float, 1e-3), ("vae_lr_end", float, 5e-5), ("vae_warmup", int, 100),
+    ("vae_steps", int, 6000), ("vae_lr", float, 1e-3), ("vae_lr_end", float, 5e-5), ("vae_warmup", int, 100),
     ("vae_batch", int, 4), ("vae_pool", int, 1024), ("vae_frames", int, 5), ("vae_crop", int, 48),
     ("vae_kl", float, 1e-6), ("vae_ema", float, 0.998), ("target_psnr", float, 31.0),
     ("vae_eval_every", int, 250), ("vae_eval_clips", int, 16),
@@ -184,6 +184,20 @@ def world_to_tensor(clips: torch.Tensor) -> torch.Tensor:
     return clips.float().div(127.5).sub(1.0).permute(0, 4, 1, 2, 3).contiguous()
 
 
+def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
+    """AutoencoderKLWan.decode without its final clamp to [−1, 1] (the same frame-by-frame causal
+    decode): a clamped pixel gets no gradient, and the decoder's random start puts many pixels
+    outside [−1, 1], where they would only be pulled back through the weights they share."""
+    vae.clear_cache()
+    x = vae.post_quant_conv(z)
+    frames = []
+    for i in range(z.shape[2]):
+        vae._conv_idx = [0]
+        frames.append(vae.decoder(x[:, :, i:i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0))
+    vae.clear_cache()
+    return torch.cat(frames, 2)
+
+
 def vae_psnr(vae, clips: torch.Tensor, batch: int = 4) -> torch.Tensor:
     """Per-clip PSNR (dB) of encode → mode → decode, on uint8-rounded frames as they are saved
     (the shapes bench's VAE gate)."""
@@ -243,7 +257,7 @@ def train_vae(args, chunk: Chunk) -> bool:
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, args.vae_steps, args.vae_lr, args.vae_lr_end, args.vae_warmup)
         post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(generator=gen)).sample
+        rec = decode_unclamped(vae, post.sample(generator=gen))
         kl = 0.5 * (post.mean ** 2 + post.var - 1 - post.logvar).mean()
         loss = ((rec - x).abs() + (rec - x) ** 2).mean() + args.vae_kl * kl
         opt.zero_grad(set_to_none=True)
