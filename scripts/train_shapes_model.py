@@ -23,6 +23,13 @@ training.json lists every command, with the chunks stopped early and the one dis
       --vae_lr 8e-5 --vae_lr_end 5e-6 --vae_batch 32 --composite 0.75 --composite_perturb 0.5 \
       --composite_seam_weight 8 --target_psnr 99 --threads 1
   python scripts/train_shapes_model.py --stage export_vae --work W --out data/shapes-model
+
+--backbone wan trains the Wan-layout model of data/shapes-wan (reatco/toy/wan_training.py: stages vae,
+data, transformer, all, export, eval; every stage checkpoints and --resume continues it exactly;
+`--backbone wan --help` lists its flags). The command that trains it in the background:
+  OMP_NUM_THREADS=1 setsid nohup nice -n 15 python scripts/train_shapes_model.py --backbone wan --stage all \\
+      --resume --work ~/.cache/reatco/shapes-wan-train --out ~/.cache/reatco/shapes-wan-train/export \\
+      > ~/train-wan.log 2>&1 &
 """
 
 from __future__ import annotations
@@ -37,10 +44,68 @@ from reatco.cli import help_without_imports  # noqa: E402
 help_without_imports(__file__)  # --help at once, before the heavy imports below
 
 
+def wan_parser() -> argparse.ArgumentParser:
+    # the defaults are reatco.toy.wan_training.WanTrainSettings'
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                argument_default=argparse.SUPPRESS)
+    p.add_argument("--backbone", choices=["sd", "wan"], required=True)
+    p.add_argument("--stage", choices=["vae", "data", "transformer", "all", "export", "eval"], required=True,
+                   help="all: vae → data → transformer, each resumed where it stands")
+    p.add_argument("--max_minutes", type=float, help="stop this command after this long (default: run to the end)")
+    p.add_argument("--stop_after", type=int, help="stop each stage after this many steps of this command")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
+    p.add_argument("--out", help="the Wan pipeline folder that export writes (default data/shapes-wan)")
+    p.add_argument("--work", help="checkpoints, the data set and commands.log (default data/shapes-wan-train)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 on a shared machine)")
+    p.add_argument("--checkpoint_minutes", type=float, help="minutes between checkpoints (and at every stop)")
+    p.add_argument("--no_progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--vae_config", help="JSON fields over the AutoencoderKLWan config (tests use tiny ones)")
+    p.add_argument("--transformer_config", help="JSON fields over the WanTransformer3DModel config")
+    p.add_argument("--vae_steps", type=int, help="VAE: step budget (the cosine learning rate ends there)")
+    p.add_argument("--vae_lr", type=float)
+    p.add_argument("--vae_lr_end", type=float)
+    p.add_argument("--vae_warmup", type=int)
+    p.add_argument("--vae_batch", type=int)
+    p.add_argument("--vae_pool", type=int, help="VAE: clips in the training pool")
+    p.add_argument("--vae_frames", type=int, help="VAE: frames of a training window (4k + 1)")
+    p.add_argument("--vae_crop", type=int, help="VAE: side of a training crop in px (a multiple of 8)")
+    p.add_argument("--vae_kl", type=float)
+    p.add_argument("--vae_ema", type=float)
+    p.add_argument("--target_psnr", type=float, help="VAE: stop when the EMA's held-out PSNR reaches this")
+    p.add_argument("--vae_eval_every", type=int)
+    p.add_argument("--vae_eval_clips", type=int)
+    p.add_argument("--n_clips", type=int, help="data: 9-frame training clips")
+    p.add_argument("--n_long_clips", type=int, help="data: 17-frame training clips")
+    p.add_argument("--steps", type=int, help="transformer: step budget (the cosine learning rate ends there)")
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lr_end", type=float)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--ema", type=float)
+    p.add_argument("--cfg_drop", type=float, help="caption dropout (classifier-free guidance)")
+    p.add_argument("--attn_weight", type=float, help="weight of the words' attention-on-their-object loss")
+    p.add_argument("--token_attn_weight", type=float, help="weight of the object words' share-of-the-prompt loss")
+    p.add_argument("--long_every", type=int, help="every n-th step a batch of 17-frame clips (0: never)")
+    p.add_argument("--export_every", type=int, help="transformer steps between exports to --out")
+    p.add_argument("--eval_model", help="eval: this Wan pipeline folder instead of the checkpoints in --work")
+    p.add_argument("--eval_clips", type=int, help="eval: held-out clips for the VAE's PSNR")
+    p.add_argument("--eval_samples", type=int, help="eval: text-to-video samples")
+    p.add_argument("--eval_steps", type=int, help="eval: sampling steps")
+    p.add_argument("--eval_cfg", type=float, help="eval: guidance scale")
+    p.add_argument("--eval_attention_clips", type=int, help="eval: clips for the attention mass")
+    return p
+
+
 def parse_args(argv=None):
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--backbone", choices=["sd", "wan"], default="sd")
+    if pre.parse_known_args(argv)[0].backbone == "wan":
+        return wan_parser().parse_args(argv)
     # the defaults are reatco.toy.training.TrainSettings'
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
+    p.add_argument("--backbone", choices=["sd", "wan"], help="sd (default): the UNet model; wan: the DiT model")
     p.add_argument("--stage", choices=["vae", "unet", "export", "export_vae"], required=True)
     p.add_argument("--max_minutes", type=float, help="stop this chunk after this long")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --work")
@@ -90,7 +155,12 @@ def main(argv=None) -> int:
     stage = args.pop("stage")
     command = "python " + " ".join(sys.argv if argv is None else ["scripts/train_shapes_model.py", *argv])
     try:
-        training.run_stage(stage, training.TrainSettings(**args), command)
+        if args.pop("backbone", "sd") == "wan":
+            from reatco.toy import wan_training
+
+            wan_training.run_stage(stage, wan_training.WanTrainSettings(**args), command)
+        else:
+            training.run_stage(stage, training.TrainSettings(**args), command)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
