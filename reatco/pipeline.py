@@ -18,19 +18,20 @@ from diffusers.utils import BaseOutput, logging
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from . import irjs as irjs_ops
+from .backbones.inversion import ddim_inversion
+from .backbones.tav import TuneAVideoUNet, rad_attention_layers
 from .config import IRJSConfig, RADConfig, WindowConfig, check_attention_cell_px, section_settings, validate_object
-from .decoding import decode_chunks_with_reference_statistics
-from .edit_objects import EditObject, resolve_objects
 from .errors import ConfigError, check_finite
 from .files import write_json_atomic, write_text_atomic
-from .irjs import InvariantRegion
-from .inversion import ddim_inversion
+from .irjs import blend as irjs_ops
+from .irjs.blend import InvariantRegion
+from .irjs.decoding import decode_chunks_with_reference_statistics
+from .irjs.region_noise import tracked_noise
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
-from .models import TuneAVideoUNet, rad_attention_layers
-from .rad_guidance import RADGuidance
-from .region_noise import anchor_object_latents, tracked_noise
-from .regions import object_masks
+from .rad.anchoring import anchor_object_latents
+from .rad.guidance import RADGuidance
+from .regions.objects import EditObject, resolve_objects
+from .regions.region import object_masks
 from .tokens import PromptTokens, check_prompt_length, encode_prompt, tokenize_prompt
 from .video import check_video_tensor
 from .windows import merge_windows, temporal_windows
@@ -216,7 +217,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         """(1, C, F, h, w) → frames (F, 3, H, W) in [0, 1].
 
         reference: latents of the same shape (the source's): every GroupNorm of the decoder then
-        normalises frame i by the statistics it had for reference frame i (`reatco.decoding`), unless
+        normalises frame i by the statistics it had for reference frame i (`reatco.irjs.decoding`), unless
         `reference_statistics` is False. keep_reference_outside: a (1, 1, F, h, w) latent mask
         (1 = edited cell): where it is 0 the pixels are the reference's own decode.
         With VAE slicing on, both are decoded one frame at a time, interleaved, so only one frame's
@@ -401,7 +402,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         (a str, or its `reatco.tokens.PromptTokens` where the caller has tokenized it already).
 
         objects: one entry per word of interest, as in the config: {"word": …, "box" | "boxes" |
-        "mask": …, "occurrence": k}, or {"word": …, "region": reatco.regions.Region}. Without a video, pass
+        "mask": …, "occurrence": k}, or {"word": …, "region": reatco.regions.region.Region}. Without a video, pass
         `source_latents` (and optionally `inversion_trajectory`), or neither for plain text-to-video
         from `latents` / noise (then IRJS is unavailable).
 
@@ -409,7 +410,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         "noise" re-draws the regions' latent cells as fresh noise from `generator`, so that the
         source object's layout, kept by the inversion, does not fight a new shape in its place;
         "tracked_noise" does the same with one noise patch per object that moves with its region
-        (`reatco.region_noise.tracked_noise`), so every frame of an object starts alike.
+        (`reatco.irjs.region_noise.tracked_noise`), so every frame of an object starts alike.
 
         Arguments left as None take the model's defaults (`pipe.model_defaults`, from the folder's
         reatco_defaults.json), then the library's (the paper's SD settings: 50 steps, guidance

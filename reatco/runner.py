@@ -18,15 +18,17 @@ import numpy as np
 import torch
 
 from .arguments import pipeline_arguments
-from .config import edit_config, save_config
+from .config import edit_config
+from .config_files import save_config
 from .environment import package_versions, resolve_device
 from .errors import ConfigError, check_finite
 from .files import new_partial_dir, remove_quietly, replace_dir
 from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
-from .inversion import inversion_cache_key, load_or_invert
-from .rad import word_labels
-from .region_files import write_regions
-from .regions import Region, parse_region
+from .backbones.inversion import inversion_cache_key, load_or_invert
+from .rad.losses import word_labels
+from .regions.files import write_regions
+from .regions.region import Region
+from .regions.parsing import parse_region
 from .tokens import (check_prompt_length, load_tokenizer, resolve_objects_tokens, token_table, tokenize_prompt,
                      word_token_indices)
 from .video import read_video, to_uint8, write_frames, write_video
@@ -48,7 +50,7 @@ class PreparedEdit:
 
     def objects(self) -> list:
         """The edit's objects resolved (regions found: after EditRunner.resolve_regions)."""
-        from .edit_objects import EditObject
+        from .regions.objects import EditObject
 
         return [EditObject(o.word, o.occurrence, region, tuple(idx))
                 for o, region, idx in zip(self.edit.objects, self.regions, self.token_indices)]
@@ -166,7 +168,7 @@ class EditRunner:
         missing = [j for j, r in enumerate(prepared.regions) if r is None]
         if not missing:
             return prepared.regions
-        from .config import config_to_dict
+        from .schema import config_to_dict
 
         cfg = self.cfg
         k = next((i for i, e in enumerate(cfg.edits) if e.name == prepared.edit.name), 0)
@@ -177,12 +179,12 @@ class EditRunner:
             if key not in self._found:
                 field_name = f"edits[{k}].objects[{j}].source"
                 if spec.detector:
-                    from .region_detector import detect_source_regions
+                    from .regions.detector import detect_source_regions
 
                     self._found[key] = detect_source_regions(self.source_frames(), [spec], cfg.model.attention_cell_px,
                                                              str(self.device), [field_name])[0]
                 else:
-                    from .region_finding import find_source_regions
+                    from .regions.finding import find_source_regions
 
                     pipe = self.pipeline()
                     source_latents, _ = self.source()

@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import value_of
 from .errors import ConfigError
+from .regions.settings import value_of
 
 
 def bytes_to_unicode() -> dict[int, str]:

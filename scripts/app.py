@@ -20,7 +20,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reatco.config import load_config  # noqa: E402
+from reatco.config_files import load_config  # noqa: E402
 from reatco.errors import ConfigError  # noqa: E402
 
 

@@ -20,9 +20,9 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
-from reatco.config import load_config  # noqa: E402
+from reatco.config_files import load_config  # noqa: E402
 from reatco.errors import ConfigError  # noqa: E402
-from reatco.regions import mask_box  # noqa: E402
+from reatco.regions.region import mask_box  # noqa: E402
 from reatco.runner import EditRunner  # noqa: E402
 from reatco.visualize import region_strip  # noqa: E402
 

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     args = parse_args(argv)  # before the imports below: --help is instant
     from reatco.cli import start_run
-    from reatco.config import load_config
+    from reatco.config_files import load_config
     from reatco.tuning import tune_from_config
 
     start_run(args.threads)

@@ -258,7 +258,7 @@ def test_writers_take_the_output_as_it_comes(pipe, tmp_path, output_type):
 
 def test_pipeline_arguments_turn_a_config_edit_into_the_call(pipe, folder, tmp_path):
     from reatco import pipeline_arguments
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
     from reatco.video import write_frames
 
     write_frames((_video() + 1) / 2, tmp_path / "frames")
@@ -286,7 +286,7 @@ def test_the_runner_and_the_library_give_the_same_edit_for_one_seed(folder, tmp_
     pipe(video=…, generator=…) encode from generators derived alike, so every draw after the
     encode (the regions' noise, the IRJS noise) is the same too: one seed, one edit."""
     from reatco import pipeline_arguments
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
     from reatco.runner import EditRunner
     from reatco.video import write_frames
 
@@ -330,7 +330,7 @@ def _count_calls_on(tokenizer, text):
 def test_the_prompt_is_tokenized_once_per_edit(folder, tmp_path):
     """From Python (objects given as dicts: words found, lengths checked, prompt encoded) and from
     scripts/edit.py (EditRunner: the edit checked without weights, then run): one tokenization."""
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
     from reatco.runner import EditRunner
     from reatco.video import write_frames
 
@@ -372,7 +372,7 @@ def test_a_bad_setting_reads_the_same_from_python_and_from_a_config(pipe, monkey
                                                                      config_field):
     """One validator per section and one for a user's object: the pipeline (dicts from Python) and
     load_config say the same thing, naming the field as each entry point spells it, before any work."""
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
 
     config_values = {"guidance_scale": ("sampling", "guidance_scale"), "start_in_regions": ("sampling", "start_in_regions"),
                      "attention_cell_px": ("model", "attention_cell_px"), "num_inference_steps": ("sampling", "steps")}

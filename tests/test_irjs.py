@@ -5,8 +5,9 @@ import torch
 from diffusers import DDIMScheduler
 
 from reatco.errors import ConfigError
-from reatco.irjs import blend, feather_mask, latent_region_mask, noise_source
-from reatco.regions import object_masks, parse_region
+from reatco.irjs.blend import blend, feather_mask, latent_region_mask, noise_source
+from reatco.regions.region import object_masks
+from reatco.regions.parsing import parse_region
 
 
 def sd_scheduler():
@@ -83,7 +84,7 @@ def test_blend_is_exact_outside_and_inside():
 
 def _invariant(**settings):
     from reatco.config import IRJSConfig
-    from reatco.irjs import InvariantRegion
+    from reatco.irjs.blend import InvariantRegion
 
     scheduler = DDIMScheduler(num_train_timesteps=1000)
     scheduler.set_timesteps(4)

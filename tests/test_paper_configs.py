@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reatco.config import edit_config, load_config
+from reatco.config import edit_config
+from reatco.config_files import load_config
 
 from paper_clips import CLIPS
 
@@ -77,7 +78,7 @@ def test_paper_config_dry_run_draws_regions_on_the_clip(name, tmp_path, capsys):
                              "--output_dir", str(out), "--dry-run"])
     assert code == 0, capsys.readouterr().err
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"video.path={clip}"])
-    from reatco.regions import PALETTE
+    from reatco.regions.region import PALETTE
 
     scale = 384 / 768  # regions.png: every frame 384 px wide, frame 0 at (4, 20)
     for edit in cfg.edits:

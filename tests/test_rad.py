@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from reatco import rad
+from reatco.rad import losses as rad
 from reatco.errors import ConfigError
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reatco.config import load_config
+from reatco.config_files import load_config
 from reatco.errors import ConfigError
-from reatco.region_finding import box_iou
+from reatco.regions.finding import box_iou
 from reatco.runner import EditRunner
 
 ROOT = Path(__file__).resolve().parents[1]

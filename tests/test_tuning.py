@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reatco.errors import ConfigError
-from reatco.models import TuneAVideoUNet
+from reatco.backbones.tav import TuneAVideoUNet
 from reatco.config import TuneConfig
 from reatco.tuning import save_tuned, select_trainable, tune_unet
 
@@ -105,7 +105,7 @@ def test_save_is_atomic_and_refuses_to_overwrite(tmp_path):
 
 
 def _config(tmp_path, tune=None, video=None, model=None, **top):
-    config = pytest.importorskip("reatco.config")
+    config = pytest.importorskip("reatco.config_files")
     try:
         return config.config_from_dict({
             "model": {"pretrained": str(tmp_path / "sd"), "attention_cell_px": 8, **(model or {})},

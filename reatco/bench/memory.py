@@ -13,7 +13,7 @@ a small size are scaled to 448×768 fp16 by pixels × bytes per element (`estima
 CUDA device at the target size and in fp16 the fit is of measured peaks (`estimated: false`).
 
 What the stages run is the library's own code where it exists (`ReAtCoPipeline.encode_video`,
-`decode_latents`, `RADGuidance.update`, `reatco.inversion.ddim_inversion`); the tuning step repeats
+`decode_latents`, `RADGuidance.update`, `reatco.backbones.inversion.ddim_inversion`); the tuning step repeats
 `reatco.tuning.tune_unet`'s loop body (AdamW on the default trainable modules, autocast in 16-bit
 with float32 master weights, gradient checkpointing as on a GPU).
 """
@@ -176,7 +176,7 @@ def _prepare(stage: str, n_frames: int, s: Settings):
     scheduler = DDIMScheduler(**sd14.SCHEDULER_CONFIG)
     latents = _latents(n_frames, s, dtype, g)
     if stage == "inversion_step":
-        from ..inversion import ddim_inversion
+        from ..backbones.inversion import ddim_inversion
 
         cond = _text(unet, dtype, s, g)
         return lambda: ddim_inversion(unet, scheduler, latents, cond, num_steps=1, progress=False)
@@ -197,8 +197,8 @@ def _prepare(stage: str, n_frames: int, s: Settings):
 
 def _rad_pass(unet, latents, n_frames, s: Settings, g, checkpointed: bool):
     from ..config import RADConfig
-    from ..models import rad_attention_layers
-    from ..rad_guidance import RADGuidance
+    from ..backbones.tav import rad_attention_layers
+    from ..rad.guidance import RADGuidance
 
     cell = 32
     grid = (s.height // cell, s.width // cell)
@@ -264,7 +264,7 @@ def _tune_step(n_frames, s: Settings, g):
 
 
 def trainable_parameters(tiny: bool = False) -> int:
-    from ..models import TuneAVideoUNet
+    from ..backbones.tav import TuneAVideoUNet
     from ..tuning import select_trainable
 
     with torch.device("meta"):

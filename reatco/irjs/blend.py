@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def noise_source(scheduler, x0: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:

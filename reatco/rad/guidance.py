@@ -4,7 +4,7 @@ It owns what a RAD pass needs and nothing of the sampling loop: the attention re
 layers, the frozen-weights and gradient-checkpointing contexts, the objects' masks and token
 indices, the settings, the step-size schedule and the loss log. The pipeline (and the RAD
 benchmark) drive it through `attached()`, `update(latents, step_index, t)`, `forward` and the word
-maps; the math lives in reatco/rad.py as pure tensor functions.
+maps; the math lives in reatco/rad/losses.py as pure tensor functions.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Sequence
 
 import torch
 
-from . import rad as rad_ops
+from ..errors import check_finite
+from . import losses as rad_ops
 from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
-from .config import RADConfig
-from .errors import check_finite
+from .settings import RADConfig
 
 
 @dataclass

@@ -6,9 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .config import validate_object, value_of
-from .regions import Region, parse_region
-from .tokens import resolve_objects_tokens
+from ..tokens import resolve_objects_tokens
+from .parsing import parse_region
+from .region import Region
+from .settings import validate_object, value_of
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ def resolve_objects(tokenizer, prompt: str, objects: Sequence, n_frames: int, he
     """Objects as a config or a caller gives them (dicts or config objects with `word`, optional
     `occurrence`, and a region: `region` (a Region) or `box`/`boxes`/`mask`/`boxes_file`) →
     EditObjects. EditObjects pass through unchanged (the runner resolves them before the call);
-    the others are checked here (reatco.regions.parse_region, reatco.tokens), with errors naming
+    the others are checked here (reatco.regions.region.parse_region, reatco.tokens), with errors naming
     `{field}[j]`."""
     if all(isinstance(o, EditObject) for o in objects):
         return list(objects)

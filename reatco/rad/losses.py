@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- attention per word

@@ -14,7 +14,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .models.attention import attention_heads, attention_input, attention_output
+from ..backbones.tav.attention import attention_heads, attention_input, attention_output
 
 
 class RADForwardComplete(Exception):
