@@ -24,10 +24,13 @@ class RADForwardComplete(Exception):
 class AttentionStore:
     """Maps recorded during one RAD pass (averaged over heads, then over layers on read)."""
 
-    def __init__(self, grid: tuple[int, int] | None = None, n_layers: int = 0, stop_early: bool = True):
+    def __init__(self, grid: tuple[int, int] | None = None, n_layers: int = 0, stop_early: bool = True,
+                 columns: Sequence[int] | None = None):
         self.grid = grid  # (h, w) of the attention grid; set by the caller for each pass
         self.n_layers = n_layers  # recorded layers per forward; the last one may stop the forward
         self.stop_early = stop_early
+        # token columns kept (a model with hundreds of padding tokens keeps the ones RAD reads); None: all
+        self.columns = None if columns is None else list(columns)
         # off: plain SDPA · record: explicit, keep maps with their graph (RAD pass) · replay:
         # explicit, keep nothing (checkpoint recomputation) · observe: explicit, keep the detached
         # maps of the last `observe_rows` batch rows (the conditional half of a CFG pass, for
@@ -58,7 +61,9 @@ class AttentionStore:
         return self.mode != "off"
 
     def add(self, probs: torch.Tensor) -> None:
-        """probs: (batch, heads, h*w, tokens) → kept as the head mean."""
+        """probs: (batch, heads, h*w, tokens) → kept as the head mean (of `columns` when set)."""
+        if self.columns is not None:
+            probs = probs[..., self.columns]
         if self.mode == "observe":
             self._maps.append(probs[-self.observe_rows :].mean(dim=1).detach())
             return
