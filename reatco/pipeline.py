@@ -18,21 +18,20 @@ from diffusers.utils import BaseOutput, logging
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .backbones.inversion import ddim_inversion
-from .backbones.tav import TuneAVideoUNet, rad_attention_layers
+from .backbones.tav import TuneAVideoUNet
+from .backbones.tav.backbone import TuneAVideoBackbone
 from .config import IRJSConfig, RADConfig, WindowConfig, check_attention_cell_px, section_settings, validate_object
 from .errors import ConfigError, check_finite
 from .files import write_json_atomic, write_text_atomic
 from .irjs import blend as irjs_ops
 from .irjs.blend import InvariantRegion
-from .irjs.decoding import decode_chunks_with_reference_statistics
 from .irjs.region_noise import tracked_noise
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
 from .rad.anchoring import anchor_object_latents
 from .rad.guidance import RADGuidance
 from .regions.objects import EditObject, resolve_objects
 from .regions.region import object_masks
-from .tokens import PromptTokens, check_prompt_length, encode_prompt, tokenize_prompt
+from .tokens import PromptTokens, check_prompt_length, tokenize_prompt
 from .video import check_video_tensor
 from .windows import merge_windows, temporal_windows
 
@@ -196,22 +195,26 @@ class ReAtCoPipeline(DiffusionPipeline):
     def disable_vae_slicing(self):
         self.vae.disable_slicing()
 
+    # ------------------------------------------------------------------ the backbone
+
+    @property
+    def backbone(self) -> TuneAVideoBackbone:
+        """The model as RAD, IRJS and the loop see it (reatco/backbones/base.py): a view over the
+        current components, on the execution device."""
+        progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
+        return TuneAVideoBackbone(self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler,
+                                  self._execution_device, progress)
+
     # ------------------------------------------------------------------ encoders
 
-    @torch.no_grad()
     def encode_prompt(self, prompt: str | PromptTokens) -> torch.Tensor:
         """(1, L, d) text embeddings of a prompt (or of its tokens, `reatco.tokens.tokenize_prompt`)."""
-        return encode_prompt(self.text_encoder, tokenize_prompt(self.tokenizer, prompt), self._execution_device)
+        return self.backbone.encode_prompt(prompt)
 
-    @torch.no_grad()
     def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(F, 3, H, W) in [-1, 1] → scaled latents (1, C, F, h, w), sampled with `generator`."""
-        pixels = video.to(self._execution_device, self.vae.dtype)
-        dist = self.vae.encode(pixels).latent_dist
-        latents = dist.sample(generator=generator) * self.vae.config.scaling_factor
-        return latents.permute(1, 0, 2, 3).unsqueeze(0)
+        return self.backbone.encode_video(video, generator)
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, reference: torch.Tensor | None = None, *,
                        reference_statistics: bool = True, keep_reference_outside: torch.Tensor | None = None) -> torch.Tensor:
         """(1, C, F, h, w) → frames (F, 3, H, W) in [0, 1].
@@ -222,38 +225,12 @@ class ReAtCoPipeline(DiffusionPipeline):
         (1 = edited cell): where it is 0 the pixels are the reference's own decode.
         With VAE slicing on, both are decoded one frame at a time, interleaved, so only one frame's
         activations are ever held."""
-        def to_vae(z):
-            return (z[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor).to(self.vae.dtype)
+        return self.backbone.decode_latents(latents, reference, reference_statistics=reference_statistics,
+                                            keep_reference_outside=keep_reference_outside)
 
-        def decode(z):
-            return self.vae.decode(z).sample
-
-        frames = to_vae(latents)
-        if reference is None:
-            if keep_reference_outside is not None:
-                raise ValueError("keep_reference_outside needs the reference latents whose pixels it keeps")
-            images = decode(frames)
-        else:
-            if reference.shape != latents.shape:
-                raise ValueError(f"reference {tuple(reference.shape)} and latents {tuple(latents.shape)} must have one shape")
-            per_chunk = 1 if self.vae.use_slicing else frames.shape[0]
-            masks = None
-            if keep_reference_outside is not None:  # (1, 1, F, h, w) → per frame (F, 1, h, w)
-                masks = keep_reference_outside[0].permute(1, 0, 2, 3).split(per_chunk)
-            chunks = decode_chunks_with_reference_statistics(decode, self.vae.decoder, to_vae(reference.to(latents)).split(per_chunk),
-                                                             frames.split(per_chunk), masks, statistics=reference_statistics)
-            images = torch.cat(chunks)
-        return (images.float() / 2 + 0.5).clamp(0, 1)
-
-    @torch.no_grad()
     def invert(self, source_latents: torch.Tensor, prompt: str = "", num_inference_steps: int = 50, guidance_scale: float = 1.0):
         """DDIM inversion trajectory (steps + 1, 1, C, F, h, w) of `source_latents`."""
-        cond = self.encode_prompt(prompt)
-        uncond = self.encode_prompt("") if guidance_scale > 1.0 else None
-        return ddim_inversion(
-            self.unet, self.scheduler, source_latents, cond, num_inference_steps, guidance_scale, uncond,
-            progress=not getattr(self, "_progress_bar_config", {}).get("disable", False),
-        )
+        return self.backbone.invert(source_latents, prompt, num_inference_steps, guidance_scale)
 
     # ------------------------------------------------------------------ regions
 
@@ -434,6 +411,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         rad, irjs, window, cell_px = c.rad, c.irjs, c.window, c.cell_px
         callback_on_step_end_tensor_inputs = c.callback_tensor_inputs
         device, dtype = self._execution_device, self.unet.dtype
+        backbone = self.backbone
 
         # 2. The source: frames → latents → inversion trajectory, and the starting latents
         source_latents, inversion_trajectory, latents = self.prepare_source(
@@ -446,7 +424,7 @@ class ReAtCoPipeline(DiffusionPipeline):
             c.tokens, objects, n_frames, height, width, cell_px, rad.box_grid)
         invariant = None
         if irjs.enabled and regions:
-            invariant = InvariantRegion(self.scheduler, irjs, cells, source_latents, inversion_trajectory, generator)
+            invariant = InvariantRegion(backbone, irjs, cells, source_latents, inversion_trajectory, generator)
         elif irjs.enabled:
             # No region means nothing is marked editable: blending would return the source video.
             logger.warning("IRJS is enabled but no object has a region: IRJS is skipped for this edit")
@@ -461,21 +439,20 @@ class ReAtCoPipeline(DiffusionPipeline):
         n_prompt_tokens = len(c.tokens.ids)
         n_text_tokens = n_prompt_tokens - 2 if rad.normalize_eot else c.tokens.model_max_length - 2
 
-        cond = self.encode_prompt(c.tokens).to(dtype)
-        negative_prompt_embeds = self.encode_prompt(c.negative_prompt).to(dtype)
+        cond = backbone.encode_prompt(c.tokens).to(dtype)
+        negative_prompt_embeds = backbone.encode_prompt(c.negative_prompt).to(dtype)
         self._guidance_scale, self._interrupt = guidance_scale, False
         # diffusers' layout: [negative, prompt] under guidance; a callback may swap it (CFG cut-off)
         prompt_embeds = torch.cat([negative_prompt_embeds, cond]) if self.do_classifier_free_guidance else cond
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        timesteps = backbone.set_timesteps(num_inference_steps)
         self._num_timesteps = len(timesteps)
         windows = temporal_windows(n_frames, window.size, window.stride)
         # the steps after which every frame of an object takes its region from its best-attended frame
         anchor_steps = {int(r * num_inference_steps) for r in rad.anchor_step_ratios} if use_rad else set()
         guidance = None
         if (use_rad or return_attention) and regions:
-            guidance = RADGuidance(self.unet, rad_attention_layers(self.unet, self.vae_scale_factor, cell_px), cond, words,
+            guidance = RADGuidance(backbone, backbone.attention_layers(cell_px), cond, words,
                                    token_indices, attn_masks, rad, n_text_tokens, len(timesteps))
         attention_sum, attention_count = None, 0
         by_step: dict[int, tuple] = {}  # step index → (sum, count) over its windows
@@ -504,13 +481,13 @@ class ReAtCoPipeline(DiffusionPipeline):
                         if invariant is not None:
                             x = invariant.before_step(x, i, t, frames, len(windows))
                         x_in = torch.cat([x, x]) if do_cfg else x
-                        x_in = self.scheduler.scale_model_input(x_in, t)
+                        x_in = backbone.scale_model_input(x_in, t)
                         pictures = return_attention and not use_rad and bool(regions) and i < rad.max_update_steps
                         observe = pictures or (i in anchor_steps and not rad_here)
                         embeds = prompt_embeds if prompt_embeds.shape[0] == x_in.shape[0] else prompt_embeds[-x_in.shape[0]:]
                         # attention pictures without RAD, or an anchor step's presence: the conditional half, detached
                         with guidance.observing(len(frames), frames) if observe else contextlib.nullcontext({}) as observed:
-                            noise = self.unet(x_in, t, encoder_hidden_states=embeds).sample
+                            noise = backbone.predict(x_in, t, embeds)
                         if observed:
                             word_maps = observed["word_maps"] if pictures else None
                             window_presence = observed["presence"]
@@ -523,7 +500,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                         if do_cfg:
                             noise_u, noise_c = noise.chunk(2)
                             noise = noise_u + self._guidance_scale * (noise_c - noise_u)
-                        outputs.append(self.scheduler.step(noise, t, x).prev_sample)
+                        outputs.append(backbone.step(noise, t, x))
                     latents = merge_windows(outputs, windows, n_frames) if len(windows) > 1 else outputs[0]
                     if invariant is not None:
                         latents = invariant.after_step(latents, i)

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from reatco.rad.attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
+from reatco.backbones.tav.recording import record_cross_attention
+from reatco.rad.attention_maps import AttentionStore, RADForwardComplete
 from reatco.bench import rad
 from reatco.config import TuneConfig
 from reatco.errors import ConfigError

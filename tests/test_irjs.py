@@ -84,6 +84,7 @@ def test_blend_is_exact_outside_and_inside():
 
 def _invariant(**settings):
     from reatco.config import IRJSConfig
+    from reatco.backbones.tav.backbone import TuneAVideoBackbone
     from reatco.irjs.blend import InvariantRegion
 
     scheduler = DDIMScheduler(num_train_timesteps=1000)
@@ -93,13 +94,14 @@ def _invariant(**settings):
     g = torch.Generator().manual_seed(0)
     source = torch.randn(1, 4, 4, 8, 8, generator=g)
     trajectory = torch.randn(5, 1, 4, 4, 8, 8, generator=g)
-    return InvariantRegion(scheduler, IRJSConfig(**settings), cells, source, trajectory, torch.Generator().manual_seed(3))
+    backbone = TuneAVideoBackbone(None, scheduler=scheduler)
+    return InvariantRegion(backbone, IRJSConfig(**settings), cells, source, trajectory, torch.Generator().manual_seed(3))
 
 
 def test_invariant_region_keeps_the_source_outside_and_the_latents_inside():
     region = _invariant(source="inversion")
     x = torch.randn(1, 4, 4, 8, 8)
-    out = region.before_step(x, 1, region.scheduler.timesteps[1], [0, 1, 2, 3])
+    out = region.before_step(x, 1, region.backbone.timesteps[1], [0, 1, 2, 3])
     outside = region.mask == 0
     expected_source = region.trajectory[4 - 1]  # step 1 of 4 ↔ inversion level 3
     assert torch.equal(out.masked_select(outside.expand_as(out)), expected_source.masked_select(outside.expand_as(out)))
@@ -117,7 +119,7 @@ def test_invariant_region_draws_one_noise_per_clip_or_per_window():
     windows = [[0, 1], [2, 3]]
     x = torch.zeros(1, 4, 4, 8, 8)
     clip = _invariant(source="noise", noise="per_step")
-    t = clip.scheduler.timesteps[0]
+    t = clip.backbone.timesteps[0]
     halves = [clip.before_step(x[:, :, w], 0, t, w, len(windows)) for w in windows]
     reference = _invariant(source="noise", noise="per_step")
     whole = reference.before_step(x, 0, t, [0, 1, 2, 3])
@@ -126,6 +128,6 @@ def test_invariant_region_draws_one_noise_per_clip_or_per_window():
     g = torch.Generator().manual_seed(3)
     for w in windows:
         noise = torch.randn(1, 4, len(w), 8, 8, generator=g)
-        expected = noise_source(per_window.scheduler, per_window.source_latents[:, :, w], t, noise)
+        expected = noise_source(per_window.backbone.scheduler, per_window.source_latents[:, :, w], t, noise)
         got = per_window.before_step(x[:, :, w], 0, t, w, len(windows))
         assert torch.equal(got[..., 4:, 4:], expected[..., 4:, 4:])

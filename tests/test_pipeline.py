@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from reatco.rad.attention_maps import AttentionStore, record_cross_attention
+from reatco.backbones.tav.recording import record_cross_attention
+from reatco.rad.attention_maps import AttentionStore
 from reatco.backbones.tav import rad_attention_layers
 from reatco.config import IRJSConfig, RADConfig, validate_rad
 from reatco.errors import ConfigError
@@ -55,7 +56,7 @@ def _guidance(pipe, cell, rad=None, words=None):
     from reatco.regions.region import object_masks
 
     masks = object_masks(regions, N_FRAMES, SIZE // cell, SIZE // cell)
-    guidance = RADGuidance(pipe.unet, rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell), pipe.encode_prompt(PROMPT),
+    guidance = RADGuidance(pipe.backbone, rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell), pipe.encode_prompt(PROMPT),
                            words, indices, masks, rad, pipe.tokenizer.model_max_length - 2, num_steps=4)
     latents = torch.randn(1, 4, N_FRAMES, SIZE // pipe.vae_scale_factor, SIZE // pipe.vae_scale_factor, generator=torch.Generator().manual_seed(1))
     return guidance, latents
@@ -378,7 +379,7 @@ def test_rad_reads_a_phrase_as_the_sum_of_its_tokens_unless_told_mean(pipe, cell
     masks = torch.ones(1, N_FRAMES, 2, 2)
 
     def word_maps(rad):
-        return RADGuidance(pipe.unet, [], None, ["a cat"], indices, masks, rad, n_text, num_steps=1).word_maps(maps)
+        return RADGuidance(pipe.backbone, [], None, ["a cat"], indices, masks, rad, n_text, num_steps=1).word_maps(maps)
 
     summed = word_maps(RADConfig(normalize_eot=True))
     averaged = word_maps(RADConfig(normalize_eot=True, word_tokens="mean"))
@@ -454,7 +455,8 @@ def test_resolved_edit_objects_are_taken_as_they_are(pipe, cell):
 
 
 def test_the_attention_store_records_only_inside_recording_and_is_off_after_an_error(pipe, cell):
-    from reatco.rad.attention_maps import AttentionStore, record_cross_attention
+    from reatco.backbones.tav.recording import record_cross_attention
+    from reatco.rad.attention_maps import AttentionStore
 
     layers = rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell)
     store = AttentionStore(grid=(SIZE // cell, SIZE // cell), stop_early=False)

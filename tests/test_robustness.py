@@ -308,7 +308,8 @@ def test_a_rad_update_that_overflows_stops_with_a_named_error(pipe):
 
 def test_rad_records_attention_in_float32_under_fp16(pipe):
     """fp16 probabilities underflow to 0 and the RAD gradient w.r.t. them overflows (NaN)."""
-    from reatco.rad.attention_maps import AttentionStore, record_cross_attention
+    from reatco.backbones.tav.recording import record_cross_attention
+    from reatco.rad.attention_maps import AttentionStore
     from reatco.backbones.tav import rad_attention_layers
 
     half = type(pipe)(**tiny_sd_components()).to(dtype=torch.float16)

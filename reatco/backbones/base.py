@@ -126,6 +126,11 @@ class Backbone(abc.ABC):
     def set_timesteps(self, num_inference_steps: int) -> torch.Tensor:
         """Prepare the scheduler for a run of `num_inference_steps`; the timesteps, first to last."""
 
+    @property
+    @abc.abstractmethod
+    def timesteps(self) -> torch.Tensor:
+        """The timesteps of the run `set_timesteps` prepared, first to last."""
+
     @abc.abstractmethod
     def scale_model_input(self, latents: torch.Tensor, t) -> torch.Tensor:
         """The scheduler's input scaling at timestep t (identity for DDIM and flow matching)."""

@@ -198,6 +198,7 @@ def _prepare(stage: str, n_frames: int, s: Settings):
 def _rad_pass(unet, latents, n_frames, s: Settings, g, checkpointed: bool):
     from ..config import RADConfig
     from ..backbones.tav import rad_attention_layers
+    from ..backbones.tav.backbone import TuneAVideoBackbone
     from ..rad.guidance import RADGuidance
 
     cell = 32
@@ -209,7 +210,7 @@ def _rad_pass(unet, latents, n_frames, s: Settings, g, checkpointed: bool):
     cond = _text(unet, latents.dtype, s, g)
     rad = RADConfig(refinement_thresholds={}, gradient_checkpointing=checkpointed)
     layers = rad_attention_layers(unet, 8, cell)
-    guidance = RADGuidance(unet, layers, cond, ["a", "b"], TOKEN_INDICES, masks, rad, n_text_tokens=75, num_steps=50)
+    guidance = RADGuidance(TuneAVideoBackbone(unet), layers, cond, ["a", "b"], TOKEN_INDICES, masks, rad, n_text_tokens=75, num_steps=50)
     t = torch.tensor(500, device=s.device)
 
     @torch.no_grad()  # as in the pipeline: only the RAD pass enables grad

@@ -40,10 +40,12 @@ from pathlib import Path
 import torch
 
 from ..backbones.tav import TuneAVideoUNet, rad_attention_layers
+from ..backbones.tav.backbone import TuneAVideoBackbone
+from ..backbones.tav.recording import record_cross_attention
 from ..cli import settings_class
 from ..config import RADConfig, TuneConfig
 from ..errors import ConfigError
-from ..rad.attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
+from ..rad.attention_maps import AttentionStore, RADForwardComplete
 from ..rad.guidance import RADGuidance
 from . import sd14
 from .memory import CUDA_RESERVE_MB, GPU_BUDGET_MB, TARGET_HW, TOKEN_INDICES, current_mb, linear_fit, make_tune_step, peak_mb, reset_peak
@@ -222,7 +224,7 @@ def run_worker(args, variant: str) -> dict:
 
     for i, n_frames in enumerate(args.frames):
         inp = make_inputs(unet, vae_factor, n_frames, args.height, args.width, args.cell_px, device, dtype)
-        guidance = RADGuidance(unet, layers, inp["cond"], ["a", "b"], TOKEN_INDICES, inp["masks"], rad, n_text_tokens, num_steps=50)
+        guidance = RADGuidance(TuneAVideoBackbone(unet), layers, inp["cond"], ["a", "b"], TOKEN_INDICES, inp["masks"], rad, n_text_tokens, num_steps=50)
         store = guidance.store
         row: dict = {}
         with contextlib.ExitStack() as stack:

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from ..backbones.tav import rad_attention_layers
+from ..backbones.tav.recording import AttentionProbe
 from ..metrics.fidelity import image_psnr
-from ..rad.attention_maps import AttentionProbe
 from ..toy import world
 from ..toy.detector import detect
 

@@ -1,4 +1,4 @@
-"""RADGuidance: Re-Attentional Diffusion on one UNet, as one object.
+"""RADGuidance: Re-Attentional Diffusion on one backbone, as one object.
 
 It owns what a RAD pass needs and nothing of the sampling loop: the attention recorder and its
 layers, the frozen-weights and gradient-checkpointing contexts, the objects' masks and token
@@ -17,7 +17,7 @@ import torch
 
 from ..errors import check_finite
 from . import losses as rad_ops
-from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
+from .attention_maps import AttentionStore, RADForwardComplete
 from .settings import RADConfig
 
 
@@ -50,7 +50,8 @@ class RADPass:
 
 
 class RADGuidance:
-    """RAD for one edit: `unet` records cross-attention at `layers` on the grid of `masks`
+    """RAD for one edit: the `backbone` (reatco.backbones.base.Backbone) records cross-attention
+    at `layers` on the grid of `masks`
     (J, F, gh, gw), one mask per word in `words` with its prompt `token_indices`; `cond` is the
     prompt's embedding (1, 77, D); `n_text_tokens` the tokens a text-attention row is normalised
     over. `num_steps` sets the step-size schedule (`settings.step_size` over `step_size_range`).
@@ -58,10 +59,10 @@ class RADGuidance:
     Use inside `with guidance.attached():` (recorder installed, weights frozen, checkpointing as
     configured; everything restored on exit)."""
 
-    def __init__(self, unet, layers: Sequence[str], cond: torch.Tensor, words: Sequence[str],
+    def __init__(self, backbone, layers: Sequence[str], cond: torch.Tensor, words: Sequence[str],
                  token_indices: Sequence[Sequence[int]], masks: torch.Tensor, settings: RADConfig,
                  n_text_tokens: int, num_steps: int):
-        self.unet = unet
+        self.backbone = backbone
         self.layers = list(layers)
         self.cond = cond
         self.token_indices = [list(i) for i in token_indices]
@@ -87,14 +88,12 @@ class RADGuidance:
 
     @contextlib.contextmanager
     def attached(self, differentiate: bool = True):
-        """Recorder on the UNet; with `differentiate`, frozen weights (RAD needs ∂L/∂x only) and
+        """Recorders on the model; with `differentiate`, frozen weights (RAD needs ∂L/∂x only) and
         gradient checkpointing where the settings ask for it."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(record_cross_attention(self.unet, self.layers, self.store))
+            stack.enter_context(self.backbone.recording(self.layers, self.store))
             if differentiate:
-                stack.enter_context(_frozen_parameters(self.unet))
-                if self.settings.gradient_checkpointing:
-                    stack.enter_context(_gradient_checkpointing(self.unet))
+                stack.enter_context(self.backbone.differentiable(self.settings.gradient_checkpointing))
             try:
                 yield self
             finally:
@@ -127,7 +126,7 @@ class RADGuidance:
 
     @contextlib.contextmanager
     def observing(self, rows: int, frames: Sequence[int] | None = None):
-        """Record the conditional half (`rows` frames) of the UNet calls inside, detached, for
+        """Record the conditional half (`rows` frames) of the model calls inside, detached, for
         attention pictures without RAD and the words' presence; yields a dict that receives
         "word_maps" and "presence" on exit."""
         found: dict[str, torch.Tensor] = {}
@@ -150,7 +149,7 @@ class RADGuidance:
         with torch.enable_grad():
             with store.recording("record"):
                 try:
-                    self.unet(x, t, encoder_hidden_states=self.cond)
+                    self.backbone.predict(x, t, self.cond)
                 except RADForwardComplete:
                     pass  # everything RAD reads has been computed
                 maps = store.maps()
@@ -212,28 +211,3 @@ def _descend(latents: torch.Tensor, step_size: float, grad: torch.Tensor) -> tor
     latents' dtype."""
     work = torch.promote_types(latents.dtype, torch.float32)
     return (latents.to(work) - step_size * grad.to(work)).to(latents.dtype)
-
-
-@contextlib.contextmanager
-def _frozen_parameters(module: torch.nn.Module):
-    """RAD needs ∂L/∂x only: with frozen weights autograd keeps no activations for weight grads."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
-def _gradient_checkpointing(unet):
-    was = unet.is_gradient_checkpointing
-    if not was:
-        unet.enable_gradient_checkpointing()
-    try:
-        yield
-    finally:
-        if not was:
-            unet.disable_gradient_checkpointing()

@@ -303,7 +303,8 @@ def source_word_maps(pipe, source_latents: torch.Tensor, prompt, token_indices: 
         tell where an object ends: the attention of a well-trained word peaks on the object but
         need not cover it.
     source_latents: (1, C, F, h, w) scaled latents; prompt: a str or its PromptTokens."""
-    from ..rad.attention_maps import AttentionStore, record_cross_attention
+    from ..backbones.tav.recording import record_cross_attention
+    from ..rad.attention_maps import AttentionStore
 
     unet = pipe.unet
     device, dtype = source_latents.device, unet.dtype
