@@ -29,10 +29,13 @@ from .irjs.region_noise import tracked_noise
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
 from .rad.anchoring import anchor_object_latents
 from .rad.guidance import RADGuidance
+from .regions.detector import detect_source_regions
+from .regions.finding import find_source_regions
 from .regions.objects import EditObject, resolve_objects
 from .regions.region import object_masks
-from .tokens import PromptTokens, check_prompt_length, tokenize_prompt
-from .video import check_video_tensor
+from .regions.settings import value_of
+from .tokens import PromptTokens, check_edit_prompt, tokenize_prompt
+from .video import check_video_tensor, to_uint8
 from .windows import merge_windows, temporal_windows
 
 logger = logging.get_logger(__name__)
@@ -235,11 +238,33 @@ class ReAtCoPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ regions
 
     def prepare_objects(self, prompt: str | PromptTokens, objects: Sequence, n_frames: int, height: int, width: int,
-                        cell_px: int) -> list[EditObject]:
+                        cell_px: int, find_source=None) -> list[EditObject]:
         """Objects → EditObjects (word, occurrence, region, token indices), each resolved once. An
         object is a dict or config object with `word`, optional `occurrence`, and a region:
-        `region` (a Region) or `box`/`boxes`/`mask`; EditObjects are taken as they are."""
-        return resolve_objects(self.tokenizer, prompt, objects, n_frames, height, width, cell_px)
+        `region` (a Region) or `box`/`boxes`/`mask`/`boxes_file`, or `source` (found in the source
+        clip by `find_source`, see `source_finder`); EditObjects are taken as they are."""
+        return resolve_objects(self.tokenizer, prompt, objects, n_frames, height, width, cell_px, find_source=find_source)
+
+    def source_finder(self, video: torch.Tensor | None, source_latents: torch.Tensor | None, source_prompt: str, cell_px: int):
+        """`find_source(specs, fields)` for objects given as `source:` — regions found in the source
+        clip, as EditRunner finds them: the model's own cross-attention on the source latents under
+        `source_prompt` (reatco/regions/finding.py), or a detector on the frames
+        (reatco/regions/detector.py). None without the source frames and latents."""
+        if video is None or source_latents is None:
+            return None
+        device = self._execution_device
+
+        def find(specs, fields):
+            regions = []
+            for spec, field in zip(specs, fields):
+                if value_of(spec, "detector"):
+                    frames = to_uint8((video.cpu() + 1) / 2)
+                    regions += detect_source_regions(frames, [spec], cell_px, str(device), [field])
+                else:
+                    regions += find_source_regions(self, video.to(device), source_latents, source_prompt, [spec], cell_px, [field])
+            return regions
+
+        return find
 
     # ------------------------------------------------------------------ call steps
 
@@ -277,7 +302,7 @@ class ReAtCoPipeline(DiffusionPipeline):
             if not isinstance(obj, EditObject):
                 validate_object(obj, f"objects[{j}]")
         # a prompt cut by the text encoder breaks RAD's normalisation over the prompt's own tokens
-        check_prompt_length(tokens, bool(objects) and rad.enabled and rad.normalize_eot, "prompt")
+        check_edit_prompt(tokens, len(objects or ()), rad, "prompt")
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
@@ -326,10 +351,10 @@ class ReAtCoPipeline(DiffusionPipeline):
                 )
         return source_latents, inversion_trajectory, latents
 
-    def prepare_regions(self, prompt, objects, n_frames, height, width, cell_px, box_grid):
+    def prepare_regions(self, prompt, objects, n_frames, height, width, cell_px, box_grid, find_source=None):
         """Objects → (words, regions, token indices, RAD masks (J, F, gh, gw), each object's latent
         cells (J, F, h, w) bool and their union's latent cells (1, 1, F, h, w), 1 = editable)."""
-        edit_objects = self.prepare_objects(prompt, objects or [], n_frames, height, width, cell_px)
+        edit_objects = self.prepare_objects(prompt, objects or [], n_frames, height, width, cell_px, find_source)
         words, regions = [o.word for o in edit_objects], [o.region for o in edit_objects]
         token_indices = [list(o.token_indices) for o in edit_objects]
         if height % cell_px or width % cell_px:
@@ -360,6 +385,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         source_latents: torch.Tensor | None = None,
         inversion_trajectory: torch.Tensor | None = None,
         inversion_prompt: str = "",
+        source_prompt: str | None = None,
         start_in_regions: str | None = None,
         rad: RADConfig | dict | None = None,
         irjs: IRJSConfig | dict | None = None,
@@ -381,7 +407,9 @@ class ReAtCoPipeline(DiffusionPipeline):
         objects: one entry per word of interest, as in the config: {"word": …, "box" | "boxes" |
         "mask": …, "occurrence": k}, or {"word": …, "region": reatco.regions.region.Region}. Without a video, pass
         `source_latents` (and optionally `inversion_trajectory`), or neither for plain text-to-video
-        from `latents` / noise (then IRJS is unavailable).
+        from `latents` / noise (then IRJS is unavailable). An object may also be found in the source
+        video, {"word": …, "source": {"word": <word of source_prompt>} or {"detector": …, "query": …}}
+        (needs `video`); source_prompt describes the source clip (default: inversion_prompt).
 
         start_in_regions: "inversion" starts from the inverted source everywhere (the paper);
         "noise" re-draws the regions' latent cells as fresh noise from `generator`, so that the
@@ -420,8 +448,10 @@ class ReAtCoPipeline(DiffusionPipeline):
         n_frames, height, width = latents.shape[2], latents.shape[3] * self.vae_scale_factor, latents.shape[4] * self.vae_scale_factor
 
         # 3. The objects: words, token indices, RAD masks and the regions' latent cells
+        find_source = self.source_finder(None if video is None else _video_tensor(video), source_latents,
+                                         inversion_prompt if source_prompt is None else source_prompt, cell_px)
         words, regions, token_indices, attn_masks, object_cells, cells = self.prepare_regions(
-            c.tokens, objects, n_frames, height, width, cell_px, rad.box_grid)
+            c.tokens, objects, n_frames, height, width, cell_px, rad.box_grid, find_source)
         invariant = None
         if irjs.enabled and regions:
             invariant = InvariantRegion(backbone, irjs, cells, source_latents, inversion_trajectory, generator)

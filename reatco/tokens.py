@@ -230,6 +230,14 @@ def check_prompt_length(tokens: PromptTokens, needs_all: bool, field: str = "pro
     logger.warning("%s has %d tokens; the text encoder reads only the first %d", field, n, limit)
 
 
+def check_edit_prompt(tokens: PromptTokens, n_objects: int, rad, field: str = "prompt") -> None:
+    """The prompt-length rule of an edit, decided once (EditRunner and the pipeline): RAD
+    normalising over the prompt's own tokens (`rad.normalize_eot`) needs all of them, so a cut
+    prompt is refused there and only warned about otherwise. (A word of interest past the cut is
+    refused by word_token_indices.)"""
+    check_prompt_length(tokens, n_objects > 0 and rad.enabled and rad.normalize_eot, field)
+
+
 def describe_tokens(tokenizer, prompt: "str | PromptTokens", word: str, indices: list[int]) -> str:
     """One log line: which tokens a word maps to, e.g. "'goldfish' → token 5 (goldfish)" or, for a
     word split into sub-tokens, "'sdfwerqu' → tokens [2, 3, 4, 5] (sd+ f+ wer+ qu), one map from all of them
