@@ -4,6 +4,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from reatco.config import section_settings
 from reatco.errors import ConfigError
 from reatco.irjs.blend import blend, feather_mask, latent_region_mask, noise_source
 from reatco.regions.region import object_masks
@@ -59,8 +60,11 @@ def test_feather_bounds():
     assert f[band == 0].eq(0).all()  # exactly 0 beyond the band
     assert ((f >= 0) & (f <= 1)).all()
     assert feather_mask(m, 0) is m
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(ValueError, match="feather") as e:  # the math: a plain ValueError
         feather_mask(m, -1)
+    assert not isinstance(e.value, ConfigError)
+    with pytest.raises(ConfigError) as e:  # the settings layer names the field
+        section_settings("irjs", {"feather": -1})
     assert e.value.field == "irjs.feather"
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
 
 
 def noise_source(scheduler, x0: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
@@ -55,7 +54,7 @@ def feather_mask(mask: torch.Tensor, cells: int) -> torch.Tensor:
     the source), so only a band of `cells` cells around the region mixes the two. cells = 0 →
     unchanged. Works on (..., h, w)."""
     if isinstance(cells, bool) or not isinstance(cells, int) or cells < 0:
-        raise ConfigError("irjs.feather", f"feather is a number of latent cells ≥ 0, got {cells!r}")
+        raise ValueError(f"cells (the feather) must be a number of latent cells ≥ 0, got {cells!r}")
     if cells == 0:
         return mask
     shape = mask.shape

@@ -61,8 +61,9 @@ class RADGuidance:
 
     def __init__(self, backbone, layers: Sequence[str], cond: torch.Tensor, words: Sequence[str],
                  token_indices: Sequence[Sequence[int]], masks: torch.Tensor, settings: RADConfig,
-                 n_text_tokens: int, num_steps: int):
+                 n_text_tokens: int, num_steps: int, observations: "AttentionObservations | None" = None):
         self.backbone = backbone
+        self.observations = observations  # the call's attention pictures and the anchoring's presence
         self.layers = list(layers)
         self.cond = cond
         self.token_indices = [list(i) for i in token_indices]
@@ -211,3 +212,51 @@ def _descend(latents: torch.Tensor, step_size: float, grad: torch.Tensor) -> tor
     latents' dtype."""
     work = torch.promote_types(latents.dtype, torch.float32)
     return (latents.to(work) - step_size * grad.to(work)).to(latents.dtype)
+
+
+def _accumulate(total, count, values, frames, n_frames):
+    """Add a window's per-frame values (J, window frames, ...) into the clip's (J, n_frames, ...)
+    running sum and per-frame count (None, 0 to start); the mean is total / count.clamp(min=1)."""
+    if total is None:
+        total = torch.zeros(values.shape[0], n_frames, *values.shape[2:], device=values.device)
+        count = torch.zeros(1, n_frames, *(1,) * (values.dim() - 2), device=values.device)
+    total[:, frames] += values
+    count[:, frames] += 1
+    return total, count
+
+
+class AttentionObservations:
+    """What one call keeps of the words' attention, window by window: the attention pictures (the
+    mean word maps over the steps that record them, and the maps of `attention_steps` on their
+    own) and, at the anchoring steps, each word's presence in its region per frame."""
+
+    def __init__(self, n_frames: int, pictures: bool, attention_steps: Sequence[int] = (), anchor_steps=()):
+        self.n_frames = n_frames
+        self.pictures = pictures
+        self.attention_steps = set(attention_steps)
+        self.anchor_steps = set(anchor_steps)
+        self._sum, self._count = None, 0
+        self._by_step: dict[int, tuple] = {}  # step index → (sum, count) over its windows
+        self._presence: dict[int, tuple] = {}  # anchor step → (sum, count) over its windows
+
+    def add(self, step_index: int, frames, word_maps: torch.Tensor | None, presence: torch.Tensor | None) -> None:
+        """One window's word maps (J, window frames, h, w) and presence (J, window frames) at a step."""
+        if step_index in self.anchor_steps:
+            self._presence[step_index] = _accumulate(*self._presence.get(step_index, (None, 0)), presence, frames, self.n_frames)
+        if self.pictures and word_maps is not None:
+            self._sum, self._count = _accumulate(self._sum, self._count, word_maps, frames, self.n_frames)
+            if step_index in self.attention_steps:
+                self._by_step[step_index] = _accumulate(*self._by_step.get(step_index, (None, 0)), word_maps, frames, self.n_frames)
+
+    def presence(self, step_index: int) -> torch.Tensor:
+        """(J, F): each word's presence at an anchoring step, averaged over the windows."""
+        total, count = self._presence[step_index]
+        return total / count.clamp(min=1)
+
+    def mean_maps(self) -> torch.Tensor | None:
+        """(J, F, h, w) word maps averaged over the recorded steps, on the CPU; None if none."""
+        return None if self._sum is None else (self._sum / self._count.clamp(min=1)).cpu()
+
+    def maps_by_step(self) -> dict[int, torch.Tensor]:
+        return {i: (total / count.clamp(min=1)).cpu() for i, (total, count) in sorted(self._by_step.items())}
+
