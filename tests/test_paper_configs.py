@@ -17,7 +17,7 @@ from paper_clips import CLIPS
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = {"dolphins": "dolphins-swimming.mp4", "hares": "hares-grazing.mp4", "birds": "birds-standing.mp4"}
 
-spec = importlib.util.spec_from_file_location("edit_script", ROOT / "scripts" / "edit.py")
+spec = importlib.util.spec_from_file_location("edit_script", ROOT / "reatco" / "commands" / "edit.py")
 edit_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(edit_script)
 

@@ -18,7 +18,7 @@ FAST = ["tune.steps=3", "sampling.steps=4", "rad.max_update_steps=2", "rad.refin
 
 
 def _edit_script():
-    spec = importlib.util.spec_from_file_location("edit", ROOT / "scripts" / "edit.py")
+    spec = importlib.util.spec_from_file_location("edit", ROOT / "reatco" / "commands" / "edit.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -250,7 +250,7 @@ def test_tune_script_exits_2_on_a_bad_config(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("tune_script", Path(__file__).parent.parent / "scripts" / "tune.py")
+    spec = importlib.util.spec_from_file_location("tune_script", Path(__file__).parent.parent / "reatco" / "commands" / "tune.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     (tmp_path / "bad.yaml").write_text("model:\n  pretrained: x\ntune:\n  stepz: 3\n")
