@@ -12,7 +12,7 @@ every convolution are linear in the positions) and with the element size, so CPU
 a small size are scaled to 448×768 fp16 by pixels × bytes per element (`estimated: true`); on a
 CUDA device at the target size and in fp16 the fit is of measured peaks (`estimated: false`).
 
-What the stages run is the library's own code where it exists (`ReAtCoPipeline.encode_video`,
+What the stages run is the library's own code where it exists (`TuneAVideoBackbone.encode_video`,
 `decode_latents`, `RADGuidance.update`, `reatco.backbones.inversion.ddim_inversion`); the tuning step repeats
 `reatco.tuning.tune_unet`'s loop body (AdamW on the default trainable modules, autocast in 16-bit
 with float32 master weights, gradient checkpointing as on a GPU).
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.tav.backbone import TuneAVideoBackbone
 from . import sd14
 
 TARGET_HW = (448, 768)
@@ -127,19 +128,6 @@ def peak_mb(device: str) -> float:
 # ----------------------------------------------------------------------------- stages
 
 
-class _Host:
-    """The pipeline's VAE methods on a bare VAE (no tokenizer / text encoder needed)."""
-
-    from ..pipeline import ReAtCoPipeline as _P
-
-    encode_video = _P.encode_video
-    decode_latents = _P.decode_latents
-    del _P
-
-    def __init__(self, device, unet=None, vae=None):
-        self.unet, self.vae, self._execution_device = unet, vae, torch.device(device)
-
-
 def _latents(n_frames, s: Settings, dtype, g):
     h, w = s.height // 8, s.width // 8
     return torch.randn(1, 4, n_frames, h, w, generator=g).to(s.device, dtype)
@@ -158,7 +146,7 @@ def _prepare(stage: str, n_frames: int, s: Settings):
     needs = STAGES[stage]
     if needs == "vae":
         vae = sd14.random_vae(s.device, dtype, tiny=s.smoke)
-        host = _Host(s.device, vae=vae)
+        host = TuneAVideoBackbone(None, vae=vae, device=torch.device(s.device))  # the pipeline's VAE path, bare
         if stage.startswith("encode"):
             video = (torch.rand(n_frames, 3, s.height, s.width, generator=g) * 2 - 1).to(s.device, dtype)
             if stage == "encode":
@@ -198,7 +186,6 @@ def _prepare(stage: str, n_frames: int, s: Settings):
 def _rad_pass(unet, latents, n_frames, s: Settings, g, checkpointed: bool):
     from ..config import RADConfig
     from ..backbones.tav import rad_attention_layers
-    from ..backbones.tav.backbone import TuneAVideoBackbone
     from ..rad.guidance import RADGuidance
 
     cell = 32
