@@ -50,3 +50,7 @@ def main(argv=None) -> int:
 def command() -> int:
     """Entry point of `reatco-app` and of scripts/app.py."""
     return main()
+
+
+if __name__ == "__main__":  # python -m reatco.commands.app: this checkout's reatco, from its root
+    raise SystemExit(command())

@@ -92,3 +92,7 @@ def command() -> int:
     """Entry point of `reatco-bench-memory` and of scripts/bench_memory.py."""
     main()
     return 0
+
+
+if __name__ == "__main__":  # python -m reatco.commands.bench_memory: this checkout's reatco, from its root
+    raise SystemExit(command())

@@ -87,3 +87,7 @@ def command() -> int:
     """Entry point of `reatco-bench-rad` and of scripts/bench_rad.py."""
     main()
     return 0
+
+
+if __name__ == "__main__":  # python -m reatco.commands.bench_rad: this checkout's reatco, from its root
+    raise SystemExit(command())

@@ -97,3 +97,7 @@ def command() -> int:
     """Entry point of `reatco-bench-shapes` and of scripts/bench_shapes.py."""
     main()
     return 0
+
+
+if __name__ == "__main__":  # python -m reatco.commands.bench_shapes: this checkout's reatco, from its root
+    raise SystemExit(command())

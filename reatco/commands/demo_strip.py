@@ -59,3 +59,7 @@ def main(argv=None) -> int:
 def command() -> int:
     """Entry point of `reatco-demo-strip` and of scripts/demo_strip.py."""
     return main()
+
+
+if __name__ == "__main__":  # python -m reatco.commands.demo_strip: this checkout's reatco, from its root
+    raise SystemExit(command())

@@ -88,3 +88,7 @@ def _main(argv=None) -> int:
 def command() -> int:
     """Entry point of `reatco-edit` and of scripts/edit.py."""
     return main()
+
+
+if __name__ == "__main__":  # python -m reatco.commands.edit: this checkout's reatco, from its root
+    raise SystemExit(command())

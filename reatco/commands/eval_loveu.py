@@ -141,3 +141,7 @@ def _main(argv=None) -> int:
 def command() -> int:
     """Entry point of `reatco-eval-loveu` and of scripts/eval_loveu.py."""
     return main()
+
+
+if __name__ == "__main__":  # python -m reatco.commands.eval_loveu: this checkout's reatco, from its root
+    raise SystemExit(command())

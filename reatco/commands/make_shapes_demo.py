@@ -39,3 +39,7 @@ def main(argv=None) -> int:
 def command() -> int:
     """Entry point of scripts/make_shapes_demo.py."""
     return main()
+
+
+if __name__ == "__main__":  # python -m reatco.commands.make_shapes_demo: this checkout's reatco, from its root
+    raise SystemExit(command())

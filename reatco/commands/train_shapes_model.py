@@ -101,3 +101,7 @@ def command() -> int:
 
     stop_on_signals()  # Ctrl-C / SIGTERM: finish the step, checkpoint (and export), exit
     return main()
+
+
+if __name__ == "__main__":  # python -m reatco.commands.train_shapes_model: this checkout's reatco, from its root
+    raise SystemExit(command())

@@ -61,3 +61,7 @@ def _main(argv=None) -> int:
 def command() -> int:
     """Entry point of `reatco-tune` and of scripts/tune.py."""
     return main()
+
+
+if __name__ == "__main__":  # python -m reatco.commands.tune: this checkout's reatco, from its root
+    raise SystemExit(command())
