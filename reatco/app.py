@@ -12,10 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ConfigError
+from .regions.settings import InstanceChoice
+from .schema import choices
 
 MAX_OBJECTS = 3
 DISPLAY = 4  # frames are shown this many times their working size (the shapes world is 64 px)
-INSTANCES = ["largest", "left", "right", "top", "bottom", "all", "1", "2", "3"]
+# the named instances, then the first three counted from the `order` side
+INSTANCES = [*choices(InstanceChoice), "1", "2", "3"]
 # Where an object's region comes from, as the page offers it.
 MODES = ["boxes", "source word", "tracked box (sam2)", "tracked word (sam3)"]
 MODE_TRACKERS = {"tracked box (sam2)": "sam2", "tracked word (sam3)": "sam3"}
@@ -37,8 +40,8 @@ def build_app(cfg):
 
     from .interactive import (EditSession, ObjectDraft, build_config, candidate_words, drafts_from_config, scale_box,
                               uploaded_path, upscale)
-    from .region_trackers import DEFAULT_MODELS
-    from .regions import interpolate_keyframes
+    from .regions.trackers import DEFAULT_MODELS
+    from .regions.region import interpolate_keyframes
     from .tokens import load_tokenizer, token_table
 
     session = EditSession(progress=True)

@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .config import config_from_dict, config_to_dict
+from .config_files import config_from_dict
 from .errors import ConfigError
-from .regions import draw_regions
+from .regions.region import draw_regions
 from .runner import EditRunner
+from .schema import config_to_dict
 
 _STOP = {"a", "an", "the", "and", "on", "in", "of", "with", "to", "at", "by", "is", "are"}
 
@@ -183,7 +184,7 @@ class EditSession:
     def instances(self, cfg, index: int) -> list[tuple[np.ndarray, str]]:
         """Every instance the tracker of object `index` (a sam3 word) finds, as `instance: k` counts
         them: for each, the frame where it is largest with its mask outlined, captioned "k (score)"."""
-        from .region_trackers import ranked_instances
+        from .regions.trackers import ranked_instances
 
         runner = self.runner_for(cfg)
         prepared = runner.prepare()[0]

@@ -18,16 +18,18 @@ import numpy as np
 import torch
 
 from .arguments import pipeline_arguments
-from .config import edit_config, save_config
+from .config import edit_config
+from .config_files import save_config
 from .environment import package_versions, resolve_device
 from .errors import ConfigError, check_finite
 from .files import ResultExistsError, new_partial_dir, remove_quietly, replace_dir
 from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
-from .inversion import inversion_cache_key, load_or_invert
-from .rad import word_labels
-from .region_files import write_regions
-from .regions import Region, parse_region
-from .tokens import (check_prompt_length, load_tokenizer, resolve_objects_tokens, token_table, tokenize_prompt,
+from .backbones.inversion import inversion_cache_key, load_or_invert
+from .rad.losses import word_labels
+from .regions.files import write_regions
+from .regions.region import Region
+from .regions.objects import EditObject, object_region
+from .tokens import (check_edit_prompt, load_tokenizer, resolve_objects_tokens, token_table, tokenize_prompt,
                      word_token_indices)
 from .video import read_video, to_uint8, write_frames, write_video
 
@@ -48,8 +50,6 @@ class PreparedEdit:
 
     def objects(self) -> list:
         """The edit's objects resolved (regions found: after EditRunner.resolve_regions)."""
-        from .edit_objects import EditObject
-
         return [EditObject(o.word, o.occurrence, region, tuple(idx))
                 for o, region, idx in zip(self.edit.objects, self.regions, self.token_indices)]
 
@@ -79,7 +79,7 @@ def attention_steps(recorded_steps: int, steps: int) -> list[int]:
 def source_origin(src) -> str:
     """A short description of a `source:` region, for regions.json."""
     if getattr(src, "tracker", None):
-        from .region_trackers import tracker_model
+        from .regions.trackers import tracker_model
 
         prompt = f"query {src.query!r}" if src.query else (f"box {list(src.box)}" if src.box is not None else f"point {list(src.point)}") + f" on frame {src.frame}"
         what = f"tracker {src.tracker} ({tracker_model(src)}) {prompt}"
@@ -150,7 +150,7 @@ class EditRunner:
                 if getattr(obj, "source", None) is not None:  # found later, with the model; the word is checked now
                     src = obj.source
                     if src.tracker:  # its frame, box or point against the clip as read
-                        from .region_trackers import check_tracker_prompt
+                        from .regions.trackers import check_tracker_prompt
 
                         check_tracker_prompt(src, self.source_video().shape[0], cfg.video.height, cfg.video.width, f"{where}.source")
                     elif not src.detector:
@@ -159,16 +159,14 @@ class EditRunner:
                     origins.append(source_origin(src))
                     continue
                 native = self.native_size() if getattr(obj, "boxes_file", None) is not None else None
-                regions.append(parse_region(obj, cfg.video.n_frames, cfg.video.height, cfg.video.width, cell, field=where,
-                                            start_frame=cfg.video.start_frame, frame_stride=cfg.video.frame_stride,
-                                            native_size=native))
+                regions.append(object_region(obj, cfg.video.n_frames, cfg.video.height, cfg.video.width, cell, field=where,
+                                             start_frame=cfg.video.start_frame, frame_stride=cfg.video.frame_stride,
+                                             native_size=native))
                 origins.append(f"boxes_file {obj.boxes_file}" if getattr(obj, "boxes_file", None) else regions[-1].kind)
             tokens = tokenize_prompt(self.tokenizer, edit.prompt)
             indices = resolve_objects_tokens(self.tokenizer, tokens, edit.objects, f"{field_prefix}.objects")
             merged = edit_config(cfg, edit)
-            past = any(i >= tokens.model_max_length - 1 for idx in indices for i in idx)
-            check_prompt_length(tokens, past or (merged.rad.enabled and merged.rad.normalize_eot and bool(indices)),
-                                f"{field_prefix}.prompt")
+            check_edit_prompt(tokens, len(indices), merged.rad, f"{field_prefix}.prompt")
             prepared.append(PreparedEdit(merged, edit, regions, indices, token_table(self.tokenizer, tokens),
                                          origins, tokens))
         return prepared
@@ -198,7 +196,7 @@ class EditRunner:
             missing = [j for j in missing if prepared.edit.objects[j].source.tracker or prepared.edit.objects[j].source.detector]
         if not missing:
             return prepared.regions
-        from .config import config_to_dict
+        from .schema import config_to_dict
 
         cfg = self.cfg
         k = next((i for i, e in enumerate(cfg.edits) if e.name == prepared.edit.name), 0)
@@ -209,19 +207,19 @@ class EditRunner:
             if key not in self._found:
                 field_name = f"edits[{k}].objects[{j}].source"
                 if spec.tracker:
-                    from .region_trackers import track_source_regions
+                    from .regions.trackers import track_source_regions
                     from .tuning import cache_root
 
                     self._found[key] = track_source_regions(self.source_frames(), [spec], [field_name], str(self.device),
                                                             cache_root(cfg), cfg.model.attention_cell_px, self.latent_cell_px(),
                                                             self.progress, self.make_tracker)[0]
                 elif spec.detector:
-                    from .region_detector import detect_source_regions
+                    from .regions.detector import detect_source_regions
 
                     self._found[key] = detect_source_regions(self.source_frames(), [spec], cfg.model.attention_cell_px,
                                                              str(self.device), [field_name], self.latent_cell_px())[0]
                 else:
-                    from .region_finding import find_source_regions
+                    from .regions.finding import find_source_regions
 
                     pipe = self.pipeline()
                     source_latents, _ = self.source()
@@ -280,7 +278,7 @@ class EditRunner:
     def tracked(self, spec, field: str = "source"):
         """What the tracker of a `source: {tracker: …}` spec finds on the source clip (every
         instance, cached by content): region_trackers.Tracked."""
-        from .region_trackers import track_objects
+        from .regions.trackers import track_objects
         from .tuning import cache_root
 
         return track_objects(self.source_frames(), [spec], [field], str(self.device), cache_root(self.cfg),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How well `source: {word: …}` (the attention finder, reatco/region_finding.py) finds the objects
+"""How well `source: {word: …}` (the attention finder, reatco/regions/finding.py) finds the objects
 of shapes-world clips: per object and per frame, the IoU of the found box (the object's own extent,
 before the edit rounds it out to latent cells) with the exact truth.
 
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     import torch
 
     from reatco.pipeline import ReAtCoPipeline
-    from reatco.region_finding import box_iou, find_source_regions
+    from reatco.regions.finding import box_iou, find_source_regions
     from reatco.toy import world
     from reatco.toy.families import make_case
     from reatco.video import read_video

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import numpy as np
     from PIL import Image
 
-    from reatco.region_trackers import Tracked, track_source_regions
+    from reatco.regions.trackers import Tracked, track_source_regions
     from reatco.toy.detector import NAMES, classify_pixels
     from reatco.video import read_video, to_uint8
     from reatco.visualize import regions_sheet

@@ -135,7 +135,7 @@ def test_browser_editor_draws_runs_and_downloads(app):
     assert np.allclose(mid, np.array(box0) + (np.array(box7) - np.array(box0)) * 3 / 7, atol=0.01)
     assert triangle["source"].startswith("source: attention of source word 'blue square'")
     # the downloadable config reruns the same edit
-    from reatco.config import load_config
+    from reatco.config_files import load_config
 
     cfg = load_config(folder / "config.yaml")
     assert cfg.edits[0].objects[1].source.word == "blue square" and sorted(cfg.edits[0].objects[0].boxes) == [0, 7]
@@ -164,7 +164,7 @@ def test_browser_editor_draws_runs_and_downloads(app):
 def _tracked_by_the_app(spec):
     """The masks the app's tracker found for `spec` on the demo clip, read from the content-keyed
     cache the app process shares with this one ($REATCO_CACHE_DIR, tests/conftest.py)."""
-    from reatco.region_trackers import _cache_path, _read_cached
+    from reatco.regions.trackers import _cache_path, _read_cached
     from reatco.video import read_video, to_uint8
 
     frames = to_uint8((read_video(ROOT / "data" / "shapes-demo" / "frames", 64, 64, 8) + 1) / 2)
@@ -230,7 +230,7 @@ def test_browser_box_on_one_frame_becomes_a_tracked_mask_on_every_frame(app):
     # the same tracker on the same frames and box, run here: its masks are the regions of every frame
     from PIL import Image
 
-    from reatco.region_trackers import region_from_tracked
+    from reatco.regions.trackers import region_from_tracked
 
     found = _tracked_by_the_app({"tracker": "sam2", "box": drawn, "frame": 3, "model": str(weights)})
     assert found.masks.shape == (1, 8, 64, 64)
@@ -238,7 +238,7 @@ def test_browser_box_on_one_frame_becomes_a_tracked_mask_on_every_frame(app):
     for item in tracked["frames"]:
         mask = np.asarray(Image.open(folder / item["mask"]).convert("L")) > 127
         assert (mask == expected[item["frame"]]).all(), item["frame"]
-    from reatco.config import load_config
+    from reatco.config_files import load_config
 
     src = load_config(folder / "config.yaml").edits[0].objects[1].source
     assert src.tracker == "sam2" and src.frame == 3 and src.model == str(weights)
@@ -288,7 +288,7 @@ def test_browser_word_becomes_every_instance_and_the_page_chooses_one(app):
 
     from PIL import Image
 
-    from reatco.region_trackers import ranked_instances, region_from_tracked
+    from reatco.regions.trackers import ranked_instances, region_from_tracked
 
     folder = tmp / "out" / "app"
     doc = json.loads((folder / "regions.json").read_text())

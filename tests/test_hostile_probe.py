@@ -238,7 +238,7 @@ def test_untrusted_sharded_index_of_a_tuned_unet(box, capsys, monkeypatch, index
 
 def test_untrusted_16_bit_masks_and_frames_are_read_as_such(tmp_path):
     """untrusted: a 16-bit grey PNG (mask or frame) keeps its values (Pillow alone clips it to white)."""
-    from reatco.regions import read_mask
+    from reatco.regions.region import read_mask
     from reatco.video import read_video
 
     values = np.zeros((SIZE, SIZE), np.uint16)
@@ -257,7 +257,7 @@ def test_untrusted_16_bit_masks_and_frames_are_read_as_such(tmp_path):
 
 def test_untrusted_a_file_box_inside_the_frame_is_used_as_given(tmp_path):
     """untrusted: the right result for a valid file (the strict reader refuses only what is wrong)."""
-    from reatco.region_files import read_boxes_file
+    from reatco.regions.files import read_boxes_file
 
     path = tmp_path / "b.csv"
     path.write_text("frame,x,y,w,h\n" + "".join(f"{f},{f},2,20,30\n" for f in range(N_FRAMES)))
@@ -356,7 +356,7 @@ def test_inputs_detector_on_an_offline_hub_fails_before_any_weights(box, capsys,
 
 
 def _shapes_config(box, **changes):
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
 
     return config_from_dict(_config(box, **changes))
 
@@ -415,7 +415,7 @@ def test_inputs_mask_tensors_from_python():
     """inputs: bool and float mask tensors are regions; a wrong one is refused by shape and dtype,
     never with the tensor printed."""
     from reatco.errors import ConfigError
-    from reatco.regions import parse_region
+    from reatco.regions.parsing import parse_region
 
     bool_mask = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     bool_mask[8:40, 8:40] = True
@@ -449,7 +449,7 @@ def test_caches_file_hashes_holding_garbage_are_rebuilt(tmp_path):
 
 
 def test_caches_an_inversion_entry_that_is_a_folder_is_recomputed(tmp_path, caplog):
-    from reatco.inversion import load_or_invert
+    from reatco.backbones.inversion import load_or_invert
 
     (tmp_path / "k.pt").mkdir()
     (tmp_path / "k.pt" / "junk").write_text("x")
@@ -572,7 +572,7 @@ def test_newuser_no_confusing_kept_in_float32_warning(caplog):
 def test_newuser_outputs_go_where_the_yaml_says(tmp_path):
     """newuser: one rule — a YAML's paths (output_dir too) are relative to the file; a
     command-line path to the working directory."""
-    from reatco.config import load_config
+    from reatco.config_files import load_config
 
     (tmp_path / "cfgs").mkdir()
     cfg = _config(tmp_path, output_dir="../results", cache_dir="cache")
@@ -645,7 +645,7 @@ def test_eval_weights_that_cannot_be_had_exit_2_before_any_edit(box, capsys, mon
 def test_eval_scores_a_boxes_file_at_the_frames_the_edit_used(box, tmp_path):
     """eval: with video.start_frame ≠ 0 the scored region is the edit's (file frames 2…5), not
     the file's first frames."""
-    from reatco.config import load_config
+    from reatco.config_files import load_config
     from reatco.metrics import evaluate as ev
     from reatco.metrics import loveu_run
     from reatco.runner import EditRunner
@@ -663,11 +663,11 @@ def test_eval_scores_a_boxes_file_at_the_frames_the_edit_used(box, tmp_path):
 
 
 def test_eval_scores_found_regions_from_the_runs_regions_json(box):
-    from reatco.config import load_config
+    from reatco.config_files import load_config
     from reatco.metrics import evaluate as ev
     from reatco.metrics import loveu_run
-    from reatco.region_files import write_regions
-    from reatco.regions import parse_region
+    from reatco.regions.files import write_regions
+    from reatco.regions.parsing import parse_region
 
     cfg_path = _write_config(box, "eval_found", _config(box, **{"edits.0.objects.0": {"word": "green circle",
                                                                                        "source": {"word": "red circle"}}}))
@@ -703,7 +703,7 @@ def test_app_uploads_become_plain_paths(tmp_path):
 def test_app_an_uploaded_clip_builds_a_config(box):
     from gradio.utils import NamedString
 
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
     from reatco.interactive import ObjectDraft, build_config
 
     base = config_from_dict(_config(box))
@@ -713,7 +713,7 @@ def test_app_an_uploaded_clip_builds_a_config(box):
 
 
 def test_app_a_clip_changed_on_disk_is_read_again(box, tmp_path):
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
     from reatco.interactive import EditSession
 
     _frames(tmp_path / "clip", seed=1)
@@ -751,7 +751,7 @@ def test_house_pipeline_arguments_keeps_boxes_file_and_track(box, tmp_path):
 @HOUSE
 def test_house_pipeline_arguments_keeps_source_objects():
     from reatco import pipeline_arguments
-    from reatco.config import load_config
+    from reatco.config_files import load_config
 
     cfg = load_config(ROOT / "configs" / "shapes-auto.yaml")
     objects = pipeline_arguments(cfg)["objects"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from reatco.region_finding import box_iou, find_source_regions
+from reatco.regions.finding import box_iou, find_source_regions
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_PROMPT = "a red circle and a blue square on a gray background"
@@ -63,7 +63,7 @@ def test_the_attention_finder_holds_beyond_the_demo(shapes_pipe, family):
 
 def test_regions_round_out_to_whole_latent_cells():
     """The edit's regions cover every latent cell the object touches (IRJS keeps the others)."""
-    from reatco.region_finding import Instance, region_from_instances
+    from reatco.regions.finding import Instance, region_from_instances
 
     mask = np.zeros((40, 40), bool)
     mask[5:19, 9:22] = True

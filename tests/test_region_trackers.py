@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reatco.config import load_config
+from reatco.config_files import load_config
 from reatco.errors import ConfigError
-from reatco.region_trackers import Tracked, region_from_tracked, track_source_regions
+from reatco.regions.trackers import Tracked, region_from_tracked, track_source_regions
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["tune.steps=3", "sampling.steps=4", "rad.max_update_steps=2", "rad.refinement_thresholds={}"]
@@ -183,10 +183,10 @@ def test_a_tracked_edit_on_the_shapes_model_writes_reusable_regions(tmp_path):
     assert seen == [(True, (8, 64, 64, 3)), (True, (8, 64, 64, 3))]  # before the edit's models
     circle, square = prepared[0].regions
     assert circle.kind == "mask" and square.kind == "boxes"
-    from reatco.region_finding import round_out_masks
+    from reatco.regions.finding import round_out_masks
 
     assert (circle.pixel_masks.numpy() == round_out_masks(truth[1], 4)).all()
-    from reatco.regions import mask_box
+    from reatco.regions.region import mask_box
 
     assert square.boxes.numpy().tolist() == [[float(v // 4 * 4) if i < 2 else float(-(-v // 4) * 4)
                                                for i, v in enumerate(mask_box(m))] for m in truth[0]]
@@ -270,7 +270,7 @@ def test_a_tiny_sam2_video_model_drives_a_tracked_edit(tmp_path):
     assert region.kind == "mask" and region.pixel_masks.shape == (8, 64, 64)
     cached = list((tmp_path / "cache" / "tracks").glob("*.npz"))
     assert len(cached) == 1
-    from reatco.region_finding import round_out_masks
+    from reatco.regions.finding import round_out_masks
 
     with np.load(cached[0]) as data:
         masks = data["masks"]
@@ -336,7 +336,7 @@ def tiny_sam3_video(folder: Path, size: int = 56) -> Path:
 def test_a_tiny_sam3_video_model_drives_a_tracked_edit(tmp_path):
     """A word → SAM 3 (random weights: instances but no accuracy) → every instance's masks → the
     chosen instance (the largest) → the region → an edit on the shapes model."""
-    from reatco.region_trackers import Sam3Tracker
+    from reatco.regions.trackers import Sam3Tracker
     from reatco.runner import EditRunner
 
     weights = tiny_sam3_video(tmp_path / "sam3")
@@ -360,7 +360,7 @@ def test_a_tiny_sam3_video_model_drives_a_tracked_edit(tmp_path):
     # the largest instance (mean area over the frames it is seen in), its boxes rounded out to 4 px cells
     areas = [masks[k][masks[k].any(axis=(1, 2))].sum(axis=(1, 2)).mean() if masks[k].any() else -1 for k in range(len(scores))]
     best = int(np.argmax(areas))
-    from reatco.regions import mask_box
+    from reatco.regions.region import mask_box
 
     for f in range(8):
         if masks[best, f].any():
@@ -386,7 +386,7 @@ def test_as_box_is_the_region_setting_and_weights_folders_are_read_beside_the_co
 
 
 def test_missing_weights_name_the_model_field(tmp_path):
-    from reatco.region_trackers import load_tracker
+    from reatco.regions.trackers import load_tracker
 
     with pytest.raises(ConfigError, match="could not load sam2 weights") as err:
         load_tracker("sam2", str(tmp_path / "nothing-here"), field="edits[0].objects[0].source.tracker")

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from reatco.attention_maps import AttentionStore
+from reatco.rad.attention_maps import AttentionStore
 from reatco.backbones.wan import WanReAtCoPipeline, plan_from_folder, resolve_rad_blocks
 from reatco.backbones.wan import geometry
 from reatco.backbones.wan.attention import record_wan_cross_attention
@@ -371,7 +371,7 @@ def test_per_frame_push_does_not_depend_on_the_number_of_latent_frames(pipe):
     """The RAD terms are means over the pass's latent frames, so a frame's gradient carries 1/F;
     α is scaled by F / rad.calibration_frames (latent frames on Wan): a frame whose own term is the
     same gets the same push in a pass over 2 or 4 latent frames."""
-    from reatco.rad_guidance import RADPass
+    from reatco.rad.guidance import RADPass
 
     class PerFrameLoss(WanRADGuidance):
         def forward(self, latents, t, frames=None):  # a loss that is a mean of per-frame terms

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from reatco.backbones import backbone_of, edit_runner
-from reatco.config import load_config
+from reatco.config_files import load_config
 from reatco.errors import ConfigError
 from reatco.video import write_frames
 
@@ -71,7 +71,7 @@ def test_backbone_is_read_from_model_index_unless_given(workspace):
 
 
 def test_new_config_fields_are_checked():
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
 
     def error(d):
         with pytest.raises(ConfigError) as err:

@@ -1,6 +1,6 @@
-"""The networks ReAtCo drives. Each backbone is one module (or folder) of its own: `wan/` is Wan 2.1 /
-2.2 (a flow-matching video DiT in diffusers); the Tune-A-Video UNet is the package's original path
-(reatco/pipeline.py, reatco/runner.py).
+"""The networks a ReAtCo edit drives (backbones): what a denoising step needs from a model
+(`base.py`), one module or folder per backbone: `tav/` is the Tune-A-Video UNet (Stable Diffusion
+v1.x inflated to video), `wan/` is Wan 2.1 / 2.2 (a flow-matching video DiT in diffusers).
 
 `backbone_of(model)` reads which one a config's model is; `edit_runner(cfg)` is the runner that
 `scripts/edit.py` and `scripts/eval_loveu.py` use for it.

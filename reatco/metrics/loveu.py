@@ -62,7 +62,7 @@ def read_loveu_csv(path: str | os.PathLike) -> list[LoveuVideo]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError("data_root", f"{path} not found; --data_root must hold {CSV_NAME}")
-    from ..region_files import read_text_file
+    from ..regions.files import read_text_file
 
     text = read_text_file(path, str(path), "LOVEU-TGVE CSV")  # UTF-8 (with or without a BOM), size-capped
     try:

@@ -68,7 +68,7 @@ def check_predictions(args, edits) -> None:
     if any(e.config is None for e in missing) and not Path(args.base_config).is_file():
         raise ConfigError("--base_config", f"{args.base_config} not found; LOVEU edits without predictions are run with it")
     # the edits that will run need their weights: one clear line now, not a traceback after the first edit
-    from ..config import pretrained_of
+    from ..config_files import pretrained_of
     from ..environment import check_model_available
 
     configs = sorted({str(e.config) for e in missing if e.config is not None})
@@ -144,7 +144,7 @@ _RUNNERS: dict = {}
 def run_edit(config_path: str, edit_name: str, overrides, out_dir: Path) -> np.ndarray:
     """The one place that calls the editing code: the config backbone's EditRunner(cfg) -> frames (F, H, W, 3) uint8."""
     from ..backbones import edit_runner
-    from ..config import load_config
+    from ..config_files import load_config
 
     key = (str(config_path), tuple(overrides))
     if key not in _RUNNERS:
@@ -214,7 +214,7 @@ def needs_found_regions(edit: ev.EvalEdit) -> list[int]:
     """The objects of a config edit whose regions come from `source:` (found when it runs)."""
     if edit.config is None:
         return []
-    from ..config import load_config
+    from ..config_files import load_config
 
     cfg = load_config(edit.config, check_paths=False)
     return [j for j, o in enumerate(cfg.edits[edit.edit_index].objects) if o.source is not None]
@@ -225,7 +225,7 @@ def edit_regions(cfg, edit: ev.EvalEdit, pred_folder: Path | None = None) -> lis
     frames (video.start_frame / frame_stride, the source's own size), found ones (`source:`) from
     the regions.json its run wrote."""
     from ..regions import parse_region
-    from ..region_files import read_boxes_file
+    from ..regions.files import read_boxes_file
     from ..video import native_frame_size
 
     v = cfg.video
@@ -257,8 +257,8 @@ def config_inputs(edit: ev.EvalEdit, frames: np.ndarray, pred_folder: Path | Non
         return ev.EditInputs(frames)
     from PIL import Image
 
-    from ..config import load_config
-    from ..regions import parse_region
+    from ..config_files import load_config
+    from ..regions.parsing import parse_region
     from ..video import read_video, to_uint8
 
     cfg = load_config(edit.config)

@@ -9,7 +9,7 @@ over them (p_j / Σ_real p), so the padding's share never reaches RAD. Of those 
 objects' tokens are kept (the full 32,760 × 512 map is ~0.4 GB a layer in bf16 on 1.3B).
 
 The layer's output is always the original processor's (the recorder only adds the maps), so
-recording leaves the frames unchanged. Maps go to a `reatco.attention_maps.AttentionStore`
+recording leaves the frames unchanged. Maps go to a `reatco.rad.attention_maps.AttentionStore`
 reshaped as the UNet recorder leaves them: (batch·latent frames, heads, h·w, kept columns).
 """
 
@@ -20,7 +20,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ...attention_maps import AttentionStore
+from ...rad.attention_maps import AttentionStore
 
 
 class WanCrossAttentionRecorder:

@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from ...inversion import inversion_cache_key, load_or_invert  # noqa: F401  (the one cache for both backbones)
+from ..inversion import inversion_cache_key, load_or_invert  # noqa: F401  (the one cache for both backbones)
 
 
 def renoise(x0: torch.Tensor, sigma, noise: torch.Tensor) -> torch.Tensor:

@@ -15,9 +15,9 @@ from typing import Sequence
 
 import torch
 
-from ... import rad as rad_ops
+from ...rad import losses as rad_ops
 from ...config import RADConfig
-from ...rad_guidance import RADGuidance, _frozen_parameters, _gradient_checkpointing
+from ...rad.guidance import RADGuidance, _frozen_parameters, _gradient_checkpointing
 from .attention import record_wan_cross_attention
 
 

@@ -25,14 +25,17 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 from diffusers.utils import logging
 from PIL import Image
 
-from ... import irjs as irjs_ops
-from ...config import IRJSConfig, RADConfig, STARTS, section_settings, validate_object, value_of
-from ...edit_objects import EditObject
+from ...irjs import blend as irjs_ops
+from ...config import IRJSConfig, RADConfig, StartInRegions, section_settings, validate_object
+from ...regions.settings import value_of
+from ...schema import choices
+from ...regions.objects import EditObject
 from ...errors import ConfigError, check_finite
-from ...irjs import InvariantRegion
+from ...irjs.blend import InvariantRegion
 from ...pipeline import ReAtCoPipelineOutput, _check_range, _video_tensor, encode_generator
-from ...region_noise import tracked_noise
-from ...regions import object_masks, parse_region
+from ...irjs.region_noise import tracked_noise
+from ...regions.parsing import parse_region
+from ...regions.region import object_masks
 from . import geometry
 from .flow import flow_inversion, level_timesteps, renoise, step_sigmas
 from .guidance import WanDenoiser, WanRADGuidance
@@ -243,8 +246,8 @@ class WanReAtCoPipeline(WanPipeline):
         # 1. Everything checked before any model work
         rad = section_settings("rad", rad, steps=num_inference_steps, field="rad")
         irjs = section_settings("irjs", irjs, steps=num_inference_steps, field="irjs")
-        if start_in_regions not in STARTS:
-            raise ConfigError("start_in_regions", f"must be one of {', '.join(STARTS)}, got {start_in_regions!r}")
+        if start_in_regions not in choices(StartInRegions):
+            raise ConfigError("start_in_regions", f"must be one of {', '.join(choices(StartInRegions))}, got {start_in_regions!r}")
         if irjs.decode_statistics == "source":
             raise ConfigError("irjs.decode_statistics", "does not apply to Wan: its causal VAE normalises with RMS norms "
                                                         "over channels at each position (no frame statistics to borrow from "

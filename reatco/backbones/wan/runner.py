@@ -20,8 +20,8 @@ import torch
 
 from ...errors import ConfigError, check_finite
 from ...fingerprint import digest_path, digest_tensor
-from ...inversion import inversion_cache_key, load_or_invert
-from ...rad import word_labels
+from ..inversion import inversion_cache_key, load_or_invert
+from ...rad.losses import word_labels
 from ...runner import EditResult, EditRunner, PreparedEdit
 from ...environment import package_versions
 from . import geometry
@@ -131,7 +131,7 @@ class WanEditRunner(EditRunner):
                     raise ConfigError(f"edits[{k}].objects[{j}].source", "regions found in the source clip are not "
                                       "implemented for Wan yet: give box, boxes, mask or boxes_file")
             native = self.native_size() if any(getattr(o, "boxes_file", None) for o in edit.objects) else None
-            from ...regions import parse_region
+            from ...regions.parsing import parse_region
 
             objects = []
             for j, obj in enumerate(edit.objects):  # regions with the config's frame selection, as the UNet path parses them

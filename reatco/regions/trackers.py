@@ -31,10 +31,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .config import value_of
-from .errors import ConfigError
-from .region_finding import Instance, choose_track, region_from_track
-from .regions import Region, mask_box
+from ..errors import ConfigError
+from ..files import atomic_file
+from ..fingerprint import cache_key, digest_path, digest_tensor
+from .finding import Instance, choose_track, region_from_track
+from .region import Region, mask_box
+from .settings import value_of
 
 TRACKERS = ("sam2", "sam3")
 DEFAULT_MODELS = {"sam2": "facebook/sam2.1-hiera-large", "sam3": "facebook/sam3"}
@@ -219,8 +221,6 @@ def _transformers_version() -> str:
 
 
 def _cache_path(cache_dir, frames: np.ndarray, spec, memo) -> Path:
-    from .fingerprint import cache_key, digest_path, digest_tensor
-
     parts = dict(kind="tracked_masks", frames=digest_tensor(torch.from_numpy(np.ascontiguousarray(frames))),
                  tracker=tracker_name(spec), weights=digest_path(tracker_model(spec), memo),
                  query=value_of(spec, "query"), box=value_of(spec, "box"), point=value_of(spec, "point"),
@@ -239,8 +239,6 @@ def _read_cached(path: Path) -> Tracked | None:
 
 
 def _write_cached(path: Path, tracked: Tracked) -> None:
-    from .files import atomic_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp, open(tmp, "wb") as handle:
         np.savez_compressed(handle, masks=tracked.masks, scores=tracked.scores)

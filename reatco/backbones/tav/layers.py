@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 
 def cross_attention_scales(unet) -> dict[str, int]:
