@@ -156,7 +156,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         if _is_own_shim(pretrained_model_name_or_path):  # our saved folder: its one-line import is ours
             kwargs.setdefault("trust_remote_code", True)
         if dtype is not None:
-            kwargs[_DTYPE_KWARG] = dtype
+            kwargs[DTYPE_KWARG] = dtype
         pipe = super().from_pretrained(pretrained_model_name_or_path, unet=unet, scheduler=scheduler, **kwargs)
         pipe._model_defaults = read_model_defaults(pretrained_model_name_or_path, hub_kwargs)
         return pipe
@@ -583,7 +583,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         else:
             frames = self.decode_latents(latents).cpu()
         check_finite(frames, "in the decoded frames", "the VAE overflowed: decode in float32")
-        return _postprocess_video(frames, output_type)
+        return postprocess_video(frames, output_type)
 
     def _warn_if_unattended(self, record: dict, cell_px: int, words, token_indices, rad: RADConfig) -> None:
         """At the first RAD pass, a word whose attention inside its region is ~0 (inner term ≈ 1)
@@ -609,9 +609,9 @@ class ReAtCoPipeline(DiffusionPipeline):
 try:  # diffusers ≥ 0.36 spells it dtype= and warns on torch_dtype=
     from diffusers.utils.deprecation_utils import _resolve_dtype as _diffusers_resolve_dtype  # noqa: F401
 
-    _DTYPE_KWARG = "dtype"
+    DTYPE_KWARG = "dtype"
 except ImportError:
-    _DTYPE_KWARG = "torch_dtype"
+    DTYPE_KWARG = "torch_dtype"
 
 # inner RAD term (1 − the word's mean top-K attention in its region) above which the word is lost
 _UNATTENDED = 0.99
@@ -679,7 +679,7 @@ def _check_range(video: torch.Tensor) -> None:
                          "(video * 2 - 1)")
 
 
-def _postprocess_video(frames: torch.Tensor, output_type: str):
+def postprocess_video(frames: torch.Tensor, output_type: str):
     """Decoded (F, 3, H, W) in [0, 1] → diffusers' video output for one video (a batch of one):
     "np" (1, F, H, W, 3) float32, "pt" (1, F, 3, H, W), "pil" [[PIL.Image per frame]]."""
     if output_type == "pt":

@@ -13,11 +13,11 @@ from reatco.backbones.wan import WanReAtCoPipeline, plan_from_folder, resolve_ra
 from reatco.backbones.wan import geometry
 from reatco.backbones.wan.attention import record_wan_cross_attention
 from reatco.backbones.wan.flow import renoise, step_sigmas
-from reatco.backbones.wan.guidance import WanRADGuidance
-from reatco.backbones.wan.pipeline import FlowInvariantRegion
 from reatco.backbones.wan.words import tokenize_wan_prompt, word_positions
 from reatco.config import section_settings
 from reatco.errors import ConfigError
+from reatco.irjs.blend import InvariantRegion
+from reatco.rad.guidance import RADGuidance
 from tiny_wan import save_tiny_wan, tiny_clip, tiny_wan_components
 
 PROMPT = "a red circle and a blue square on the sea"
@@ -182,7 +182,8 @@ def test_recorded_maps_equal_an_explicit_reference_attention(pipe):
 
 
 def test_recording_leaves_the_frames_unchanged(pipe):
-    args = dict(video=tiny_clip(5), objects=[CIRCLE], num_inference_steps=3, guidance_scale=3.0, rad={"enabled": False})
+    args = dict(video=tiny_clip(5), objects=[CIRCLE], num_inference_steps=3, guidance_scale=3.0, rad={"enabled": False},
+                output_type="pt")
     plain = pipe(PROMPT, generator=_gen(), **args)
     observed = pipe(PROMPT, generator=_gen(), return_attention=True, **args)
     assert observed.attention_maps is not None and observed.attention_maps.shape == (1, 2, 2, 3)
@@ -201,7 +202,8 @@ def test_edit_from_noise_equals_wanpipeline(folder, folder2, two_experts):
     ours = _quiet(WanReAtCoPipeline.from_pretrained(path))
     settings = dict(num_inference_steps=4, guidance_scale=4.0, **SIZE)
     expected = reference(PROMPT, num_frames=5, generator=_gen(7), output_type="pt", **settings).frames[0]
-    got = ours(PROMPT, n_frames=5, generator=_gen(7), rad={"enabled": False}, irjs={"enabled": False}, **settings).frames
+    got = ours(PROMPT, n_frames=5, generator=_gen(7), rad={"enabled": False}, irjs={"enabled": False}, output_type="pt",
+               **settings).frames[0]
     assert got.shape == expected.shape == (5, 3, 32, 48)
     assert (got - expected).abs().max() <= 1e-6
 
@@ -240,8 +242,12 @@ def _guidance(pipe, settings=None, blocks=(0,)):
     tokens = tokenize_wan_prompt(pipe.tokenizer, PROMPT)
     masks = torch.zeros(1, 2, 2, 3)
     masks[0, :, :, :2] = 1  # the circle on the left two thirds, both latent frames
-    rad = section_settings("rad", {"step_size": 200.0, **(settings or {})}, steps=10)
-    return WanRADGuidance(pipe.denoiser, list(blocks), emb, ["circle"], [[2]], tokens.n_real, masks, rad, 10)
+    # share: RAD reads each word's share of the real tokens' attention (the maps the recorder gives), as
+    # the UNet's shapes model does; softmax (× temperature) over those shares is the other choice
+    rad = section_settings("rad", {"step_size": 200.0, "token_normalization": "share", **(settings or {})}, steps=10)
+    backbone = pipe.backbone
+    layers = backbone.attention_layers(geometry.TOKEN_PX, blocks=list(blocks))
+    return RADGuidance(backbone, layers, emb, ["circle"], [[2]], masks, rad, backbone.text_token_count(tokens, False), 10)
 
 
 def test_rad_update_lowers_the_loss_and_changes_only_the_latent(pipe):
@@ -283,9 +289,10 @@ def test_rad_pass_stops_after_the_last_recorded_block_and_checkpointing_gives_th
 
 def test_a_whole_edit_runs_rad_on_its_update_steps(pipe):
     args = dict(video=tiny_clip(5), objects=[CIRCLE], num_inference_steps=4, guidance_scale=3.0, generator=_gen())
-    out = pipe(PROMPT, rad={"max_update_steps": 3, "step_size": 200.0}, **args)
+    out = pipe(PROMPT, rad={"max_update_steps": 3, "step_size": 200.0}, output_type="pt", **args)
+    frames = out.frames[0]  # diffusers' video output: a batch of one clip
     assert [r["step"] for r in out.rad_losses] == [0, 1, 2]
-    assert torch.isfinite(out.frames).all() and out.frames.shape == (5, 3, 32, 48)
+    assert torch.isfinite(frames).all() and frames.shape == (5, 3, 32, 48)
 
 
 # ---------------------------------------------------------------- IRJS and inversion
@@ -318,7 +325,7 @@ def test_irjs_fresh_noise_source_is_flow_renoising(pipe):
     source = torch.randn(1, 16, 2, 4, 6, generator=_gen(4))
     pipe.scheduler.set_timesteps(5)
     settings = section_settings("irjs", {"source": "noise"}, steps=5)
-    region = FlowInvariantRegion(pipe.scheduler, settings, torch.zeros(1, 1, 2, 4, 6), source, None, _gen(9))
+    region = InvariantRegion(pipe.backbone, settings, torch.zeros(1, 1, 2, 4, 6), source, None, _gen(9))
     got = region.source(2)
     noise = torch.randn(source.shape, generator=_gen(9))
     sigma = float(step_sigmas(pipe.scheduler)[2])
@@ -363,8 +370,8 @@ def test_padding_option_edits_a_16_frame_clip_and_returns_16_frames(pipe):
     with pytest.raises(ConfigError):
         pipe(PROMPT, video=tiny_clip(8), objects=[CIRCLE], num_inference_steps=2)
     out = pipe(PROMPT, video=tiny_clip(8), objects=[CIRCLE], num_inference_steps=2, guidance_scale=3.0,
-               pad_frames=True, generator=_gen(), rad={"max_update_steps": 1})
-    assert out.frames.shape == (8, 3, 32, 48)
+               pad_frames=True, generator=_gen(), rad={"max_update_steps": 1}, output_type="pt")
+    assert out.frames[0].shape == (8, 3, 32, 48)
 
 
 def test_per_frame_push_does_not_depend_on_the_number_of_latent_frames(pipe):
@@ -373,7 +380,7 @@ def test_per_frame_push_does_not_depend_on_the_number_of_latent_frames(pipe):
     same gets the same push in a pass over 2 or 4 latent frames."""
     from reatco.rad.guidance import RADPass
 
-    class PerFrameLoss(WanRADGuidance):
+    class PerFrameLoss(RADGuidance):
         def forward(self, latents, t, frames=None):  # a loss that is a mean of per-frame terms
             x = latents.detach().requires_grad_(True)
             with torch.enable_grad():
@@ -407,8 +414,111 @@ def test_a_folder_with_wans_unipc_scheduler_loads_with_flow_matching_euler(tmp_p
 def test_decode_outside_source_keeps_the_source_pixels_outside_the_regions(pipe):
     video = tiny_clip(5)
     out = pipe(PROMPT, video=video, objects=[CIRCLE], num_inference_steps=2, guidance_scale=3.0, generator=_gen(),
-               rad={"enabled": False}, irjs={"decode_outside": "source"})
+               rad={"enabled": False}, irjs={"decode_outside": "source"}, output_type="pt")
+    frames = out.frames[0]  # diffusers' video output: a batch of one clip
     source = pipe.decode_latents(pipe.encode_video(video))
-    assert out.frames.shape == source.shape == (5, 3, 32, 48)
-    assert torch.equal(out.frames[..., 32:], source[..., 32:])  # outside the box (x ≥ 32 px): the source's decode
-    assert not torch.equal(out.frames[..., :32], source[..., :32])
+    assert frames.shape == source.shape == (5, 3, 32, 48)
+    assert torch.equal(frames[..., 32:], source[..., 32:])  # outside the box (x ≥ 32 px): the source's decode
+    assert not torch.equal(frames[..., :32], source[..., :32])
+
+
+# ---------------------------------------------------------------- the backbone seam
+
+
+def test_text_attention_from_a_first_column_of_zero_keeps_the_unet_numbers_at_one():
+    """umT5 has no start token (first_text_column 0); CLIP's SOT sits at column 0 (1, the default)."""
+    from reatco.rad import losses
+
+    maps = torch.rand(2, 3, 4, 7, generator=_gen(5))
+    unet = losses.text_attention(maps, 4, normalization="share")
+    assert torch.equal(unet, losses.text_attention(maps, 4, normalization="share", first=1))
+    assert torch.equal(unet, maps[..., 1:5] / maps[..., 1:5].sum(-1, keepdim=True))
+    wan = losses.text_attention(maps, 7, normalization="share", first=0)  # every column is a prompt token
+    assert torch.allclose(wan, maps / maps.sum(-1, keepdim=True), atol=0, rtol=1e-6)
+    assert torch.equal(losses.word_attention(wan, [0, 2], first=0), wan[..., 0] + wan[..., 2])
+    assert torch.equal(losses.word_attention(unet, [1, 3]), unet[..., 0] + unet[..., 2])  # tokenizer index − 1
+    with pytest.raises(ValueError, match="outside 0…6"):
+        losses.word_attention(wan, [7], first=0)
+    with pytest.raises(ValueError, match="n_text_tokens"):
+        losses.text_attention(maps, 7, first=1)  # SOT leaves 6 columns
+
+
+@pytest.mark.parametrize("prompt_only", [False, True])
+def test_rad_reads_each_words_share_of_the_real_tokens_at_its_own_umt5_column(pipe, prompt_only):
+    """Through the seam: RAD's word map of "circle" (umT5 position 2, no start token) is that
+    token's share of the attention on the prompt's real tokens (rad.normalize_eot: without
+    `</s>`), never the padding's, against a reference from the block's own q/k."""
+    backbone = pipe.backbone
+    assert backbone.first_text_column == 0 and pipe.transformer.blocks[0].attn2 is not None
+    tokens = backbone.tokenize(PROMPT)
+    n = backbone.text_token_count(tokens, prompt_only)
+    assert n == tokens.n_real - prompt_only
+    guidance = _guidance(pipe, {"smoothing": False, "normalize_eot": prompt_only})
+    guidance.n_text_tokens = n
+    x = torch.randn(1, 16, 2, 4, 6, generator=_gen(6))
+    seen, handle = _attn2_inputs(pipe.transformer, 0)
+    try:
+        with guidance.attached():
+            word_maps = guidance.forward(x, torch.tensor(700.0)).word_maps.detach()
+    finally:
+        handle.remove()
+    attn = pipe.transformer.blocks[0].attn2
+    q = attn.norm_q(attn.to_q(seen["x"])).unflatten(2, (attn.heads, -1)).transpose(1, 2).double()
+    k = attn.norm_k(attn.to_k(seen["ctx"])).unflatten(2, (attn.heads, -1)).transpose(1, 2).double()
+    probs = (q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5).softmax(-1)
+    share = probs[..., 2] / probs[..., :n].sum(-1)  # "circle"'s share of the n real tokens
+    reference = share.mean(1)[0].reshape(2, 2, 3)  # head mean, (latent frames, h, w)
+    assert word_maps.shape == (1, 2, 2, 3)
+    assert (word_maps[0].double() - reference).abs().max() <= 1e-5
+
+
+def test_the_backbone_implements_the_seam_for_wan(pipe):
+    from reatco.backbones.base import Backbone
+    from reatco.backbones.wan import WanBackbone
+
+    backbone = pipe.backbone
+    assert isinstance(backbone, WanBackbone) and isinstance(backbone, Backbone) and backbone.name == "wan"
+    backbone.check_frames(9)
+    with pytest.raises(ConfigError) as err:
+        backbone.check_frames(8, field="video.n_frames")
+    assert err.value.field == "video.n_frames"
+    assert backbone.frame_groups(9) == [[0], [1, 2, 3, 4], [5, 6, 7, 8]] and backbone.latent_frames(9) == 3
+    assert backbone.attention_layers(16) == ["blocks.0.attn2.processor"]  # the default for 2 blocks
+    assert backbone.attention_layers(16, blocks=[1, 0]) == ["blocks.0.attn2.processor", "blocks.1.attn2.processor"]
+    for kwargs, field in ((dict(cell_px=32), "model.attention_cell_px"), (dict(cell_px=16, blocks=[2]), "rad.blocks")):
+        with pytest.raises(ConfigError) as err:
+            backbone.attention_layers(**kwargs)
+        assert err.value.field == field
+    assert backbone.attention_grid(32, 48, 16) == (2, 3)
+    assert backbone.word_token_indices(PROMPT, "blue square") == [5, 6]
+    with torch.no_grad():  # as WanPipeline's call encodes
+        emb, _ = pipe.encode_prompt(PROMPT, do_classifier_free_guidance=False, max_sequence_length=512)
+    assert torch.equal(backbone.encode_prompt(PROMPT), emb)  # WanPipeline's embeddings, zero padding included
+    assert torch.equal(backbone.encode_prompt(backbone.tokenize(PROMPT)), emb)
+    with pytest.raises(ValueError, match="decode_statistics"):
+        backbone.decode_latents(torch.zeros(1, 16, 2, 4, 6), torch.zeros(1, 16, 2, 4, 6))
+    timesteps = backbone.set_timesteps(4)
+    source, noise = torch.randn(1, 16, 2, 4, 6, generator=_gen(1)), torch.randn(1, 16, 2, 4, 6, generator=_gen(2))
+    sigma = float(step_sigmas(pipe.scheduler)[1])
+    assert torch.allclose(backbone.renoise_source(source, timesteps[1], noise), (1 - sigma) * source + sigma * noise, atol=1e-6)
+    with pytest.raises(ValueError, match="not one of this run's timesteps"):
+        backbone.renoise_source(source, torch.tensor(1.5), noise)
+    with pytest.raises(ConfigError) as err:
+        backbone.invert(source, PROMPT, 2, guidance_scale=2.0)
+    assert err.value.field == "inversion.guidance_scale"
+    trajectory = backbone.invert(source, PROMPT, 2, progress=False)
+    assert torch.equal(trajectory, pipe.invert(source, emb, 2))  # the prompt or its embeddings: one inversion
+
+
+def test_differentiable_freezes_and_checkpoints_both_experts(folder2):
+    pipe = _quiet(WanReAtCoPipeline.from_pretrained(folder2))
+    backbone = pipe.backbone
+    experts = [pipe.transformer, pipe.transformer_2]
+    assert {id(m) for m in backbone.denoiser.children()} == {id(m) for m in experts}
+    boundary = 0.875 * 1000
+    assert backbone.expert(boundary) is pipe.transformer and backbone.expert(boundary - 1) is pipe.transformer_2
+    with backbone.differentiable(gradient_checkpointing=True):
+        assert all(not p.requires_grad for m in experts for p in m.parameters())
+        assert all(m.is_gradient_checkpointing for m in experts)
+    assert all(p.requires_grad for m in experts for p in m.parameters())
+    assert not any(m.is_gradient_checkpointing for m in experts)

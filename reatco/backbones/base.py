@@ -2,9 +2,10 @@
 
 RAD, IRJS, the regions, the words and the outputs talk to the network only through a `Backbone`;
 none of them imports a network's code. A backbone is a thin object over the pipeline's components
-(it owns no weights of its own): `reatco/backbones/tav.py` wraps the Tune-A-Video UNet (Stable
-Diffusion 1.x inflated to video, DDIM); a new model (Wan, `reatco/backbones/wan.py`) is a new
-module implementing this class, not edits across the package.
+(it owns no weights of its own): `reatco/backbones/tav/backbone.py` wraps the Tune-A-Video UNet
+(Stable Diffusion 1.x inflated to video, DDIM), `reatco/backbones/wan/backbone.py` Wan 2.1 / 2.2
+(a flow-matching DiT); a new model is a new module implementing this class, not edits across the
+package.
 
 Shapes. Pixel video: (F, 3, H, W) in [-1, 1]. Latents: (B, C, f, h, w) with f latent frames,
 h = H / spatial_factor, w = W / spatial_factor. A latent frame covers one or more pixel frames
@@ -37,11 +38,15 @@ class Backbone(abc.ABC):
       spatial_factor: pixels per latent cell along each side (SD's VAE: 8).
       latent_channels: C of the latents.
       device, dtype: where and in which dtype the denoiser runs.
+      first_text_column: the column of the prompt's first token on the attention maps' token
+        axis. CLIP (the UNet) puts a start token (SOT) at 0, which RAD's normalisation leaves out:
+        1. A text encoder without a start token (umT5, Wan): 0.
     """
 
     name: str
     spatial_factor: int
     latent_channels: int
+    first_text_column: int = 1
 
     # ------------------------------------------------------------------ geometry
 
@@ -97,28 +102,42 @@ class Backbone(abc.ABC):
 
     @abc.abstractmethod
     def text_token_count(self, tokens: PromptTokens, prompt_only: bool) -> int:
-        """How many token columns after the first RAD's normalisation spans: the prompt's own
-        tokens (`prompt_only`, rad.normalize_eot) or every column the model attends to beyond
-        them (CLIP: up to the padding's end; a model with zero padding: the real tokens only)."""
+        """How many token columns, from `first_text_column`, RAD's normalisation spans: the
+        prompt's own tokens (`prompt_only`, rad.normalize_eot: no end token) or every column the
+        model attends to beyond them (CLIP: up to the padding's end; a model whose padding is
+        zero embeddings, Wan: the real tokens with the end token, never the padding)."""
 
     # ------------------------------------------------------------------ attention RAD reads
 
     @abc.abstractmethod
-    def attention_layers(self, cell_px: int, field: str = "model.attention_cell_px") -> list[str]:
+    def attention_layers(self, cell_px: int, field: str = "model.attention_cell_px", blocks: Sequence[int] | None = None,
+                         blocks_field: str = "rad.blocks") -> list[str]:
         """Names of the cross-attention layers whose grid cell is `cell_px` pixels: those RAD
-        records. ConfigError naming `field` when no layer lives on that grid."""
+        records. ConfigError naming `field` when no layer lives on that grid.
+
+        `blocks` (rad.blocks) picks layers where the grid does not: a DiT's blocks all attend on
+        one token grid, so which of them RAD reads is a choice (None: the backbone's default). A
+        backbone whose grid picks its layers (the UNet) refuses a choice, naming `blocks_field`;
+        a DiT refuses a block it does not have, naming it too."""
 
     @abc.abstractmethod
     def attention_grid(self, height: int, width: int, cell_px: int) -> tuple[int, int]:
         """(gh, gw) of the attention grid for frames of height × width pixels."""
 
     @abc.abstractmethod
-    def recording(self, layers: Sequence[str], store: AttentionStore) -> contextlib.AbstractContextManager[AttentionStore]:
+    def recording(self, layers: Sequence[str], store: AttentionStore,
+                  n_text_tokens: int | None = None) -> contextlib.AbstractContextManager[AttentionStore]:
         """Context: install recorders on `layers` that add their maps to `store` (only while the
         store is in a recording mode; plain fast attention otherwise), restoring the model's own
         processors on exit, also on error. The store keeps only `store.columns` of the token axis
         when set. The recorder of the last layer may stop the forward early
-        (`store.stop_early`)."""
+        (`store.stop_early`).
+
+        `n_text_tokens`: RAD's span (`text_token_count` columns from `first_text_column`). A
+        backbone whose prompt is zero-padded to hundreds of columns (Wan: 512) records its maps
+        renormalised over that span and only its columns (the padding's share never reaches RAD,
+        and the softmax graph RAD keeps is that narrow); the UNet records every column as the
+        model's own probabilities and ignores it."""
 
     # ------------------------------------------------------------------ one step
 

@@ -7,8 +7,8 @@ transformer runs at Wan's full width but with 2 blocks and a few hundred tokens;
 measured at two token counts and fitted as fixed + per-token, then scaled to the target clip's
 tokens (81 × 480 × 832 → 21 × 30 × 52 = 32,760) and to the blocks a pass holds:
   * cfg_step: one forward without gradients (peak transient, independent of depth);
-  * rad_pass: RAD's forward to the last recorded block and its backward (`WanRADGuidance.forward`
-    and its gradient, weights frozen): peak(b blocks) = b·S + T, S what a block keeps when the
+  * rad_pass: RAD's forward to the last recorded block and its backward (`RADGuidance.forward` on a
+    `WanBackbone` and its gradient, weights frozen): peak(b blocks) = b·S + T, S what a block keeps when the
     forward ends (passes over 1 and 2 blocks), T the rest of the peak;
   * rad_pass_checkpointed: the same with gradient checkpointing per block: b·I + T'.
 The measurements run in bfloat16, the target dtype, so only tokens and blocks are scaled (labelled
@@ -131,8 +131,9 @@ def measure_transformer(arch: str, grids=((2, 16, 16), (4, 16, 16)), dtype=torch
     `dtype` (float32: a CPU's fast path), bytes scaled to `target_bytes` per element (bf16: 2)."""
     from diffusers import WanTransformer3DModel
 
-    from ..backbones.wan.guidance import WanDenoiser, WanRADGuidance
+    from ..backbones.wan.backbone import WanBackbone
     from ..config import section_settings
+    from ..rad.guidance import RADGuidance
 
     torch.manual_seed(seed)
     model = WanTransformer3DModel(**_COMMON, **{**WAN_TRANSFORMERS[arch], "num_layers": 2}).to(dtype).eval()
@@ -146,16 +147,17 @@ def measure_transformer(arch: str, grids=((2, 16, 16), (4, 16, 16)), dtype=torch
             x = torch.randn(1, 16, frames, h, w, dtype=torch.float32)
             t = torch.tensor(900.0)
             tokens = frames * (h // 2) * (w // 2)
-            denoiser = WanDenoiser(model)
+            backbone = WanBackbone(model)
             with torch.no_grad():
-                forward, forward_s = _measure(lambda: denoiser(x, t, text))
+                forward, forward_s = _measure(lambda: backbone.predict(x, t, text))
             masks = torch.zeros(1, frames, h // 2, w // 2)
             masks[..., : h // 4, : w // 4] = 1
             row = {"tokens": tokens, "forward": forward, "forward_s": forward_s}
             for ckpt in (False, True):
                 for blocks in ([0], [1]):
                     rad = section_settings("rad", {"gradient_checkpointing": ckpt, "refinement_thresholds": {}}, steps=50)
-                    guidance = WanRADGuidance(denoiser, blocks, text, ["w"], [[3]], 11, masks, rad, 50)
+                    layers = backbone.attention_layers(16, blocks=blocks)
+                    guidance = RADGuidance(backbone, layers, text, ["w"], [[3]], masks, rad, 11, 50)
                     with guidance.attached():
                         row[(ckpt, blocks[0] + 1)] = _measure_pass(guidance, x, t)
             rows.append(row)
@@ -181,7 +183,7 @@ def measure_transformer(arch: str, grids=((2, 16, 16), (4, 16, 16)), dtype=torch
 
 
 def _measure_pass(guidance, x, t) -> dict:
-    """A RAD pass and its update (`WanRADGuidance.forward`, then the gradient): bytes kept when the
+    """A RAD pass and its update (`RADGuidance.forward`, then the gradient): bytes kept when the
     forward ends, the peak, the seconds."""
     gc.collect()
     meter = LiveTensorMeter()
@@ -236,7 +238,7 @@ def pass_cost_flops(arch: str, tokens: int, checkpointed: bool, attention_backwa
 
 def rad_pass_blocks(num_layers: int, blocks=None) -> int:
     """Blocks a RAD pass runs: up to the last recorded one (default_rad_blocks when None)."""
-    from ..backbones.wan.pipeline import default_rad_blocks
+    from ..backbones.wan.backbone import default_rad_blocks
 
     return max(blocks or default_rad_blocks(num_layers)) + 1
 

@@ -52,9 +52,11 @@ class RADPass:
 class RADGuidance:
     """RAD for one edit: the `backbone` (reatco.backbones.base.Backbone) records cross-attention
     at `layers` on the grid of `masks`
-    (J, F, gh, gw), one mask per word in `words` with its prompt `token_indices`; `cond` is the
-    prompt's embedding (1, 77, D); `n_text_tokens` the tokens a text-attention row is normalised
-    over. `num_steps` sets the step-size schedule (`settings.step_size` over `step_size_range`).
+    (J, F, gh, gw), one mask per word in `words` with its prompt `token_indices` (positions in
+    the prompt's tokens, as `backbone.word_token_indices` gives them); `cond` is the prompt's
+    embedding (1, L, D); `n_text_tokens` the tokens a text-attention row is normalised over, from
+    the backbone's `first_text_column` (`backbone.text_token_count`). `num_steps` sets the
+    step-size schedule (`settings.step_size` over `step_size_range`).
 
     Use inside `with guidance.attached():` (recorder installed, weights frozen, checkpointing as
     configured; everything restored on exit)."""
@@ -92,7 +94,7 @@ class RADGuidance:
         """Recorders on the model; with `differentiate`, frozen weights (RAD needs ∂L/∂x only) and
         gradient checkpointing where the settings ask for it."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(self.backbone.recording(self.layers, self.store))
+            stack.enter_context(self.backbone.recording(self.layers, self.store, self.n_text_tokens))
             if differentiate:
                 stack.enter_context(self.backbone.differentiable(self.settings.gradient_checkpointing))
             try:
@@ -104,9 +106,11 @@ class RADGuidance:
 
     def word_maps(self, maps: torch.Tensor) -> torch.Tensor:
         """Recorded maps (F, h, w, L) → per-word attention (J, F, h, w), as RAD reads it."""
-        rad = self.settings
-        text = rad_ops.text_attention(maps, self.n_text_tokens, temperature=rad.temperature, normalization=rad.token_normalization)
-        word_maps = torch.stack([rad_ops.word_attention(text, idx, reduction=rad.word_tokens) for idx in self.token_indices])
+        rad, first = self.settings, self.backbone.first_text_column
+        text = rad_ops.text_attention(maps, self.n_text_tokens, temperature=rad.temperature, normalization=rad.token_normalization,
+                                      first=first)
+        word_maps = torch.stack([rad_ops.word_attention(text, idx, reduction=rad.word_tokens, first=first)
+                                 for idx in self.token_indices])
         if rad.smoothing:
             word_maps = torch.stack(
                 [rad_ops.gaussian_smooth_3d(m, kernel=rad.smoothing_kernel, sigma=rad.smoothing_sigma) for m in word_maps]

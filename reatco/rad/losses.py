@@ -21,7 +21,7 @@ from .settings import TokenNormalization, TopKRounding, WordTokens
 
 
 def text_attention(maps: torch.Tensor, n_text_tokens: int | None = None, temperature: float = 100.0,
-                   normalization: str = "softmax") -> torch.Tensor:
+                   normalization: str = "softmax", first: int = 1) -> torch.Tensor:
     """(..., L) cross-attention probabilities → (..., n) re-normalised over the text tokens.
 
     Drops SOT (index 0, which soaks up most of the attention) and keeps tokens 1…n; column c of
@@ -34,12 +34,18 @@ def text_attention(maps: torch.Tensor, n_text_tokens: int | None = None, tempera
       * "share": A / Σ A over the kept tokens — each token's share of the text tokens' attention,
         `temperature` unused. For models whose attention sits almost entirely in EOT/padding
         (the shapes model gives the prompt's tokens 12–24 % of it, single tokens ≤ 1 %), where
-        softmax(A · 100) of such small values is nearly uniform and RAD sees flat maps."""
+        softmax(A · 100) of such small values is nearly uniform and RAD sees flat maps.
+    `first`: the column of the prompt's first token (the backbone's `first_text_column`): 1 after
+    CLIP's SOT, as above; 0 for a text encoder without a start token (umT5: Wan), whose maps then
+    hold columns 0…n − 1 as result columns 0…n − 1."""
     n_all = maps.shape[-1]
     n = n_all - 2 if n_text_tokens is None else int(n_text_tokens)
-    if not 1 <= n <= n_all - 1:
-        raise ValueError(f"n_text_tokens must be in 1…{n_all - 1} for maps over {n_all} tokens, got {n_text_tokens}")
-    kept = maps[..., 1 : 1 + n]
+    if not 0 <= first < n_all:
+        raise ValueError(f"first must be a column of the {n_all} tokens, got {first}")
+    if not 1 <= n <= n_all - first:
+        raise ValueError(f"n_text_tokens must be in 1…{n_all - first} for maps over {n_all} tokens from column {first}, "
+                         f"got {n_text_tokens}")
+    kept = maps[..., first : first + n]
     if normalization == "softmax":
         return torch.softmax(kept * temperature, dim=-1)
     if normalization == "share":
@@ -47,8 +53,10 @@ def text_attention(maps: torch.Tensor, n_text_tokens: int | None = None, tempera
     raise ValueError(f"normalization must be one of {choices(TokenNormalization)}, got {normalization!r}")
 
 
-def word_attention(text_attn: torch.Tensor, token_indices: Sequence[int], reduction: str = "sum") -> torch.Tensor:
-    """(..., n) text attention → (...) map of one word, given its tokenizer indices (SOT = 0).
+def word_attention(text_attn: torch.Tensor, token_indices: Sequence[int], reduction: str = "sum",
+                   first: int = 1) -> torch.Tensor:
+    """(..., n) text attention → (...) map of one word, given its tokenizer indices (SOT = 0;
+    `first` as in `text_attention`: result column c is token index c + first).
 
     A word of several tokens (sub-tokens, or a phrase such as "green circle") combines their maps:
       * "mean": high only where all of its tokens attend. The tokens compete for one cell's
@@ -61,10 +69,12 @@ def word_attention(text_attn: torch.Tensor, token_indices: Sequence[int], reduct
     indices = list(token_indices)
     if not indices:
         raise ValueError("a word needs at least one token index")
-    bad = [i for i in indices if not 1 <= int(i) <= n]
+    bad = [i for i in indices if not first <= int(i) <= n - 1 + first]
     if bad:
-        raise ValueError(f"token indices {bad} are outside 1…{n} (SOT = 0 is never a word; the map holds tokens 1…{n})")
-    columns = torch.tensor([int(i) - 1 for i in indices], device=text_attn.device)
+        start = " (SOT = 0 is never a word)" if first == 1 else ""
+        raise ValueError(f"token indices {bad} are outside {first}…{n - 1 + first}{start}; the map holds tokens "
+                         f"{first}…{n - 1 + first}")
+    columns = torch.tensor([int(i) - first for i in indices], device=text_attn.device)
     picked = text_attn.index_select(-1, columns)
     if reduction == "mean":
         return picked.mean(dim=-1)

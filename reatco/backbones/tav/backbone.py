@@ -110,14 +110,18 @@ class TuneAVideoBackbone(Backbone):
 
     # ------------------------------------------------------------------ attention RAD reads
 
-    def attention_layers(self, cell_px: int, field: str = "model.attention_cell_px") -> list[str]:
+    def attention_layers(self, cell_px: int, field: str = "model.attention_cell_px", blocks: Sequence[int] | None = None,
+                         blocks_field: str = "rad.blocks") -> list[str]:
+        if blocks is not None:  # the UNet's grid levels pick its layers
+            raise ConfigError(blocks_field, "applies to DiT backbones (Wan) only: the UNet's RAD layers are those on "
+                                            f"the {field} grid; use null")
         return rad_attention_layers(self.unet, self.spatial_factor, cell_px, field)
 
     def attention_grid(self, height: int, width: int, cell_px: int) -> tuple[int, int]:
         return height // cell_px, width // cell_px
 
-    def recording(self, layers: Sequence[str], store: AttentionStore):
-        return record_cross_attention(self.unet, layers, store)
+    def recording(self, layers: Sequence[str], store: AttentionStore, n_text_tokens: int | None = None):
+        return record_cross_attention(self.unet, layers, store)  # every column, as the model's probabilities
 
     # ------------------------------------------------------------------ one step
 

@@ -1,5 +1,6 @@
-"""ReAtCo on Wan 2.1 / 2.2 (diffusers' WanPipeline components): see pipeline.py."""
+"""ReAtCo on Wan 2.1 / 2.2 (diffusers' WanPipeline components): the backbone (backbone.py) and the pipeline (pipeline.py)."""
 
-from .pipeline import WanReAtCoPipeline, default_rad_blocks, plan_from_folder, plan_wan_edit, resolve_rad_blocks
+from .backbone import WanBackbone, default_rad_blocks, resolve_rad_blocks
+from .pipeline import WanReAtCoPipeline, plan_from_folder, plan_wan_edit
 
-__all__ = ["WanReAtCoPipeline", "default_rad_blocks", "plan_from_folder", "plan_wan_edit", "resolve_rad_blocks"]
+__all__ = ["WanBackbone", "WanReAtCoPipeline", "default_rad_blocks", "plan_from_folder", "plan_wan_edit", "resolve_rad_blocks"]

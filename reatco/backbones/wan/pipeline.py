@@ -5,10 +5,10 @@ The components are WanPipeline's (`tokenizer`, `text_encoder` umT5, `vae` Autoen
 `WanReAtCoPipeline.from_pretrained(folder_or_hub_id)` loads any Wan T2V folder in the diffusers
 layout. The call takes the same arguments as `ReAtCoPipeline`'s where they mean the same thing
 (prompt, video, objects, steps, guidance, rad, irjs, start_in_regions, output_type, callbacks) and
-returns a `ReAtCoPipelineOutput`. RAD's losses and step schedule are `RADGuidance`'s, IRJS's blend
-`InvariantRegion`'s, the regions `reatco.regions`'; what is Wan's own lives beside this file:
-geometry (4k + 1 frames, latent frames as unions of pixel frames, 16-px tokens), the umT5 word
-positions, the attn2 recorder, flow-matching re-noising and inversion.
+returns a `ReAtCoPipelineOutput` in diffusers' video convention (`output_type="np"`: frames
+(1, F, H, W, 3)). RAD is `RADGuidance` and IRJS `InvariantRegion`, both driving the pipeline's
+`WanBackbone` (backbone.py: the model call with both experts, the VAE, the umT5 text, the attn2
+recorder, flow-matching re-noising and inversion); the regions are `reatco.regions`'.
 """
 
 from __future__ import annotations
@@ -19,52 +19,31 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline
 from diffusers.utils import logging
-from PIL import Image
 
-from ...irjs import blend as irjs_ops
-from ...config import IRJSConfig, RADConfig, StartInRegions, section_settings, validate_object
-from ...regions.settings import value_of
-from ...schema import choices
-from ...regions.objects import EditObject
+from ...config import StartInRegions, section_settings, validate_object
 from ...errors import ConfigError, check_finite
+from ...irjs import blend as irjs_ops
 from ...irjs.blend import InvariantRegion
-from ...pipeline import ReAtCoPipelineOutput, _check_range, _video_tensor, encode_generator
 from ...irjs.region_noise import tracked_noise
+from ...pipeline import ReAtCoPipelineOutput, postprocess_video
+from ...rad.guidance import RADGuidance
+from ...regions.objects import EditObject
 from ...regions.parsing import parse_region
 from ...regions.region import object_masks
+from ...regions.settings import value_of
+from ...schema import choices
+from ...video import check_video_tensor, video_input
 from . import geometry
-from .flow import flow_inversion, level_timesteps, renoise, step_sigmas
-from .guidance import WanDenoiser, WanRADGuidance
+from .backbone import WanBackbone, default_rad_blocks, resolve_rad_blocks
 from .words import WanPromptTokens, tokenize_wan_prompt, word_positions
 
 logger = logging.get_logger(__name__)
 
 
-def default_rad_blocks(num_layers: int) -> list[int]:
-    """The blocks whose attn2 RAD reads by default: the second quarter of the stack
-    (num_layers // 4 … num_layers // 2 − 1; 1.3B's 30 blocks: 7…14; at least one block). A guess
-    until measured on the trained shapes DiT (companion issue): early enough that the RAD forward
-    stops after half the blocks, late enough that the words' maps have formed."""
-    first = num_layers // 4
-    return list(range(first, max(first + 1, num_layers // 2)))
-
-
-def resolve_rad_blocks(blocks, num_layers: int, field: str = "rad_blocks") -> list[int]:
-    """None → `default_rad_blocks`; else a non-empty list of distinct block indices 0 … num_layers − 1."""
-    if blocks is None:
-        return default_rad_blocks(num_layers)
-    if isinstance(blocks, (int, str)) or not isinstance(blocks, Sequence) or not len(blocks):
-        raise ConfigError(field, f"must be a non-empty list of transformer block indices (0…{num_layers - 1}), got {blocks!r}")
-    bad = [b for b in blocks if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < num_layers]
-    if bad:
-        raise ConfigError(field, f"{bad} name no block: this transformer has blocks 0…{num_layers - 1}")
-    if len(set(blocks)) != len(blocks):
-        raise ConfigError(field, f"lists a block twice: {list(blocks)}")
-    return sorted(blocks)
+__all__ = ["WanReAtCoPipeline", "WanEditPlan", "plan_wan_edit", "plan_from_folder", "default_rad_blocks", "resolve_rad_blocks"]
 
 
 @dataclass
@@ -119,24 +98,6 @@ def plan_from_folder(pretrained, prompt: str, objects: Sequence = (), **kwargs) 
     return plan_wan_edit(tokenizer, num_layers, prompt, objects, **kwargs)
 
 
-class FlowInvariantRegion(InvariantRegion):
-    """IRJS on flow matching: V_σ = (1 − σ)·V_0 + σ·ε (ε fresh seeded noise), or the flow
-    inversion's trajectory; the blend and its placement are InvariantRegion's."""
-
-    def source(self, step_index: int, t=None, frames=None) -> torch.Tensor:
-        n_steps = len(self.scheduler.timesteps)
-        source, trajectory = self.source_latents, self.trajectory
-        if frames is not None:
-            source = source[:, :, frames]
-            trajectory = None if trajectory is None else trajectory[:, :, :, frames]
-        if step_index >= n_steps:
-            return source
-        if self.settings.source == "inversion":
-            return trajectory[n_steps - step_index].to(source)
-        noise = torch.randn(source.shape, generator=self.generator, device=torch.device("cpu")).to(source)
-        return renoise(source, step_sigmas(self.scheduler)[step_index], noise)
-
-
 class WanReAtCoPipeline(WanPipeline):
     """ReAtCo on Wan. `from_pretrained` takes a Wan T2V folder or hub id in the diffusers layout;
     its scheduler is replaced by `FlowMatchEulerDiscreteScheduler` with the model's shift (Wan ships
@@ -153,11 +114,10 @@ class WanReAtCoPipeline(WanPipeline):
         return pipe
 
     @property
-    def denoiser(self) -> WanDenoiser:
-        boundary = None
-        if self.config.boundary_ratio is not None:
-            boundary = self.config.boundary_ratio * self.scheduler.config.num_train_timesteps
-        return WanDenoiser(self.transformer, self.transformer_2, boundary)
+    def backbone(self) -> WanBackbone:
+        """The model as RAD, IRJS and the loop see it (reatco/backbones/base.py): a view over the
+        current components (both experts of Wan 2.2), on the execution device."""
+        return WanBackbone.from_pipeline(self)
 
     @property
     def num_layers(self) -> int:
@@ -166,40 +126,20 @@ class WanReAtCoPipeline(WanPipeline):
 
     # ------------------------------------------------------------------ latents
 
-    def _latent_statistics(self, device, dtype):
-        z = self.vae.config.z_dim
-        mean = torch.tensor(self.vae.config.latents_mean).view(1, z, 1, 1, 1).to(device, dtype)
-        # WanPipeline's spelling (1 / std, then divide by it): the same rounding as its decode
-        inv_std = 1.0 / torch.tensor(self.vae.config.latents_std).view(1, z, 1, 1, 1).to(device, dtype)
-        return mean, inv_std
-
-    @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(F, 3, H, W) in [-1, 1], F = 4k + 1 → normalised latents (1, C, k + 1, H/8, W/8), float32:
-        the posterior's mode (deterministic), normalised as WanPipeline un-normalises before decoding."""
-        pixels = video.to(self._execution_device, self.vae.dtype).permute(1, 0, 2, 3).unsqueeze(0)
-        z = self.vae.encode(pixels).latent_dist.mode().float()
-        mean, inv_std = self._latent_statistics(z.device, z.dtype)
-        return (z - mean) * inv_std
+        """(F, 3, H, W) in [-1, 1], F = 4k + 1 → normalised latents (1, C, k + 1, H/8, W/8), float32
+        (WanBackbone.encode_video: the posterior's mode)."""
+        return self.backbone.encode_video(video)
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalised latents (1, C, F', h, w) → frames (F, 3, H, W) in [0, 1], as WanPipeline decodes."""
-        z = latents.to(self._execution_device, self.vae.dtype)
-        mean, inv_std = self._latent_statistics(z.device, z.dtype)
-        video = self.vae.decode(z / inv_std + mean, return_dict=False)[0]  # (1, 3, F, H, W) in [-1, 1]
-        return self.video_processor.postprocess_video(video, output_type="pt")[0].float()
+        return self.backbone.decode_latents(latents)
 
-    @torch.no_grad()
     def invert(self, source_latents: torch.Tensor, prompt_embeds: torch.Tensor, num_inference_steps: int,
                fixed_point_iters: int = 0) -> torch.Tensor:
         """Flow inversion of `source_latents` with the source prompt's embeddings, no guidance:
         the trajectory (steps + 1, 1, C, F, h, w) (entry k at sampling step steps − k's level)."""
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
-        denoiser = self.denoiser
-        with self.progress_bar(total=num_inference_steps) as bar:
-            return flow_inversion(lambda x, t: denoiser(x, t, prompt_embeds), source_latents, step_sigmas(self.scheduler),
-                                  level_timesteps(self.scheduler), fixed_point_iters, progress=bar.update)
+        return self.backbone.invert(source_latents, prompt_embeds, num_inference_steps, fixed_point_iters=fixed_point_iters)
 
     # ------------------------------------------------------------------ the call
 
@@ -229,7 +169,7 @@ class WanReAtCoPipeline(WanPipeline):
         n_frames: int | None = None,
         pad_frames: bool = False,
         max_sequence_length: int = 512,
-        output_type: str = "pt",
+        output_type: str = "np",
         return_attention: bool = False,
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
@@ -242,7 +182,10 @@ class WanReAtCoPipeline(WanPipeline):
         as WanPipeline does (RAD only). `source_prompt`: the prompt the source is inverted with (by
         default `prompt`); `inversion=False` skips the inversion: the start is the source re-noised to
         the first step's σ with seeded noise and IRJS re-noises the source with fresh seeded noise.
-        `rad_blocks`: the transformer blocks whose attn2 RAD reads (default `default_rad_blocks`)."""
+        `rad_blocks`: the transformer blocks whose attn2 RAD reads (default `rad.blocks`, then
+        `default_rad_blocks`). The frames come back as diffusers' video pipelines give them:
+        "np" (1, F, H, W, 3), "pt" (1, F, 3, H, W), "pil" [[images]], in [0, 1]; "latent" the
+        final latents (1, C, latent frames, h, w)."""
         # 1. Everything checked before any model work
         rad = section_settings("rad", rad, steps=num_inference_steps, field="rad")
         irjs = section_settings("irjs", irjs, steps=num_inference_steps, field="irjs")
@@ -266,7 +209,8 @@ class WanReAtCoPipeline(WanPipeline):
             raise NotImplementedError("Wan 2.2 TI2V (expand_timesteps) is not supported")
         device = self._execution_device
         if video is not None:
-            video = _video_tensor(video)
+            video = video_input(video)
+            check_video_tensor(video, "video")
             n_frames, height, width = video.shape[0], video.shape[2], video.shape[3]
         elif source_latents is not None:
             n_frames = n_frames or (source_latents.shape[2] - 1) * self.vae_scale_factor_temporal + 1
@@ -275,57 +219,51 @@ class WanReAtCoPipeline(WanPipeline):
         else:
             n_frames, height, width = n_frames or 81, height or 480, width or 832
         plan = plan_wan_edit(self.tokenizer, self.num_layers, prompt, objects, n_frames, height, width, pad_frames,
-                             rad_blocks, max_sequence_length)
+                             rad.blocks if rad_blocks is None else rad_blocks, max_sequence_length)
         if irjs.enabled and irjs.source == "inversion" and not inversion:
             irjs = section_settings("irjs", {**vars(irjs), "source": "noise"}, steps=num_inference_steps, field="irjs")
         run_frames = plan.run_frames
         has_source = video is not None or source_latents is not None
 
         # 2. The source: latents, inversion trajectory, start
+        backbone = WanBackbone.from_pipeline(self, max_sequence_length)
         self._guidance_scale = guidance_scale
         self._guidance_scale_2 = guidance_scale_2 if guidance_scale_2 is not None else guidance_scale
         self._interrupt, self._current_timestep = False, None
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt=prompt, negative_prompt=negative_prompt, do_classifier_free_guidance=self.do_classifier_free_guidance,
-            max_sequence_length=max_sequence_length, device=device)
-        model_dtype = (self.transformer or self.transformer_2).dtype
-        prompt_embeds = prompt_embeds.to(model_dtype)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(model_dtype)
+        model_dtype = backbone.dtype
+        prompt_embeds = backbone.encode_prompt(prompt).to(model_dtype)
+        negative_prompt_embeds = None
+        if self.do_classifier_free_guidance:
+            negative_prompt_embeds = backbone.encode_prompt(negative_prompt or "").to(model_dtype)
         if video is not None and source_latents is None:
-            source_latents = self.encode_video(geometry.pad_clip(video, run_frames))
+            source_latents = backbone.encode_video(geometry.pad_clip(video, run_frames))
         if has_source and inversion and inversion_trajectory is None:
-            source_embeds = prompt_embeds if source_prompt in (None, prompt) else self.encode_prompt(
-                prompt=source_prompt, do_classifier_free_guidance=False, max_sequence_length=max_sequence_length,
-                device=device)[0].to(model_dtype)
+            source_embeds = prompt_embeds if source_prompt in (None, prompt) else backbone.encode_prompt(source_prompt).to(model_dtype)
             inversion_trajectory = self.invert(source_latents, source_embeds, num_inference_steps, inversion_fixed_point_iters)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        timesteps = backbone.set_timesteps(num_inference_steps)
         self._num_timesteps = len(timesteps)
-        self.scheduler.set_begin_index(0)
-        sigmas = step_sigmas(self.scheduler)
-        shape_channels = (self.transformer or self.transformer_2).config.in_channels
         if not has_source:
-            latents = self.prepare_latents(1, shape_channels, height, width, run_frames, torch.float32, device, generator, latents)
+            latents = self.prepare_latents(1, backbone.latent_channels, height, width, run_frames, torch.float32, device,
+                                           generator, latents)
         elif latents is None:
             if inversion:
                 latents = inversion_trajectory[-1].to(device, torch.float32)
             else:
                 noise = torch.randn(source_latents.shape, generator=generator, device=torch.device("cpu")).to(device)
-                latents = renoise(source_latents.float(), sigmas[0], noise)
+                latents = backbone.renoise_source(source_latents.float(), timesteps[0], noise)
 
         # 3. The objects: RAD masks on the token grid, latent cells, per latent frame (unions of pixel frames)
         words = [o.word for o in plan.objects]
         regions = [o.region for o in plan.objects]
         lat_h, lat_w = latents.shape[-2:]
-        tok_h, tok_w = lat_h // 2, lat_w // 2
+        tok_h, tok_w = backbone.attention_grid(lat_h * backbone.spatial_factor, lat_w * backbone.spatial_factor)
         attn_masks = self._latent_frame_masks(regions, n_frames, run_frames, tok_h, tok_w, rad.box_grid)
         object_cells = self._latent_frame_masks(regions, n_frames, run_frames, lat_h, lat_w, rad.box_grid) >= 0.5
         cells = irjs_ops.latent_region_mask(object_cells.float(), lat_h, lat_w).to(device) if regions else None
         invariant = None
         if irjs.enabled and regions and has_source:
-            invariant = FlowInvariantRegion(self.scheduler, irjs, cells, source_latents.float(),
-                                            inversion_trajectory if irjs.source == "inversion" else None, generator)
+            trajectory = inversion_trajectory.to(device, torch.float32) if irjs.source == "inversion" else None
+            invariant = InvariantRegion(backbone, irjs, cells, source_latents.float(), trajectory, generator)
         elif irjs.enabled and regions:
             logger.warning("IRJS needs a source video: skipped for this edit")
         if has_source and regions and start_in_regions != "inversion":
@@ -334,18 +272,16 @@ class WanReAtCoPipeline(WanPipeline):
                 noise = torch.stack([tracked_noise(object_cells, n, generator) for n in noise])
             latents = irjs_ops.blend(noise, latents, cells)
 
-        # 4. RAD
+        # 4. RAD: the maps are renormalised over the prompt's real tokens (its pieces, and `</s>` unless
+        # rad.normalize_eot, as on the UNet), never over the zero padding
         use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0
         guidance = None
         if (use_rad or return_attention) and regions:
-            # the maps are renormalised over the prompt's real tokens: its pieces, and `</s>` unless
-            # rad.normalize_eot (as on the UNet); never over the zero padding
-            n_norm = plan.tokens.n_real - (1 if rad.normalize_eot else 0)
-            guidance = WanRADGuidance(self.denoiser, plan.rad_blocks, prompt_embeds, words,
-                                      [o.token_indices for o in plan.objects], n_norm, attn_masks.to(device), rad,
-                                      len(timesteps))
+            layers = backbone.attention_layers(geometry.TOKEN_PX, blocks=plan.rad_blocks, blocks_field="rad_blocks")
+            guidance = RADGuidance(backbone, layers, prompt_embeds, words, [o.token_indices for o in plan.objects],
+                                   attn_masks.to(device), rad, backbone.text_token_count(plan.tokens, rad.normalize_eot),
+                                   len(timesteps))
         attention_sum, attention_count = None, 0
-        denoiser = self.denoiser
 
         # 5. The loop: RAD update, IRJS blend, the expert with guidance, the Euler step
         with contextlib.ExitStack() as stack:
@@ -356,7 +292,7 @@ class WanReAtCoPipeline(WanPipeline):
                     if self.interrupt:
                         continue
                     self._current_timestep = t
-                    scale = self._guidance_scale if denoiser.expert(t) is self.transformer else self._guidance_scale_2
+                    scale = self._guidance_scale if backbone.expert(t) is self.transformer else self._guidance_scale_2
                     word_maps = None
                     if use_rad and guidance.runs_at(i):
                         latents, _, word_maps, _ = guidance.update(latents, i, t)
@@ -364,16 +300,16 @@ class WanReAtCoPipeline(WanPipeline):
                         latents = invariant.before_step(latents, i, t, list(range(latents.shape[2])))
                     observe = return_attention and guidance is not None and word_maps is None and i < rad.max_update_steps
                     with guidance.observing(latents.shape[2]) if observe else contextlib.nullcontext({}) as observed:
-                        velocity = denoiser(latents, t, prompt_embeds)
+                        velocity = backbone.predict(latents, t, prompt_embeds)
                     if observed:
                         word_maps = observed["word_maps"]
                     if return_attention and word_maps is not None:
                         attention_sum = word_maps.float() if attention_sum is None else attention_sum + word_maps.float()
                         attention_count += 1
                     if self.do_classifier_free_guidance:
-                        velocity_uncond = denoiser(latents, t, negative_prompt_embeds)
+                        velocity_uncond = backbone.predict(latents, t, negative_prompt_embeds)
                         velocity = velocity_uncond + scale * (velocity - velocity_uncond)
-                    latents = self.scheduler.step(velocity, t, latents, return_dict=False)[0]
+                    latents = backbone.step(velocity, t, latents)
                     if invariant is not None:
                         latents = invariant.after_step(latents, i)
                     if callback_on_step_end is not None:
@@ -384,38 +320,24 @@ class WanReAtCoPipeline(WanPipeline):
                     progress.update()
         self._current_timestep = None
 
-        # 6. Decode, the padded frames dropped
+        # 6. Decode (the source's own pixels outside the regions where irjs.decode_outside asks), the padded frames dropped
         check_finite(latents, "in the final latents", "lower rad.step_size or guidance_scale, or use float32")
         attention = (attention_sum / attention_count).cpu() if attention_sum is not None else None
         if output_type == "latent":
             frames_out = latents
         else:
-            frames_out = self.decode_latents(latents)
-            if invariant is not None and irjs.decode_outside == "source":
-                frames_out = self._keep_source_pixels(frames_out, self.decode_latents(source_latents), invariant.mask)
-            frames_out = frames_out[: plan.n_frames].cpu()
-            check_finite(frames_out, "in the decoded frames", "the VAE overflowed: decode in float32")
-            if output_type in ("np", "pil"):
-                frames_out = frames_out.permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                frames_out = [Image.fromarray((f * 255).round().astype(np.uint8)) for f in frames_out]
+            keep_source = invariant is not None and irjs.decode_outside == "source"
+            frames = backbone.decode_latents(latents, source_latents if keep_source else None, reference_statistics=False,
+                                             keep_reference_outside=invariant.mask if keep_source else None)
+            frames = frames[: plan.n_frames].cpu()
+            check_finite(frames, "in the decoded frames", "the VAE overflowed: decode in float32")
+            frames_out = postprocess_video(frames, output_type)
         self.maybe_free_model_hooks()
         records = guidance.records if guidance is not None else []
         if not return_dict:
             return frames_out, records, attention
         return ReAtCoPipelineOutput(frames=frames_out, rad_losses=records, attention_maps=attention,
                                     attention_by_step=None)
-
-    def _keep_source_pixels(self, edited: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """irjs.decode_outside: source — outside the regions' latent cells (`mask` (1, 1, latent
-        frames, h, w), 1 = edited) each pixel frame is the source's decode: a pixel frame takes the
-        cells of the latent frame that covers it, each cell its 8 × 8 pixels."""
-        groups = geometry.latent_frame_groups(edited.shape[0], self.vae_scale_factor_temporal)
-        index = torch.tensor([g for g, frames in enumerate(groups) for _ in frames], device=mask.device)
-        cells = mask[0, 0].index_select(0, index)[:, None].float()  # (F, 1, h, w)
-        pixels = torch.nn.functional.interpolate(cells, scale_factor=self.vae_scale_factor_spatial, mode="nearest")
-        pixels = pixels.to(edited.device, edited.dtype)
-        return edited * pixels + source.to(edited) * (1 - pixels)
 
     @staticmethod
     def _latent_frame_masks(regions, n_frames: int, run_frames: int, grid_h: int, grid_w: int, box_grid: str) -> torch.Tensor:

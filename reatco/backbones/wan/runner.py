@@ -157,10 +157,10 @@ class WanEditRunner(EditRunner):
 
             start = time.perf_counter()
             try:
-                from ...pipeline import _DTYPE_KWARG
+                from ...pipeline import DTYPE_KWARG
 
                 pipe = WanReAtCoPipeline.from_pretrained(self.cfg.model.pretrained, tokenizer=self.tokenizer,
-                                                         **{_DTYPE_KWARG: self.dtype})
+                                                         **{DTYPE_KWARG: self.dtype})
             except ConfigError:
                 raise
             except (OSError, ValueError, RuntimeError) as err:
@@ -204,8 +204,7 @@ class WanEditRunner(EditRunner):
                 start = time.perf_counter()
                 with self.autocast():
                     latents = pipe.encode_video(geometry.pad_clip(self.source_video(), run_frames))
-                    embeds = pipe.encode_prompt(self.inversion_prompt(), do_classifier_free_guidance=False,
-                                                device=pipe._execution_device)[0]
+                    embeds = pipe.backbone.encode_prompt(self.inversion_prompt())  # as the edit's call encodes
                     trajectory = pipe.invert(latents, embeds, cfg.sampling.steps, cfg.inversion.fixed_point_iters)
                 self.timings["invert"] = time.perf_counter() - start
                 return trajectory
@@ -232,7 +231,7 @@ class WanEditRunner(EditRunner):
                 width=cfg.video.width, return_attention=cfg.save_attention, output_type="np")
         edit_seconds = time.perf_counter() - start
         check_finite(output.frames, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
-        frames = (output.frames * 255).round().astype(np.uint8)
+        frames = (output.frames[0] * 255).round().astype(np.uint8)  # diffusers' video output: a batch of one clip
         if output.attention_maps is not None:  # latent frames → the pixel frames each covers
             groups = geometry.latent_frame_groups(prepared.plan.run_frames)
             index = [g for g, frames_of in enumerate(groups) for _ in frames_of][: cfg.video.n_frames]
