@@ -4,7 +4,7 @@
 first use of `reatco.ReAtCoPipeline`.
 """
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402
 
 from .arguments import pipeline_arguments  # noqa: E402
 from .config_files import load_config  # noqa: E402

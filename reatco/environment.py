@@ -8,6 +8,7 @@ import platform
 import torch
 
 from .errors import ConfigError
+from .version import __version__
 
 
 def resolve_device(name: str | torch.device | None, field: str = "model.device") -> torch.device:
@@ -27,7 +28,6 @@ def package_versions() -> dict[str, str]:
     import diffusers
     import transformers
 
-    from . import __version__
 
     return {
         "reatco": __version__,
@@ -54,8 +54,6 @@ def check_model_available(name, field: str = "model.pretrained", marker: str = "
     cache (its `marker` file) or the hub reachable."""
     import os
 
-    from .tokens import _hub_reachable
-
     text = os.fspath(name)
     local = os.path.expanduser(text)
     if os.path.isdir(local):
@@ -73,8 +71,25 @@ def check_model_available(name, field: str = "model.pretrained", marker: str = "
     from huggingface_hub import constants
 
     offline = bool(constants.HF_HUB_OFFLINE)
-    if offline or not _hub_reachable():
+    if offline or not hub_reachable():
         why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
         raise ConfigError(field, f"{text} is not in the local Hugging Face cache and {why}: download it once with a "
                                  f"connection (`huggingface-cli download {text}`) and then run with HF_HUB_OFFLINE=1, "
                                  f"or give a local folder in {what}")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick probe, because the hub client retries an unreachable host for minutes."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False

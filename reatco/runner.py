@@ -335,7 +335,7 @@ class EditRunner:
             result = tune_from_config(cfg, video=self.source_video(), progress=self.progress, key=key, parts=parts)
             if result.reused:
                 logger.info("using the UNet tuned with this exact setup in %s", result.folder)
-                from .models.unet import cast_dtype
+                from .backbones.tav.unet import cast_dtype
 
                 unet = cast_dtype(result.unet, self.dtype) if self.dtype != torch.float32 else result.unet
             else:

@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from .environment import check_model_available, hub_reachable
 from .errors import ConfigError
 from .regions.settings import value_of
 
@@ -290,23 +291,6 @@ def warn_if_shattered(prompt: "PromptTokens", word: str, indices: Sequence[int],
     return True
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick probe, because the hub client retries an unreachable host for minutes."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
 def _checked(tokenizer):
     # transformers builds an empty tokenizer (special tokens only) when no vocabulary file is found.
     if len(tokenizer.get_vocab()) <= len(tokenizer.all_special_tokens):
@@ -332,14 +316,13 @@ def load_tokenizer(pretrained: str):
             return _checked(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", local_files_only=True))
         except (OSError, ValueError):
             pass
-        if not _hub_reachable():
+        if not hub_reachable():
             raise OSError("the Hugging Face Hub cannot be reached (offline)")
         return _checked(CLIPTokenizer.from_pretrained(path, subfolder="tokenizer"))
     except (OSError, ValueError) as err:  # offline, unknown id, or no tokenizer in the repo
         if _SD1_ID.search(path):
             logger.warning("could not fetch the tokenizer of %s (%s); using OpenAI CLIP's BPE, which SD v1.x ships", path, err)
             return openai_clip_tokenizer()
-        from .environment import check_model_available
 
         check_model_available(path, "model.pretrained")  # offline and not cached: the one wording, with what to do
         raise ConfigError("model.pretrained", f"cannot load a tokenizer from {path!r} ({err}); give a local SD-layout folder or a reachable hub id") from err

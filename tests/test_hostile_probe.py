@@ -37,7 +37,7 @@ EDIT_PROMPT = "a green circle and a yellow triangle on a gray background"
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"hostile_{name}", ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"hostile_{name}", ROOT / "reatco" / "commands" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -244,7 +244,7 @@ def test_a_tiny_sam2_video_model_drives_a_tracked_edit(tmp_path):
     """A box on frame 3 → SAM 2 (random weights: the masks say nothing about accuracy) → a mask per
     frame → the region → an edit on the shapes model; the masks are cached, so a second runner
     does not load the tracker."""
-    from reatco import region_trackers
+    from reatco.regions import trackers as region_trackers
     from reatco.runner import EditRunner
 
     weights = tiny_sam2_video(tmp_path / "sam2")

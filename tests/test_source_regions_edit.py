@@ -71,7 +71,7 @@ def test_eval_loveu_scores_a_source_config_it_runs_from_the_regions_the_run_foun
     along with the predicted frames, and the masked scores use them: exit 0, not a late exit 2."""
     import yaml
 
-    spec = importlib.util.spec_from_file_location("eval_loveu_src", ROOT / "scripts" / "eval_loveu.py")
+    spec = importlib.util.spec_from_file_location("eval_loveu_src", ROOT / "reatco" / "commands" / "eval_loveu.py")
     eval_script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(eval_script)
     config = tmp_path / "auto.yaml"

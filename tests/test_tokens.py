@@ -143,7 +143,7 @@ def test_load_tokenizer_offline_falls_back_only_for_sd1(monkeypatch, caplog):
         raise OSError("offline")
 
     monkeypatch.setattr(CLIPTokenizer, "from_pretrained", unreachable)
-    monkeypatch.setattr(tokens, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(tokens, "hub_reachable", lambda timeout=3.0: False)
     with caplog.at_level(logging.WARNING, logger="reatco.tokens"):
         fallback = load_tokenizer("CompVis/stable-diffusion-v1-4")
     assert fallback.get_vocab() == openai_clip_tokenizer().get_vocab() and "OpenAI CLIP" in caplog.text

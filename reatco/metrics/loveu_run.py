@@ -224,7 +224,7 @@ def edit_regions(cfg, edit: ev.EvalEdit, pred_folder: Path | None = None) -> lis
     """Each object's region as the edit used it: typed regions and boxes files read at the clip's
     frames (video.start_frame / frame_stride, the source's own size), found ones (`source:`) from
     the regions.json its run wrote."""
-    from ..regions import parse_region
+    from ..regions.parsing import parse_region
     from ..regions.files import read_boxes_file
     from ..video import native_frame_size
 
@@ -258,7 +258,6 @@ def config_inputs(edit: ev.EvalEdit, frames: np.ndarray, pred_folder: Path | Non
     from PIL import Image
 
     from ..config_files import load_config
-    from ..regions.parsing import parse_region
     from ..video import read_video, to_uint8
 
     cfg = load_config(edit.config)

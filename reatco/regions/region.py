@@ -238,7 +238,7 @@ def interpolate_keyframes(keys: dict[int, list[float]], n_frames: int) -> torch.
 def read_mask(path: str, height: int, width: int, field: str) -> torch.Tensor:
     from PIL import Image
 
-    from .video import load_image
+    from ..video import load_image
 
     rgb = load_image(path, field, "the mask image")  # 16-bit masks scaled, not clipped to white
     h, w = rgb.shape[:2]

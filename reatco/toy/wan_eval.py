@@ -23,10 +23,53 @@ import numpy as np
 import torch
 
 from ..bench.shapes_model import BENCH_OFFSET, check_sample, heldout_prompts
+from ..errors import ConfigError
+from ..metrics.fidelity import image_psnr
 from . import wan_model as wm
 from .training import log
 
 SIGMAS = (0.25, 0.5, 0.75)
+
+
+def vae_psnr(vae, clips: torch.Tensor, batch: int = 4) -> torch.Tensor:
+    """Per-clip PSNR (dB) of encode → mode → decode, on uint8-rounded frames as they are saved
+    (the shapes bench's VAE gate)."""
+    vals = []
+    with torch.no_grad():
+        for i in range(0, len(clips), batch):
+            x = clips[i:i + batch]
+            rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
+            a, b = ((x + 1) * 127.5).round(), ((rec + 1) * 127.5).round()
+            # frames as images: (B·F, 3, H, W), then the mean over each clip's frames
+            per_frame = image_psnr(a.transpose(1, 2).flatten(0, 1), b.transpose(1, 2).flatten(0, 1), 255.0)
+            vals.append(per_frame.view(len(x), -1).mean(1))
+    return torch.cat(vals)
+
+
+def load_vae(work: Path):
+    """The VAE's EMA weights from `work`/vae.pt (eval mode, frozen) and the checkpoint's state."""
+    s = torch.load(Path(work) / "vae.pt", weights_only=False)
+    vae = wm.build_vae(s["config"])
+    vae.load_state_dict(s["ema"])
+    return vae.eval().requires_grad_(False), s
+
+
+def load_models(work: Path):
+    """(tokenizer, text encoder, vae, transformer, info) from the latest checkpoints: EMA weights,
+    the VAE's latents_mean / latents_std from the data set; the attn2 processors are Wan's own."""
+    work = Path(work)
+    if not (work / "transformer.pt").exists():
+        raise ConfigError("work", f"{work}/transformer.pt is missing: train the transformer first")
+    vae, vae_ck = load_vae(work)
+    s = torch.load(work / "transformer.pt", weights_only=False)
+    tokenizer = wm.build_tokenizer()
+    text, tr = wm.build_text_encoder(tokenizer), wm.build_transformer(s["config"])
+    text.load_state_dict(s["ema_text"]), tr.load_state_dict(s["ema_transformer"])
+    stats = sorted(work.glob("wan_data_s*_n*_l*.pt"), key=lambda p: p.stat().st_mtime)
+    if stats:
+        d = torch.load(stats[-1], weights_only=False)
+        vae.register_to_config(latents_mean=d["latents_mean"], latents_std=d["latents_std"])
+    return tokenizer, text.eval(), vae, tr.eval(), dict(vae=vae_ck, transformer=s)
 
 
 def load_pipeline(args):
@@ -39,7 +82,6 @@ def load_pipeline(args):
         info = json.loads((Path(args.eval_model) / "training.json").read_text())
         blocks, step = info["attention_blocks"], info["transformer_steps"]
     else:
-        from .wan_training import load_models
 
         tokenizer, text, vae, tr, ck = load_models(args.work)
         pipe = WanPipeline(tokenizer=tokenizer, text_encoder=text, vae=vae, transformer=tr, scheduler=wm.build_scheduler())
@@ -56,7 +98,6 @@ def _normalise(pipe, z: torch.Tensor) -> torch.Tensor:
 
 
 def vae_gate(pipe, seed: int, n: int) -> dict:
-    from .wan_training import vae_psnr
 
     clips = wm.clip_tensor([wm.make_clip(BENCH_OFFSET + seed, i, 9) for i in range(n)])
     p = vae_psnr(pipe.vae, clips)
@@ -153,7 +194,6 @@ def _evaluate_vae_only(args, t0: float) -> dict:
     """Before the transformer has a checkpoint: the VAE's gate alone (its EMA weights)."""
     from types import SimpleNamespace
 
-    from .wan_training import load_vae
 
     vae, ck = load_vae(args.work)
     out = dict(transformer_step=None, vae_step=ck["state"]["step"], seed=args.seed,

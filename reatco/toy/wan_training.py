@@ -42,6 +42,7 @@ from ..environment import package_versions
 from ..errors import ConfigError
 from ..files import atomic_file, new_partial_dir, replace_dir
 from . import wan_model as wm
+from .wan_eval import evaluate_checkpoint, load_models, load_vae, vae_psnr
 from .training import HELDOUT_OFFSET, STOP, log
 
 WanTrainSettings = settings_class("WanTrainSettings", [
@@ -198,23 +199,6 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, 2)
 
 
-def vae_psnr(vae, clips: torch.Tensor, batch: int = 4) -> torch.Tensor:
-    """Per-clip PSNR (dB) of encode → mode → decode, on uint8-rounded frames as they are saved
-    (the shapes bench's VAE gate)."""
-    from ..metrics.fidelity import image_psnr
-
-    vals = []
-    with torch.no_grad():
-        for i in range(0, len(clips), batch):
-            x = clips[i:i + batch]
-            rec = vae.decode(vae.encode(x).latent_dist.mode()).sample.clamp(-1, 1)
-            a, b = ((x + 1) * 127.5).round(), ((rec + 1) * 127.5).round()
-            # frames as images: (B·F, 3, H, W), then the mean over each clip's frames
-            per_frame = image_psnr(a.transpose(1, 2).flatten(0, 1), b.transpose(1, 2).flatten(0, 1), 255.0)
-            vals.append(per_frame.view(len(x), -1).mean(1))
-    return torch.cat(vals)
-
-
 def train_vae(args, chunk: Chunk) -> bool:
     """Returns True when the VAE is finished (its step budget or the PSNR target reached)."""
     work = Path(args.work)
@@ -286,14 +270,6 @@ def train_vae(args, chunk: Chunk) -> bool:
     save()
     log(f"VAE {'finished' if state['done'] else 'paused'} at step {state['step']}")
     return state["done"]
-
-
-def load_vae(work: Path):
-    """The VAE's EMA weights from `work`/vae.pt (eval mode, frozen) and the checkpoint's state."""
-    s = torch.load(Path(work) / "vae.pt", weights_only=False)
-    vae = wm.build_vae(s["config"])
-    vae.load_state_dict(s["ema"])
-    return vae.eval().requires_grad_(False), s
 
 
 # =============================================================================== data
@@ -534,24 +510,6 @@ def _thin(curve: list, n: int) -> list:
     return out + curve[-1:] if curve and out[-1] is not curve[-1] else out
 
 
-def load_models(work: Path):
-    """(tokenizer, text encoder, vae, transformer, info) from the latest checkpoints: EMA weights,
-    the VAE's latents_mean / latents_std from the data set; the attn2 processors are Wan's own."""
-    work = Path(work)
-    if not (work / "transformer.pt").exists():
-        raise ConfigError("work", f"{work}/transformer.pt is missing: train the transformer first")
-    vae, vae_ck = load_vae(work)
-    s = torch.load(work / "transformer.pt", weights_only=False)
-    tokenizer = wm.build_tokenizer()
-    text, tr = wm.build_text_encoder(tokenizer), wm.build_transformer(s["config"])
-    text.load_state_dict(s["ema_text"]), tr.load_state_dict(s["ema_transformer"])
-    stats = sorted(work.glob("wan_data_s*_n*_l*.pt"), key=lambda p: p.stat().st_mtime)
-    if stats:
-        d = torch.load(stats[-1], weights_only=False)
-        vae.register_to_config(latents_mean=d["latents_mean"], latents_std=d["latents_std"])
-    return tokenizer, text.eval(), vae, tr.eval(), dict(vae=vae_ck, transformer=s)
-
-
 def export(args) -> Path:
     """Write the Wan pipeline folder (EMA weights) to `out`, atomically (partial folder + rename)."""
     work, out = Path(args.work), Path(args.out)
@@ -579,8 +537,6 @@ def export(args) -> Path:
 
 
 def evaluate(args) -> dict:
-    from .wan_eval import evaluate_checkpoint
-
     return evaluate_checkpoint(args)
 
 

@@ -42,13 +42,13 @@ def _model_file(pretrained: str, *parts: str) -> str:
         return path
     from huggingface_hub import hf_hub_download
 
-    from ...tokens import _hub_reachable
+    from ...environment import hub_reachable
 
     try:
         try:
             return hf_hub_download(pretrained, parts[-1], subfolder="/".join(parts[:-1]) or None, local_files_only=True)
         except Exception:  # not in the local cache
-            if not _hub_reachable():  # the hub client retries an unreachable host for minutes
+            if not hub_reachable():  # the hub client retries an unreachable host for minutes
                 raise OSError("the Hugging Face Hub cannot be reached (offline) and the file is not in the local cache")
             return hf_hub_download(pretrained, parts[-1], subfolder="/".join(parts[:-1]) or None)
     except Exception as err:
