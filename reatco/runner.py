@@ -23,7 +23,7 @@ from .config_files import save_config
 from .environment import package_versions, resolve_device
 from .errors import ConfigError, check_finite
 from .files import new_partial_dir, remove_quietly, replace_dir
-from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
+from .fingerprint import MODEL_PARTS, cache_root, digest_path, digest_tensor
 from .backbones.inversion import inversion_cache_key, load_or_invert
 from .rad.losses import word_labels
 from .regions.files import write_regions
@@ -204,8 +204,6 @@ class EditRunner:
 
     def model_digest(self) -> str:
         if self._model_digest is None:
-            from .tuning import cache_root
-
             self._model_digest = digest_path(self.cfg.model.pretrained, cache_root(self.cfg) / "file_hashes.json", only=MODEL_PARTS)
         return self._model_digest
 
@@ -283,8 +281,6 @@ class EditRunner:
     def _unet_identity(self) -> str | None:
         info = self.unet_info or {}
         if info.get("source") == "model.tuned_unet":
-            from .tuning import cache_root
-
             return digest_path(info["path"], cache_root(self.cfg) / "file_hashes.json")
         return info.get("key") or "inflated"
 
@@ -319,8 +315,6 @@ class EditRunner:
             cfg = self.cfg
             steps = cfg.inversion.steps or cfg.sampling.steps
             key = self.inversion_key()
-            from .tuning import cache_root
-
             cache_dir = cfg.inversion.cache_dir or cache_root(cfg) / "inversion"
 
             def invert():
