@@ -276,6 +276,7 @@ class EditRunner:
         """What the tracker of a `source: {tracker: …}` spec finds on the source clip (every
         instance, cached by content): region_trackers.Tracked."""
         from .regions.trackers import track_objects
+
         return track_objects(self.source_frames(), [spec], [field], str(self.device), cache_root(self.cfg),
                              self.progress, self.make_tracker)[0]
 
