@@ -142,5 +142,11 @@ def default_cache_root() -> Path:
     return Path(xdg) / "reatco" if xdg else Path.home() / ".cache" / "reatco"
 
 
+def cache_root(cfg) -> Path:
+    """The cache folder of a run's config (tuned UNets, inversions, the file-hash memo):
+    `cache_dir` when set, else default_cache_root()."""
+    return Path(cfg.cache_dir) if getattr(cfg, "cache_dir", None) else default_cache_root()
+
+
 # The parts of a Stable-Diffusion-layout folder that tuning and editing read.
 MODEL_PARTS = ("model_index.json", "unet", "vae", "text_encoder", "tokenizer", "scheduler")

@@ -23,7 +23,7 @@ from .config_files import save_config
 from .environment import package_versions, resolve_device
 from .errors import ConfigError, check_finite
 from .files import ResultExistsError, new_partial_dir, remove_quietly, replace_dir
-from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
+from .fingerprint import MODEL_PARTS, cache_root, digest_path, digest_tensor
 from .backbones.inversion import inversion_cache_key, load_or_invert
 from .rad.losses import word_labels
 from .regions.files import write_regions
@@ -208,7 +208,6 @@ class EditRunner:
                 field_name = f"edits[{k}].objects[{j}].source"
                 if spec.tracker:
                     from .regions.trackers import track_source_regions
-                    from .tuning import cache_root
 
                     self._found[key] = track_source_regions(self.source_frames(), [spec], [field_name], str(self.device),
                                                             cache_root(cfg), cfg.model.attention_cell_px, self.latent_cell_px(),
@@ -255,8 +254,6 @@ class EditRunner:
 
     def model_digest(self) -> str:
         if self._model_digest is None:
-            from .tuning import cache_root
-
             self._model_digest = digest_path(self.cfg.model.pretrained, cache_root(self.cfg) / "file_hashes.json", only=MODEL_PARTS)
         return self._model_digest
 
@@ -279,7 +276,6 @@ class EditRunner:
         """What the tracker of a `source: {tracker: …}` spec finds on the source clip (every
         instance, cached by content): region_trackers.Tracked."""
         from .regions.trackers import track_objects
-        from .tuning import cache_root
 
         return track_objects(self.source_frames(), [spec], [field], str(self.device), cache_root(self.cfg),
                              self.progress, self.make_tracker)[0]
@@ -353,8 +349,6 @@ class EditRunner:
     def _unet_identity(self) -> str | None:
         info = self.unet_info or {}
         if info.get("source") == "model.tuned_unet":
-            from .tuning import cache_root
-
             return digest_path(info["path"], cache_root(self.cfg) / "file_hashes.json")
         return info.get("key") or "inflated"
 
@@ -389,8 +383,6 @@ class EditRunner:
             cfg = self.cfg
             steps = cfg.inversion.steps or cfg.sampling.steps
             key = self.inversion_key()
-            from .tuning import cache_root
-
             cache_dir = cfg.inversion.cache_dir or cache_root(cfg) / "inversion"
 
             def invert():

@@ -25,6 +25,7 @@ from .config import TuneConfig, section_settings
 from .environment import package_versions
 from .errors import ConfigError, NonFiniteError
 from .files import new_partial_dir, remove_quietly, replace_dir
+from .fingerprint import MODEL_PARTS, cache_key, cache_root, digest_path, digest_tensor
 from .tokens import encode_prompt, tokenize_prompt
 
 logger = logging.getLogger(__name__)
@@ -237,17 +238,9 @@ def tune_unet(components: dict, video: torch.Tensor, prompt: str, settings: Any 
 KEY_FILE = "tune_report.json"  # holds "cache_key": what produced the folder
 
 
-def cache_root(cfg) -> Path:
-    from .fingerprint import default_cache_root
-
-    return Path(cfg.cache_dir) if getattr(cfg, "cache_dir", None) else default_cache_root()
-
-
 def tune_key_parts(cfg, video: torch.Tensor) -> dict:
     """Everything a tuned UNet depends on: the model's files, the frames as read (content), their
     selection and size, the prompt, every tuning setting (seed included) and the precision."""
-    from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
-
     settings = training_settings(cfg.tune)
     v = cfg.video
     return {
@@ -263,8 +256,6 @@ def tune_key_parts(cfg, video: torch.Tensor) -> dict:
 
 
 def tune_cache_key(cfg, video: torch.Tensor) -> tuple[str, dict]:
-    from .fingerprint import cache_key
-
     parts = tune_key_parts(cfg, video)
     return cache_key(**parts), parts
 

@@ -731,25 +731,24 @@ def test_app_a_clip_changed_on_disk_is_read_again(box, tmp_path):
     assert np.array_equal(second, to_uint8((read_video(tmp_path / "clip", SIZE, SIZE, N_FRAMES) + 1) / 2))
 
 
-# ----------------------------------------------------------------------------- one object path (issue 30, branch `house`)
-
-HOUSE = pytest.mark.xfail(reason="issue 30 (house): pipeline_arguments passes source / boxes_file / track objects "
-                                 "through; passes once that branch is merged", strict=False)
+# ----------------------------------------------------------------------------- one object path (issue 30)
 
 
-@HOUSE
-def test_house_pipeline_arguments_keeps_boxes_file_and_track(box, tmp_path):
+def test_pipeline_arguments_reads_a_boxes_file_objects_track(box, tmp_path):
+    """The notebook bridge takes a boxes_file object whole: its region is the named track's boxes
+    from the file (track "b" would be the other corner)."""
     from reatco import pipeline_arguments
 
     boxes = tmp_path / "b.json"
     boxes.write_text(json.dumps({"boxes": {"a": [[0, 0, 32, 32]] * 8, "b": [[32, 32, 64, 64]] * 8}}))
     cfg = _shapes_config(box, **{"edits.0.objects.0": {"word": "green circle", "boxes_file": str(boxes), "track": "a"}})
-    objects = pipeline_arguments(cfg)["objects"]
-    assert objects[0].get("boxes_file") == str(boxes) and objects[0].get("track") == "a"
+    obj = pipeline_arguments(cfg)["objects"][0]
+    assert obj["word"] == "green circle"
+    used = obj["region"].boxes
+    assert used.shape[0] == cfg.video.n_frames and (used == used.new_tensor([0, 0, 32, 32])).all()
 
 
-@HOUSE
-def test_house_pipeline_arguments_keeps_source_objects():
+def test_pipeline_arguments_keeps_source_objects():
     from reatco import pipeline_arguments
     from reatco.config_files import load_config
 

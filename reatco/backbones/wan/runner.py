@@ -173,7 +173,7 @@ class WanEditRunner(EditRunner):
 
     def model_digest(self) -> str:
         if self._model_digest is None:
-            from ...tuning import cache_root
+            from ...fingerprint import cache_root
 
             self._model_digest = digest_path(self.cfg.model.pretrained, cache_root(self.cfg) / "file_hashes.json", only=WAN_PARTS)
         return self._model_digest
@@ -195,7 +195,7 @@ class WanEditRunner(EditRunner):
         if self._source is None:
             pipe = self.pipeline()
             cfg = self.cfg
-            from ...tuning import cache_root
+            from ...fingerprint import cache_root
 
             cache_dir = cfg.inversion.cache_dir or cache_root(cfg) / "inversion"
             run_frames = geometry.check_frame_count(cfg.video.n_frames, cfg.video.pad_frames)
