@@ -195,6 +195,25 @@ def test_the_tokenizer_is_word_level_t5_style_and_loads_offline(tmp_path):
     assert wm.word_positions(tok, caption)["green"] == 9
 
 
+def test_clips_are_drawn_again_where_no_paths_fit():
+    from reatco.toy import world
+
+    index = next(i for i in range(200) if _fails(lambda: world.make_video(2_000_000, 20_000 + i, n_frames=9, n_objects=2)))
+    clip = wm.make_clip(2_000_000, 20_000 + index, 9, n_objects=2)  # the eval's attention clips
+    assert len(clip.shapes) == 2 and clip.frames.shape == (9, 64, 64, 3)
+    again = wm.make_clip(2_000_000, 20_000 + index, 9, n_objects=2)
+    assert np.array_equal(clip.frames, again.frames)  # still a function of (seed, index)
+    assert np.array_equal(world.make_video(2_000_000, 20_000 + index + 10 ** 9, n_frames=9, n_objects=2).frames, clip.frames)
+
+
+def _fails(make) -> bool:
+    try:
+        make()
+    except ValueError:
+        return True
+    return False
+
+
 def test_latent_frames_cover_their_pixel_frames_and_cells():
     assert wm.latent_frame_groups(9) == [[0], [1, 2, 3, 4], [5, 6, 7, 8]]
     assert len(wm.latent_frame_groups(17)) == 5 and wm.latent_frame_groups(17)[-1] == [13, 14, 15, 16]
