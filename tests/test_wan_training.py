@@ -150,6 +150,16 @@ def test_the_export_loads_as_a_wan_checkpoint_and_samples(trained, tmp_path):
     video = pipe("a red circle on a gray background", height=64, width=64, num_frames=9, num_inference_steps=2,
                  guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="np").frames
     assert video.shape == (1, 9, 64, 64, 3) and np.isfinite(video).all()
+    # the eval reads an exported folder as it reads the checkpoints it came from
+    kw = dict(eval_clips=2, eval_samples=2, eval_steps=2, eval_attention_clips=2)
+    from_folder = wt.evaluate(tiny_settings(tmp_path / "e1", eval_model=str(out), **kw))
+    copy = tmp_path / "e2"
+    shutil.copytree(straight, copy)
+    from_checkpoints = wt.evaluate(tiny_settings(copy, **kw))
+    for gate in ("vae", "attention", "text2video"):
+        for k, v in from_checkpoints[gate].items():
+            if isinstance(v, float):
+                assert from_folder[gate][k] == pytest.approx(v, abs=1e-4), (gate, k)
 
 
 def test_an_existing_checkpoint_is_never_overwritten_without_resume(trained, tmp_path, capsys):
