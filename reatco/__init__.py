@@ -7,7 +7,7 @@ first use of `reatco.ReAtCoPipeline`.
 __version__ = "0.1.0"
 
 from .arguments import pipeline_arguments  # noqa: E402
-from .config import load_config  # noqa: E402
+from .config_files import load_config  # noqa: E402
 from .video import read_video, write_video  # noqa: E402
 
 __all__ = ["ReAtCoPipeline", "load_config", "pipeline_arguments", "read_video", "write_video", "__version__"]

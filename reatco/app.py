@@ -11,10 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import ConfigError
+from .regions.settings import InstanceChoice
+from .schema import choices
 
 MAX_OBJECTS = 3
 DISPLAY = 4  # frames are shown this many times their working size (the shapes world is 64 px)
-INSTANCES = ["largest", "left", "right", "top", "bottom", "all", "1", "2", "3"]
+# the named instances, then the first three counted from the `order` side
+INSTANCES = [*choices(InstanceChoice), "1", "2", "3"]
 
 
 
@@ -25,7 +28,7 @@ def build_app(cfg):
 
     from .interactive import (EditSession, ObjectDraft, build_config, candidate_words, drafts_from_config, scale_box,
                               upscale)
-    from .regions import interpolate_keyframes
+    from .regions.region import interpolate_keyframes
     from .tokens import load_tokenizer, token_table
 
     session = EditSession(progress=True)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .regions.settings import region_kind
+
 
 def _edit(cfg, edit):
     edits = list(cfg.edits)
@@ -29,6 +31,26 @@ def _edit(cfg, edit):
     return edit
 
 
+def _object(cfg, edit, j: int) -> dict:
+    """Object j of `edit` as the pipeline takes it, through the runner's own dispatch
+    (regions.objects.object_region): every region kind passes."""
+    obj = edit.objects[j]
+    entry = {"word": obj.word, "occurrence": obj.occurrence}
+    kind = region_kind(obj)
+    if kind == "boxes_file":  # read here: the frames' start, stride and native size are the config's
+        from .regions.objects import object_region  # torch: `import reatco` stays light
+        from .video import native_frame_size
+
+        k = next((i for i, e in enumerate(cfg.edits) if e is edit), 0)
+        v = cfg.video
+        entry["region"] = object_region(obj, v.n_frames, v.height, v.width, cfg.model.attention_cell_px,
+                                        field=f"edits[{k}].objects[{j}]", start_frame=v.start_frame,
+                                        frame_stride=v.frame_stride, native_size=native_frame_size(v.path))
+    else:
+        entry[kind] = getattr(obj, kind)
+    return entry
+
+
 def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None, prompt=None) -> dict[str, Any]:
     """Keyword arguments of `ReAtCoPipeline.__call__` for one edit of a loaded config.
 
@@ -36,7 +58,9 @@ def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None, pr
     ((F, 3, H, W) in [-1, 1]); None reads `cfg.video` (at its size, frames and stride). The
     generator is seeded with `sampling.seed`; outputs are "pt" frames with the attention maps.
     objects: the edit's objects already resolved (EditObjects, as `EditRunner` has them); None:
-    the config's, as dicts. source: (source latents, inversion trajectory) to edit from instead of
+    the config's, whatever their region kind: box, boxes and mask as dicts, a boxes file read into
+    its Region for the clip's frames (start_frame, frame_stride, the video's own size), `source`
+    passed on for the pipeline to find with its model in the video (under `video.prompt`). source: (source latents, inversion trajectory) to edit from instead of
     the video (the runner's cached encode and inversion); the video is then not read. prompt:
     the edit prompt's `PromptTokens` where the caller has tokenized it (the runner)."""
     import torch
@@ -46,13 +70,7 @@ def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None, pr
     edit = _edit(cfg, edit)
     merged = edit_config(cfg, edit)
     if objects is None:
-        objects = []
-        for obj in edit.objects:
-            entry = {"word": obj.word, "occurrence": obj.occurrence}
-            for kind in ("box", "boxes", "mask"):
-                if getattr(obj, kind) is not None:
-                    entry[kind] = getattr(obj, kind)
-            objects.append(entry)
+        objects = [_object(cfg, edit, j) for j in range(len(edit.objects))]
     if source is not None:
         given = dict(zip(("source_latents", "inversion_trajectory"), source))
     else:
@@ -66,7 +84,7 @@ def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None, pr
     return dict(
         prompt=edit.prompt if prompt is None else prompt, **given, objects=list(objects), num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
         negative_prompt=s.negative_prompt, generator=torch.Generator().manual_seed(s.seed),
-        inversion_prompt=cfg.inversion.prompt, start_in_regions=s.start_in_regions, rad=merged.rad, irjs=merged.irjs,
+        inversion_prompt=cfg.inversion.prompt, source_prompt=cfg.video.prompt, start_in_regions=s.start_in_regions, rad=merged.rad, irjs=merged.irjs,
         window=merged.window, attention_cell_px=cfg.model.attention_cell_px, return_attention=cfg.save_attention,
     )
 

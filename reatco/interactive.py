@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import config_from_dict, config_to_dict
-from .regions import draw_regions
+from .config_files import config_from_dict
+from .regions.region import draw_regions
 from .runner import EditRunner
+from .schema import config_to_dict
 
 _STOP = {"a", "an", "the", "and", "on", "in", "of", "with", "to", "at", "by", "is", "are"}
 

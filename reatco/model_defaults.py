@@ -19,7 +19,9 @@ import logging
 import os
 from typing import Any
 
+from .config import ReAtCoConfig
 from .errors import ConfigError
+from .schema import check_known_keys
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +41,6 @@ def _int_keys(thresholds: dict) -> dict:
 
 def check_model_defaults(defaults: Any, source: str) -> dict:
     """Validate the file's keys against the config schema; ConfigError naming the file and key."""
-    from .config import ReAtCoConfig, check_known_keys
-
     if not isinstance(defaults, dict):
         raise ConfigError(source, "must hold a JSON object of config sections, e.g. {\"model\": {\"attention_cell_px\": 8}}")
     out = {}
@@ -80,7 +80,7 @@ def read_model_defaults(location, hub_kwargs: dict | None = None, local_only: bo
     elif local_only:
         return {}
     else:
-        from .models.checkpoint import CheckpointError, resolve_file
+        from .backbones.tav.checkpoint import CheckpointError, resolve_file
 
         try:
             path = resolve_file(location, DEFAULTS_FILE, None, hub_kwargs or {})

@@ -18,24 +18,42 @@ from diffusers.utils import BaseOutput, logging
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from . import irjs as irjs_ops
+from .backbones.tav import TuneAVideoUNet
+from .backbones.tav.backbone import TuneAVideoBackbone
 from .config import IRJSConfig, RADConfig, WindowConfig, check_attention_cell_px, section_settings, validate_object
-from .decoding import decode_chunks_with_reference_statistics
-from .edit_objects import EditObject, resolve_objects
 from .errors import ConfigError, check_finite
 from .files import write_json_atomic, write_text_atomic
-from .irjs import InvariantRegion
-from .inversion import ddim_inversion
+from .irjs import blend as irjs_ops
+from .irjs.blend import InvariantRegion
+from .irjs.region_noise import tracked_noise
 from .model_defaults import DEFAULTS_FILE, call_defaults, merge_section, read_model_defaults
-from .models import TuneAVideoUNet, rad_attention_layers
-from .rad_guidance import RADGuidance
-from .region_noise import anchor_object_latents, tracked_noise
-from .regions import object_masks
-from .tokens import PromptTokens, check_prompt_length, encode_prompt, tokenize_prompt
-from .video import check_video_tensor
+from .rad.anchoring import anchor_object_latents
+from .rad.guidance import AttentionObservations, RADGuidance
+from .regions.detector import detect_source_regions
+from .regions.finding import find_source_regions
+from .regions.objects import EditObject, resolve_objects
+from .regions.region import object_masks
+from .regions.settings import value_of
+from .tokens import PromptTokens, check_edit_prompt, tokenize_prompt
+from .video import check_video_tensor, to_uint8
 from .windows import merge_windows, temporal_windows
 
 logger = logging.get_logger(__name__)
+
+
+@dataclass
+class _Loop:
+    """What every window step of one call reads (set once, before the loop)."""
+
+    backbone: Any
+    guidance: RADGuidance | None
+    invariant: InvariantRegion | None
+    use_rad: bool
+    pictures: bool  # attention pictures observed on the model call (RAD off)
+    anchor_steps: set
+    n_windows: int
+    cell_px: int
+    token_indices: list
 
 
 @dataclass
@@ -195,73 +213,73 @@ class ReAtCoPipeline(DiffusionPipeline):
     def disable_vae_slicing(self):
         self.vae.disable_slicing()
 
+    # ------------------------------------------------------------------ the backbone
+
+    @property
+    def backbone(self) -> TuneAVideoBackbone:
+        """The model as RAD, IRJS and the loop see it (reatco/backbones/base.py): a view over the
+        current components, on the execution device."""
+        progress = not getattr(self, "_progress_bar_config", {}).get("disable", False)
+        return TuneAVideoBackbone(self.unet, self.vae, self.text_encoder, self.tokenizer, self.scheduler,
+                                  self._execution_device, progress)
+
     # ------------------------------------------------------------------ encoders
 
-    @torch.no_grad()
     def encode_prompt(self, prompt: str | PromptTokens) -> torch.Tensor:
         """(1, L, d) text embeddings of a prompt (or of its tokens, `reatco.tokens.tokenize_prompt`)."""
-        return encode_prompt(self.text_encoder, tokenize_prompt(self.tokenizer, prompt), self._execution_device)
+        return self.backbone.encode_prompt(prompt)
 
-    @torch.no_grad()
     def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """(F, 3, H, W) in [-1, 1] → scaled latents (1, C, F, h, w), sampled with `generator`."""
-        pixels = video.to(self._execution_device, self.vae.dtype)
-        dist = self.vae.encode(pixels).latent_dist
-        latents = dist.sample(generator=generator) * self.vae.config.scaling_factor
-        return latents.permute(1, 0, 2, 3).unsqueeze(0)
+        return self.backbone.encode_video(video, generator)
 
-    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, reference: torch.Tensor | None = None, *,
                        reference_statistics: bool = True, keep_reference_outside: torch.Tensor | None = None) -> torch.Tensor:
         """(1, C, F, h, w) → frames (F, 3, H, W) in [0, 1].
 
         reference: latents of the same shape (the source's): every GroupNorm of the decoder then
-        normalises frame i by the statistics it had for reference frame i (`reatco.decoding`), unless
+        normalises frame i by the statistics it had for reference frame i (`reatco.irjs.decoding`), unless
         `reference_statistics` is False. keep_reference_outside: a (1, 1, F, h, w) latent mask
         (1 = edited cell): where it is 0 the pixels are the reference's own decode.
         With VAE slicing on, both are decoded one frame at a time, interleaved, so only one frame's
         activations are ever held."""
-        def to_vae(z):
-            return (z[0].permute(1, 0, 2, 3) / self.vae.config.scaling_factor).to(self.vae.dtype)
+        return self.backbone.decode_latents(latents, reference, reference_statistics=reference_statistics,
+                                            keep_reference_outside=keep_reference_outside)
 
-        def decode(z):
-            return self.vae.decode(z).sample
-
-        frames = to_vae(latents)
-        if reference is None:
-            if keep_reference_outside is not None:
-                raise ValueError("keep_reference_outside needs the reference latents whose pixels it keeps")
-            images = decode(frames)
-        else:
-            if reference.shape != latents.shape:
-                raise ValueError(f"reference {tuple(reference.shape)} and latents {tuple(latents.shape)} must have one shape")
-            per_chunk = 1 if self.vae.use_slicing else frames.shape[0]
-            masks = None
-            if keep_reference_outside is not None:  # (1, 1, F, h, w) → per frame (F, 1, h, w)
-                masks = keep_reference_outside[0].permute(1, 0, 2, 3).split(per_chunk)
-            chunks = decode_chunks_with_reference_statistics(decode, self.vae.decoder, to_vae(reference.to(latents)).split(per_chunk),
-                                                             frames.split(per_chunk), masks, statistics=reference_statistics)
-            images = torch.cat(chunks)
-        return (images.float() / 2 + 0.5).clamp(0, 1)
-
-    @torch.no_grad()
     def invert(self, source_latents: torch.Tensor, prompt: str = "", num_inference_steps: int = 50, guidance_scale: float = 1.0):
         """DDIM inversion trajectory (steps + 1, 1, C, F, h, w) of `source_latents`."""
-        cond = self.encode_prompt(prompt)
-        uncond = self.encode_prompt("") if guidance_scale > 1.0 else None
-        return ddim_inversion(
-            self.unet, self.scheduler, source_latents, cond, num_inference_steps, guidance_scale, uncond,
-            progress=not getattr(self, "_progress_bar_config", {}).get("disable", False),
-        )
+        return self.backbone.invert(source_latents, prompt, num_inference_steps, guidance_scale)
 
     # ------------------------------------------------------------------ regions
 
     def prepare_objects(self, prompt: str | PromptTokens, objects: Sequence, n_frames: int, height: int, width: int,
-                        cell_px: int) -> list[EditObject]:
+                        cell_px: int, find_source=None) -> list[EditObject]:
         """Objects → EditObjects (word, occurrence, region, token indices), each resolved once. An
         object is a dict or config object with `word`, optional `occurrence`, and a region:
-        `region` (a Region) or `box`/`boxes`/`mask`; EditObjects are taken as they are."""
-        return resolve_objects(self.tokenizer, prompt, objects, n_frames, height, width, cell_px)
+        `region` (a Region) or `box`/`boxes`/`mask`/`boxes_file`, or `source` (found in the source
+        clip by `find_source`, see `source_finder`); EditObjects are taken as they are."""
+        return resolve_objects(self.tokenizer, prompt, objects, n_frames, height, width, cell_px, find_source=find_source)
+
+    def source_finder(self, video: torch.Tensor | None, source_latents: torch.Tensor | None, source_prompt: str, cell_px: int):
+        """`find_source(specs, fields)` for objects given as `source:` — regions found in the source
+        clip, as EditRunner finds them: the model's own cross-attention on the source latents under
+        `source_prompt` (reatco/regions/finding.py), or a detector on the frames
+        (reatco/regions/detector.py). None without the source frames and latents."""
+        if video is None or source_latents is None:
+            return None
+        device = self._execution_device
+
+        def find(specs, fields):
+            regions = []
+            for spec, field in zip(specs, fields):
+                if value_of(spec, "detector"):
+                    frames = to_uint8((video.cpu() + 1) / 2)
+                    regions += detect_source_regions(frames, [spec], cell_px, str(device), [field])
+                else:
+                    regions += find_source_regions(self, video.to(device), source_latents, source_prompt, [spec], cell_px, [field])
+            return regions
+
+        return find
 
     # ------------------------------------------------------------------ call steps
 
@@ -299,7 +317,7 @@ class ReAtCoPipeline(DiffusionPipeline):
             if not isinstance(obj, EditObject):
                 validate_object(obj, f"objects[{j}]")
         # a prompt cut by the text encoder breaks RAD's normalisation over the prompt's own tokens
-        check_prompt_length(tokens, bool(objects) and rad.enabled and rad.normalize_eot, "prompt")
+        check_edit_prompt(tokens, len(objects or ()), rad, "prompt")
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
@@ -348,10 +366,10 @@ class ReAtCoPipeline(DiffusionPipeline):
                 )
         return source_latents, inversion_trajectory, latents
 
-    def prepare_regions(self, prompt, objects, n_frames, height, width, cell_px, box_grid):
+    def prepare_regions(self, prompt, objects, n_frames, height, width, cell_px, box_grid, find_source=None):
         """Objects → (words, regions, token indices, RAD masks (J, F, gh, gw), each object's latent
         cells (J, F, h, w) bool and their union's latent cells (1, 1, F, h, w), 1 = editable)."""
-        edit_objects = self.prepare_objects(prompt, objects or [], n_frames, height, width, cell_px)
+        edit_objects = self.prepare_objects(prompt, objects or [], n_frames, height, width, cell_px, find_source)
         words, regions = [o.word for o in edit_objects], [o.region for o in edit_objects]
         token_indices = [list(o.token_indices) for o in edit_objects]
         if height % cell_px or width % cell_px:
@@ -382,6 +400,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         source_latents: torch.Tensor | None = None,
         inversion_trajectory: torch.Tensor | None = None,
         inversion_prompt: str = "",
+        source_prompt: str | None = None,
         start_in_regions: str | None = None,
         rad: RADConfig | dict | None = None,
         irjs: IRJSConfig | dict | None = None,
@@ -401,15 +420,17 @@ class ReAtCoPipeline(DiffusionPipeline):
         (a str, or its `reatco.tokens.PromptTokens` where the caller has tokenized it already).
 
         objects: one entry per word of interest, as in the config: {"word": …, "box" | "boxes" |
-        "mask": …, "occurrence": k}, or {"word": …, "region": reatco.regions.Region}. Without a video, pass
+        "mask": …, "occurrence": k}, or {"word": …, "region": reatco.regions.region.Region}. Without a video, pass
         `source_latents` (and optionally `inversion_trajectory`), or neither for plain text-to-video
-        from `latents` / noise (then IRJS is unavailable).
+        from `latents` / noise (then IRJS is unavailable). An object may also be found in the source
+        video, {"word": …, "source": {"word": <word of source_prompt>} or {"detector": …, "query": …}}
+        (needs `video`); source_prompt describes the source clip (default: inversion_prompt).
 
         start_in_regions: "inversion" starts from the inverted source everywhere (the paper);
         "noise" re-draws the regions' latent cells as fresh noise from `generator`, so that the
         source object's layout, kept by the inversion, does not fight a new shape in its place;
         "tracked_noise" does the same with one noise patch per object that moves with its region
-        (`reatco.region_noise.tracked_noise`), so every frame of an object starts alike.
+        (`reatco.irjs.region_noise.tracked_noise`), so every frame of an object starts alike.
 
         Arguments left as None take the model's defaults (`pipe.model_defaults`, from the folder's
         reatco_defaults.json), then the library's (the paper's SD settings: 50 steps, guidance
@@ -429,10 +450,8 @@ class ReAtCoPipeline(DiffusionPipeline):
         c = self.check_inputs(prompt, objects, generator, num_inference_steps, guidance_scale, negative_prompt,
                               start_in_regions, rad, irjs, window, attention_cell_px, output_type,
                               callback_on_step_end, callback_on_step_end_tensor_inputs)
-        prompt, generator, num_inference_steps, guidance_scale = c.prompt, c.generator, c.num_inference_steps, c.guidance_scale
-        rad, irjs, window, cell_px = c.rad, c.irjs, c.window, c.cell_px
-        callback_on_step_end_tensor_inputs = c.callback_tensor_inputs
-        device, dtype = self._execution_device, self.unet.dtype
+        generator, num_inference_steps, rad, irjs, cell_px = c.generator, c.num_inference_steps, c.rad, c.irjs, c.cell_px
+        dtype, backbone = self.unet.dtype, self.backbone
 
         # 2. The source: frames → latents → inversion trajectory, and the starting latents
         source_latents, inversion_trajectory, latents = self.prepare_source(
@@ -441,129 +460,122 @@ class ReAtCoPipeline(DiffusionPipeline):
         n_frames, height, width = latents.shape[2], latents.shape[3] * self.vae_scale_factor, latents.shape[4] * self.vae_scale_factor
 
         # 3. The objects: words, token indices, RAD masks and the regions' latent cells
+        find_source = self.source_finder(None if video is None else _video_tensor(video), source_latents,
+                                         inversion_prompt if source_prompt is None else source_prompt, cell_px)
         words, regions, token_indices, attn_masks, object_cells, cells = self.prepare_regions(
-            c.tokens, objects, n_frames, height, width, cell_px, rad.box_grid)
+            c.tokens, objects, n_frames, height, width, cell_px, rad.box_grid, find_source)
+
+        # 4. IRJS, and the start inside the regions (the inversion, fresh noise, or noise that moves with each object)
         invariant = None
         if irjs.enabled and regions:
-            invariant = InvariantRegion(self.scheduler, irjs, cells, source_latents, inversion_trajectory, generator)
+            invariant = InvariantRegion(backbone, irjs, cells, source_latents, inversion_trajectory, generator)
         elif irjs.enabled:
             # No region means nothing is marked editable: blending would return the source video.
             logger.warning("IRJS is enabled but no object has a region: IRJS is skipped for this edit")
         if c.start_in_regions != "inversion" and regions:
-            noise = torch.randn(latents.shape, generator=generator, device=torch.device("cpu")).to(device, dtype)
+            noise = torch.randn(latents.shape, generator=generator, device=torch.device("cpu")).to(latents.device, dtype)
             if c.start_in_regions == "tracked_noise":  # one patch per object, moved with its region
                 noise = torch.stack([tracked_noise(object_cells, n, generator) for n in noise])
             latents = irjs_ops.blend(noise, latents, cells)
 
-        # 4. The prompt embeddings, the timesteps, the windows and the RAD guidance
-        use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0
-        n_prompt_tokens = len(c.tokens.ids)
-        n_text_tokens = n_prompt_tokens - 2 if rad.normalize_eot else c.tokens.model_max_length - 2
-
-        cond = self.encode_prompt(c.tokens).to(dtype)
-        negative_prompt_embeds = self.encode_prompt(c.negative_prompt).to(dtype)
-        self._guidance_scale, self._interrupt = guidance_scale, False
-        # diffusers' layout: [negative, prompt] under guidance; a callback may swap it (CFG cut-off)
+        # 5. The prompt embeddings ([negative, prompt] under guidance, as diffusers; a callback may swap them)
+        cond = backbone.encode_prompt(c.tokens).to(dtype)
+        negative_prompt_embeds = backbone.encode_prompt(c.negative_prompt).to(dtype)
+        self._guidance_scale, self._interrupt = c.guidance_scale, False
         prompt_embeds = torch.cat([negative_prompt_embeds, cond]) if self.do_classifier_free_guidance else cond
 
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        # 6. The timesteps, the temporal windows and the RAD guidance (which keeps the attention pictures and presence)
+        timesteps = backbone.set_timesteps(num_inference_steps)
         self._num_timesteps = len(timesteps)
-        windows = temporal_windows(n_frames, window.size, window.stride)
+        windows = temporal_windows(n_frames, c.window.size, c.window.stride)
+        use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0
         # the steps after which every frame of an object takes its region from its best-attended frame
         anchor_steps = {int(r * num_inference_steps) for r in rad.anchor_step_ratios} if use_rad else set()
         guidance = None
         if (use_rad or return_attention) and regions:
-            guidance = RADGuidance(self.unet, rad_attention_layers(self.unet, self.vae_scale_factor, cell_px), cond, words,
-                                   token_indices, attn_masks, rad, n_text_tokens, len(timesteps))
-        attention_sum, attention_count = None, 0
-        by_step: dict[int, tuple] = {}  # step index → (sum, count) over its windows
+            n_text_tokens = backbone.text_token_count(c.tokens, rad.normalize_eot)
+            observations = AttentionObservations(n_frames, return_attention, attention_steps, anchor_steps)
+            guidance = RADGuidance(backbone, backbone.attention_layers(cell_px), cond, words, token_indices, attn_masks, rad,
+                                   n_text_tokens, len(timesteps), observations)
+        loop = _Loop(backbone, guidance, invariant, use_rad, return_attention and not use_rad and bool(regions),
+                     anchor_steps, len(windows), cell_px, token_indices)
 
-        # 5. The denoising loop: per window, RAD update, IRJS blend, UNet call with guidance, DDIM step
-        with contextlib.ExitStack() as stack:
-            if guidance is not None:
-                stack.enter_context(guidance.attached(differentiate=use_rad))
+        # 7. The denoising loop: per window RAD, IRJS, the model call under guidance, the step; then anchoring
+        with guidance.attached(differentiate=use_rad) if guidance is not None else contextlib.nullcontext():
             with self.progress_bar(total=len(timesteps)) as progress:
                 for i, t in enumerate(timesteps):
                     if self.interrupt:
                         continue
-                    do_cfg = self.do_classifier_free_guidance  # a callback may have turned guidance off
-                    rad_here = use_rad and guidance.runs_at(i)
-                    outputs = []
-                    presence = (None, 0)  # at an anchor step: (sum, count) of the words' presence over the windows
-                    for frames in windows:
-                        x = latents[:, :, frames]
-                        word_maps = None  # this window's word maps, from the RAD pass or observed
-                        window_presence = None
-                        if rad_here:
-                            first = not guidance.records
-                            x, record, word_maps, window_presence = guidance.update(x, i, t, frames=frames)
-                            if first:
-                                self._warn_if_unattended(record, cell_px, guidance.labels, token_indices, rad)
-                        if invariant is not None:
-                            x = invariant.before_step(x, i, t, frames, len(windows))
-                        x_in = torch.cat([x, x]) if do_cfg else x
-                        x_in = self.scheduler.scale_model_input(x_in, t)
-                        pictures = return_attention and not use_rad and bool(regions) and i < rad.max_update_steps
-                        observe = pictures or (i in anchor_steps and not rad_here)
-                        embeds = prompt_embeds if prompt_embeds.shape[0] == x_in.shape[0] else prompt_embeds[-x_in.shape[0]:]
-                        # attention pictures without RAD, or an anchor step's presence: the conditional half, detached
-                        with guidance.observing(len(frames), frames) if observe else contextlib.nullcontext({}) as observed:
-                            noise = self.unet(x_in, t, encoder_hidden_states=embeds).sample
-                        if observed:
-                            word_maps = observed["word_maps"] if pictures else None
-                            window_presence = observed["presence"]
-                        if i in anchor_steps:
-                            presence = _accumulate(*presence, window_presence, frames, n_frames)
-                        if return_attention and word_maps is not None:
-                            attention_sum, attention_count = _accumulate(attention_sum, attention_count, word_maps, frames, n_frames)
-                            if i in attention_steps:
-                                by_step[i] = _accumulate(*by_step.get(i, (None, 0)), word_maps, frames, n_frames)
-                        if do_cfg:
-                            noise_u, noise_c = noise.chunk(2)
-                            noise = noise_u + self._guidance_scale * (noise_c - noise_u)
-                        outputs.append(self.scheduler.step(noise, t, x).prev_sample)
+                    outputs = [self._window_step(loop, latents[:, :, frames], i, t, frames, prompt_embeds) for frames in windows]
                     latents = merge_windows(outputs, windows, n_frames) if len(windows) > 1 else outputs[0]
                     if invariant is not None:
                         latents = invariant.after_step(latents, i)
                     if i in anchor_steps:  # every frame of an object from its best-attended frame on
-                        total, count = presence
-                        latents, _ = anchor_object_latents(latents, object_cells, total / count.clamp(min=1))
+                        latents, _ = anchor_object_latents(latents, object_cells, guidance.observations.presence(i))
                     if callback_on_step_end is not None:
                         available = {"latents": latents, "prompt_embeds": prompt_embeds, "negative_prompt_embeds": negative_prompt_embeds}
-                        values = {name: available[name] for name in callback_on_step_end_tensor_inputs}
-                        result = callback_on_step_end(self, i, t, values) or {}
+                        result = callback_on_step_end(self, i, t, {k: available[k] for k in c.callback_tensor_inputs}) or {}
                         latents = result.get("latents", latents)
                         prompt_embeds = result.get("prompt_embeds", prompt_embeds)
                         negative_prompt_embeds = result.get("negative_prompt_embeds", negative_prompt_embeds)
                     progress.update()
 
-        # 6. Decode (with the source's decoder statistics, and its own pixels outside the regions, where IRJS asks)
+        # 8. Decode (with the source's decoder statistics, and its own pixels outside the regions, where IRJS asks)
         check_finite(latents, "in the final latents", "lower rad.step_size or guidance_scale, or use float32")
-        attention = None
-        if return_attention and attention_sum is not None:
-            attention = (attention_sum / attention_count.clamp(min=1)).cpu()
-        attention_by_step = {i: (total / count.clamp(min=1)).cpu() for i, (total, count) in sorted(by_step.items())}
-        if output_type == "latent":
-            frames_out = latents
-        else:
-            if invariant is not None and "source" in (irjs.decode_statistics, irjs.decode_outside):
-                frames_out = self.decode_latents(
-                    latents, reference=source_latents, reference_statistics=irjs.decode_statistics == "source",
-                    keep_reference_outside=invariant.mask if irjs.decode_outside == "source" else None).cpu()
-            else:
-                frames_out = self.decode_latents(latents).cpu()
-            check_finite(frames_out, "in the decoded frames", "the VAE overflowed: decode in float32")
-            if output_type in ("np", "pil"):
-                frames_out = frames_out.permute(0, 2, 3, 1).numpy()
-            if output_type == "pil":
-                frames_out = [Image.fromarray((f * 255).round().astype(np.uint8)) for f in frames_out]
+        frames_out = latents if output_type == "latent" else self._decode(latents, source_latents, invariant, irjs, output_type)
         self.maybe_free_model_hooks()
         rad_records = guidance.records if guidance is not None else []
+        attention = guidance.observations.mean_maps() if return_attention and guidance is not None else None
         if not return_dict:
             return frames_out, rad_records, attention
+        by_step = guidance.observations.maps_by_step() if guidance is not None else {}
         return ReAtCoPipelineOutput(frames=frames_out, rad_losses=rad_records, attention_maps=attention,
-                                    attention_by_step=attention_by_step if return_attention else None)
+                                    attention_by_step=by_step if return_attention else None)
+
+    def _window_step(self, loop: "_Loop", x: torch.Tensor, i: int, t, frames, prompt_embeds: torch.Tensor) -> torch.Tensor:
+        """One window `frames` (x: its latents) at step i: the RAD update, the IRJS blend, the model
+        call under classifier-free guidance (observing the words' attention where asked), the step."""
+        guidance, backbone = loop.guidance, loop.backbone
+        do_cfg = self.do_classifier_free_guidance  # a callback may have turned guidance off
+        rad_here = loop.use_rad and guidance.runs_at(i)
+        word_maps = presence = None  # this window's word maps, from the RAD pass or observed
+        if rad_here:
+            first = not guidance.records
+            x, record, word_maps, presence = guidance.update(x, i, t, frames=frames)
+            if first:
+                self._warn_if_unattended(record, loop.cell_px, guidance.labels, loop.token_indices, guidance.settings)
+        if loop.invariant is not None:
+            x = loop.invariant.before_step(x, i, t, frames, loop.n_windows)
+        x_in = backbone.scale_model_input(torch.cat([x, x]) if do_cfg else x, t)
+        pictures = loop.pictures and i < guidance.settings.max_update_steps
+        observe = pictures or (i in loop.anchor_steps and not rad_here)
+        embeds = prompt_embeds if prompt_embeds.shape[0] == x_in.shape[0] else prompt_embeds[-x_in.shape[0]:]
+        # attention pictures without RAD, or an anchor step's presence: the conditional half, detached
+        with guidance.observing(len(frames), frames) if observe else contextlib.nullcontext({}) as observed:
+            noise = backbone.predict(x_in, t, embeds)
+        if observed:
+            word_maps = observed["word_maps"] if pictures else None
+            presence = observed["presence"]
+        if guidance is not None:
+            guidance.observations.add(i, frames, word_maps, presence)
+        if do_cfg:
+            noise_u, noise_c = noise.chunk(2)
+            noise = noise_u + self._guidance_scale * (noise_c - noise_u)
+        return backbone.step(noise, t, x)
+
+    def _decode(self, latents, source_latents, invariant, irjs: IRJSConfig, output_type: str):
+        """The final latents → frames as `output_type` asks (pt, np or pil)."""
+        if invariant is not None and "source" in (irjs.decode_statistics, irjs.decode_outside):
+            frames = self.decode_latents(latents, reference=source_latents, reference_statistics=irjs.decode_statistics == "source",
+                                         keep_reference_outside=invariant.mask if irjs.decode_outside == "source" else None).cpu()
+        else:
+            frames = self.decode_latents(latents).cpu()
+        check_finite(frames, "in the decoded frames", "the VAE overflowed: decode in float32")
+        if output_type in ("np", "pil"):
+            frames = frames.permute(0, 2, 3, 1).numpy()
+        if output_type == "pil":
+            frames = [Image.fromarray((f * 255).round().astype(np.uint8)) for f in frames]
+        return frames
 
     def _warn_if_unattended(self, record: dict, cell_px: int, words, token_indices, rad: RADConfig) -> None:
         """At the first RAD pass, a word whose attention inside its region is ~0 (inner term ≈ 1)
@@ -657,14 +669,3 @@ def _check_range(video: torch.Tensor) -> None:
     if low >= 0:
         raise ValueError(f"video values span [{low:.3g}, {high:.3g}]: that looks like [0, 1] images; pass [-1, 1] "
                          "(video * 2 - 1)")
-
-
-def _accumulate(total, count, values, frames, n_frames):
-    """Add a window's per-frame values (J, window frames, ...) into the clip's (J, n_frames, ...)
-    running sum and per-frame count (None, 0 to start); the mean is total / count.clamp(min=1)."""
-    if total is None:
-        total = torch.zeros(values.shape[0], n_frames, *values.shape[2:], device=values.device)
-        count = torch.zeros(1, n_frames, *(1,) * (values.dim() - 2), device=values.device)
-    total[:, frames] += values
-    count[:, frames] += 1
-    return total, count

@@ -18,16 +18,18 @@ import numpy as np
 import torch
 
 from .arguments import pipeline_arguments
-from .config import edit_config, save_config
+from .config import edit_config
+from .config_files import save_config
 from .environment import package_versions, resolve_device
 from .errors import ConfigError, check_finite
 from .files import new_partial_dir, remove_quietly, replace_dir
 from .fingerprint import MODEL_PARTS, digest_path, digest_tensor
-from .inversion import inversion_cache_key, load_or_invert
-from .rad import word_labels
-from .region_files import write_regions
-from .regions import Region, parse_region
-from .tokens import (check_prompt_length, load_tokenizer, resolve_objects_tokens, token_table, tokenize_prompt,
+from .backbones.inversion import inversion_cache_key, load_or_invert
+from .rad.losses import word_labels
+from .regions.files import write_regions
+from .regions.region import Region
+from .regions.objects import EditObject, object_region
+from .tokens import (check_edit_prompt, load_tokenizer, resolve_objects_tokens, token_table, tokenize_prompt,
                      word_token_indices)
 from .video import read_video, to_uint8, write_frames, write_video
 
@@ -48,8 +50,6 @@ class PreparedEdit:
 
     def objects(self) -> list:
         """The edit's objects resolved (regions found: after EditRunner.resolve_regions)."""
-        from .edit_objects import EditObject
-
         return [EditObject(o.word, o.occurrence, region, tuple(idx))
                 for o, region, idx in zip(self.edit.objects, self.regions, self.token_indices)]
 
@@ -138,16 +138,14 @@ class EditRunner:
                     origins.append(source_origin(src))
                     continue
                 native = self.native_size() if getattr(obj, "boxes_file", None) is not None else None
-                regions.append(parse_region(obj, cfg.video.n_frames, cfg.video.height, cfg.video.width, cell, field=where,
-                                            start_frame=cfg.video.start_frame, frame_stride=cfg.video.frame_stride,
-                                            native_size=native))
+                regions.append(object_region(obj, cfg.video.n_frames, cfg.video.height, cfg.video.width, cell, field=where,
+                                             start_frame=cfg.video.start_frame, frame_stride=cfg.video.frame_stride,
+                                             native_size=native))
                 origins.append(f"boxes_file {obj.boxes_file}" if getattr(obj, "boxes_file", None) else regions[-1].kind)
             tokens = tokenize_prompt(self.tokenizer, edit.prompt)
             indices = resolve_objects_tokens(self.tokenizer, tokens, edit.objects, f"{field_prefix}.objects")
             merged = edit_config(cfg, edit)
-            past = any(i >= tokens.model_max_length - 1 for idx in indices for i in idx)
-            check_prompt_length(tokens, past or (merged.rad.enabled and merged.rad.normalize_eot and bool(indices)),
-                                f"{field_prefix}.prompt")
+            check_edit_prompt(tokens, len(indices), merged.rad, f"{field_prefix}.prompt")
             prepared.append(PreparedEdit(merged, edit, regions, indices, token_table(self.tokenizer, tokens),
                                          origins, tokens))
         return prepared
@@ -166,7 +164,7 @@ class EditRunner:
         missing = [j for j, r in enumerate(prepared.regions) if r is None]
         if not missing:
             return prepared.regions
-        from .config import config_to_dict
+        from .schema import config_to_dict
 
         cfg = self.cfg
         k = next((i for i, e in enumerate(cfg.edits) if e.name == prepared.edit.name), 0)
@@ -177,12 +175,12 @@ class EditRunner:
             if key not in self._found:
                 field_name = f"edits[{k}].objects[{j}].source"
                 if spec.detector:
-                    from .region_detector import detect_source_regions
+                    from .regions.detector import detect_source_regions
 
                     self._found[key] = detect_source_regions(self.source_frames(), [spec], cfg.model.attention_cell_px,
                                                              str(self.device), [field_name])[0]
                 else:
-                    from .region_finding import find_source_regions
+                    from .regions.finding import find_source_regions
 
                     pipe = self.pipeline()
                     source_latents, _ = self.source()

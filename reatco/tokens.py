@@ -12,8 +12,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import value_of
 from .errors import ConfigError
+from .regions.settings import value_of
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -228,6 +228,14 @@ def check_prompt_length(tokens: PromptTokens, needs_all: bool, field: str = "pro
         raise ConfigError(field, f"has {n} tokens but the text encoder reads at most {limit} (start and end tokens "
                                  "included); shorten the prompt")
     logger.warning("%s has %d tokens; the text encoder reads only the first %d", field, n, limit)
+
+
+def check_edit_prompt(tokens: PromptTokens, n_objects: int, rad, field: str = "prompt") -> None:
+    """The prompt-length rule of an edit, decided once (EditRunner and the pipeline): RAD
+    normalising over the prompt's own tokens (`rad.normalize_eot`) needs all of them, so a cut
+    prompt is refused there and only warned about otherwise. (A word of interest past the cut is
+    refused by word_token_indices.)"""
+    check_prompt_length(tokens, n_objects > 0 and rad.enabled and rad.normalize_eot, field)
 
 
 def describe_tokens(tokenizer, prompt: "str | PromptTokens", word: str, indices: list[int]) -> str:

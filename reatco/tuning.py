@@ -19,11 +19,11 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from .backbones.tav import TuneAVideoUNet
 from .config import TuneConfig, section_settings
 from .environment import package_versions
 from .errors import ConfigError, NonFiniteError
 from .files import new_partial_dir, remove_quietly, replace_dir
-from .models import TuneAVideoUNet
 from .tokens import encode_prompt, tokenize_prompt
 
 logger = logging.getLogger(__name__)
@@ -277,7 +277,7 @@ def check_output_dir(folder, overwrite: bool, key: str | None = None) -> bool:
 
 def load_tuned(folder, torch_dtype=None, field: str = "model.tuned_unet") -> TuneAVideoUNet:
     """A tuned UNet folder; a damaged or truncated one is a ConfigError naming its path."""
-    from .models.checkpoint import CheckpointError
+    from .backbones.tav.checkpoint import CheckpointError
 
     try:
         return TuneAVideoUNet.from_pretrained(folder, torch_dtype=torch_dtype)
@@ -310,7 +310,7 @@ def save_tuned(unet: TuneAVideoUNet, folder, report: dict, cfg=None, overwrite: 
     try:
         unet.save_pretrained(tmp, safe_serialization=safe_serialization)
         if cfg is not None:
-            from .config import save_config
+            from .config_files import save_config
 
             save_config(cfg, tmp / "tune_config.yaml")
         (tmp / KEY_FILE).write_text(json.dumps(report, indent=2) + "\n")

@@ -37,7 +37,7 @@ def _upscale(image: np.ndarray, width: int) -> Image.Image:
 
 def region_boxes(regions, n_frames: int) -> np.ndarray:
     """(J, F, 4) pixel boxes of the regions (a mask region: its tight box per frame)."""
-    from .regions import mask_box
+    from .regions.region import mask_box
 
     out = []
     for region in regions:
@@ -134,7 +134,7 @@ def regions_sheet(frames: np.ndarray, regions, words: list[str], frame_px: int |
     """Every frame of the source with every region outlined in its word's colour, frame numbers
     above, and a legend (colour → word) below: (H', W', 3) uint8. frames (F, H, W, 3) uint8;
     frame_px: each frame's width (default: its own, within 192–384 px)."""
-    from .regions import PALETTE, draw_regions
+    from .regions.region import PALETTE, draw_regions
 
     n_frames = len(frames)
     frame_px = frame_px or int(np.clip(frames.shape[2], 192, 384))

@@ -7,7 +7,6 @@ from typing import Sequence
 
 import torch
 
-from .errors import ConfigError
 
 
 def temporal_windows(n_frames: int, size: int | None, stride: int = 1) -> list[list[int]]:
@@ -19,13 +18,13 @@ def temporal_windows(n_frames: int, size: int | None, stride: int = 1) -> list[l
     if size is None:
         return [list(range(n_frames))]
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ConfigError("window.size", f"window size must be an integer ≥ 1 (or null for the whole clip), got {size!r}")
+        raise ValueError(f"size must be an integer ≥ 1 (or None for the whole clip), got {size!r}")
     if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
-        raise ConfigError("window.stride", f"window stride must be an integer ≥ 1, got {stride!r}")
+        raise ValueError(f"stride must be an integer ≥ 1, got {stride!r}")
     if size >= n_frames:
         return [list(range(n_frames))]
     if stride > size:
-        raise ConfigError("window.stride", f"stride {stride} > window size {size} would skip frames; use a stride ≤ {size}")
+        raise ValueError(f"stride {stride} > window size {size} would skip frames; use a stride ≤ {size}")
     starts = list(range(0, n_frames - size + 1, stride))
     if starts[-1] + size < n_frames:
         starts.append(n_frames - size)

@@ -135,7 +135,7 @@ def test_browser_editor_draws_runs_and_downloads(app):
     assert np.allclose(mid, np.array(box0) + (np.array(box7) - np.array(box0)) * 3 / 7, atol=0.01)
     assert triangle["source"].startswith("source: attention of source word 'blue square'")
     # the downloadable config reruns the same edit
-    from reatco.config import load_config
+    from reatco.config_files import load_config
 
     cfg = load_config(folder / "config.yaml")
     assert cfg.edits[0].objects[1].source.word == "blue square" and sorted(cfg.edits[0].objects[0].boxes) == [0, 7]

@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-from reatco.attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
+from reatco.backbones.tav.recording import record_cross_attention
+from reatco.rad.attention_maps import AttentionStore, RADForwardComplete
 from reatco.bench import rad
 from reatco.config import TuneConfig
 from reatco.errors import ConfigError
-from reatco.models import TuneAVideoUNet, rad_attention_layers
+from reatco.backbones.tav import TuneAVideoUNet, rad_attention_layers
 from scripts_loader import load_script
 
 from tiny_models import TINY_VAE_SCALE_FACTOR, tiny_unet2d

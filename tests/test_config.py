@@ -7,18 +7,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from reatco.config import (
-    EditConfig,
-    RADConfig,
-    ReAtCoConfig,
-    WindowConfig,
-    config_from_dict,
-    config_to_dict,
-    edit_config,
-    load_config,
-    save_config,
-    section_settings,
-)
+from reatco.config import EditConfig, RADConfig, ReAtCoConfig, WindowConfig, edit_config, section_settings
+from reatco.config_files import config_from_dict, load_config, save_config
+from reatco.schema import config_to_dict
 from reatco.errors import ConfigError
 
 from paper_clips import CLIPS

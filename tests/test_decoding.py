@@ -1,10 +1,10 @@
-"""Decoding an edit with the source's GroupNorm statistics (reatco/decoding.py) on a tiny VAE."""
+"""Decoding an edit with the source's GroupNorm statistics (reatco/irjs/decoding.py) on a tiny VAE."""
 
 import pytest
 import torch
 from diffusers import AutoencoderKL
 
-from reatco.decoding import (decode_chunks_with_reference_statistics, decode_with_reference_statistics, group_statistics,
+from reatco.irjs.decoding import (decode_chunks_with_reference_statistics, decode_with_reference_statistics, group_statistics,
                              normalize_into)
 
 

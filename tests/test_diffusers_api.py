@@ -258,7 +258,7 @@ def test_writers_take_the_output_as_it_comes(pipe, tmp_path, output_type):
 
 def test_pipeline_arguments_turn_a_config_edit_into_the_call(pipe, folder, tmp_path):
     from reatco import pipeline_arguments
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
     from reatco.video import write_frames
 
     write_frames((_video() + 1) / 2, tmp_path / "frames")
@@ -286,7 +286,7 @@ def test_the_runner_and_the_library_give_the_same_edit_for_one_seed(folder, tmp_
     pipe(video=…, generator=…) encode from generators derived alike, so every draw after the
     encode (the regions' noise, the IRJS noise) is the same too: one seed, one edit."""
     from reatco import pipeline_arguments
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
     from reatco.runner import EditRunner
     from reatco.video import write_frames
 
@@ -312,6 +312,39 @@ def test_the_runner_and_the_library_give_the_same_edit_for_one_seed(folder, tmp_
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(7).get_state())
 
 
+def test_a_config_whose_objects_are_found_or_read_from_files_goes_through_the_notebook_bridge(folder, tmp_path):
+    """pipeline_arguments passes every region kind (configs/shapes-auto.yaml finds its objects in the
+    source video): `source` is found by the pipeline with its own model as EditRunner finds it, a
+    boxes file is read for the clip's frames; one seed gives the runner's edit."""
+    from reatco import pipeline_arguments
+    from reatco.config_files import config_from_dict
+    from reatco.runner import EditRunner
+    from reatco.video import write_frames
+
+    write_frames((_video() + 1) / 2, tmp_path / "frames")
+    (tmp_path / "dog.json").write_text(json.dumps({"boxes": {"dog": [[16, 16, 32, 32]] * N_FRAMES}}))
+    cfg = config_from_dict({
+        "output_dir": str(tmp_path / "out"), "cache_dir": str(tmp_path / "cache"),
+        "model": {"pretrained": str(folder), "attention_cell_px": CELL},
+        "video": {"path": str(tmp_path / "frames"), "prompt": PROMPT, "height": SIZE, "width": SIZE, "n_frames": N_FRAMES},
+        "sampling": {"steps": 3, "guidance_scale": 3.0, "seed": 7},
+        "rad": {"max_update_steps": 2, "refinement_thresholds": {}},
+        "edits": [{"name": "a", "prompt": PROMPT, "objects": [
+            {"word": "cat", "source": {"word": "dog", "timesteps": [50]}},
+            {"word": "dog", "boxes_file": str(tmp_path / "dog.json")}]}]})
+    runner = EditRunner(cfg, progress=False)
+    prepared = runner.prepare()[0]
+    result = runner.run(prepared, write=False)
+    args = pipeline_arguments(cfg, "a")
+    assert args["objects"][0]["source"].word == "dog" and args["source_prompt"] == PROMPT
+    assert torch.equal(args["objects"][1]["region"].boxes, prepared.regions[1].boxes)
+    library = runner.pipeline()(**{**args, "output_type": "np"}).frames
+    assert np.array_equal(result.frames, (library * 255).round().astype(np.uint8))
+    with pytest.raises(ConfigError, match=r"objects\[0\]\.source: a region found in the source video needs"):
+        runner.pipeline()(**{k: v for k, v in args.items() if k not in ("video", "irjs")}, n_frames=N_FRAMES, height=SIZE,
+                          width=SIZE, irjs={"enabled": False})
+
+
 def _count_calls_on(tokenizer, text):
     """Every call of `tokenizer` on `text` (its class swapped for a counting subclass)."""
     calls = []
@@ -330,7 +363,7 @@ def _count_calls_on(tokenizer, text):
 def test_the_prompt_is_tokenized_once_per_edit(folder, tmp_path):
     """From Python (objects given as dicts: words found, lengths checked, prompt encoded) and from
     scripts/edit.py (EditRunner: the edit checked without weights, then run): one tokenization."""
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
     from reatco.runner import EditRunner
     from reatco.video import write_frames
 
@@ -372,7 +405,7 @@ def test_a_bad_setting_reads_the_same_from_python_and_from_a_config(pipe, monkey
                                                                      config_field):
     """One validator per section and one for a user's object: the pipeline (dicts from Python) and
     load_config say the same thing, naming the field as each entry point spells it, before any work."""
-    from reatco.config import config_from_dict
+    from reatco.config_files import config_from_dict
 
     config_values = {"guidance_scale": ("sampling", "guidance_scale"), "start_in_regions": ("sampling", "start_in_regions"),
                      "attention_cell_px": ("model", "attention_cell_px"), "num_inference_steps": ("sampling", "steps")}

@@ -19,7 +19,7 @@ N_FRAMES, SIZE = 3, 32
 
 
 def _load_script(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, ROOT / "reatco" / "commands" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -105,7 +105,7 @@ def test_edit_writes_every_output(workspace, capsys):
 
 
 def _check_explaining_outputs(out, config, report):
-    from reatco.config import load_config
+    from reatco.config_files import load_config
 
     # each stage timed on its own: loading the editing pipeline is not the tuning
     timings = report["timings_s"]
@@ -148,7 +148,7 @@ def test_attention_video_shares_one_scale_and_outlines_the_regions():
 
 
 def test_the_runner_decodes_frame_by_frame(workspace):
-    from reatco.config import load_config
+    from reatco.config_files import load_config
     from reatco.runner import EditRunner
 
     runner = EditRunner(load_config(_config(workspace, **{"tune.enabled": False})), progress=False)
@@ -158,7 +158,7 @@ def test_the_runner_decodes_frame_by_frame(workspace):
 def test_model_autocast_runs_the_edit_under_bfloat16_autocast(workspace, monkeypatch):
     import torch
 
-    from reatco.config import load_config
+    from reatco.config_files import load_config
     from reatco.pipeline import ReAtCoPipeline
     from reatco.runner import EditRunner
 

@@ -34,7 +34,7 @@ CATS = ("style", "object", "background", "multiple")
 
 
 def _spec():
-    spec = importlib.util.spec_from_file_location("eval_loveu", SCRIPT)
+    spec = importlib.util.spec_from_file_location("eval_loveu", REPO / "reatco" / "commands" / "eval_loveu.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

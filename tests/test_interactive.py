@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from reatco.config import load_config
+from reatco.config_files import load_config
 from reatco.interactive import ObjectDraft, build_config, candidate_words, drafts_from_config
 
 ROOT = Path(__file__).resolve().parents[1]

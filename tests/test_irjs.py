@@ -4,9 +4,11 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
+from reatco.config import section_settings
 from reatco.errors import ConfigError
-from reatco.irjs import blend, feather_mask, latent_region_mask, noise_source
-from reatco.regions import object_masks, parse_region
+from reatco.irjs.blend import blend, feather_mask, latent_region_mask, noise_source
+from reatco.regions.region import object_masks
+from reatco.regions.parsing import parse_region
 
 
 def sd_scheduler():
@@ -58,8 +60,11 @@ def test_feather_bounds():
     assert f[band == 0].eq(0).all()  # exactly 0 beyond the band
     assert ((f >= 0) & (f <= 1)).all()
     assert feather_mask(m, 0) is m
-    with pytest.raises(ConfigError) as e:
+    with pytest.raises(ValueError, match="feather") as e:  # the math: a plain ValueError
         feather_mask(m, -1)
+    assert not isinstance(e.value, ConfigError)
+    with pytest.raises(ConfigError) as e:  # the settings layer names the field
+        section_settings("irjs", {"feather": -1})
     assert e.value.field == "irjs.feather"
 
 
@@ -83,7 +88,8 @@ def test_blend_is_exact_outside_and_inside():
 
 def _invariant(**settings):
     from reatco.config import IRJSConfig
-    from reatco.irjs import InvariantRegion
+    from reatco.backbones.tav.backbone import TuneAVideoBackbone
+    from reatco.irjs.blend import InvariantRegion
 
     scheduler = DDIMScheduler(num_train_timesteps=1000)
     scheduler.set_timesteps(4)
@@ -92,13 +98,14 @@ def _invariant(**settings):
     g = torch.Generator().manual_seed(0)
     source = torch.randn(1, 4, 4, 8, 8, generator=g)
     trajectory = torch.randn(5, 1, 4, 4, 8, 8, generator=g)
-    return InvariantRegion(scheduler, IRJSConfig(**settings), cells, source, trajectory, torch.Generator().manual_seed(3))
+    backbone = TuneAVideoBackbone(None, scheduler=scheduler)
+    return InvariantRegion(backbone, IRJSConfig(**settings), cells, source, trajectory, torch.Generator().manual_seed(3))
 
 
 def test_invariant_region_keeps_the_source_outside_and_the_latents_inside():
     region = _invariant(source="inversion")
     x = torch.randn(1, 4, 4, 8, 8)
-    out = region.before_step(x, 1, region.scheduler.timesteps[1], [0, 1, 2, 3])
+    out = region.before_step(x, 1, region.backbone.timesteps[1], [0, 1, 2, 3])
     outside = region.mask == 0
     expected_source = region.trajectory[4 - 1]  # step 1 of 4 ↔ inversion level 3
     assert torch.equal(out.masked_select(outside.expand_as(out)), expected_source.masked_select(outside.expand_as(out)))
@@ -116,7 +123,7 @@ def test_invariant_region_draws_one_noise_per_clip_or_per_window():
     windows = [[0, 1], [2, 3]]
     x = torch.zeros(1, 4, 4, 8, 8)
     clip = _invariant(source="noise", noise="per_step")
-    t = clip.scheduler.timesteps[0]
+    t = clip.backbone.timesteps[0]
     halves = [clip.before_step(x[:, :, w], 0, t, w, len(windows)) for w in windows]
     reference = _invariant(source="noise", noise="per_step")
     whole = reference.before_step(x, 0, t, [0, 1, 2, 3])
@@ -125,6 +132,6 @@ def test_invariant_region_draws_one_noise_per_clip_or_per_window():
     g = torch.Generator().manual_seed(3)
     for w in windows:
         noise = torch.randn(1, 4, len(w), 8, 8, generator=g)
-        expected = noise_source(per_window.scheduler, per_window.source_latents[:, :, w], t, noise)
+        expected = noise_source(per_window.backbone.scheduler, per_window.source_latents[:, :, w], t, noise)
         got = per_window.before_step(x[:, :, w], 0, t, w, len(windows))
         assert torch.equal(got[..., 4:, 4:], expected[..., 4:, 4:])

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reatco.config import edit_config, load_config
+from reatco.config import edit_config
+from reatco.config_files import load_config
 
 from paper_clips import CLIPS
 
 ROOT = Path(__file__).resolve().parent.parent
 PAPER = {"dolphins": "dolphins-swimming.mp4", "hares": "hares-grazing.mp4", "birds": "birds-standing.mp4"}
 
-spec = importlib.util.spec_from_file_location("edit_script", ROOT / "scripts" / "edit.py")
+spec = importlib.util.spec_from_file_location("edit_script", ROOT / "reatco" / "commands" / "edit.py")
 edit_script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(edit_script)
 
@@ -77,7 +78,7 @@ def test_paper_config_dry_run_draws_regions_on_the_clip(name, tmp_path, capsys):
                              "--output_dir", str(out), "--dry-run"])
     assert code == 0, capsys.readouterr().err
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", [f"video.path={clip}"])
-    from reatco.regions import PALETTE
+    from reatco.regions.region import PALETTE
 
     scale = 384 / 768  # regions.png: every frame 384 px wide, frame 0 at (4, 20)
     for edit in cfg.edits:

@@ -5,12 +5,13 @@ import copy
 import pytest
 import torch
 
-from reatco.attention_maps import AttentionStore, record_cross_attention
-from reatco.models import rad_attention_layers
+from reatco.backbones.tav.recording import record_cross_attention
+from reatco.rad.attention_maps import AttentionStore
+from reatco.backbones.tav import rad_attention_layers
 from reatco.config import IRJSConfig, RADConfig, validate_rad
 from reatco.errors import ConfigError
 from reatco.pipeline import ReAtCoPipeline
-from reatco.rad_guidance import RADGuidance
+from reatco.rad.guidance import RADGuidance
 
 from tiny_models import tiny_sd_components
 
@@ -52,10 +53,10 @@ def _guidance(pipe, cell, rad=None, words=None):
     rad = rad or RADConfig()
     objects = pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)
     words, regions, indices = [o.word for o in objects], [o.region for o in objects], [o.token_indices for o in objects]
-    from reatco.regions import object_masks
+    from reatco.regions.region import object_masks
 
     masks = object_masks(regions, N_FRAMES, SIZE // cell, SIZE // cell)
-    guidance = RADGuidance(pipe.unet, rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell), pipe.encode_prompt(PROMPT),
+    guidance = RADGuidance(pipe.backbone, rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell), pipe.encode_prompt(PROMPT),
                            words, indices, masks, rad, pipe.tokenizer.model_max_length - 2, num_steps=4)
     latents = torch.randn(1, 4, N_FRAMES, SIZE // pipe.vae_scale_factor, SIZE // pipe.vae_scale_factor, generator=torch.Generator().manual_seed(1))
     return guidance, latents
@@ -133,8 +134,8 @@ def test_irjs_after_step_returns_the_source_outside_the_regions(pipe, cell):
     video = _video()
     source = pipe.encode_video(video, torch.Generator().manual_seed(3))
     out = _run(pipe, cell, source_latents=source, video=None, irjs=IRJSConfig(placement="after_step")).frames
-    from reatco.regions import object_masks
-    from reatco.irjs import latent_region_mask
+    from reatco.regions.region import object_masks
+    from reatco.irjs.blend import latent_region_mask
 
     regions = [o.region for o in pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)]
     lh = SIZE // pipe.vae_scale_factor
@@ -154,8 +155,8 @@ def test_irjs_before_step_feeds_the_source_trajectory_outside_the_regions(pipe, 
              irjs=IRJSConfig(placement="before_step", source="inversion"), rad={"enabled": False})
     finally:
         hook.remove()
-    from reatco.regions import object_masks
-    from reatco.irjs import latent_region_mask
+    from reatco.regions.region import object_masks
+    from reatco.irjs.blend import latent_region_mask
 
     regions = [o.region for o in pipe.prepare_objects(PROMPT, OBJECTS, N_FRAMES, SIZE, SIZE, cell)]
     lh = SIZE // pipe.vae_scale_factor
@@ -178,8 +179,8 @@ def _first_unet_input(pipe, cell, **kwargs):
 def _start_case(pipe, cell):
     """The source latents' inversion (as pipeline kwargs), its last latent, each object's latent
     cells (J, F, h, w) and the union of the regions' cells in the latents' shape."""
-    from reatco.regions import object_masks
-    from reatco.irjs import latent_region_mask
+    from reatco.regions.region import object_masks
+    from reatco.irjs.blend import latent_region_mask
 
     source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
     trajectory = pipe.invert(source, "", 4)
@@ -294,7 +295,7 @@ def test_anchoring_is_off_with_rad_and_its_ratios_are_checked(pipe, cell):
 
 
 def test_decode_statistics_source_decodes_with_the_source_frames_statistics(pipe, cell):
-    from reatco.decoding import decode_with_reference_statistics
+    from reatco.irjs.decoding import decode_with_reference_statistics
 
     source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
     common = dict(source_latents=source, video=None, irjs=IRJSConfig(placement="after_step"))
@@ -315,8 +316,9 @@ def test_decode_statistics_source_decodes_with_the_source_frames_statistics(pipe
 
 @pytest.mark.parametrize("statistics", ["edit", "source"])
 def test_decode_outside_source_keeps_the_source_decode_outside_the_regions(pipe, cell, statistics):
-    from reatco.irjs import latent_region_mask
-    from reatco.regions import object_masks, parse_region
+    from reatco.irjs.blend import latent_region_mask
+    from reatco.regions.region import object_masks
+    from reatco.regions.parsing import parse_region
 
     source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
     irjs = IRJSConfig(placement="after_step", decode_statistics=statistics)
@@ -338,7 +340,7 @@ def test_decode_outside_source_keeps_the_source_decode_outside_the_regions(pipe,
 
 
 def test_keep_reference_pixels_mixes_by_the_upsampled_latent_mask():
-    from reatco.decoding import keep_reference_pixels
+    from reatco.irjs.decoding import keep_reference_pixels
 
     edit, ref = torch.ones(2, 3, 8, 8), torch.zeros(2, 3, 8, 8)
     mask = torch.tensor([[1.0, 0.0], [0.5, 0.0]]).expand(2, 1, 2, 2)
@@ -377,7 +379,7 @@ def test_rad_reads_a_phrase_as_the_sum_of_its_tokens_unless_told_mean(pipe, cell
     masks = torch.ones(1, N_FRAMES, 2, 2)
 
     def word_maps(rad):
-        return RADGuidance(pipe.unet, [], None, ["a cat"], indices, masks, rad, n_text, num_steps=1).word_maps(maps)
+        return RADGuidance(pipe.backbone, [], None, ["a cat"], indices, masks, rad, n_text, num_steps=1).word_maps(maps)
 
     summed = word_maps(RADConfig(normalize_eot=True))
     averaged = word_maps(RADConfig(normalize_eot=True, word_tokens="mean"))
@@ -397,7 +399,7 @@ def test_vae_slicing_keeps_the_frames(pipe, cell):
 
 
 def test_loads_from_a_stable_diffusion_folder(tmp_path):
-    from reatco.models import TuneAVideoUNet
+    from reatco.backbones.tav import TuneAVideoUNet
 
     from tiny_models import save_tiny_sd
 
@@ -453,7 +455,8 @@ def test_resolved_edit_objects_are_taken_as_they_are(pipe, cell):
 
 
 def test_the_attention_store_records_only_inside_recording_and_is_off_after_an_error(pipe, cell):
-    from reatco.attention_maps import AttentionStore, record_cross_attention
+    from reatco.backbones.tav.recording import record_cross_attention
+    from reatco.rad.attention_maps import AttentionStore
 
     layers = rad_attention_layers(pipe.unet, pipe.vae_scale_factor, cell)
     store = AttentionStore(grid=(SIZE // cell, SIZE // cell), stop_early=False)

@@ -28,7 +28,7 @@ RESULT_FILES = {"edited.mp4", "edited.gif", "attention.mp4", "regions.png", "reg
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"probe_{name}", ROOT / "scripts" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"probe_{name}", ROOT / "reatco" / "commands" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -7,11 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from reatco import rad
+from reatco.rad import losses as rad
+from reatco.config import section_settings
 from reatco.errors import ConfigError
 
 
 # ----------------------------------------------------------------------------- text attention
+
+
+def _plain_value_error(call, argument: str) -> None:
+    """The pure math refuses a bad argument with a plain ValueError naming the argument, not a
+    ConfigError: it knows no YAML field (the settings layer does)."""
+    with pytest.raises(ValueError, match=argument) as err:
+        call()
+    assert not isinstance(err.value, ConfigError)
 
 
 def test_text_attention_drops_sot_and_renormalises_over_the_prompt_tokens():
@@ -39,8 +48,10 @@ def test_share_normalization_is_each_tokens_part_of_the_text_attention():
     assert float(soft[0, 0] - soft[0, 1]) < 0.5 * float(share[0, 0] - share[0, 1])
     # cells with no text attention at all stay finite (zeros), not NaN
     assert torch.equal(rad.text_attention(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), 2, normalization="share"), torch.zeros(1, 2))
-    with pytest.raises(ConfigError, match="token_normalization"):
-        rad.text_attention(maps, 2, normalization="sum")
+    # the math says what is wrong with its argument; the settings layer names the YAML field
+    _plain_value_error(lambda: rad.text_attention(maps, 2, normalization="sum"), "normalization")
+    with pytest.raises(ConfigError, match=r"^rad\.token_normalization: 'sum' is not one of softmax, share"):
+        section_settings("rad", {"token_normalization": "sum"})
 
 def test_word_attention_uses_tokenizer_indices_and_combines_sub_tokens():
     text = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)  # (…, n = 4): tokens 1…4
@@ -51,8 +62,9 @@ def test_word_attention_uses_tokenizer_indices_and_combines_sub_tokens():
     for bad in ([0], [5], []):
         with pytest.raises(ValueError):
             rad.word_attention(text, bad)
-    with pytest.raises(ConfigError, match="word_tokens"):
-        rad.word_attention(text, [1, 2], reduction="max")
+    _plain_value_error(lambda: rad.word_attention(text, [1, 2], reduction="max"), "reduction")
+    with pytest.raises(ConfigError, match=r"^rad\.word_tokens: 'max' is not one of mean, sum"):
+        section_settings("rad", {"word_tokens": "max"})
 
 
 def test_a_two_token_word_can_reach_the_refinement_thresholds_only_as_a_sum():
@@ -71,11 +83,12 @@ def test_kernel_is_attend_and_excite_s():
     e = math.exp(-1.0)  # exp(-((±1)/(2·0.5))²)
     np.testing.assert_allclose(g.numpy(), np.array([e, 1.0, e]) / (1 + 2 * e), rtol=1e-12)
     assert abs(float(rad.gaussian_kernel_3d(5, 0.8).sum()) - 1) < 1e-12
-    with pytest.raises(ConfigError) as err:
-        rad.gaussian_kernel_1d(4, 0.5)
-    assert err.value.field == "rad.smoothing_kernel"
-    with pytest.raises(ConfigError):
-        rad.gaussian_kernel_1d(3, 0.0)
+    _plain_value_error(lambda: rad.gaussian_kernel_1d(4, 0.5), "kernel")
+    _plain_value_error(lambda: rad.gaussian_kernel_1d(3, 0.0), "sigma")
+    for key, value in (("smoothing_kernel", 4), ("smoothing_sigma", 0.0)):
+        with pytest.raises(ConfigError) as err:
+            section_settings("rad", {key: value})
+        assert err.value.field == f"rad.{key}"
 
 
 def _reference_smooth(x: np.ndarray, kernel: int, sigma: float, frame_mode: str = "reflect") -> np.ndarray:
@@ -173,8 +186,9 @@ def test_top_k_count_round_option_rounds_half_up():
     assert rad.top_k_count(area, 0.2, "round").tolist() == [1, 1, 1, 1, 1, 1, 2, 2, 3, 4]
     assert rad.top_k_count(torch.tensor([3.0, 5.0, 1.0]), 0.5, "round").tolist() == [2, 3, 1]  # 1.5→2, 2.5→3
     assert rad.top_k_count(torch.tensor([28.0, 308.0]), 0.2, "round").tolist() == [6, 62]
-    with pytest.raises(ConfigError, match="rad.top_k_rounding"):
-        rad.top_k_count(area, 0.2, "ceil")
+    _plain_value_error(lambda: rad.top_k_count(area, 0.2, "ceil"), "rounding")
+    with pytest.raises(ConfigError, match=r"^rad\.top_k_rounding: 'ceil' is not one of truncate, round"):
+        section_settings("rad", {"top_k_rounding": "ceil"})
 
 
 def test_empty_outside_contributes_zero_and_empty_inside_is_skipped():
@@ -217,8 +231,10 @@ def test_region_losses_validate_shapes_and_ratio():
     a, m = _hand_maps()
     with pytest.raises(ValueError):
         rad.region_losses(a, m[:, :1])
-    with pytest.raises(ConfigError):
-        rad.region_losses(a, m, top_k_ratio=0.0)
+    _plain_value_error(lambda: rad.region_losses(a, m, top_k_ratio=0.0), "top_k_ratio")
+    with pytest.raises(ConfigError) as err:
+        section_settings("rad", {"top_k_ratio": 0.0})
+    assert err.value.field == "rad.top_k_ratio"
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -230,8 +246,10 @@ def test_step_sizes_match_the_official_schedule():
     np.testing.assert_allclose(alpha.numpy(), expected, rtol=1e-12)
     assert alpha[0] == 20.0 and abs(float(alpha[-1]) - 20 * math.sqrt(0.5)) < 1e-12
     assert rad.step_sizes(1, 10.0, (0.25, 0.5)).tolist() == [5.0]
-    with pytest.raises(ConfigError):
-        rad.step_sizes(10, 20.0, (1.0, -0.5))
+    _plain_value_error(lambda: rad.step_sizes(10, 20.0, (1.0, -0.5)), "step_range")
+    with pytest.raises(ConfigError) as err:
+        section_settings("rad", {"step_size_range": [1.0, -0.5]})
+    assert err.value.field == "rad.step_size_range"
 
 
 def test_refinement_schedule_and_stop_rule():

@@ -5,8 +5,8 @@ region in every frame of the video the example writes."""
 import re
 from pathlib import Path
 
-from reatco.config import load_config
-from reatco.regions import parse_region
+from reatco.config_files import load_config
+from reatco.regions.parsing import parse_region
 from reatco.toy.detector import detect
 from reatco.video import read_video
 

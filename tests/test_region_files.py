@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from reatco.config import config_from_dict
+from reatco.config_files import config_from_dict
 from reatco.errors import ConfigError
-from reatco.region_files import read_boxes_file, write_regions
-from reatco.regions import Region, parse_region
+from reatco.regions.files import read_boxes_file, write_regions
+from reatco.regions.region import Region
+from reatco.regions.parsing import parse_region
 
 ROOT = Path(__file__).resolve().parents[1]
 TRUTH = ROOT / "data" / "shapes-demo" / "truth.json"

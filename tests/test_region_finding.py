@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from reatco.errors import ConfigError
-from reatco.region_finding import (Instance, box_iou, choose_track, fill_boxes, find_source_regions, frame_instances,
+from reatco.regions.finding import (Instance, box_iou, choose_track, fill_boxes, find_source_regions, frame_instances,
                                    grow_boxes, grow_instances, link_tracks, region_from_instances)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,7 +113,7 @@ def test_detector_plumbing_on_a_tiny_owlvit(tmp_path):
     from PIL import Image
     from transformers import OwlViTForObjectDetection
 
-    from reatco.region_detector import detect_instances, detect_source_regions, load_detector
+    from reatco.regions.detector import detect_instances, detect_source_regions, load_detector
     from tiny_models import save_tiny_owlvit
 
     folder = save_tiny_owlvit(tmp_path / "owl")

@@ -4,7 +4,8 @@ frame of an object from its best-attended frame, moved the same way."""
 import pytest
 import torch
 
-from reatco.region_noise import anchor_object_latents, tracked_noise
+from reatco.irjs.region_noise import tracked_noise
+from reatco.rad.anchoring import anchor_object_latents
 
 
 def _box_cells(boxes, n_frames=3, size=12):

@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from reatco.errors import ConfigError
-from reatco.regions import draw_regions, object_masks, parse_region, union_mask
+from reatco.regions.region import draw_regions, object_masks, union_mask
+from reatco.regions.parsing import parse_region
 
 H, W, CELL = 448, 768, 32  # the paper's clips: a 14×24 attention grid at 1/32
 FIELD = "edits[0].objects[1]"
@@ -279,7 +280,7 @@ def test_draw_regions_outlines_boxes_and_mask_contours(tmp_path):
 
 
 def test_mask_box_is_the_tight_exclusive_box():
-    from reatco.regions import mask_box
+    from reatco.regions.region import mask_box
 
     m = np.zeros((5, 6), bool)
     m[1:3, 2:5] = True

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from reatco.config import config_from_dict, load_config
+from reatco.config_files import config_from_dict, load_config
 from reatco.errors import ConfigError, NonFiniteError
 from reatco.files import atomic_file, file_lock, lock_path, new_partial_dir, replace_dir, write_json_atomic
 
@@ -180,7 +180,7 @@ def test_a_frame_folder_mixing_sizes_is_an_error(tmp_path):
 
 
 def test_a_mask_of_another_aspect_ratio_is_reported(tmp_path, caplog):
-    from reatco.regions import parse_region
+    from reatco.regions.parsing import parse_region
 
     Image.new("L", (64, 32), 255).save(tmp_path / "wide.png")
     Image.new("L", (64, 64), 255).save(tmp_path / "square.png")
@@ -195,7 +195,7 @@ def test_a_mask_of_another_aspect_ratio_is_reported(tmp_path, caplog):
 
 
 def test_a_damaged_inversion_cache_is_reported_and_recomputed(tmp_path, caplog):
-    from reatco.inversion import load_or_invert
+    from reatco.backbones.inversion import load_or_invert
 
     calls = []
 
@@ -217,7 +217,7 @@ def test_a_damaged_inversion_cache_is_reported_and_recomputed(tmp_path, caplog):
 
 
 def test_a_truncated_user_unet_is_a_clear_error(tmp_path):
-    from reatco.models import TuneAVideoUNet
+    from reatco.backbones.tav import TuneAVideoUNet
     from reatco.tuning import load_tuned
 
     from tiny_models import tiny_unet2d
@@ -308,8 +308,9 @@ def test_a_rad_update_that_overflows_stops_with_a_named_error(pipe):
 
 def test_rad_records_attention_in_float32_under_fp16(pipe):
     """fp16 probabilities underflow to 0 and the RAD gradient w.r.t. them overflows (NaN)."""
-    from reatco.attention_maps import AttentionStore, record_cross_attention
-    from reatco.models import rad_attention_layers
+    from reatco.backbones.tav.recording import record_cross_attention
+    from reatco.rad.attention_maps import AttentionStore
+    from reatco.backbones.tav import rad_attention_layers
 
     half = type(pipe)(**tiny_sd_components()).to(dtype=torch.float16)
     store = AttentionStore(grid=(SIZE // 4, SIZE // 4), stop_early=False)

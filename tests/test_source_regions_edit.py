@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reatco.config import load_config
+from reatco.config_files import load_config
 from reatco.errors import ConfigError
-from reatco.region_finding import box_iou
+from reatco.regions.finding import box_iou
 from reatco.runner import EditRunner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,7 +18,7 @@ FAST = ["tune.steps=3", "sampling.steps=4", "rad.max_update_steps=2", "rad.refin
 
 
 def _edit_script():
-    spec = importlib.util.spec_from_file_location("edit", ROOT / "scripts" / "edit.py")
+    spec = importlib.util.spec_from_file_location("edit", ROOT / "reatco" / "commands" / "edit.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -153,8 +153,9 @@ def _paint(case, swap: bool = False) -> np.ndarray:
 def test_edited_cells_are_the_pipelines_irjs_mask_and_the_breakdown_splits_the_error():
     import torch
 
-    from reatco import irjs
-    from reatco.regions import object_masks, parse_region
+    from reatco.irjs import blend as irjs
+    from reatco.regions.region import object_masks
+    from reatco.regions.parsing import parse_region
 
     case = make_edit_case(2, 0)
     edited = case.edited_cells(16)
@@ -249,7 +250,7 @@ def test_shipped_model_has_the_sd_layout_and_loads():
 
 
 def test_demo_config_validates_against_the_shipped_model():
-    from reatco.config import load_config
+    from reatco.config_files import load_config
     from reatco.runner import EditRunner
 
     root = Path(__file__).resolve().parent.parent

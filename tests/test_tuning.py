@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from reatco.errors import ConfigError
-from reatco.models import TuneAVideoUNet
+from reatco.backbones.tav import TuneAVideoUNet
 from reatco.config import TuneConfig
 from reatco.tuning import save_tuned, select_trainable, tune_unet
 
@@ -105,7 +105,7 @@ def test_save_is_atomic_and_refuses_to_overwrite(tmp_path):
 
 
 def _config(tmp_path, tune=None, video=None, model=None, **top):
-    config = pytest.importorskip("reatco.config")
+    config = pytest.importorskip("reatco.config_files")
     try:
         return config.config_from_dict({
             "model": {"pretrained": str(tmp_path / "sd"), "attention_cell_px": 8, **(model or {})},
@@ -250,7 +250,7 @@ def test_tune_script_exits_2_on_a_bad_config(tmp_path, capsys):
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("tune_script", Path(__file__).parent.parent / "scripts" / "tune.py")
+    spec = importlib.util.spec_from_file_location("tune_script", Path(__file__).parent.parent / "reatco" / "commands" / "tune.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     (tmp_path / "bad.yaml").write_text("model:\n  pretrained: x\ntune:\n  stepz: 3\n")

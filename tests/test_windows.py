@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from reatco.config import section_settings
 from reatco.errors import ConfigError
 from reatco.windows import merge_windows, temporal_windows, window_weights
 
@@ -33,14 +34,19 @@ def test_every_frame_is_covered():
 
 
 def test_bad_sizes():
+    # the math refuses with a plain ValueError naming its argument; the settings layer names the field
+    for size, stride, argument in ((0, 1, "size"), (4, 0, "stride"), (3, 4, "skip")):
+        with pytest.raises(ValueError, match=argument) as e:
+            temporal_windows(8, size, stride)
+        assert not isinstance(e.value, ConfigError)
     with pytest.raises(ConfigError) as e:
-        temporal_windows(8, 0, 1)
+        section_settings("window", {"size": 0})
     assert e.value.field == "window.size"
     with pytest.raises(ConfigError) as e:
-        temporal_windows(8, 4, 0)
+        section_settings("window", {"size": 4, "stride": 0})
     assert e.value.field == "window.stride"
     with pytest.raises(ConfigError) as e:
-        temporal_windows(8, 3, 4)
+        section_settings("window", {"size": 3, "stride": 4})
     assert e.value.field == "window.stride" and "skip" in e.value.message
 
 

@@ -12,8 +12,8 @@ every convolution are linear in the positions) and with the element size, so CPU
 a small size are scaled to 448×768 fp16 by pixels × bytes per element (`estimated: true`); on a
 CUDA device at the target size and in fp16 the fit is of measured peaks (`estimated: false`).
 
-What the stages run is the library's own code where it exists (`ReAtCoPipeline.encode_video`,
-`decode_latents`, `RADGuidance.update`, `reatco.inversion.ddim_inversion`); the tuning step repeats
+What the stages run is the library's own code where it exists (`TuneAVideoBackbone.encode_video`,
+`decode_latents`, `RADGuidance.update`, `reatco.backbones.inversion.ddim_inversion`); the tuning step repeats
 `reatco.tuning.tune_unet`'s loop body (AdamW on the default trainable modules, autocast in 16-bit
 with float32 master weights, gradient checkpointing as on a GPU).
 """
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from ..backbones.tav.backbone import TuneAVideoBackbone
 from . import sd14
 
 TARGET_HW = (448, 768)
@@ -127,19 +128,6 @@ def peak_mb(device: str) -> float:
 # ----------------------------------------------------------------------------- stages
 
 
-class _Host:
-    """The pipeline's VAE methods on a bare VAE (no tokenizer / text encoder needed)."""
-
-    from ..pipeline import ReAtCoPipeline as _P
-
-    encode_video = _P.encode_video
-    decode_latents = _P.decode_latents
-    del _P
-
-    def __init__(self, device, unet=None, vae=None):
-        self.unet, self.vae, self._execution_device = unet, vae, torch.device(device)
-
-
 def _latents(n_frames, s: Settings, dtype, g):
     h, w = s.height // 8, s.width // 8
     return torch.randn(1, 4, n_frames, h, w, generator=g).to(s.device, dtype)
@@ -158,7 +146,7 @@ def _prepare(stage: str, n_frames: int, s: Settings):
     needs = STAGES[stage]
     if needs == "vae":
         vae = sd14.random_vae(s.device, dtype, tiny=s.smoke)
-        host = _Host(s.device, vae=vae)
+        host = TuneAVideoBackbone(None, vae=vae, device=torch.device(s.device))  # the pipeline's VAE path, bare
         if stage.startswith("encode"):
             video = (torch.rand(n_frames, 3, s.height, s.width, generator=g) * 2 - 1).to(s.device, dtype)
             if stage == "encode":
@@ -176,7 +164,7 @@ def _prepare(stage: str, n_frames: int, s: Settings):
     scheduler = DDIMScheduler(**sd14.SCHEDULER_CONFIG)
     latents = _latents(n_frames, s, dtype, g)
     if stage == "inversion_step":
-        from ..inversion import ddim_inversion
+        from ..backbones.inversion import ddim_inversion
 
         cond = _text(unet, dtype, s, g)
         return lambda: ddim_inversion(unet, scheduler, latents, cond, num_steps=1, progress=False)
@@ -197,8 +185,8 @@ def _prepare(stage: str, n_frames: int, s: Settings):
 
 def _rad_pass(unet, latents, n_frames, s: Settings, g, checkpointed: bool):
     from ..config import RADConfig
-    from ..models import rad_attention_layers
-    from ..rad_guidance import RADGuidance
+    from ..backbones.tav import rad_attention_layers
+    from ..rad.guidance import RADGuidance
 
     cell = 32
     grid = (s.height // cell, s.width // cell)
@@ -209,7 +197,7 @@ def _rad_pass(unet, latents, n_frames, s: Settings, g, checkpointed: bool):
     cond = _text(unet, latents.dtype, s, g)
     rad = RADConfig(refinement_thresholds={}, gradient_checkpointing=checkpointed)
     layers = rad_attention_layers(unet, 8, cell)
-    guidance = RADGuidance(unet, layers, cond, ["a", "b"], TOKEN_INDICES, masks, rad, n_text_tokens=75, num_steps=50)
+    guidance = RADGuidance(TuneAVideoBackbone(unet), layers, cond, ["a", "b"], TOKEN_INDICES, masks, rad, n_text_tokens=75, num_steps=50)
     t = torch.tensor(500, device=s.device)
 
     @torch.no_grad()  # as in the pipeline: only the RAD pass enables grad
@@ -264,7 +252,7 @@ def _tune_step(n_frames, s: Settings, g):
 
 
 def trainable_parameters(tiny: bool = False) -> int:
-    from ..models import TuneAVideoUNet
+    from ..backbones.tav import TuneAVideoUNet
     from ..tuning import select_trainable
 
     with torch.device("meta"):

@@ -12,7 +12,7 @@ reatco.bench.rad`, unless `isolate` says otherwise) so that peak memory is its o
 - official: the official strategy's pass: explicit softmax in the recorded cross-attention layers,
   the whole UNet forward (no early stop), UNet parameters requiring grad, backward to the latent
   only (`torch.autograd.grad`);
-- fast: `RADGuidance.update` (reatco/rad_guidance.py) with the default settings (early stop after the last
+- fast: `RADGuidance.update` (reatco/rad/guidance.py) with the default settings (early stop after the last
   recorded layer, frozen parameters);
 - fast_ckpt: fast + gradient checkpointing of the UNet during the pass.
 
@@ -39,12 +39,14 @@ from pathlib import Path
 
 import torch
 
-from ..attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
+from ..backbones.tav import TuneAVideoUNet, rad_attention_layers
+from ..backbones.tav.backbone import TuneAVideoBackbone
+from ..backbones.tav.recording import record_cross_attention
 from ..cli import settings_class
 from ..config import RADConfig, TuneConfig
 from ..errors import ConfigError
-from ..models import TuneAVideoUNet, rad_attention_layers
-from ..rad_guidance import RADGuidance
+from ..rad.attention_maps import AttentionStore, RADForwardComplete
+from ..rad.guidance import RADGuidance
 from . import sd14
 from .memory import CUDA_RESERVE_MB, GPU_BUDGET_MB, TARGET_HW, TOKEN_INDICES, current_mb, linear_fit, make_tune_step, peak_mb, reset_peak
 
@@ -222,7 +224,7 @@ def run_worker(args, variant: str) -> dict:
 
     for i, n_frames in enumerate(args.frames):
         inp = make_inputs(unet, vae_factor, n_frames, args.height, args.width, args.cell_px, device, dtype)
-        guidance = RADGuidance(unet, layers, inp["cond"], ["a", "b"], TOKEN_INDICES, inp["masks"], rad, n_text_tokens, num_steps=50)
+        guidance = RADGuidance(TuneAVideoBackbone(unet), layers, inp["cond"], ["a", "b"], TOKEN_INDICES, inp["masks"], rad, n_text_tokens, num_steps=50)
         store = guidance.store
         row: dict = {}
         with contextlib.ExitStack() as stack:

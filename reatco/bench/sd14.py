@@ -72,7 +72,7 @@ def _materialize(model: torch.nn.Module, device, dtype, seed: int) -> torch.nn.M
 
 def random_unet(device="cpu", dtype=torch.float32, tiny: bool = False, seed: int = 0):
     """A TuneAVideoUNet (inflated SD-1.4 UNet, temporal layers included) with random weights."""
-    from ..models import TuneAVideoUNet
+    from ..backbones.tav import TuneAVideoUNet
 
     with torch.device("meta"):
         unet = TuneAVideoUNet.from_config(dict(TINY_UNET_CONFIG if tiny else UNET_CONFIG))
@@ -92,7 +92,7 @@ def n_parameters(which: str, tiny: bool = False) -> int:
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..models import TuneAVideoUNet
+    from ..backbones.tav import TuneAVideoUNet
 
     with torch.device("meta"):
         if which == "unet":

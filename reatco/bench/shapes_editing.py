@@ -32,7 +32,8 @@ import numpy as np
 import torch
 
 from ..arguments import pipeline_arguments
-from ..config import EditConfig, load_config
+from ..config import EditConfig
+from ..config_files import load_config
 from ..metrics.fidelity import masked_psnr as psnr
 from .shapes_model import BENCH_OFFSET
 
@@ -158,14 +159,14 @@ def family_gates(s: dict) -> dict:
 
 
 def regions_gate(args, _pipe) -> dict:
-    """Regions found in the source clip (reatco/region_finding.py: the model's own cross-attention,
+    """Regions found in the source clip (reatco/regions/finding.py: the model's own cross-attention,
     no coordinates) against the exact truth: per-frame IoU of the found boxes with the source
     objects' tight boxes, and the same edit (the config's settings) run with the found regions and
     with the true regions (both rounded out to the `edit_box_grid` like the editing section's).
     Placement is judged against the true boxes in both runs; the invariant region is what lies
     outside each run's own regions."""
-    from ..region_finding import box_iou, find_source_regions
-    from ..regions import Region
+    from ..regions.finding import box_iou, find_source_regions
+    from ..regions.region import Region
     from ..toy.editing import make_edit_case, placement_scores
 
     cfg, pipe, base_unet, tune, steps, box_grid = _edit_setup(args)

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..attention_maps import AttentionProbe
+from ..backbones.tav import rad_attention_layers
+from ..backbones.tav.recording import AttentionProbe
 from ..metrics.fidelity import image_psnr
-from ..models import rad_attention_layers
 from ..toy import world
 from ..toy.detector import detect
 

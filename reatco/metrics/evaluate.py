@@ -105,7 +105,7 @@ def loveu_edits(data_root, subsets=SUBSETS, categories=CATEGORIES, variants=(DEF
 
 def config_edits(paths, variants=(DEFAULT_VARIANT,)) -> list[EvalEdit]:
     """Edits of our YAML configs (validated by reatco.config); they carry regions."""
-    from ..config import load_config
+    from ..config_files import load_config
 
     edits = []
     for path in paths:

@@ -128,7 +128,7 @@ _RUNNERS: dict = {}
 
 def run_edit(config_path: str, edit_name: str, overrides, out_dir: Path) -> np.ndarray:
     """The one place that calls the editing code: EditRunner(cfg) -> frames (F, H, W, 3) uint8."""
-    from ..config import load_config
+    from ..config_files import load_config
     from ..runner import EditRunner
 
     key = (str(config_path), tuple(overrides))
@@ -181,8 +181,8 @@ def config_inputs(edit: ev.EvalEdit, frames: np.ndarray) -> ev.EditInputs:
         return ev.EditInputs(frames)
     from PIL import Image
 
-    from ..config import load_config
-    from ..regions import parse_region
+    from ..config_files import load_config
+    from ..regions.parsing import parse_region
     from ..video import read_video, to_uint8
 
     cfg = load_config(edit.config)

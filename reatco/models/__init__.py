@@ -1,26 +1,19 @@
-"""The Tune-A-Video UNet on current diffusers (see docs/ARCHITECTURE.md, models/)."""
+"""The Tune-A-Video UNet's former home, kept so that what was written with it still loads.
 
-# diffusers' pipeline loader finds a component's loading method through base classes exposed
-# by the component's library module (model_index.json: ["reatco.models", "TuneAVideoUNet"]).
-from diffusers import ModelMixin  # noqa: F401
+The code lives in `reatco.backbones.tav`. `from reatco.models import TuneAVideoUNet` is in the
+README note of every tuned UNet folder, and pipelines saved before the move name this package in
+their model_index.json (`["reatco.models", "TuneAVideoUNet"]` or `["reatco.models.unet", …]`):
+diffusers imports that module and looks the class up in it.
+"""
 
-from .attention import SparseCausalAttnProcessor, TemporalTransformerBlock, sparse_causal_context
-from .checkpoint import CheckpointError
-from .frames import FrameContext, fold_frames, unfold_frames
-from .layers import cross_attention_scales, rad_attention_layers
-from .norm import FrameGroupNorm
-from .unet import TuneAVideoUNet
+import sys
 
-__all__ = [
-    "CheckpointError",
-    "FrameContext",
-    "FrameGroupNorm",
-    "SparseCausalAttnProcessor",
-    "TemporalTransformerBlock",
-    "TuneAVideoUNet",
-    "cross_attention_scales",
-    "fold_frames",
-    "rad_attention_layers",
-    "sparse_causal_context",
-    "unfold_frames",
-]
+from diffusers import ModelMixin  # noqa: F401  (diffusers' loader reads the base classes here)
+
+from ..backbones import tav
+from ..backbones.tav import *  # noqa: F401,F403
+from ..backbones.tav import __all__  # noqa: F401
+
+# `reatco.models.unet` etc., as saved model_index.json files name them
+for _name in ("attention", "checkpoint", "frames", "layers", "norm", "unet"):
+    sys.modules[f"{__name__}.{_name}"] = getattr(tav, _name)

@@ -81,8 +81,9 @@ class EditCase:
         """(F, H, W) bool: the pixels of the latent cells IRJS leaves to the model — the regions on
         the `latent_size`² latent grid by the pipeline's own default rule (regions.py, rad.box_grid
         "round"). Outside the boxes these are the pixels IRJS cannot keep."""
-        from ..irjs import latent_region_mask
-        from ..regions import object_masks, parse_region
+        from ..irjs.blend import latent_region_mask
+        from ..regions.region import object_masks
+        from ..regions.parsing import parse_region
 
         n_f, h, w = self.source.frames.shape[:3]
         if h % latent_size or w % latent_size:
@@ -221,7 +222,7 @@ def stray_frames(frames: np.ndarray, case: EditCase) -> float:
 def region_attention_mass(maps, case: EditCase) -> float:
     """Mean over objects and frames of the fraction of word j's attention map (J, F, h, w), as
     the pipeline returns it, that lies in region j's cells (the cells RAD pulls the word into)."""
-    from ..regions import parse_region
+    from ..regions.parsing import parse_region
 
     n_j, n_f, h, w = maps.shape
     cell = case.source.frames.shape[1] // h

@@ -34,13 +34,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..attention_maps import AttentionProbe
+from ..backbones.tav import rad_attention_layers
+from ..backbones.tav.recording import AttentionProbe
 from ..cli import settings_class
 from ..environment import package_versions
 from ..errors import ConfigError
 from ..files import atomic_file, new_partial_dir, replace_dir
 from ..metrics.fidelity import image_psnr
-from ..models import rad_attention_layers
 from . import world
 from .tokenizer import MAX_LENGTH, save_tokenizer
 

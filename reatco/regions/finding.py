@@ -21,15 +21,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import value_of
-from .errors import ConfigError
-from .regions import Region
-
-# How an object picks one instance when the word (or query) finds several.
-INSTANCES = ("largest", "left", "right", "top", "bottom", "all")
-ORDERS = ("left", "right", "top", "bottom")
-REGION_KINDS = ("boxes", "mask")
-
+from ..errors import ConfigError
+from .region import Region
+from .settings import value_of
 
 @dataclass
 class Instance:
@@ -287,7 +281,7 @@ def finding_layers(unet, vae_scale_factor: int, cell_px: int | None, rad_cell_px
     """The cross-attention layers to read and their cell size in pixels: `cell_px` when given,
     otherwise the finest level of at least half the RAD cell (SD: 16 px, one level finer than
     RAD's 32 px; the shapes model has nothing finer than its 8 px RAD grid)."""
-    from .models.layers import cross_attention_scales, rad_attention_layers
+    from ..backbones.tav.layers import cross_attention_scales, rad_attention_layers
 
     scales = cross_attention_scales(unet)
     available = sorted({s * vae_scale_factor for s in scales.values()})
@@ -309,7 +303,8 @@ def source_word_maps(pipe, source_latents: torch.Tensor, prompt, token_indices: 
         tell where an object ends: the attention of a well-trained word peaks on the object but
         need not cover it.
     source_latents: (1, C, F, h, w) scaled latents; prompt: a str or its PromptTokens."""
-    from .attention_maps import AttentionStore, record_cross_attention
+    from ..backbones.tav.recording import record_cross_attention
+    from ..rad.attention_maps import AttentionStore
 
     unet = pipe.unet
     device, dtype = source_latents.device, unet.dtype
@@ -366,7 +361,7 @@ def find_source_regions(pipe, video: torch.Tensor, source_latents: torch.Tensor,
     colour_weight, timesteps, attention_cell_px, seed), found on `video` (F, 3, H, W) in [-1, 1]
     with its scaled latents (1, C, F, h, w) and source `prompt`. Specs that share the attention
     settings share the UNet passes."""
-    from .tokens import tokenize_prompt, word_token_indices
+    from ..tokens import tokenize_prompt, word_token_indices
 
     prompt = tokenize_prompt(pipe.tokenizer, prompt)  # once, for every spec and the UNet passes
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]

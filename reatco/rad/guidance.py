@@ -1,10 +1,10 @@
-"""RADGuidance: Re-Attentional Diffusion on one UNet, as one object.
+"""RADGuidance: Re-Attentional Diffusion on one backbone, as one object.
 
 It owns what a RAD pass needs and nothing of the sampling loop: the attention recorder and its
 layers, the frozen-weights and gradient-checkpointing contexts, the objects' masks and token
 indices, the settings, the step-size schedule and the loss log. The pipeline (and the RAD
 benchmark) drive it through `attached()`, `update(latents, step_index, t)`, `forward` and the word
-maps; the math lives in reatco/rad.py as pure tensor functions.
+maps; the math lives in reatco/rad/losses.py as pure tensor functions.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Sequence
 
 import torch
 
-from . import rad as rad_ops
-from .attention_maps import AttentionStore, RADForwardComplete, record_cross_attention
-from .config import RADConfig
-from .errors import check_finite
+from ..errors import check_finite
+from . import losses as rad_ops
+from .attention_maps import AttentionStore, RADForwardComplete
+from .settings import RADConfig
 
 
 @dataclass
@@ -50,7 +50,8 @@ class RADPass:
 
 
 class RADGuidance:
-    """RAD for one edit: `unet` records cross-attention at `layers` on the grid of `masks`
+    """RAD for one edit: the `backbone` (reatco.backbones.base.Backbone) records cross-attention
+    at `layers` on the grid of `masks`
     (J, F, gh, gw), one mask per word in `words` with its prompt `token_indices`; `cond` is the
     prompt's embedding (1, 77, D); `n_text_tokens` the tokens a text-attention row is normalised
     over. `num_steps` sets the step-size schedule (`settings.step_size` over `step_size_range`).
@@ -58,10 +59,11 @@ class RADGuidance:
     Use inside `with guidance.attached():` (recorder installed, weights frozen, checkpointing as
     configured; everything restored on exit)."""
 
-    def __init__(self, unet, layers: Sequence[str], cond: torch.Tensor, words: Sequence[str],
+    def __init__(self, backbone, layers: Sequence[str], cond: torch.Tensor, words: Sequence[str],
                  token_indices: Sequence[Sequence[int]], masks: torch.Tensor, settings: RADConfig,
-                 n_text_tokens: int, num_steps: int):
-        self.unet = unet
+                 n_text_tokens: int, num_steps: int, observations: "AttentionObservations | None" = None):
+        self.backbone = backbone
+        self.observations = observations  # the call's attention pictures and the anchoring's presence
         self.layers = list(layers)
         self.cond = cond
         self.token_indices = [list(i) for i in token_indices]
@@ -87,14 +89,12 @@ class RADGuidance:
 
     @contextlib.contextmanager
     def attached(self, differentiate: bool = True):
-        """Recorder on the UNet; with `differentiate`, frozen weights (RAD needs ∂L/∂x only) and
+        """Recorders on the model; with `differentiate`, frozen weights (RAD needs ∂L/∂x only) and
         gradient checkpointing where the settings ask for it."""
         with contextlib.ExitStack() as stack:
-            stack.enter_context(record_cross_attention(self.unet, self.layers, self.store))
+            stack.enter_context(self.backbone.recording(self.layers, self.store))
             if differentiate:
-                stack.enter_context(_frozen_parameters(self.unet))
-                if self.settings.gradient_checkpointing:
-                    stack.enter_context(_gradient_checkpointing(self.unet))
+                stack.enter_context(self.backbone.differentiable(self.settings.gradient_checkpointing))
             try:
                 yield self
             finally:
@@ -127,7 +127,7 @@ class RADGuidance:
 
     @contextlib.contextmanager
     def observing(self, rows: int, frames: Sequence[int] | None = None):
-        """Record the conditional half (`rows` frames) of the UNet calls inside, detached, for
+        """Record the conditional half (`rows` frames) of the model calls inside, detached, for
         attention pictures without RAD and the words' presence; yields a dict that receives
         "word_maps" and "presence" on exit."""
         found: dict[str, torch.Tensor] = {}
@@ -150,7 +150,7 @@ class RADGuidance:
         with torch.enable_grad():
             with store.recording("record"):
                 try:
-                    self.unet(x, t, encoder_hidden_states=self.cond)
+                    self.backbone.predict(x, t, self.cond)
                 except RADForwardComplete:
                     pass  # everything RAD reads has been computed
                 maps = store.maps()
@@ -214,26 +214,49 @@ def _descend(latents: torch.Tensor, step_size: float, grad: torch.Tensor) -> tor
     return (latents.to(work) - step_size * grad.to(work)).to(latents.dtype)
 
 
-@contextlib.contextmanager
-def _frozen_parameters(module: torch.nn.Module):
-    """RAD needs ∂L/∂x only: with frozen weights autograd keeps no activations for weight grads."""
-    flags = [(p, p.requires_grad) for p in module.parameters()]
-    for p, _ in flags:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
+def _accumulate(total, count, values, frames, n_frames):
+    """Add a window's per-frame values (J, window frames, ...) into the clip's (J, n_frames, ...)
+    running sum and per-frame count (None, 0 to start); the mean is total / count.clamp(min=1)."""
+    if total is None:
+        total = torch.zeros(values.shape[0], n_frames, *values.shape[2:], device=values.device)
+        count = torch.zeros(1, n_frames, *(1,) * (values.dim() - 2), device=values.device)
+    total[:, frames] += values
+    count[:, frames] += 1
+    return total, count
 
 
-@contextlib.contextmanager
-def _gradient_checkpointing(unet):
-    was = unet.is_gradient_checkpointing
-    if not was:
-        unet.enable_gradient_checkpointing()
-    try:
-        yield
-    finally:
-        if not was:
-            unet.disable_gradient_checkpointing()
+class AttentionObservations:
+    """What one call keeps of the words' attention, window by window: the attention pictures (the
+    mean word maps over the steps that record them, and the maps of `attention_steps` on their
+    own) and, at the anchoring steps, each word's presence in its region per frame."""
+
+    def __init__(self, n_frames: int, pictures: bool, attention_steps: Sequence[int] = (), anchor_steps=()):
+        self.n_frames = n_frames
+        self.pictures = pictures
+        self.attention_steps = set(attention_steps)
+        self.anchor_steps = set(anchor_steps)
+        self._sum, self._count = None, 0
+        self._by_step: dict[int, tuple] = {}  # step index → (sum, count) over its windows
+        self._presence: dict[int, tuple] = {}  # anchor step → (sum, count) over its windows
+
+    def add(self, step_index: int, frames, word_maps: torch.Tensor | None, presence: torch.Tensor | None) -> None:
+        """One window's word maps (J, window frames, h, w) and presence (J, window frames) at a step."""
+        if step_index in self.anchor_steps:
+            self._presence[step_index] = _accumulate(*self._presence.get(step_index, (None, 0)), presence, frames, self.n_frames)
+        if self.pictures and word_maps is not None:
+            self._sum, self._count = _accumulate(self._sum, self._count, word_maps, frames, self.n_frames)
+            if step_index in self.attention_steps:
+                self._by_step[step_index] = _accumulate(*self._by_step.get(step_index, (None, 0)), word_maps, frames, self.n_frames)
+
+    def presence(self, step_index: int) -> torch.Tensor:
+        """(J, F): each word's presence at an anchoring step, averaged over the windows."""
+        total, count = self._presence[step_index]
+        return total / count.clamp(min=1)
+
+    def mean_maps(self) -> torch.Tensor | None:
+        """(J, F, h, w) word maps averaged over the recorded steps, on the CPU; None if none."""
+        return None if self._sum is None else (self._sum / self._count.clamp(min=1)).cpu()
+
+    def maps_by_step(self) -> dict[int, torch.Tensor]:
+        return {i: (total / count.clamp(min=1)).cpu() for i, (total, count) in sorted(self._by_step.items())}
+

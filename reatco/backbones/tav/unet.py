@@ -190,7 +190,7 @@ LOADING_NOTE = """# A Tune-A-Video UNet (reatco)
 Load it with reatco, which reads and writes the original Tune-A-Video format:
 
 ```python
-from reatco.models import TuneAVideoUNet
+from reatco.backbones.tav import TuneAVideoUNet
 unet = TuneAVideoUNet.from_pretrained("this/folder")
 pipe = ReAtCoPipeline.from_pretrained("model/folder", unet="this/folder")   # or unet=unet
 ```

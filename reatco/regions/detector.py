@@ -1,6 +1,6 @@
 """Regions from an open-vocabulary detector: `source: {detector: google/owlvit-base-patch32, query:
 "a dolphin"}`. Each frame's detections above `score` become instances, tracked and chosen exactly
-like the attention's instances (`region_finding.region_from_instances`).
+like the attention's instances (`regions.finding.region_from_instances`).
 
 Detectors: OWL-ViT (`google/owlvit-base-patch32`, `google/owlvit-base-patch16`,
 `google/owlvit-large-patch14`) and OWLv2 (`google/owlv2-base-patch16-ensemble`), by hub id or a
@@ -14,9 +14,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .region_finding import Instance, region_from_instances
-from .regions import Region
+from ..errors import ConfigError
+from .finding import Instance, region_from_instances
+from .region import Region
 
 _LOADED: dict = {}
 
@@ -68,7 +68,7 @@ def detect_instances(frames: np.ndarray, model, processor, query: str, score: fl
 
 def _suppress(found: list[Instance], iou: float = 0.5) -> list[Instance]:
     """Non-maximum suppression: OWL-ViT predicts a box per patch, so one object comes many times."""
-    from .region_finding import box_iou
+    from .finding import box_iou
 
     kept: list[Instance] = []
     for inst in found:
@@ -81,7 +81,7 @@ def detect_source_regions(frames: np.ndarray, specs: Sequence, rad_cell_px: int,
                           fields: Sequence[str] | None = None) -> list[Region]:
     """Regions of `specs` (SourceRegionConfig or dicts with detector, query, score, instance,
     order, margin, region) found on the source `frames` (F, H, W, 3) uint8."""
-    from .config import value_of
+    from .settings import value_of
 
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
     height, width = frames.shape[1:3]

@@ -62,7 +62,7 @@ def _predict_noise(unet, x, t, cond, guidance_scale, uncond):
 
 def inversion_cache_key(**what_produced_it) -> str:
     """A stable hash of everything the trajectory depends on (model, UNet, frames as read, steps…)."""
-    from .fingerprint import cache_key
+    from ..fingerprint import cache_key
 
     return cache_key(kind="inversion", **what_produced_it)
 
@@ -73,8 +73,8 @@ def load_or_invert(cache_dir: str | os.PathLike | None, key: str, invert: Callab
     Runs for one key take turns (the second reuses the first's file). A cache file that does not
     load (truncated, damaged) or holds non-finite values is reported with its path and recomputed;
     a non-finite new trajectory raises NonFiniteError and is not stored."""
-    from .errors import check_finite
-    from .files import atomic_file, file_lock
+    from ..errors import check_finite
+    from ..files import atomic_file, file_lock
 
     if cache_dir is None:
         trajectory = invert()

@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
+from ..schema import choices
+from .settings import TokenNormalization, TopKRounding, WordTokens
 
 
 # ----------------------------------------------------------------------------- attention per word
@@ -43,7 +44,7 @@ def text_attention(maps: torch.Tensor, n_text_tokens: int | None = None, tempera
         return torch.softmax(kept * temperature, dim=-1)
     if normalization == "share":
         return kept / kept.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
-    raise ConfigError("rad.token_normalization", f"must be softmax or share, got {normalization!r}")
+    raise ValueError(f"normalization must be one of {choices(TokenNormalization)}, got {normalization!r}")
 
 
 def word_attention(text_attn: torch.Tensor, token_indices: Sequence[int], reduction: str = "sum") -> torch.Tensor:
@@ -69,7 +70,7 @@ def word_attention(text_attn: torch.Tensor, token_indices: Sequence[int], reduct
         return picked.mean(dim=-1)
     if reduction == "sum":
         return picked.sum(dim=-1)
-    raise ConfigError("rad.word_tokens", f"must be mean or sum, got {reduction!r}")
+    raise ValueError(f"reduction must be one of {choices(WordTokens)}, got {reduction!r}")
 
 
 # ----------------------------------------------------------------------------- smoothing
@@ -82,9 +83,9 @@ def gaussian_kernel_1d(kernel: int = 3, sigma: float = 0.5) -> torch.Tensor:
     standard Gaussian of std σ·√2; we keep their formula so that σ = 0.5 means what it meant there
     (weights 0.212 / 0.576 / 0.212 for kernel 3)."""
     if isinstance(kernel, bool) or not isinstance(kernel, int) or kernel < 1 or kernel % 2 == 0:
-        raise ConfigError("rad.smoothing_kernel", f"the smoothing kernel must be an odd integer ≥ 1, got {kernel!r}")
+        raise ValueError(f"kernel must be an odd integer ≥ 1, got {kernel!r}")
     if not sigma > 0:
-        raise ConfigError("rad.smoothing_sigma", f"the smoothing sigma must be > 0, got {sigma!r}")
+        raise ValueError(f"sigma must be > 0, got {sigma!r}")
     d = torch.arange(kernel, dtype=torch.float64) - (kernel - 1) / 2
     g = torch.exp(-((d / (2 * sigma)) ** 2))
     return g / g.sum()
@@ -132,7 +133,7 @@ def top_k_count(area: torch.Tensor, ratio: float, rounding: str = "truncate") ->
     elif rounding == "round":
         k = torch.floor(area * ratio + 0.5).long()
     else:
-        raise ConfigError("rad.top_k_rounding", f"must be truncate or round, got {rounding!r}")
+        raise ValueError(f"rounding must be one of {choices(TopKRounding)}, got {rounding!r}")
     return torch.clamp(k, min=1)
 
 
@@ -159,7 +160,7 @@ def region_losses(word_maps: torch.Tensor, masks: torch.Tensor, top_k_ratio: flo
     if word_maps.shape != masks.shape or word_maps.dim() != 4:
         raise ValueError(f"word_maps and masks must both be (J, F, h, w), got {tuple(word_maps.shape)} and {tuple(masks.shape)}")
     if not 0 < top_k_ratio <= 1:
-        raise ConfigError("rad.top_k_ratio", f"top_k_ratio must be in (0, 1], got {top_k_ratio!r}")
+        raise ValueError(f"top_k_ratio must be in (0, 1], got {top_k_ratio!r}")
     maps = word_maps.flatten(2)
     inside = masks.to(maps.dtype).flatten(2)
     outside = 1 - inside
@@ -191,7 +192,7 @@ def step_sizes(num_steps: int, step_size: float = 20.0, step_range: tuple[float,
         raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
     r0, r1 = (float(v) for v in step_range)
     if r0 < 0 or r1 < 0:
-        raise ConfigError("rad.step_size_range", f"both ends must be ≥ 0 (they go under a square root), got {list(step_range)}")
+        raise ValueError(f"step_range: both ends must be ≥ 0 (they go under a square root), got {list(step_range)}")
     return float(step_size) * torch.sqrt(torch.linspace(r0, r1, num_steps, dtype=torch.float64))
 
 

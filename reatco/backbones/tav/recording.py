@@ -1,9 +1,9 @@
-"""Recording the cross-attention maps that RAD reads, and nothing else.
+"""Recording the cross-attention maps that RAD reads on the Tune-A-Video UNet, and nothing else.
 
 Only the `attn2` layers whose resolution is the RAD grid get a `CrossAttentionRecorder`; every
 other layer keeps its own processor (SDPA). A recorder computes attention with SDPA too, except
 while its store is *explicit* (the RAD pass), when it forms softmax(QKᵀ) so the probabilities can
-be kept with their autograd graph. The CFG pass never records.
+be kept with their autograd graph.
 """
 
 from __future__ import annotations
@@ -14,71 +14,8 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from .models.attention import attention_heads, attention_input, attention_output
-
-
-class RADForwardComplete(Exception):
-    """Raised by the last recorder of a RAD pass: the rest of the UNet is not needed."""
-
-
-class AttentionStore:
-    """Maps recorded during one RAD pass (averaged over heads, then over layers on read)."""
-
-    def __init__(self, grid: tuple[int, int] | None = None, n_layers: int = 0, stop_early: bool = True):
-        self.grid = grid  # (h, w) of the attention grid; set by the caller for each pass
-        self.n_layers = n_layers  # recorded layers per forward; the last one may stop the forward
-        self.stop_early = stop_early
-        # off: plain SDPA · record: explicit, keep maps with their graph (RAD pass) · replay:
-        # explicit, keep nothing (checkpoint recomputation) · observe: explicit, keep the detached
-        # maps of the last `observe_rows` batch rows (the conditional half of a CFG pass, for
-        # attention pictures when RAD is off)
-        self.mode = "off"
-        self.observe_rows = 0
-        self._maps: list[torch.Tensor] = []
-
-    def reset(self) -> None:
-        self._maps = []
-
-    @contextlib.contextmanager
-    def recording(self, mode: str = "record", observe_rows: int = 0):
-        """The recorded layers compute in `mode` ("record", "replay" or "observe" with the last
-        `observe_rows` batch rows) inside; maps recorded before are dropped on entry, and the store
-        is off (plain SDPA) again on exit. The one place the mode is set."""
-        if mode not in ("record", "replay", "observe"):
-            raise ValueError(f"unknown attention store mode {mode!r}")
-        self.reset()
-        self.mode, self.observe_rows = mode, observe_rows
-        try:
-            yield self
-        finally:
-            self.mode, self.observe_rows = "off", 0
-
-    @property
-    def explicit(self) -> bool:
-        return self.mode != "off"
-
-    def add(self, probs: torch.Tensor) -> None:
-        """probs: (batch, heads, h*w, tokens) → kept as the head mean."""
-        if self.mode == "observe":
-            self._maps.append(probs[-self.observe_rows :].mean(dim=1).detach())
-            return
-        self._maps.append(probs.mean(dim=1))
-        if self.stop_early and self.n_layers and len(self._maps) == self.n_layers:
-            raise RADForwardComplete
-
-    @property
-    def n_recorded(self) -> int:
-        return len(self._maps)
-
-    def maps(self) -> torch.Tensor:
-        """Mean over recorded layers, shaped (batch·frames, h, w, tokens)."""
-        if not self._maps:
-            raise RuntimeError("no cross-attention was recorded: is the recorder installed on the RAD layers?")
-        mean = torch.stack(self._maps).mean(dim=0)
-        h, w = self.grid
-        if mean.shape[1] != h * w:
-            raise RuntimeError(f"recorded maps have {mean.shape[1]} positions, expected a {h}×{w} grid")
-        return mean.reshape(mean.shape[0], h, w, mean.shape[-1])
+from ...rad.attention_maps import AttentionStore
+from .attention import attention_heads, attention_input, attention_output
 
 
 class CrossAttentionRecorder:

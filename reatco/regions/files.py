@@ -33,8 +33,9 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .errors import ConfigError
-from .regions import Region
+from ..errors import ConfigError
+from .finding import grow_boxes
+from .region import Region, mask_box, read_mask
 
 _XYXY = ("x1", "y1", "x2", "y2")
 _XYWH = (("x", "y", "w", "h"), ("bb_left", "bb_top", "bb_width", "bb_height"), ("left", "top", "width", "height"))
@@ -188,8 +189,6 @@ def read_boxes_file(path, n_frames: int, height: int, width: int, cell_px: int =
         return _mask_region(path.parent, masks, n_frames, height, width, field)
     for c in range(4):  # frames the file skips: linear interpolation, held at the ends
         boxes[:, c] = np.interp(np.arange(n_frames), np.nonzero(seen)[0], boxes[seen, c])
-    from .region_finding import grow_boxes
-
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
     boxes = grow_boxes(boxes, 0.0, cell_px, height, width)
@@ -201,8 +200,6 @@ def _finite(v) -> bool:
 
 
 def _mask_region(folder: Path, files: Sequence[str], n_frames: int, height: int, width: int, field: str) -> Region:
-    from .regions import read_mask
-
     masks = torch.stack([read_mask(str(folder / f), height, width, field) for f in files])
     if not masks.any():
         raise ConfigError(field, "the mask files are empty: no white pixels")
@@ -225,8 +222,6 @@ def regions_document(regions: Sequence[Region], words: Sequence[str], origins: S
             if region.boxes is not None:
                 box = [round(float(v), 3) for v in region.boxes[f]]
             else:
-                from .regions import mask_box
-
                 box = [int(v) for v in mask_box(region.pixel_masks[f].numpy())]
             item: dict[str, Any] = {"frame": int(frame_numbers[f]) if frame_numbers is not None else f, "box": box}
             if mask_files is not None and mask_files[j] is not None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
 
 def cross_attention_scales(unet) -> dict[str, int]:
@@ -31,7 +31,7 @@ def cross_attention_scales(unet) -> dict[str, int]:
     return scales
 
 
-def rad_attention_layers(unet, vae_scale_factor: int, cell_px: int) -> list[str]:
+def rad_attention_layers(unet, vae_scale_factor: int, cell_px: int, field: str = "model.attention_cell_px") -> list[str]:
     """Names (keys of `unet.attn_processors`) of the cross-attention processors whose grid cell is
     `cell_px` image pixels. SD v1.x (VAE factor 8, 32 px): the 2 layers of `down_blocks.2` and the
     3 of `up_blocks.1`."""
@@ -39,6 +39,6 @@ def rad_attention_layers(unet, vae_scale_factor: int, cell_px: int) -> list[str]
     layers = [name for name, s in scales.items() if s * vae_scale_factor == cell_px]
     if not layers:
         available = sorted({s * vae_scale_factor for s in scales.values()})
-        raise ConfigError("model.attention_cell_px", f"this model has no cross-attention layer at {cell_px} px per cell; "
+        raise ConfigError(field, f"this model has no cross-attention layer at {cell_px} px per cell; "
                                                      f"its cross-attention layers have cells of {available} px")
     return layers

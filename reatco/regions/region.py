@@ -31,8 +31,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .config import region_kind, value_of
-from .errors import ConfigError
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -260,39 +259,6 @@ def _parse_mask(mask, n_frames: int, height: int, width: int, field: str, base_d
     return masks
 
 
-def parse_region(obj, n_frames: int, height: int, width: int, cell_px: int, field: str = "objects[0]",
-                 base_dir: str | None = None, start_frame: int = 0, frame_stride: int = 1,
-                 native_size: tuple[int, int] | None = None) -> Region:
-    """Validate an object's region (exactly one of `box`, `boxes`, `mask`, `boxes_file`; attributes
-    or dict keys) for a clip of `n_frames` frames at `width`×`height` px; boxes must span at least
-    `cell_px` px (one attention cell) each way. Errors are ConfigError naming e.g.
-    `edits[0].objects[1].box`. Relative mask and boxes-file paths are taken from `base_dir` when
-    given; a boxes file is read at the clip's `start_frame`/`frame_stride`, in pixels of
-    `native_size` (see region_files.py). A `source` region needs the model: EditRunner finds it."""
-    kind = region_kind(obj, field)  # the object validator's own check and wording
-    value = value_of(obj, kind)
-    sub = f"{field}.{kind}"
-    if kind == "region":
-        raise ConfigError(sub, "is a ready Region: take it as it is (reatco.edit_objects.resolve_objects does)")
-    if kind == "source":
-        raise ConfigError(sub, "a region found in the source video needs the model and the source clip: run the edit with "
-                               "EditRunner (scripts/edit.py), or find it with reatco.region_finding and pass `region=`")
-    if kind == "boxes_file":
-        from .region_files import read_boxes_file
-
-        path = os.fspath(value)
-        if base_dir is not None and not os.path.isabs(path):
-            path = os.path.join(base_dir, path)
-        return read_boxes_file(path, n_frames, height, width, cell_px, track=value_of(obj, "track"), start_frame=start_frame,
-                               frame_stride=frame_stride, native_size=native_size, field=sub)
-    if kind == "box":
-        box = _check_box(value, height, width, cell_px, sub)
-        return Region("box", n_frames, height, width, boxes=torch.tensor([box], dtype=torch.float64).expand(n_frames, 4).clone())
-    if kind == "boxes":
-        return Region("boxes", n_frames, height, width, boxes=_parse_boxes(value, n_frames, height, width, cell_px, sub))
-    return Region("mask", n_frames, height, width, pixel_masks=_parse_mask(value, n_frames, height, width, sub, base_dir))
-
-
 # ----------------------------------------------------------------------------- several objects
 
 
@@ -354,3 +320,9 @@ def draw_regions(image: np.ndarray, regions: Sequence[Region], labels: Sequence[
         draw.rectangle([text_box[0] - 2, text_box[1] - 1, text_box[2] + 2, text_box[3] + 1], fill=colour)
         draw.text((x1 + line + 2, y1 + line + 1), str(label), fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
+
+
+def top_left(cells: torch.Tensor) -> tuple[int, int]:
+    """(row, column) of the first row and first column of a non-empty (h, w) bool mask: the
+    anchor a region's latents are moved by."""
+    return int(cells.any(1).nonzero()[0, 0]), int(cells.any(0).nonzero()[0, 0])

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from diffusers import UNet2DConditionModel
 
-from ..errors import ReAtCoError
+from ...errors import ReAtCoError
 
 logger = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
 
 
 def noise_source(scheduler, x0: torch.Tensor, timestep, noise: torch.Tensor) -> torch.Tensor:
@@ -55,7 +54,7 @@ def feather_mask(mask: torch.Tensor, cells: int) -> torch.Tensor:
     the source), so only a band of `cells` cells around the region mixes the two. cells = 0 →
     unchanged. Works on (..., h, w)."""
     if isinstance(cells, bool) or not isinstance(cells, int) or cells < 0:
-        raise ConfigError("irjs.feather", f"feather is a number of latent cells ≥ 0, got {cells!r}")
+        raise ValueError(f"cells (the feather) must be a number of latent cells ≥ 0, got {cells!r}")
     if cells == 0:
         return mask
     shape = mask.shape
@@ -88,15 +87,16 @@ def blend(latents: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> to
 class InvariantRegion:
     """IRJS for one edit: the blend mask and the source latents V_t at each sampling step.
 
-    `cells`: (1, 1, F, h, w) latent cells of the regions (1 = editable), softened by
+    `backbone` (reatco.backbones.base.Backbone) gives the run's timesteps and re-noises the
+    source at a step. `cells`: (1, 1, F, h, w) latent cells of the regions (1 = editable), softened by
     `settings.feather`; `source_latents` V_0 (1, C, F, h, w); `trajectory` its DDIM inversion
     (steps + 1, 1, C, F, h, w) where `settings.source == "inversion"`; otherwise V_t is V_0 noised
     with fresh noise drawn from `generator` (one draw for the clip, or one per window where
     `settings.noise == "per_window"`, as the official loop does)."""
 
-    def __init__(self, scheduler, settings, cells: torch.Tensor, source_latents: torch.Tensor,
+    def __init__(self, backbone, settings, cells: torch.Tensor, source_latents: torch.Tensor,
                  trajectory: torch.Tensor | None, generator: torch.Generator | None = None):
-        self.scheduler = scheduler
+        self.backbone = backbone
         self.settings = settings
         self.mask = feather_mask(cells, settings.feather) if settings.feather else cells
         self.source_latents = source_latents
@@ -107,7 +107,7 @@ class InvariantRegion:
     def source(self, step_index: int, t=None, frames=None) -> torch.Tensor:
         """V at the noise level of sampling step `step_index` (step_index == steps → the clean V_0),
         for every frame or only `frames` (then the noise is drawn for those frames alone)."""
-        n_steps = len(self.scheduler.timesteps)
+        n_steps = len(self.backbone.timesteps)
         source, trajectory = self.source_latents, self.trajectory
         if frames is not None:
             source = source[:, :, frames]
@@ -116,9 +116,9 @@ class InvariantRegion:
             return source
         if self.settings.source == "inversion":
             return trajectory[n_steps - step_index]
-        timestep = self.scheduler.timesteps[step_index] if t is None else t
+        timestep = self.backbone.timesteps[step_index] if t is None else t
         noise = torch.randn(source.shape, generator=self.generator, device=torch.device("cpu")).to(source)
-        return noise_source(self.scheduler, source, timestep, noise)
+        return self.backbone.renoise_source(source, timestep, noise)
 
     def before_step(self, latents: torch.Tensor, step_index: int, t, frames, n_windows: int = 1) -> torch.Tensor:
         """The window `frames` of x_t (latents holds those frames) blended with V_t before the
