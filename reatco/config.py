@@ -19,7 +19,6 @@ from typing import Any, Dict, List, Literal, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .backbones.tav.checkpoint import CheckpointError, index_shards
 from .errors import ConfigError
 from .irjs.settings import IRJSConfig, validate_irjs
 from .rad.settings import RADConfig, validate_rad
@@ -331,6 +330,10 @@ def _check_shard_indexes(folder, field_: str) -> None:
     """A sharded UNet's index.json, read before any weights load: its shards are files in the
     folder (an untrusted index never names a file elsewhere)."""
     indexes = [p for sub in (Path(folder), Path(folder) / "unet") if sub.is_dir() for p in sub.glob("*.index.json")]
+    if not indexes:
+        return
+    from .backbones.tav.checkpoint import CheckpointError, index_shards  # torch and diffusers: only when there is one
+
     for index in indexes:
         try:
             for shard in index_shards(str(index)):

@@ -150,6 +150,16 @@ def test_the_export_loads_as_a_wan_checkpoint_and_samples(trained, tmp_path):
     video = pipe("a red circle on a gray background", height=64, width=64, num_frames=9, num_inference_steps=2,
                  guidance_scale=3.0, generator=torch.Generator().manual_seed(0), output_type="np").frames
     assert video.shape == (1, 9, 64, 64, 3) and np.isfinite(video).all()
+    # the eval reads an exported folder as it reads the checkpoints it came from
+    kw = dict(eval_clips=2, eval_samples=2, eval_steps=2, eval_attention_clips=2)
+    from_folder = wt.evaluate(tiny_settings(tmp_path / "e1", eval_model=str(out), **kw))
+    copy = tmp_path / "e2"
+    shutil.copytree(straight, copy)
+    from_checkpoints = wt.evaluate(tiny_settings(copy, **kw))
+    for gate in ("vae", "attention", "text2video"):
+        for k, v in from_checkpoints[gate].items():
+            if isinstance(v, float):
+                assert from_folder[gate][k] == pytest.approx(v, abs=1e-4), (gate, k)
 
 
 def test_an_existing_checkpoint_is_never_overwritten_without_resume(trained, tmp_path, capsys):
@@ -193,6 +203,25 @@ def test_the_tokenizer_is_word_level_t5_style_and_loads_offline(tmp_path):
                                                  t.convert_tokens_to_ids("circle"), t.eos_token_id]
         assert t.pad_token_id == 0 and t.eos_token_id == 1
     assert wm.word_positions(tok, caption)["green"] == 9
+
+
+def test_clips_are_drawn_again_where_no_paths_fit():
+    from reatco.toy import world
+
+    index = next(i for i in range(200) if _fails(lambda: world.make_video(2_000_000, 20_000 + i, n_frames=9, n_objects=2)))
+    clip = wm.make_clip(2_000_000, 20_000 + index, 9, n_objects=2)  # the eval's attention clips
+    assert len(clip.shapes) == 2 and clip.frames.shape == (9, 64, 64, 3)
+    again = wm.make_clip(2_000_000, 20_000 + index, 9, n_objects=2)
+    assert np.array_equal(clip.frames, again.frames)  # still a function of (seed, index)
+    assert np.array_equal(world.make_video(2_000_000, 20_000 + index + 10 ** 9, n_frames=9, n_objects=2).frames, clip.frames)
+
+
+def _fails(make) -> bool:
+    try:
+        make()
+    except ValueError:
+        return True
+    return False
 
 
 def test_latent_frames_cover_their_pixel_frames_and_cells():

@@ -130,7 +130,7 @@ def text2video_gate(pipe, seed: int, n: int, steps: int, cfg: float, batch: int 
 
 
 def attention_gate(pipe, blocks: list[int], seed: int, n: int, sigmas=SIGMAS) -> dict:
-    samples = [wm.world.make_video(BENCH_OFFSET + seed, 20_000 + i, n_frames=9, n_objects=2) for i in range(n)]
+    samples = [wm.make_clip(BENCH_OFFSET + seed, 20_000 + i, 9, n_objects=2) for i in range(n)]
     captions = [s.caption for s in samples]
     store: list = []
     old = wm.install_recorders(pipe.transformer, blocks, store)

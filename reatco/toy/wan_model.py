@@ -125,14 +125,14 @@ def latent_frame_groups(n_frames: int) -> list[list[int]]:
 THREE_RADIUS = (7.0, 10.0)  # three objects apart along whole paths need smaller shapes (the `three` family's)
 
 
-def make_clip(seed: int, index: int, n_frames: int) -> world.Sample:
+def make_clip(seed: int, index: int, n_frames: int, n_objects: int | None = None) -> world.Sample:
     """One clip of the world with the SD shapes model's object count mix (1–3: 35/55/10 %),
-    drawn from (seed, index) like its images; the motion, textures and captions are make_video's.
-    Three objects get the `three` editing family's radii (at the world's 8–14 px, three paths
+    drawn from (seed, index) like its images (or `n_objects`); the motion, textures and captions
+    are make_video's. Three objects get the `three` editing family's radii (at the world's 8–14 px, three paths
     that never touch are rare). Where make_video finds no paths that fit (rare), the clip is
     drawn again from (seed, index + k·10⁹), k = 1, 2, …: still a function of (seed, index)."""
     rng = np.random.default_rng([int(seed), int(index), 7])
-    n_objects = world.n_objects_for(rng)
+    n_objects = world.n_objects_for(rng) if n_objects is None else n_objects
     shapes = None
     if n_objects == 3:
         colours = rng.choice(list(world.COLORS), size=3, replace=False)
