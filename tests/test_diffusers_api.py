@@ -353,7 +353,7 @@ def test_a_config_whose_objects_are_found_or_read_from_files_goes_through_the_no
     args = pipeline_arguments(cfg, "a")
     assert args["objects"][0]["source"].word == "dog" and args["source_prompt"] == PROMPT
     assert torch.equal(args["objects"][1]["region"].boxes, prepared.regions[1].boxes)
-    library = runner.pipeline()(**{**args, "output_type": "np"}).frames
+    library = runner.pipeline()(**{**args, "output_type": "np"}).frames[0]  # diffusers: a batch of one clip
     assert np.array_equal(result.frames, (library * 255).round().astype(np.uint8))
     with pytest.raises(ConfigError, match=r"objects\[0\]\.source: a region found in the source video needs"):
         runner.pipeline()(**{k: v for k, v in args.items() if k not in ("video", "irjs")}, n_frames=N_FRAMES, height=SIZE,
