@@ -74,7 +74,7 @@ def check_model_available(name, field: str = "model.pretrained", marker: str = "
     if offline or not hub_reachable():
         why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face Hub cannot be reached"
         raise ConfigError(field, f"{text} is not in the local Hugging Face cache and {why}: download it once with a "
-                                 f"connection (`huggingface-cli download {text}`) and then run with HF_HUB_OFFLINE=1, "
+                                 f"connection (`hf download {text}`) and then run with HF_HUB_OFFLINE=1, "
                                  f"or give a local folder in {what}")
 
 
