@@ -338,7 +338,7 @@ def test_newuser_weights_that_cannot_be_had_fail_in_seconds_naming_model_pretrai
     assert code == 2 and time.perf_counter() - start < 20, err
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "model.pretrained" in lines[0] and "HF_HUB_OFFLINE" in lines[0], err
-    assert "huggingface-cli download" in lines[0] and "local folder" in lines[0]
+    assert "hf download" in lines[0] and "local folder" in lines[0]
 
 
 def test_inputs_detector_on_an_offline_hub_fails_before_any_weights(box, capsys, monkeypatch):
