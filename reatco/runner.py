@@ -422,17 +422,24 @@ class EditRunner:
         clip = output.frames[0]  # diffusers' video output: a batch of one clip
         check_finite(clip, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
         frames = (clip * 255).round().astype(np.uint8)
-        n_steps = cfg.sampling.steps
+        return self.finish(prepared, frames, output, edit_seconds, {"unet": self.unet_info}, write, out_dir)
+
+    def finish(self, prepared: PreparedEdit, frames: np.ndarray, output, edit_seconds: float, backbone: dict,
+               write: bool = True, out_dir=None) -> EditResult:
+        """One edit's result: its report (what ran, on what, how long, RAD's losses; `backbone`: the
+        backbone's own report fields, e.g. the UNet's tuning, Wan's blocks and frame counts) and, with
+        `write`, its folder."""
+        cfg = prepared.cfg
         report = {
             "edit": prepared.edit.name,
             "prompt": prepared.edit.prompt,
             "seed": cfg.sampling.seed,
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
-            "unet": self.unet_info,
+            **backbone,
             "autocast": cfg.model.autocast,
             "versions": package_versions(),
-            "timings_s": {**self.timings, "edit": edit_seconds, "edit_per_step": edit_seconds / n_steps},
+            "timings_s": {**self.timings, "edit": edit_seconds, "edit_per_step": edit_seconds / cfg.sampling.steps},
             # keyed like the loss records: a repeated word's second object is "word#2"
             "token_indices": dict(zip(word_labels([o.word for o in prepared.edit.objects]), prepared.token_indices)),
             "rad_losses": output.rad_losses,

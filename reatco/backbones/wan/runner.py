@@ -21,9 +21,7 @@ import torch
 from ...errors import ConfigError, check_finite
 from ...fingerprint import digest_path, digest_tensor
 from ..inversion import inversion_cache_key, load_or_invert
-from ...rad.losses import word_labels
 from ...runner import EditResult, EditRunner, PreparedEdit
-from ...environment import package_versions
 from . import geometry
 from .pipeline import plan_wan_edit
 from .words import token_table
@@ -236,21 +234,9 @@ class WanEditRunner(EditRunner):
             groups = geometry.latent_frame_groups(prepared.plan.run_frames)
             index = [g for g, frames_of in enumerate(groups) for _ in frames_of][: cfg.video.n_frames]
             output.attention_maps = output.attention_maps[:, index]
-        report = {
-            "edit": prepared.edit.name, "prompt": prepared.edit.prompt, "seed": s.seed, "device": str(self.device),
-            "dtype": str(self.dtype).replace("torch.", ""), "backbone": "wan", "model": str(cfg.model.pretrained),
-            "rad_blocks": prepared.plan.rad_blocks, "frames": {"clip": cfg.video.n_frames, "run": prepared.plan.run_frames},
-            "autocast": cfg.model.autocast, "versions": package_versions(),
-            "timings_s": {**self.timings, "edit": edit_seconds, "edit_per_step": edit_seconds / s.steps},
-            "token_indices": dict(zip(word_labels([o.word for o in prepared.edit.objects]), prepared.token_indices)),
-            "rad_losses": output.rad_losses,
-        }
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            report["peak_gpu_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
-        result = EditResult(prepared.edit.name, frames, None, report, output.attention_maps)
-        if write:
-            result.out_dir = self.write_outputs(prepared, result, output, out_dir)
-        return result
+        return self.finish(prepared, frames, output, edit_seconds, {
+            "backbone": "wan", "model": str(cfg.model.pretrained), "rad_blocks": prepared.plan.rad_blocks,
+            "frames": {"clip": cfg.video.n_frames, "run": prepared.plan.run_frames}}, write, out_dir)
 
 
 __all__ = ["WanEditRunner", "WAN_PARTS"]
