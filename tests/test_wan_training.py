@@ -361,25 +361,6 @@ def test_the_shipped_configs_fit_the_25_mb_budget_in_fp32():
     assert models[0].config.scale_factor_spatial == wm.SPATIAL and models[0].config.scale_factor_temporal == wm.TEMPORAL
 
 
-SHIPPED = Path(__file__).resolve().parents[1] / "data" / "shapes-wan"
-
-
-@pytest.mark.skipif(not (SHIPPED / "model_index.json").exists(),
-                    reason="data/shapes-wan holds only its model card until the training's export is committed")
-def test_the_shipped_wan_model_loads_as_a_wan_checkpoint_and_samples():
-    from diffusers import WanPipeline
-
-    size = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file())
-    assert size <= 25e6
-    pipe = WanPipeline.from_pretrained(SHIPPED)
-    pipe.set_progress_bar_config(disable=True)
-    info = json.loads((SHIPPED / "training.json").read_text())
-    assert info["attention_blocks"] == wm.ATTENTION_BLOCKS and info["configs"]["transformer"]["patch_size"] == [1, 1, 1]
-    video = pipe("a red circle on a gray background", height=64, width=64, num_frames=9, num_inference_steps=2,
-                 guidance_scale=5.0, generator=torch.Generator().manual_seed(0), output_type="np").frames
-    assert video.shape == (1, 9, 64, 64, 3) and np.isfinite(video).all()
-
-
 def test_a_short_padding_with_its_logit_bias_is_the_pipelines_512_padding():
     torch.manual_seed(0)
     tr = wm.build_transformer({**wm.TRANSFORMER_CONFIG, **json.loads(TINY_TRANSFORMER)}).eval()
