@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..schema import short
 from .finding import grow_boxes
 from .region import Region, mask_box, read_mask
 
@@ -94,13 +95,8 @@ def _json_box(item, where: str, field: str, path: Path):
     if item is None:
         return None
     if not (isinstance(item, list) and len(item) == 4 and all(_finite(v) for v in item)):
-        raise ConfigError(field, f"{path}, {where}: a box is [x1, y1, x2, y2] (4 finite numbers) or null, got {_short(item)}")
+        raise ConfigError(field, f"{path}, {where}: a box is [x1, y1, x2, y2] (4 finite numbers) or null, got {short(item, 80)}")
     return [float(v) for v in item]
-
-
-def _short(value, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _size(data: dict, field: str, path: Path) -> tuple[int, int] | None:
@@ -113,7 +109,7 @@ def _size(data: dict, field: str, path: Path) -> tuple[int, int] | None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                 or float(value) != int(value) or not 1 <= value <= 2**16:
             raise ConfigError(field, f"{path}: `{key}` must be the frames' size in pixels (a whole number ≥ 1) "
-                                     f"that the boxes are given in, got {_short(value)}; or leave out width and height")
+                                     f"that the boxes are given in, got {short(value, 80)}; or leave out width and height")
         out.append(int(value))
     return out[0], out[1]
 
@@ -136,19 +132,19 @@ def _parse_json(path: Path, field: str) -> tuple[dict[str, dict[int, Any]], tupl
             where = f"objects[{k}]"
             if not isinstance(obj, dict) or not isinstance(obj.get("frames"), list):
                 raise ConfigError(field, f"{path}, {where}: an object is {{\"word\": ..., \"frames\": [{{\"frame\": i, \"box\": [...]}}]}}, "
-                                         f"got {_short(obj)}")
+                                         f"got {short(obj, 80)}")
             entry: dict[int, Any] = {}
             for n, item in enumerate(obj["frames"]):
                 at = f"{where}.frames[{n}]"
                 if not isinstance(item, dict) or "frame" not in item:
                     raise ConfigError(field, f"{path}, {at}: each frame entry is {{\"frame\": i, \"box\": [x1, y1, x2, y2]"
-                                             f"[, \"mask\": \"masks/...png\"]}}, got {_short(item)}")
+                                             f"[, \"mask\": \"masks/...png\"]}}, got {short(item, 80)}")
                 frame = _frame_number(item["frame"], at, field, path)
                 if frame in entry:
                     raise ConfigError(field, f"{path}, {at}: frame {frame} is given twice")
                 mask = item.get("mask")
                 if mask is not None and not isinstance(mask, str):
-                    raise ConfigError(field, f"{path}, {at}: `mask` is a PNG path inside the file's folder, got {_short(mask)}")
+                    raise ConfigError(field, f"{path}, {at}: `mask` is a PNG path inside the file's folder, got {short(mask, 80)}")
                 entry[frame] = {"box": _json_box(item.get("box"), at, field, path), "mask": mask}
             name = obj.get("word", obj.get("name", k))
             objects[_name(name) if isinstance(name, (str, int, float)) and not isinstance(name, bool) else str(k)] = entry
@@ -168,7 +164,7 @@ def _parse_json(path: Path, field: str) -> tuple[dict[str, dict[int, Any]], tupl
                                         for k, v in boxes.items()}
             else:
                 raise ConfigError(field, f"{path}, {name}: an object's boxes are a list (one per frame) or a mapping "
-                                         f"{{frame: box}}, got {_short(boxes)}")
+                                         f"{{frame: box}}, got {short(boxes, 80)}")
     return objects, size
 
 
@@ -325,7 +321,7 @@ def inside_folder(folder: Path, name: str, field: str, what: str) -> Path:
     """`name` (a path a file gives) as a file inside `folder`: relative, no `..` out, no
     symlink out; else a ConfigError. Untrusted files never make us open anything else."""
     if not isinstance(name, str) or not name or "\x00" in name:
-        raise ConfigError(field, f"{what} {_short(name)} is not a file name")
+        raise ConfigError(field, f"{what} {short(name, 80)} is not a file name")
     if os.path.isabs(name) or name.startswith(("~", "\\")) or (len(name) > 1 and name[1] == ":"):
         raise ConfigError(field, f"{what} {name!r} is an absolute path; it must be relative to {folder} and inside it")
     root = folder.resolve()
