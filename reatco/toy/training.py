@@ -99,6 +99,14 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0
                         steps_offset=1, prediction_type="epsilon")
 
 
+def note_command(work, command: str | None) -> None:
+    """Append `command` with its time to `work`/commands.log (export writes the log into training.json)."""
+    Path(work).mkdir(parents=True, exist_ok=True)
+    if command:
+        with open(Path(work) / "commands.log", "a") as f:
+            f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + command + "\n")
+
+
 def log(*a):
     print(time.strftime("%H:%M:%S"), *a, flush=True)
 
@@ -539,8 +547,5 @@ def run_stage(stage: str, settings: TrainSettings, command: str | None = None) -
     made the model; export writes them into training.json)."""
     if stage not in STAGES:
         raise ConfigError("stage", f"unknown {stage!r}; choose from {', '.join(STAGES)}")
-    Path(settings.work).mkdir(parents=True, exist_ok=True)
-    if command:
-        with open(Path(settings.work) / "commands.log", "a") as f:
-            f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + command + "\n")
+    note_command(settings.work, command)
     STAGES[stage](settings)

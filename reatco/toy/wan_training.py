@@ -43,7 +43,7 @@ from ..errors import ConfigError
 from ..files import atomic_file, new_partial_dir, replace_dir
 from . import wan_model as wm
 from .wan_eval import evaluate_checkpoint, load_models, load_vae, vae_psnr
-from .training import HELDOUT_OFFSET, STOP, log
+from .training import HELDOUT_OFFSET, STOP, log, note_command
 
 WanTrainSettings = settings_class("WanTrainSettings", [
     ("max_minutes", Optional[float], None), ("stop_after", Optional[int], None), ("resume", bool, False),
@@ -560,8 +560,5 @@ def run_stage(stage: str, settings, command: str | None = None):
     """Run one stage (`STAGES`), first noting `command` in `work`/commands.log."""
     if stage not in STAGES:
         raise ConfigError("stage", f"unknown {stage!r} for --backbone wan; choose from {', '.join(STAGES)}")
-    Path(settings.work).mkdir(parents=True, exist_ok=True)
-    if command:
-        with open(Path(settings.work) / "commands.log", "a") as f:
-            f.write(time.strftime("%Y-%m-%dT%H:%M:%S ") + command + "\n")
+    note_command(settings.work, command)
     return STAGES[stage](settings)
