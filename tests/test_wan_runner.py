@@ -112,7 +112,7 @@ def test_dolphins_wan_config_dry_runs(workspace, tmp_path, capsys):
     ({"model.attention_cell_px": 8}, "model.attention_cell_px"),
     ({"rad.blocks": [7]}, "rad_blocks"),
     ({"tune": {"enabled": True}}, "tune.enabled"),
-    ({"window": {"size": 2}}, "window.size"),
+    ({"window": {"size": 5, "stride": 6}}, "window.stride"),
     ({"edits": [{"name": "x", "prompt": "a red square on the sea", "objects": [{"word": "dog", "box": [0, 0, 32, 32]}]}]},
      "edits[0].objects[0].word"),
 ])

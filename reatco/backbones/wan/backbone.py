@@ -25,6 +25,7 @@ from ..base import Backbone
 from . import geometry
 from .attention import attn2_layer, record_wan_cross_attention
 from .flow import flow_inversion, level_timesteps, renoise, step_sigmas
+from .windows import windowed
 from .words import WanPromptTokens, tokenize_wan_prompt, word_positions
 
 
@@ -296,11 +297,14 @@ class WanBackbone(Backbone):
 
     @torch.no_grad()
     def invert(self, source_latents: torch.Tensor, prompt, num_inference_steps: int, guidance_scale: float = 1.0,
-               progress: bool | None = None, fixed_point_iters: int = 0) -> torch.Tensor:
+               progress: bool | None = None, fixed_point_iters: int = 0,
+               windows: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         """Flow inversion (flow.flow_inversion) of `source_latents` under the source `prompt` (a
         str, its tokens, or its (1, L, d) embeddings), without guidance: Euler, or with
         `fixed_point_iters` > 0 the exact inverse of the sampler's Euler steps. The trajectory
-        (steps + 1, 1, C, f, h, w), entry k at sampling step steps − k's level, float32 at least."""
+        (steps + 1, 1, C, f, h, w), entry k at sampling step steps − k's level, float32 at least.
+        `windows` (latent frames, windows.latent_windows): each velocity is the windows' blend, as
+        the edit's steps are."""
         if guidance_scale != 1.0:
             raise ConfigError("inversion.guidance_scale", "Wan's flow inversion runs without guidance: set 1.0")
         embeds = prompt if torch.is_tensor(prompt) else self.encode_prompt(prompt)
@@ -308,7 +312,10 @@ class WanBackbone(Backbone):
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         show = self.progress if progress is None else progress
         with tqdm(total=num_inference_steps, desc="flow inversion", disable=not show) as bar:
-            return flow_inversion(lambda x, t: self.predict(x, t, embeds), source_latents, step_sigmas(self.scheduler),
+            velocity = lambda x, t: self.predict(x, t, embeds)  # noqa: E731
+            if windows is not None:
+                velocity = windowed(velocity, windows, source_latents.shape[2])
+            return flow_inversion(velocity, source_latents, step_sigmas(self.scheduler),
                                   level_timesteps(self.scheduler), fixed_point_iters, progress=bar.update)
 
     # ------------------------------------------------------------------ RAD's backward pass

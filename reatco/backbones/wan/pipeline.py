@@ -37,6 +37,7 @@ from ...regions.settings import value_of
 from ...schema import choices
 from ...video import check_video_tensor, video_input
 from . import geometry
+from . import windows as wan_windows
 from .backbone import WanBackbone, default_rad_blocks, resolve_rad_blocks
 from .words import WanPromptTokens, tokenize_wan_prompt, word_positions
 
@@ -146,10 +147,11 @@ class WanReAtCoPipeline(WanPipeline):
         return self.backbone.decode_latents(latents)
 
     def invert(self, source_latents: torch.Tensor, prompt_embeds: torch.Tensor, num_inference_steps: int,
-               fixed_point_iters: int = 0) -> torch.Tensor:
+               fixed_point_iters: int = 0, windows: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
         """Flow inversion of `source_latents` with the source prompt's embeddings, no guidance:
         the trajectory (steps + 1, 1, C, F, h, w) (entry k at sampling step steps − k's level)."""
-        return self.backbone.invert(source_latents, prompt_embeds, num_inference_steps, fixed_point_iters=fixed_point_iters)
+        return self.backbone.invert(source_latents, prompt_embeds, num_inference_steps, fixed_point_iters=fixed_point_iters,
+                                    windows=windows)
 
     # ------------------------------------------------------------------ the call
 
@@ -173,6 +175,7 @@ class WanReAtCoPipeline(WanPipeline):
         start_in_regions: str = "noise",
         rad: Any = None,
         irjs: Any = None,
+        window: Any = None,
         rad_blocks: Sequence[int] | None = None,
         height: int | None = None,
         width: int | None = None,
@@ -192,13 +195,16 @@ class WanReAtCoPipeline(WanPipeline):
         as WanPipeline does (RAD only). `source_prompt`: the prompt the source is inverted with (by
         default `prompt`); `inversion=False` skips the inversion: the start is the source re-noised to
         the first step's σ with seeded noise and IRJS re-noises the source with fresh seeded noise.
-        `rad_blocks`: the transformer blocks whose attn2 RAD reads (default `rad.blocks`, then
-        `default_rad_blocks`). The frames come back as diffusers' video pipelines give them:
-        "np" (1, F, H, W, 3), "pt" (1, F, 3, H, W), "pil" [[images]], in [0, 1]; "latent" the
-        final latents (1, C, latent frames, h, w)."""
+        `window`: the config's window section (a dict or WindowConfig: size and stride in pixel
+        frames; null size: the whole clip in one pass): longer clips are denoised in overlapping
+        windows of latent frames, blended (windows.py). `rad_blocks`: the transformer blocks whose attn2 RAD
+        reads (default `rad.blocks`, then `default_rad_blocks`). The frames come back as diffusers' video
+        pipelines give them: "np" (1, F, H, W, 3), "pt" (1, F, 3, H, W), "pil" [[images]], in [0, 1]; "latent"
+        the final latents (1, C, latent frames, h, w)."""
         # 1. Everything checked before any model work
         rad = section_settings("rad", rad, steps=num_inference_steps, field="rad")
         irjs = section_settings("irjs", irjs, steps=num_inference_steps, field="irjs")
+        window = section_settings("window", window, field="window")
         if start_in_regions not in choices(StartInRegions):
             raise ConfigError("start_in_regions", f"must be one of {', '.join(choices(StartInRegions))}, got {start_in_regions!r}")
         if irjs.decode_statistics == "source":
@@ -234,6 +240,7 @@ class WanReAtCoPipeline(WanPipeline):
         if irjs.enabled and irjs.source == "inversion" and not inversion:
             irjs = section_settings("irjs", {**vars(irjs), "source": "noise"}, steps=num_inference_steps, field="irjs")
         run_frames = plan.run_frames
+        windows = wan_windows.latent_windows(run_frames, window.size, window.stride, plan.geometry.temporal)
         has_source = video is not None or source_latents is not None
 
         # 2. The source: latents, inversion trajectory, start
@@ -250,7 +257,8 @@ class WanReAtCoPipeline(WanPipeline):
             source_latents = backbone.encode_video(geometry.pad_clip(video, run_frames))
         if has_source and inversion and inversion_trajectory is None:
             source_embeds = prompt_embeds if source_prompt in (None, prompt) else backbone.encode_prompt(source_prompt).to(model_dtype)
-            inversion_trajectory = self.invert(source_latents, source_embeds, num_inference_steps, inversion_fixed_point_iters)
+            inversion_trajectory = self.invert(source_latents, source_embeds, num_inference_steps, inversion_fixed_point_iters,
+                                               windows=windows)
         timesteps = backbone.set_timesteps(num_inference_steps)
         self._num_timesteps = len(timesteps)
         if not has_source:
@@ -293,9 +301,14 @@ class WanReAtCoPipeline(WanPipeline):
             guidance = RADGuidance(backbone, layers, prompt_embeds, words, [o.token_indices for o in plan.objects],
                                    attn_masks.to(device), rad, backbone.text_token_count(plan.tokens, rad.normalize_eot),
                                    len(timesteps))
-        attention_sum, attention_count = None, 0
+        attention_sum, attention_count = None, None  # per latent frame: windows overlap
 
-        # 5. The loop: RAD update, IRJS blend, the expert with guidance, the Euler step
+        # 5. The loop: per window of latent frames the RAD update, the IRJS blend and the expert with
+        # guidance; one Euler step for all windows (stacked in the batch: it is elementwise), their
+        # results blended where they overlap; then IRJS after the step on the whole clip
+        n_latent = latents.shape[2]
+        whole = len(windows) == 1  # one window of every latent frame: the unwindowed call
+        weights = None if whole else wan_windows.blend_weights(windows, n_latent)
         with contextlib.ExitStack() as stack:
             if guidance is not None:
                 stack.enter_context(guidance.attached(differentiate=use_rad))
@@ -305,23 +318,33 @@ class WanReAtCoPipeline(WanPipeline):
                         continue
                     self._current_timestep = t
                     scale = self._guidance_scale if backbone.expert(t) is self.transformer else self._guidance_scale_2
-                    word_maps = None
-                    if use_rad and guidance.runs_at(i):
-                        latents, _, word_maps, _ = guidance.update(latents, i, t)
-                    if invariant is not None:
-                        latents = invariant.before_step(latents, i, t, list(range(latents.shape[2])))
-                    observe = return_attention and guidance is not None and word_maps is None and i < rad.max_update_steps
-                    with guidance.observing(latents.shape[2]) if observe else contextlib.nullcontext({}) as observed:
-                        velocity = backbone.predict(latents, t, prompt_embeds)
-                    if observed:
-                        word_maps = observed["word_maps"]
-                    if return_attention and word_maps is not None:
-                        attention_sum = word_maps.float() if attention_sum is None else attention_sum + word_maps.float()
-                        attention_count += 1
-                    if self.do_classifier_free_guidance:
-                        velocity_uncond = backbone.predict(latents, t, negative_prompt_embeds)
-                        velocity = velocity_uncond + scale * (velocity - velocity_uncond)
-                    latents = backbone.step(velocity, t, latents)
+                    inputs, velocities = [], []
+                    for frames in windows:
+                        x = latents if whole else latents[:, :, frames]
+                        window = None if whole else frames  # RAD's and the observer's masks of these frames
+                        word_maps = None
+                        if use_rad and guidance.runs_at(i):
+                            x, _, word_maps, _ = guidance.update(x, i, t, frames=window)
+                        if invariant is not None:
+                            x = invariant.before_step(x, i, t, frames, len(windows))
+                        observe = return_attention and guidance is not None and word_maps is None and i < rad.max_update_steps
+                        with guidance.observing(len(frames), window) if observe else contextlib.nullcontext({}) as observed:
+                            velocity = backbone.predict(x, t, prompt_embeds)
+                        if observed:
+                            word_maps = observed["word_maps"]
+                        if return_attention and word_maps is not None:
+                            if attention_sum is None:
+                                attention_sum = word_maps.new_zeros(word_maps.shape[0], n_latent, *word_maps.shape[2:]).float()
+                                attention_count = torch.zeros(n_latent, device=word_maps.device)
+                            attention_sum[:, frames] += word_maps.float()
+                            attention_count[frames] += 1
+                        if self.do_classifier_free_guidance:
+                            velocity_uncond = backbone.predict(x, t, negative_prompt_embeds)
+                            velocity = velocity_uncond + scale * (velocity - velocity_uncond)
+                        inputs.append(x)
+                        velocities.append(velocity)
+                    stepped = backbone.step(torch.cat(velocities), t, torch.cat(inputs))
+                    latents = stepped if whole else wan_windows.blend(list(stepped.split(1)), windows, weights)
                     if invariant is not None:
                         latents = invariant.after_step(latents, i)
                     if callback_on_step_end is not None:
@@ -334,7 +357,9 @@ class WanReAtCoPipeline(WanPipeline):
 
         # 6. Decode (the source's own pixels outside the regions where irjs.decode_outside asks), the padded frames dropped
         check_finite(latents, "in the final latents", "lower rad.step_size or guidance_scale, or use float32")
-        attention = (attention_sum / attention_count).cpu() if attention_sum is not None else None
+        attention = None
+        if attention_sum is not None:
+            attention = (attention_sum / attention_count.clamp(min=1)[None, :, None, None]).cpu()
         if output_type == "latent":
             frames_out = latents
         else:

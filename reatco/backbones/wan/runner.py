@@ -4,8 +4,7 @@ flow inversion (cached by content) and pipeline call.
 
 What does not apply to Wan is refused before any weights load, naming the field: Tune-A-Video
 tuning (`tune.enabled`, `model.tuned_unet`), an attention cell other than the model's token (read
-from its vae/ and transformer/ configs: 16 px on Wan 2.1),
-temporal windows (not implemented for Wan yet), guided inversion, `source:` regions found by
+from its vae/ and transformer/ configs: 16 px on Wan 2.1), guided inversion, `source:` regions found by
 attention (not implemented for Wan yet), anchoring, and `irjs.decode_statistics: source`.
 """
 
@@ -26,6 +25,7 @@ from ...runner import EditResult, EditRunner, PreparedEdit
 from . import geometry
 from .backbone import check_token_cell
 from .pipeline import plan_wan_edit
+from .windows import latent_windows
 from .words import token_table
 
 logger = logging.getLogger(__name__)
@@ -110,8 +110,6 @@ class WanEditRunner(EditRunner):
             raise ConfigError("tune.enabled" if cfg.tune.enabled else "model.tuned_unet",
                               "Tune-A-Video tuning applies to the UNet backbone only; on Wan set tune.enabled: false and "
                               "model.tuned_unet: null")
-        if cfg.window.size is not None and cfg.window.size < cfg.video.n_frames:
-            raise ConfigError(field("window.size"), "temporal windows are not implemented for Wan yet: use null (the whole clip)")
         if cfg.inversion.guidance_scale != 1.0:
             raise ConfigError("inversion.guidance_scale", "Wan's flow inversion runs without guidance: set 1.0")
         if cfg.rad.anchor_step_ratios:
@@ -199,11 +197,20 @@ class WanEditRunner(EditRunner):
 
     def inversion_key(self) -> str:
         cfg = self.cfg
+        windows = self.latent_windows()
         return inversion_cache_key(
             backbone="wan", model=self.model_digest(), video=digest_tensor(self.source_video()),
             frames=[cfg.video.start_frame, cfg.video.frame_stride, cfg.video.n_frames, cfg.video.pad_frames],
             size=[cfg.video.height, cfg.video.width], steps=cfg.sampling.steps, prompt=self.inversion_prompt(),
-            fixed_point_iters=cfg.inversion.fixed_point_iters, dtype=str(self.dtype), autocast=cfg.model.autocast)
+            fixed_point_iters=cfg.inversion.fixed_point_iters, dtype=str(self.dtype), autocast=cfg.model.autocast,
+            **({"windows": windows} if len(windows) > 1 else {}))  # one window: the keys (and caches) of before
+
+    def latent_windows(self) -> list[list[int]]:
+        """The windows of latent frames of the config's `window` section (the inversion's: per edit
+        windows may differ, the source is inverted once with the top-level ones)."""
+        cfg = self.cfg
+        run_frames = geometry.check_frame_count(cfg.video.n_frames, cfg.video.pad_frames, temporal=self.geometry.temporal)
+        return latent_windows(run_frames, cfg.window.size, cfg.window.stride, self.geometry.temporal)
 
     def source(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised source latents (1, C, latent frames, h, w) and their flow inversion (cached)."""
@@ -220,7 +227,8 @@ class WanEditRunner(EditRunner):
                 with self.autocast():
                     latents = pipe.encode_video(geometry.pad_clip(self.source_video(), run_frames))
                     embeds = pipe.backbone.encode_prompt(self.inversion_prompt())  # as the edit's call encodes
-                    trajectory = pipe.invert(latents, embeds, cfg.sampling.steps, cfg.inversion.fixed_point_iters)
+                    trajectory = pipe.invert(latents, embeds, cfg.sampling.steps, cfg.inversion.fixed_point_iters,
+                                             windows=self.latent_windows())
                 self.timings["invert"] = time.perf_counter() - start
                 return trajectory
 
@@ -241,7 +249,7 @@ class WanEditRunner(EditRunner):
                 prepared.edit.prompt, objects=prepared.plan.objects, source_latents=source_latents,
                 inversion_trajectory=trajectory, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
                 negative_prompt=s.negative_prompt, generator=torch.Generator().manual_seed(s.seed),
-                start_in_regions=s.start_in_regions, rad=cfg.rad, irjs=cfg.irjs, rad_blocks=cfg.rad.blocks,
+                start_in_regions=s.start_in_regions, rad=cfg.rad, irjs=cfg.irjs, window=cfg.window, rad_blocks=cfg.rad.blocks,
                 n_frames=cfg.video.n_frames, pad_frames=cfg.video.pad_frames, height=cfg.video.height,
                 width=cfg.video.width, return_attention=cfg.save_attention, output_type="np")
         edit_seconds = time.perf_counter() - start
@@ -253,7 +261,9 @@ class WanEditRunner(EditRunner):
             output.attention_maps = output.attention_maps[:, index]
         return self.finish(prepared, frames, output, edit_seconds, {
             "backbone": "wan", "model": str(cfg.model.pretrained), "rad_blocks": prepared.plan.rad_blocks,
-            "frames": {"clip": cfg.video.n_frames, "run": prepared.plan.run_frames}}, write, out_dir)
+            "frames": {"clip": cfg.video.n_frames, "run": prepared.plan.run_frames},
+            "latent_windows": latent_windows(prepared.plan.run_frames, cfg.window.size, cfg.window.stride,
+                                             self.geometry.temporal)}, write, out_dir)
 
 
 __all__ = ["WanEditRunner", "WAN_PARTS"]
