@@ -165,3 +165,4 @@ def test_the_runner_edits_in_windows_and_reports_them(folder, tmp_path, capsys):
     path.write_text(yaml.safe_dump(cfg))
     assert edit_script.main(["--config", str(path), "--overwrite", "--quiet"]) == 0
     assert len(list((tmp_path / "cache" / "inversion").glob("*.pt"))) == 2
+

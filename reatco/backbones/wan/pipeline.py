@@ -29,7 +29,8 @@ from ...irjs import blend as irjs_ops
 from ...irjs.blend import InvariantRegion
 from ...irjs.region_noise import tracked_noise
 from ...pipeline import ReAtCoPipelineOutput, postprocess_video
-from ...rad.guidance import RADGuidance
+from ...rad.anchoring import anchor_object_latents
+from ...rad.guidance import AttentionObservations, RADGuidance
 from ...regions.objects import EditObject
 from ...regions.parsing import parse_region
 from ...regions.region import object_masks
@@ -211,8 +212,6 @@ class WanReAtCoPipeline(WanPipeline):
             raise ConfigError("irjs.decode_statistics", "does not apply to Wan: its causal VAE normalises with RMS norms "
                                                         "over channels at each position (no frame statistics to borrow from "
                                                         "the source); use edit")
-        if rad.anchor_step_ratios:
-            raise ConfigError("rad.anchor_step_ratios", "anchoring is not implemented for Wan yet: use []")
         if isinstance(inversion_fixed_point_iters, bool) or not isinstance(inversion_fixed_point_iters, int) \
                 or inversion_fixed_point_iters < 0:
             raise ConfigError("inversion_fixed_point_iters", f"must be an integer ≥ 0 (0 = Euler), got {inversion_fixed_point_iters!r}")
@@ -296,12 +295,14 @@ class WanReAtCoPipeline(WanPipeline):
         # rad.normalize_eot, as on the UNet), never over the zero padding
         use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0
         guidance = None
+        # the steps after which every latent frame of an object takes its region from its best-attended one
+        anchor_steps = {int(r * num_inference_steps) for r in rad.anchor_step_ratios} if use_rad else set()
         if (use_rad or return_attention) and regions:
             layers = backbone.attention_layers(backbone.token_px, blocks=plan.rad_blocks, blocks_field="rad_blocks")
+            observations = AttentionObservations(latents.shape[2], return_attention, (), anchor_steps)
             guidance = RADGuidance(backbone, layers, prompt_embeds, words, [o.token_indices for o in plan.objects],
                                    attn_masks.to(device), rad, backbone.text_token_count(plan.tokens, rad.normalize_eot),
-                                   len(timesteps))
-        attention_sum, attention_count = None, None  # per latent frame: windows overlap
+                                   len(timesteps), observations)
 
         # 5. The loop: per window of latent frames the RAD update, the IRJS blend and the expert with
         # guidance; one Euler step for all windows (stacked in the batch: it is elementwise), their
@@ -322,22 +323,21 @@ class WanReAtCoPipeline(WanPipeline):
                     for frames in windows:
                         x = latents if whole else latents[:, :, frames]
                         window = None if whole else frames  # RAD's and the observer's masks of these frames
-                        word_maps = None
-                        if use_rad and guidance.runs_at(i):
-                            x, _, word_maps, _ = guidance.update(x, i, t, frames=window)
+                        word_maps = presence = None  # this window's, from the RAD pass or observed
+                        rad_here = use_rad and guidance.runs_at(i)
+                        if rad_here:
+                            x, _, word_maps, presence = guidance.update(x, i, t, frames=window)
                         if invariant is not None:
                             x = invariant.before_step(x, i, t, frames, len(windows))
-                        observe = return_attention and guidance is not None and word_maps is None and i < rad.max_update_steps
+                        pictures = return_attention and guidance is not None and not rad_here and i < rad.max_update_steps
+                        observe = pictures or (i in anchor_steps and not rad_here)  # an anchor step's presence
                         with guidance.observing(len(frames), window) if observe else contextlib.nullcontext({}) as observed:
                             velocity = backbone.predict(x, t, prompt_embeds)
                         if observed:
-                            word_maps = observed["word_maps"]
-                        if return_attention and word_maps is not None:
-                            if attention_sum is None:
-                                attention_sum = word_maps.new_zeros(word_maps.shape[0], n_latent, *word_maps.shape[2:]).float()
-                                attention_count = torch.zeros(n_latent, device=word_maps.device)
-                            attention_sum[:, frames] += word_maps.float()
-                            attention_count[frames] += 1
+                            word_maps = observed["word_maps"] if pictures else None
+                            presence = observed["presence"]
+                        if guidance is not None:
+                            guidance.observations.add(i, frames, word_maps, presence)
                         if self.do_classifier_free_guidance:
                             velocity_uncond = backbone.predict(x, t, negative_prompt_embeds)
                             velocity = velocity_uncond + scale * (velocity - velocity_uncond)
@@ -347,6 +347,9 @@ class WanReAtCoPipeline(WanPipeline):
                     latents = stepped if whole else wan_windows.blend(list(stepped.split(1)), windows, weights)
                     if invariant is not None:
                         latents = invariant.after_step(latents, i)
+                    if i in anchor_steps:  # every latent frame of an object from its best-attended one on
+                        latents, _ = anchor_object_latents(latents, object_cells.to(latents.device),
+                                                           guidance.observations.presence(i))
                     if callback_on_step_end is not None:
                         available = {"latents": latents, "prompt_embeds": prompt_embeds,
                                      "negative_prompt_embeds": negative_prompt_embeds}
@@ -357,9 +360,7 @@ class WanReAtCoPipeline(WanPipeline):
 
         # 6. Decode (the source's own pixels outside the regions where irjs.decode_outside asks), the padded frames dropped
         check_finite(latents, "in the final latents", "lower rad.step_size or guidance_scale, or use float32")
-        attention = None
-        if attention_sum is not None:
-            attention = (attention_sum / attention_count.clamp(min=1)[None, :, None, None]).cpu()
+        attention = guidance.observations.mean_maps() if return_attention and guidance is not None else None
         if output_type == "latent":
             frames_out = latents
         else:

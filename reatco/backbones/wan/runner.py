@@ -5,7 +5,7 @@ flow inversion (cached by content) and pipeline call.
 What does not apply to Wan is refused before any weights load, naming the field: Tune-A-Video
 tuning (`tune.enabled`, `model.tuned_unet`), an attention cell other than the model's token (read
 from its vae/ and transformer/ configs: 16 px on Wan 2.1), guided inversion, `source:` regions found by
-attention (not implemented for Wan yet), anchoring, and `irjs.decode_statistics: source`.
+attention (not implemented for Wan yet), and `irjs.decode_statistics: source`.
 """
 
 from __future__ import annotations
@@ -112,8 +112,6 @@ class WanEditRunner(EditRunner):
                               "model.tuned_unet: null")
         if cfg.inversion.guidance_scale != 1.0:
             raise ConfigError("inversion.guidance_scale", "Wan's flow inversion runs without guidance: set 1.0")
-        if cfg.rad.anchor_step_ratios:
-            raise ConfigError(field("rad.anchor_step_ratios"), "anchoring is not implemented for Wan yet: use []")
         if cfg.irjs.decode_statistics == "source":
             raise ConfigError(field("irjs.decode_statistics"), "does not apply to Wan (its causal VAE normalises with RMS "
                                                                "norms at each position: no frame statistics to borrow); use edit")
