@@ -111,6 +111,10 @@ class TavEditor:
     def tune_steps(self) -> int:
         return self.tune.steps if self.tune is not None else 0
 
+    def edited_cells(self, case, latent_size: int) -> np.ndarray:
+        """(F, H, W) bool: the pixels IRJS leaves to the model (the regions' latent cells)."""
+        return case.edited_cells(latent_size)
+
 
 class WanEditor:
     """The editing section's view of a Wan pipeline (`WanReAtCoPipeline` on the model folder): the
@@ -142,6 +146,19 @@ class WanEditor:
     def roundtrip(self, latents) -> np.ndarray:
         with torch.no_grad():
             return (self.pipe.decode_latents(latents).permute(0, 2, 3, 1).float().numpy() * 255).round().astype(np.uint8)
+
+    def edited_cells(self, case, latent_size: int) -> np.ndarray:
+        """(F, H, W) bool: the pixels IRJS leaves to the model. A latent frame covers 4 pixel frames and
+        its region is the union of theirs, so on each pixel frame these are the cells of every region
+        box of its latent frame's pixel frames: an invariant pixel that another frame of the group has
+        in a box cannot be kept (the temporal compression's price, counted in `cut_cells_*`)."""
+        from ..backbones.wan import geometry
+
+        per_frame = case.edited_cells(latent_size)
+        out = np.empty_like(per_frame)
+        for covered in geometry.latent_frame_groups(per_frame.shape[0], self.pipe.vae_scale_factor_temporal):
+            out[covered] = per_frame[covered].any(0)
+        return out
 
     def edit(self, prompt, video, latents, trajectory, objects, return_attention: bool = False, **changes):
         from ..backbones.wan import geometry
@@ -180,9 +197,10 @@ def edit_gate(args, _pipe) -> dict:
         latents, trajectory = editor.prepare(video, case.source.caption)
         roundtrip = editor.roundtrip(latents)
         latent_size = case.source.frames.shape[1] // editor.latent_px
+        edited = editor.edited_cells(case, latent_size)
         row = {"case": i, "family": family, "prompt": case.prompt, "source": case.source.caption,
                "vae_roundtrip_invariant_psnr": psnr(roundtrip, case.source.frames, case.outside_mask()),
-               "vae_roundtrip_kept_cells_psnr": invariant_breakdown(roundtrip, case, latent_size)["kept_cells_psnr"]}
+               "vae_roundtrip_kept_cells_psnr": invariant_breakdown(roundtrip, case, latent_size, edited)["kept_cells_psnr"]}
         for name, (use_rad, use_irjs) in EDIT_RUNS.items():
             cpu0 = time.process_time()
             out, frames = editor.edit(case.prompt, video, latents, trajectory, case.objects(), return_attention=True,
@@ -195,7 +213,7 @@ def edit_gate(args, _pipe) -> dict:
                          # what IRJS controls: the edit against the source's own VAE round trip
                          "invariant_psnr_vs_roundtrip": psnr(frames, roundtrip, case.outside_mask()),
                          # IRJS keeps latent cells: the error in the cells it keeps vs the cells the box edges cut
-                         **invariant_breakdown(frames, case, latent_size),
+                         **invariant_breakdown(frames, case, latent_size, edited),
                          "attention_in_regions": region_attention_mass(out.attention_maps, case),
                          "stray_frames": stray_frames(frames, case), "kept": kept_scores(frames, case),
                          **temporal_scores(frames, case), "cpu_seconds": round(cpu_seconds, 2)}

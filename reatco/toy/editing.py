@@ -240,12 +240,16 @@ def invariant_psnr(frames: np.ndarray, case: EditCase) -> float:
     return masked_psnr(frames, case.source.frames, case.outside_mask())
 
 
-def invariant_breakdown(frames: np.ndarray, case: EditCase, latent_size: int) -> dict:
+def invariant_breakdown(frames: np.ndarray, case: EditCase, latent_size: int, edited: np.ndarray | None = None) -> dict:
     """Where the invariant region's error comes from under IRJS, which works on latent cells: the
     part in cells kept from the source (error = the VAE's and what leaks across cell edges in
     decoding) and the part in cells the regions' edges cut (left to the model). PSNR of each part
-    (nan when a part is empty) and the second part's share of the invariant pixels."""
-    outside, edited = case.outside_mask(), case.edited_cells(latent_size)
+    (nan when a part is empty) and the second part's share of the invariant pixels. `edited`
+    (F, H, W) bool: the pixels the backbone leaves to the model, where they are not
+    `case.edited_cells(latent_size)` (on Wan a latent frame's cells are the union over the 4 pixel
+    frames it covers)."""
+    outside = case.outside_mask()
+    edited = case.edited_cells(latent_size) if edited is None else edited
     return {
         "kept_cells_psnr": masked_psnr(frames, case.source.frames, outside & ~edited),
         "cut_cells_psnr": masked_psnr(frames, case.source.frames, outside & edited),
