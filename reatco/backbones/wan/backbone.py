@@ -284,12 +284,18 @@ class WanBackbone(Backbone):
         return self.scheduler.step(model_output, t, latents, return_dict=False)[0]
 
     def sigma(self, t) -> float:
-        """σ of the run's timestep t (set_timesteps)."""
-        timesteps = self.scheduler.timesteps
-        hits = (timesteps == torch.as_tensor(t, dtype=timesteps.dtype, device=timesteps.device)).nonzero()
-        if not len(hits):
-            raise ValueError(f"timestep {float(t)} is not one of this run's timesteps")
-        return step_sigmas(self.scheduler)[int(hits[0])]
+        """σ of timestep t: the run's own σ for one of its timesteps (set_timesteps; bit-exact with
+        the inversion's levels), otherwise t / num_train_timesteps, the flow-matching relation the
+        model was trained on (t = σ · N; the region finder's low noise levels)."""
+        timesteps = getattr(self.scheduler, "timesteps", None)
+        if timesteps is not None and len(timesteps):
+            hits = (timesteps == torch.as_tensor(t, dtype=timesteps.dtype, device=timesteps.device)).nonzero()
+            if len(hits):
+                return step_sigmas(self.scheduler)[int(hits[0])]
+        n_train = self.scheduler.config.num_train_timesteps
+        if not 0 <= float(t) <= n_train:
+            raise ValueError(f"timestep {float(t)} is outside the scheduler's 0…{n_train}")
+        return float(t) / n_train
 
     def renoise_source(self, source: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
         """(1 − σ_t)·x₀ + σ_t·ε (IRJS outside the regions, and the inversion-free start)."""

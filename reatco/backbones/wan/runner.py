@@ -100,6 +100,10 @@ class WanEditRunner(EditRunner):
             self._geometry = geometry.geometry_from_configs(vae_config, transformer_config)
         return self._geometry
 
+    def latent_cell_px(self) -> int:
+        """Pixels per latent cell: the VAE's spatial factor (its config's, no weights)."""
+        return self.geometry.spatial
+
     def _check_settings(self, cfg, where: str = "") -> None:
         """What the UNet path has and Wan does not (yet)."""
         def field(name):
