@@ -46,3 +46,89 @@ def test_the_runner_reads_the_latent_cell_from_wans_vae_config(tmp_path):
         runner = WanEditRunner.__new__(WanEditRunner)  # the config-reading part alone: no clip, no weights
         runner.cfg, runner._geometry = NS(model=NS(pretrained=str(folder))), None
         assert runner.latent_cell_px() == cell
+
+
+def _config(root, folder, objects, n_frames=5):
+    return {
+        "model": {"pretrained": str(folder), "attention_cell_px": 16},
+        "video": {"path": str(root / "clip"), "prompt": "a red circle on the sea", "n_frames": n_frames,
+                  "height": 32, "width": 48},
+        "sampling": {"steps": 2, "guidance_scale": 3.0, "seed": 5, "start_in_regions": "noise"},
+        "rad": {"max_update_steps": 1, "refinement_thresholds": {}},
+        "irjs": {"placement": "after_step"},
+        "output_dir": str(root / "out"), "cache_dir": str(root / "cache"),
+        "edits": [{"name": "square", "prompt": "a red square on the sea", "objects": objects}],
+    }
+
+
+def test_a_tracked_source_region_edits_on_wan(tmp_path, monkeypatch):
+    """A box on frame 2 (sam2) → a stand-in tracker's masks → the region the Wan edit uses (rounded
+    out to Wan's 8-px latent cells), written to regions.json; the tracker runs before the model loads."""
+    import json
+
+    import numpy as np
+    import yaml
+
+    from reatco.backbones import edit_runner
+    from reatco.backbones.wan import pipeline as wan_pipeline
+    from reatco.config_files import load_config
+    from reatco.regions.trackers import Tracked
+    from reatco.video import write_frames
+
+    folder = save_tiny_wan(tmp_path / "model")
+    write_frames(np.random.default_rng(0).integers(0, 255, size=(5, 32, 48, 3), dtype=np.uint8), tmp_path / "clip")
+    (tmp_path / "sam2").mkdir()
+    (tmp_path / "sam2" / "model.safetensors").write_bytes(b"stand-in")
+    masks = np.zeros((1, 5, 32, 48), bool)
+    for f in range(5):
+        masks[0, f, 0:16, 5 + 2 * f:21 + 2 * f] = True  # 16 px (one token) a side, moving right 2 px a frame
+    source = {"tracker": "sam2", "box": [9, 3, 21, 13], "frame": 2, "region": "boxes", "model": str(tmp_path / "sam2")}
+    path = tmp_path / "tracked.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, folder, [{"word": "square", "source": source}])))
+    runner = edit_runner(load_config(path), progress=False)
+    calls = []
+
+    class StandIn:
+        def __call__(self, name, model, device, progress, field):
+            return self
+
+        def track(self, frames, query=None, box=None, point=None, frame=0):
+            calls.append((runner._pipe is None, frames.shape, box, frame))
+            return Tracked(masks, np.array([0.9]))
+
+    used = {}
+
+    class Spy(wan_pipeline.WanReAtCoPipeline):
+        def __call__(self, prompt, *args, objects=(), **kwargs):
+            used["regions"] = [o.region for o in objects]
+            return super().__call__(prompt, *args, objects=objects, **kwargs)
+
+    monkeypatch.setattr(wan_pipeline, "WanReAtCoPipeline", Spy)
+    runner.make_tracker = StandIn()
+    prepared = runner.prepare()
+    assert prepared[0].regions == [None]  # found when the edit runs
+    result = runner.run(prepared[0])
+    assert calls == [(True, (5, 32, 48, 3), [9.0, 3.0, 21.0, 13.0], 2)]  # before the model loaded
+    region = prepared[0].regions[0]
+    expected = [[(5 + 2 * f) // 8 * 8, 0, -(-(21 + 2 * f) // 8) * 8, 16] for f in range(5)]  # whole 8-px latent cells
+    assert region.kind == "boxes" and region.boxes.tolist() == expected
+    assert len(used["regions"]) == 1 and used["regions"][0] is region  # the found region, not the stand-in
+    doc = json.loads((result.out_dir / "regions.json").read_text())
+    assert doc["objects"][0]["source"].startswith("source: tracker sam2")
+    assert [f["box"] for f in doc["objects"][0]["frames"]] == expected
+
+
+def test_a_source_word_found_by_attention_is_refused_on_wan_before_weights_load(tmp_path, capsys):
+    import numpy as np
+    import yaml
+
+    from reatco.video import write_frames
+    from scripts_loader import load_script
+
+    folder = save_tiny_wan(tmp_path / "model")
+    write_frames(np.zeros((5, 32, 48, 3), np.uint8), tmp_path / "clip")
+    path = tmp_path / "found.yaml"
+    path.write_text(yaml.safe_dump(_config(tmp_path, folder, [{"word": "square", "source": {"word": "circle"}}])))
+    assert load_script("edit").main(["--config", str(path), "--dry-run", "--output_dir", str(tmp_path / "dry")]) == 2
+    err = capsys.readouterr().err
+    assert "edits[0].objects[0].source" in err and "tracker" in err

@@ -21,7 +21,8 @@ import torch
 from ...errors import ConfigError, check_finite
 from ...fingerprint import digest_path, digest_tensor
 from ..inversion import inversion_cache_key, load_or_invert
-from ...runner import EditResult, EditRunner, PreparedEdit
+from ...regions.objects import EditObject
+from ...runner import EditResult, EditRunner, PreparedEdit, source_origin
 from . import geometry
 from .backbone import check_token_cell
 from .pipeline import plan_wan_edit
@@ -141,25 +142,47 @@ class WanEditRunner(EditRunner):
                 continue
             merged = edit_config(cfg, edit)
             self._check_settings(merged, f"edits[{k}]")
-            for j, obj in enumerate(edit.objects):
-                if getattr(obj, "source", None) is not None:
-                    raise ConfigError(f"edits[{k}].objects[{j}].source", "regions found in the source clip are not "
-                                      "implemented for Wan yet: give box, boxes, mask or boxes_file")
             native = self.native_size() if any(getattr(o, "boxes_file", None) for o in edit.objects) else None
             from ...regions.parsing import parse_region
 
-            objects = []
+            objects, found, origins = [], [], []
             for j, obj in enumerate(edit.objects):  # regions with the config's frame selection, as the UNet path parses them
-                region = parse_region(obj, v.n_frames, v.height, v.width, model_geometry.token_px, field=f"edits[{k}].objects[{j}]",
-                                      start_frame=v.start_frame, frame_stride=v.frame_stride, native_size=native)
+                where = f"edits[{k}].objects[{j}]"
+                if getattr(obj, "source", None) is not None:  # found when the edit runs; what can be checked now is
+                    region = self._check_source(obj.source, f"{where}.source")
+                    found.append(j)
+                    origins.append(source_origin(obj.source))
+                else:
+                    region = parse_region(obj, v.n_frames, v.height, v.width, model_geometry.token_px, field=where,
+                                          start_frame=v.start_frame, frame_stride=v.frame_stride, native_size=native)
+                    origins.append(region.kind)
                 objects.append({"word": obj.word, "occurrence": obj.occurrence, "region": region})
             plan = plan_wan_edit(self.tokenizer, self.num_layers, edit.prompt, objects, v.n_frames, v.height, v.width,
                                  v.pad_frames, merged.rad.blocks, field=f"edits[{k}].objects", model_geometry=model_geometry)
-            item = PreparedEdit(merged, edit, [o.region for o in plan.objects], [list(o.token_indices) for o in plan.objects],
-                                token_table(plan.tokens), [o.region.kind for o in plan.objects], plan.tokens)
+            regions = [None if j in found else o.region for j, o in enumerate(plan.objects)]
+            item = PreparedEdit(merged, edit, regions, [list(o.token_indices) for o in plan.objects],
+                                token_table(plan.tokens), origins, plan.tokens)
             item.plan = plan
             prepared.append(item)
         return prepared
+
+    def _check_source(self, src, field: str):
+        """A `source:` object's checks before any weights load (its tracker prompt against the clip,
+        or its word among the source prompt's umT5 pieces), and a stand-in region of the whole frame
+        for the word checks of the edit's plan (the found one replaces it in `run`)."""
+        from ...regions.region import Region
+
+        v = self.cfg.video
+        if src.tracker:
+            from ...regions.trackers import check_tracker_prompt
+
+            check_tracker_prompt(src, self.source_video().shape[0], v.height, v.width, field)
+        elif not src.detector:
+            raise ConfigError(field, "regions found by the model's own attention are not implemented for Wan yet: give "
+                                     "box, boxes, mask or boxes_file, or find the object with a detector or a tracker "
+                                     "(source: {detector: …} / {tracker: …})")
+        whole = torch.tensor([[0.0, 0.0, float(v.width), float(v.height)]], dtype=torch.float64)
+        return Region("box", v.n_frames, v.height, v.width, boxes=whole)
 
     def preflight(self) -> None:
         self.source_video()
@@ -242,13 +265,17 @@ class WanEditRunner(EditRunner):
 
     def run(self, prepared: PreparedEdit, out_dir=None, write: bool = True) -> EditResult:
         cfg = prepared.cfg
+        self.resolve_regions(prepared, without_pipeline=True)  # trackers and detectors: freed before the model loads
         pipe = self.pipeline()
         source_latents, trajectory = self.source()
+        self.resolve_regions(prepared)
+        objects = [EditObject(o.word, o.occurrence, region, o.token_indices)  # the found regions in place of the stand-ins
+                   for o, region in zip(prepared.plan.objects, prepared.regions)]
         s = cfg.sampling
         start = time.perf_counter()
         with self.autocast():
             output = pipe(
-                prepared.edit.prompt, objects=prepared.plan.objects, source_latents=source_latents,
+                prepared.edit.prompt, objects=objects, source_latents=source_latents,
                 inversion_trajectory=trajectory, num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
                 negative_prompt=s.negative_prompt, generator=torch.Generator().manual_seed(s.seed),
                 start_in_regions=s.start_in_regions, rad=cfg.rad, irjs=cfg.irjs, window=cfg.window, rad_blocks=cfg.rad.blocks,
