@@ -123,6 +123,7 @@ def test_offload_moves_the_text_encoder_after_the_runs_last_prompt_and_stages_re
 @pytest.mark.parametrize("argv, message", [
     (["--measure", "--frames", "6"], "--frames must be 4k + 1"),
     (["--measure", "--height", "40"], "--height must be a positive multiple of 16"),
+    (["--measure", "--height", "32", "--width", "32"], "box [2, 8, 14, 24] is under one 16-px token a side"),
     (["--measure", "--steps", "3", "--rad_steps", "4"], "--rad_steps must be between 0 and --steps (3)"),
     (["--measure", "--steps", "0"], "--steps must be ≥ 1"),
     (["--measure", "--warmup_steps", "0"], "--warmup_steps must be ≥ 1"),
@@ -153,3 +154,22 @@ def test_command_line_names_equal_the_bench_modules():
     assert bench_wan.TARGET == wan.TARGET == (wan_measured.MeasureSettings.frames, wan_measured.MeasureSettings.height,
                                               wan_measured.MeasureSettings.width)
     assert set(wan_measured.ARCHS) - {"tiny"} == set(wan.WAN_TRANSFORMERS)
+
+
+def test_the_gpu_script_is_valid_bash_and_its_bench_commands_parse():
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check_wan.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    text = script.read_text().replace("\\\n", " ")
+    commands = [shlex.split(line.split("reatco.commands.bench_wan", 1)[1].replace('"$out"', "out"))
+                for line in text.splitlines() if re.match(r"\s*timeout \d+ python -m reatco.commands.bench_wan", line)]
+    assert len(commands) == 2
+    for argv in commands:
+        args = bench_wan.parse_args(argv)
+        assert args.measure and args.device == "cuda" and args.arch == ["1.3B"]
+        assert (args.frames, args.height, args.width) == wan.TARGET and args.dtype == "bfloat16"
+    assert commands[0].count("--gradient_checkpointing") == 1 and "--gradient_checkpointing" not in commands[1]

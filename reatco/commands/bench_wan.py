@@ -95,6 +95,13 @@ def parse_args(argv=None):
     for name in ("height", "width"):
         if getattr(args, name) < TOKEN_PX or getattr(args, name) % TOKEN_PX:
             p.error(f"--{name} must be a positive multiple of {TOKEN_PX} px (one Wan token), got {getattr(args, name)}")
+    from reatco.bench.wan_measured import edit_objects
+
+    for obj in edit_objects(args.height, args.width):  # RAD needs each box at least one token a side
+        x1, y1, x2, y2 = obj["box"]
+        if min(x2 - x1, y2 - y1) < TOKEN_PX:
+            p.error(f"--height {args.height} --width {args.width}: the {obj['word']} box {obj['box']} is under one "
+                    f"{TOKEN_PX}-px token a side; give at least 32 × 48 px")
     args.steps = 50 if args.steps is None else args.steps
     if args.steps < 1:
         p.error(f"--steps must be ≥ 1, got {args.steps}")
