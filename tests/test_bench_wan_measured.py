@@ -173,3 +173,19 @@ def test_the_gpu_script_is_valid_bash_and_its_bench_commands_parse():
         assert args.measure and args.device == "cuda" and args.arch == ["1.3B"]
         assert (args.frames, args.height, args.width) == wan.TARGET and args.dtype == "bfloat16"
     assert commands[0].count("--gradient_checkpointing") == 1 and "--gradient_checkpointing" not in commands[1]
+
+
+def test_released_architectures_build_in_the_dtype_with_the_float32_modules_kept():
+    """On the meta device (no memory): 1.3B with umT5-XXL's architecture, bf16 but for what
+    from_pretrained(torch_dtype=bf16) keeps in float32."""
+    c = wan_measured.build_components(wan_measured.MeasureSettings(arch="1.3B", device="meta", dtype="bfloat16"))
+    transformer, encoder = c["transformer"], c["text_encoder"]
+    assert len(transformer.blocks) == 30 and transformer.config.text_dim == encoder.config.d_model == 4096
+    assert 5.5e9 <= sum(p.numel() for p in encoder.parameters()) <= 6.0e9  # umT5-XXL's encoder
+    for model in (transformer, encoder, c["vae"]):
+        keep = model._keep_in_fp32_modules or []
+        for name, p in model.named_parameters():
+            expected = torch.float32 if any(k in name.split(".") for k in keep) else torch.bfloat16
+            assert p.dtype == expected and p.device.type == "meta", name
+    assert any(p.dtype == torch.float32 for p in transformer.parameters())  # scale_shift_table, norms, time_embedder
+    assert torch.get_default_dtype() == torch.float32  # restored after building
