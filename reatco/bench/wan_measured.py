@@ -301,8 +301,10 @@ def measure_run(pipe, kind: str, settings: MeasureSettings, video: torch.Tensor 
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    resident = sum(module_bytes(m, device) for m in (pipe.transformer, pipe.vae, text_encoder))
-    live = LiveTensorMeter() if meter else None
+    modules = (pipe.transformer, pipe.vae, text_encoder)
+    resident = sum(module_bytes(m, device) for m in modules)
+    weights = [t for m in modules for t in (*m.parameters(), *m.buffers())]
+    live = LiveTensorMeter(known=weights) if meter else None
     clock = StageClock(device, live, resident)
     rad_steps = min(settings.rad_steps, settings.steps) if kind == "edit" else 0
     probe = _RunProbe(pipe, clock, lambda i: i < rad_steps, settings.steps,
@@ -394,7 +396,7 @@ def markdown(report: dict) -> str:
                          f"| {cell('edit', name, 'seconds', '.2f')} | {cell('edit', name, 'peak_gb', '.3g')} |")
     lines.append(f"| **whole run** | {report['plain']['seconds']:.2f} | {report['plain']['peak_gb']:.3g} | "
                  f"{report['edit']['seconds']:.2f} | {report['edit']['peak_gb']:.3g} |")
-    lines += ["", f"edit / plain time: **{report['edit_vs_plain_time']:.2f}×** (target ≤ {report['time_target']}×: "
+    lines += ["", f"edit / plain time: **{report['edit_vs_plain_time']:.3f}×** (target ≤ {report['time_target']}×: "
                   f"{'met' if report['time_target_met'] else 'not met'}); edit peak: **{report['edit_peak_gb']:.3g} GB** "
                   f"(target ≤ {report['memory_target_gb']:.0f} GB: {'met' if report['memory_target_met'] else 'not met'})"]
     return "\n".join(lines)
