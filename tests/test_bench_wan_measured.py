@@ -57,6 +57,8 @@ def test_ratio_and_targets_are_those_of_the_measured_runs(measured):
     assert report["time_target"] == 1.6 and report["time_target_met"] == (report["edit_vs_plain_time"] <= 1.6)
     assert report["edit_peak_gb"] == report["edit"]["peak_gb"]
     assert report["memory_target_gb"] == 24 and report["memory_target_met"] is True
+    without = (report["edit"]["seconds"] - report["edit"]["stages"]["inversion"]["seconds"]) / report["plain"]["seconds"]
+    assert report["edit_without_inversion_vs_plain_time"] == pytest.approx(without)
     text = wan_measured.markdown(report)
     assert "**measured** on CPU" in text and f"{report['edit_vs_plain_time']:.3f}×" in text
 
@@ -196,3 +198,13 @@ def test_released_architectures_build_in_the_dtype_with_the_float32_modules_kept
             assert p.dtype == expected and p.device.type == "meta", name
     assert any(p.dtype == torch.float32 for p in transformer.parameters())  # scale_shift_table, norms, time_embedder
     assert torch.get_default_dtype() == torch.float32  # restored after building
+
+
+def test_inversion_free_edit_has_no_inversion_stage_and_encodes_two_prompts():
+    settings = wan_measured.MeasureSettings(arch="tiny", frames=5, height=32, width=48, steps=2, rad_steps=1,
+                                            inversion=False)
+    report = wan_measured.measure(settings)
+    edit = report["edit"]["stages"]
+    assert set(edit) == EDIT_STAGES - {"inversion"} and edit["text_encode"]["calls"] == 2
+    assert report["edit_without_inversion_vs_plain_time"] == report["edit_vs_plain_time"]
+    assert "inversion-free start" in wan_measured.markdown(report)

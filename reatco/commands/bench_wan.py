@@ -47,7 +47,7 @@ TEXT_ENCODERS = ("auto", "umt5-xxl", "small")
 TARGET = (81, 480, 832)
 TOKEN_PX = 16  # Wan 2.1's token: VAE 8 × patch 2 (the tiny architecture's too)
 MEASURED_ONLY = ("frames", "height", "width", "steps", "rad_steps", "warmup_steps", "dtype", "gradient_checkpointing",
-                 "offload_text_encoder", "text_encoder", "seed")
+                 "offload_text_encoder", "inversion_free", "text_encoder", "seed")
 
 
 def parse_args(argv=None):
@@ -71,6 +71,8 @@ def parse_args(argv=None):
     measured.add_argument("--gradient_checkpointing", action="store_true", help="RAD's pass checkpointed per block")
     measured.add_argument("--offload_text_encoder", action="store_true",
                           help="the text encoder leaves the GPU after a run's last prompt is encoded")
+    measured.add_argument("--inversion_free", action="store_true",
+                          help="the edit starts from the source re-noised with seeded noise instead of its flow inversion")
     measured.add_argument("--text_encoder", choices=TEXT_ENCODERS, default=None,
                           help="umt5-xxl (auto on 1.3B/14B) | small: a 2-layer umT5 of the transformer's text width (auto on tiny)")
     measured.add_argument("--seed", type=int, default=None)
@@ -163,7 +165,7 @@ def measure_main(args) -> int:
             arch=arch, device=args.device, dtype=args.dtype, frames=args.frames, height=args.height, width=args.width,
             steps=args.steps, rad_steps=args.rad_steps, warmup_steps=args.warmup_steps,
             gradient_checkpointing=args.gradient_checkpointing, offload_text_encoder=args.offload_text_encoder,
-            text_encoder=args.text_encoder, seed=args.seed)
+            inversion=not args.inversion_free, text_encoder=args.text_encoder, seed=args.seed)
         report["runs"].append(wan_measured.measure(settings, log=lambda m: print(m, file=sys.stderr, flush=True)))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
