@@ -363,6 +363,9 @@ def measure(settings: MeasureSettings, log: Callable[[str], None] = lambda m: No
             for name, stage in timed["stages"].items():
                 stage["peak_gb"] = memory["stages"][name]["peak_gb"]
             timed["peak_gb"] = memory["peak_gb"]
+        run = results[kind]  # at once, so that a run cut off later still leaves this one's numbers in the log
+        log(f"{kind}: {run['seconds']:.2f} s, peak {run['peak_gb']:.3g} GB; " + ", ".join(
+            f"{name} {stage['seconds']:.2f} s" for name, stage in run["stages"].items()))
     ratio = results["edit"]["seconds"] / results["plain"]["seconds"]
     # the edit without its inversion stage: what a second edit of the clip costs with the runner's
     # inversion cache (the same model calls but the inversion's; derived from the measured stages)
