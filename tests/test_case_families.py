@@ -6,7 +6,7 @@ import pytest
 
 from reatco.toy import world
 from reatco.toy.editing import (invariant_psnr, kept_scores, placement_scores, relation, stray_blobs,
-                                stray_frames)
+                                stray_frames, temporal_scores)
 from reatco.toy.families import BORDER_DEPTH, FAMILIES, FAST_PX, LARGER, SMALLER, make_case
 from scripts_loader import load_script
 
@@ -159,3 +159,35 @@ def test_bench_rejects_an_unknown_family_before_loading_anything(capsys):
     with pytest.raises(SystemExit) as exit_:
         bench.main(["--sections", "editing", "--families", "cross,swirl", "--model", "/nonexistent"])
     assert exit_.value.code == 2 and "--families: unknown swirl" in capsys.readouterr().err
+
+
+def test_temporal_scores_are_zero_for_an_edit_that_moves_with_its_boxes_and_see_shake_and_flicker():
+    case = make_case("base", SEED, 1, n_frames=8, box_grid=4)
+    ideal = _ideal(case)  # a disc at each box's centre: moves exactly with the box path
+    smooth = temporal_scores(ideal, case)
+    assert smooth["centroid_jitter_px"] < 0.3 and smooth["flicker"] == 0.0
+    assert smooth["source_region_change"] > 0 and np.isfinite(smooth["region_change_ratio"])
+    # the source itself, scored against itself: its change is its own
+    assert temporal_scores(case.source.frames, case)["region_change_ratio"] == pytest.approx(1.0)
+    # shift the first object 3 px right on every other frame: its offset's second difference is 6 px,
+    # the second object's 0, pooled over both objects' triples: 3 px
+    shaken = ideal.copy()
+    colour = world.COLORS[case.targets[0][0]]
+    for f in range(0, shaken.shape[0], 2):
+        x1, y1, x2, y2 = case.boxes[0, f]
+        mask = np.zeros(shaken.shape[1:3], bool)
+        mask[y1:y2, x1:x2] = True
+        blob = mask & (shaken[f] == colour).all(-1)
+        shaken[f][blob] = case.source.background[blob]
+        moved = np.roll(blob, 3, axis=1)
+        shaken[f][moved] = colour
+    shaky = temporal_scores(shaken, case)
+    assert shaky["centroid_jitter_px"] == pytest.approx(3.0, abs=0.5) and shaky["flicker"] == 0.0
+    assert shaky["region_change"] > smooth["region_change"]
+    # drop the second object from every other frame: it flickers on every pair
+    gone = ideal.copy()
+    for f in range(1, gone.shape[0], 2):
+        inside = ~case.outside_mask()[f]
+        blob = inside & (gone[f] == world.COLORS[case.targets[1][0]]).all(-1)
+        gone[f][blob] = case.source.background[blob]
+    assert temporal_scores(gone, case)["flicker"] == pytest.approx(0.5)  # one object of two, every pair

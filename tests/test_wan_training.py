@@ -14,7 +14,7 @@ from reatco.toy import wan_model as wm
 from reatco.toy import wan_training as wt
 from scripts_loader import load_script
 
-TINY_VAE = json.dumps(dict(base_dim=4, dim_mult=[1, 1, 1, 1]))
+TINY_VAE = json.dumps(dict(base_dim=4, dim_mult=[1, 1, 1]))
 TINY_TRANSFORMER = json.dumps(dict(num_attention_heads=2, attention_head_dim=12, ffn_dim=32, num_layers=4, freq_dim=32))
 
 
@@ -115,7 +115,7 @@ def test_the_data_names_each_object_word_and_its_cells(trained):
     tok = wm.build_tokenizer()
     for name, n_frames, offset in (("short", 9, 0), ("long", 17, 10_000_000)):
         s = d[name]
-        assert s["moments"].shape[1:] == (32, wm.n_latent_frames(n_frames), 8, 8)
+        assert s["moments"].shape[1:] == (32, wm.n_latent_frames(n_frames), wm.LATENT, wm.LATENT)
         for i in range(len(s["ids"])):
             clip = wm.make_clip(0, offset + i, n_frames)
             words = tok.convert_ids_to_tokens(s["ids"][i][s["mask"][i].bool()].tolist())
@@ -246,7 +246,7 @@ def test_latent_frames_cover_their_pixel_frames_and_cells():
 def test_the_recorder_is_wan_attention_and_hands_out_its_maps():
     torch.manual_seed(0)
     tr = wm.build_transformer({**wm.TRANSFORMER_CONFIG, **json.loads(TINY_TRANSFORMER)}).eval()
-    x, text = torch.randn(2, 16, 3, 8, 8), torch.randn(2, 20, 64)
+    x, text = torch.randn(2, 16, 3, wm.LATENT, wm.LATENT), torch.randn(2, 20, 64)
     t = torch.tensor([300.0, 700.0])
     with torch.no_grad():
         reference = tr(hidden_states=x, timestep=t, encoder_hidden_states=text).sample
@@ -298,7 +298,7 @@ def test_the_vae_trains_on_its_decode_without_the_clamp():
     vae = wm.build_vae({**wm.VAE_CONFIG, **json.loads(TINY_VAE)})
     with torch.no_grad():
         vae.decoder.conv_out.bias += 2.0  # outputs beyond 1, as a fresh decoder's often are
-        z = torch.randn(2, 16, 3, 8, 8)
+        z = torch.randn(2, 16, 3, wm.LATENT, wm.LATENT)
         raw, clamped = wt.decode_unclamped(vae, z), vae.decode(z).sample
     assert raw.shape == clamped.shape == (2, 3, 9, 64, 64)
     assert torch.equal(raw.clamp(-1, 1), clamped) and raw.max() > 1.5
@@ -357,8 +357,13 @@ def test_the_shipped_configs_fit_the_25_mb_budget_in_fp32():
     models = (wm.build_vae(), wm.build_transformer(), wm.build_text_encoder(tok))
     n = sum(p.numel() for m in models for p in m.parameters())
     assert n * 4 < 20e6  # fp32 safetensors, with room for the configs and the tokenizer
-    assert models[1].config.patch_size == (1, 1, 1) or list(models[1].config.patch_size) == [1, 1, 1]
+    assert list(models[1].config.patch_size) == [1, wm.PATCH, wm.PATCH]
     assert models[0].config.scale_factor_spatial == wm.SPATIAL and models[0].config.scale_factor_temporal == wm.TEMPORAL
+    # the token grid the regions and the attention loss live on: 8 px a token, 8 × 8 tokens a frame
+    z = models[0].encode(torch.zeros(1, 3, 9, wm.SIZE, wm.SIZE)).latent_dist.mode()
+    assert z.shape == (1, 16, 3, wm.LATENT, wm.LATENT)
+    tokens = models[1].patch_embedding(z)
+    assert tokens.shape[-3:] == (3, wm.GRID, wm.GRID) and wm.SIZE // wm.GRID == wm.TOKEN_PX == 8
 
 
 def test_a_short_padding_with_its_logit_bias_is_the_pipelines_512_padding():
@@ -368,7 +373,7 @@ def test_a_short_padding_with_its_logit_bias_is_the_pipelines_512_padding():
     text = wm.build_text_encoder(tok).eval()
     enc = tok(["a red circle on a gray background", "a blue square, a red circle and a green triangle on a dotted background"],
               padding="max_length", max_length=wm.TEXT_TOKENS, return_tensors="pt")
-    x, t = torch.randn(2, 16, 3, 8, 8), torch.tensor([250.0, 800.0])
+    x, t = torch.randn(2, 16, 3, wm.LATENT, wm.LATENT), torch.tensor([250.0, 800.0])
     with torch.no_grad():
         full_store = []
         old = wm.install_recorders(tr, [2], full_store)
@@ -390,3 +395,51 @@ def test_a_short_padding_with_its_logit_bias_is_the_pipelines_512_padding():
         assert torch.allclose(short_store[0][b, :, :n_real[b]], full_store[0][b, :, :n_real[b]], atol=1e-6)
     with pytest.raises(ValueError, match="at least one padding"):
         padding.set(torch.ones(1, 5), 5)
+
+
+def test_the_shapes_bench_measures_the_wan_export_like_the_unet_model(trained, tmp_path, capsys):
+    """scripts/bench_shapes.py on a Wan-layout folder: the model's gates (wan_eval's) and the editing
+    cases of the UNet model's bench, on 4k + 1 frames, with the temporal scores; --compare puts
+    the editing sections side by side."""
+    straight, _ = trained
+    model = wt.export(tiny_settings(straight, out=str(tmp_path / "model")))
+    bench = load_script("bench_shapes")
+    threads = torch.get_num_threads()
+    out = tmp_path / "wan.json"
+    with pytest.raises(SystemExit) as err:  # 8 frames is not 4k + 1: refused before the model loads
+        bench.main(["--model", str(model), "--sections", "editing", "--edit_frames", "8", "--out", str(out)])
+    assert err.value.code == 2 and "edit_frames" in capsys.readouterr().err and not out.exists()
+    try:
+        report = bench.main([
+            "--model", str(model), "--sections", "vae,text2image,attention,editing", "--threads", str(threads),
+            "--n_vae", "2", "--n", "2", "--n_attn", "2", "--steps", "2", "--batch", "2", "--edit_cases", "1",
+            "--edit_frames", "5", "--set", "sampling.steps=3", "--set", "rad.max_update_steps=2",
+            "--set", "rad.refinement_thresholds={}", "--set", "irjs.decode_outside=source", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert report["backbone"] == "wan" and json.loads(out.read_text())["backbone"] == "wan"
+    assert report["vae"]["n"] == 2 and report["text2image"]["frames"] == 9 and report["attention"]["blocks"] == [2, 3]
+    edit = report["editing"]
+    assert edit["backbone"] == "wan" and edit["n_frames"] == 5 and edit["box_grid"] == wm.SPATIAL
+    irjs, no_irjs = edit["rad_irjs"], edit["no_irjs"]
+    # IRJS keeps the source's latents outside the regions' cells, and decode_outside: source their decode: in
+    # the cells it keeps, the edit is exactly the source's own VAE round trip; the cells a latent frame's
+    # union of boxes takes from the pixel frames' invariant region (the moving objects) are left to the model
+    assert irjs["kept_cells_psnr"] == edit["vae_roundtrip_kept_cells_psnr"] < 40
+    assert 0 < irjs["cut_cells_share"] == no_irjs["cut_cells_share"] < 0.3
+    assert no_irjs["kept_cells_psnr"] != irjs["kept_cells_psnr"]  # (a 4-step VAE decodes everything alike)
+    assert irjs["source_region_change"] > 0 and irjs["cpu_seconds"] > 0
+    assert 0 <= irjs["attention_in_regions"] <= 1 and 0 <= irjs["flicker"] <= 1
+    table = capsys.readouterr().out
+    assert "text→video colours+shapes right, per frame" in table and "attn2 mass in box (blocks [2, 3]), σ=0.5" in table
+    # the backbone comparison reads the two results files; a file without an editing section is refused
+    unet = tmp_path / "unet.json"
+    unet.write_text(json.dumps({"backbone": "unet", "editing": {**edit, "backbone": "unet"}}))
+    bench.main(["--compare", str(unet), str(out)])
+    compared = capsys.readouterr().out
+    assert "| RAD+IRJS, on the same held-out cases | unet (unet.json) | wan (wan.json) |" in compared
+    assert f"| placement, RAD+IRJS | {irjs['placement']:.2f} | {irjs['placement']:.2f} |" in compared
+    (tmp_path / "bad.json").write_text(json.dumps({"vae": {}}))
+    with pytest.raises(SystemExit) as err:
+        bench.main(["--compare", str(tmp_path / "bad.json"), str(out)])
+    assert err.value.code == 2 and "bad.json" in capsys.readouterr().err

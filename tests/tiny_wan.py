@@ -27,6 +27,9 @@ TINY_TRANSFORMER = dict(
     qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
 )
 TINY_VAE = dict(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True])
+# A Wan-layout VAE that compresses 4× in space (the shapes-world Wan model's kind): with patch 2, 8-px tokens
+TINY_VAE_4X = dict(base_dim=3, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[True, True],
+                   scale_factor_spatial=4)
 MAX_SEQUENCE_LENGTH = 512  # WanPipeline's default: the embeddings are zero-padded to it
 
 
@@ -44,7 +47,7 @@ def tiny_wan_tokenizer():
                                    model_max_length=MAX_SEQUENCE_LENGTH)
 
 
-def tiny_wan_components(two_experts: bool = False, seed: int = 0) -> dict:
+def tiny_wan_components(two_experts: bool = False, seed: int = 0, vae_config: dict | None = None) -> dict:
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -53,7 +56,7 @@ def tiny_wan_components(two_experts: bool = False, seed: int = 0) -> dict:
     text_encoder = UMT5EncoderModel(UMT5Config(d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
                                                vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1)).eval()
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKLWan(**TINY_VAE).eval()
+    vae = AutoencoderKLWan(**(vae_config or TINY_VAE)).eval()
     torch.manual_seed(seed + 2)
     transformer = WanTransformer3DModel(**TINY_TRANSFORMER).eval()
     components = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, transformer=transformer,
@@ -64,12 +67,12 @@ def tiny_wan_components(two_experts: bool = False, seed: int = 0) -> dict:
     return components
 
 
-def save_tiny_wan(folder, two_experts: bool = False, seed: int = 0) -> Path:
+def save_tiny_wan(folder, two_experts: bool = False, seed: int = 0, vae_config: dict | None = None) -> Path:
     """The tiny components saved by `WanPipeline.save_pretrained` (the diffusers layout)."""
     from diffusers import WanPipeline
 
     folder = Path(folder)
-    WanPipeline(**tiny_wan_components(two_experts, seed)).save_pretrained(folder)
+    WanPipeline(**tiny_wan_components(two_experts, seed, vae_config)).save_pretrained(folder)
     return folder
 
 

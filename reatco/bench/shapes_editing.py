@@ -38,6 +38,9 @@ from ..metrics.fidelity import masked_psnr as psnr
 from .shapes_model import BENCH_OFFSET
 
 EDIT_RUNS = {"rad_irjs": (True, True), "no_rad": (False, True), "no_irjs": (True, False)}
+# the temporal smoothness of each run (reatco.toy.editing.temporal_scores) and its CPU seconds
+TEMPORAL_KEYS = ("centroid_jitter_px", "region_change", "source_region_change", "region_change_ratio", "flicker",
+                 "cpu_seconds")
 FAMILY_GATES = dict(placement=0.95, placement_margin=0.6, invariant_db=35.0, stray_frames=0.02)
 
 
@@ -82,37 +85,138 @@ def _edit(pipe, cfg, prompt, video, latents, trajectory, objects, **changes):
     return out, (out.frames[0] * 255).round().astype(np.uint8)
 
 
+class TavEditor:
+    """The editing section's view of the Tune-A-Video UNet pipeline: a case's source prepared
+    (tuned from the shipped weights when the config tunes, encoded, DDIM-inverted), its VAE round
+    trip, and edits on that source with the config's settings."""
+
+    backbone = "unet"
+
+    def __init__(self, args):
+        self.cfg, self.pipe, self.base_unet, self.tune, self.steps, self.box_grid = _edit_setup(args)
+        self.latent_px = self.pipe.vae_scale_factor
+
+    def prepare(self, video, caption):
+        return _prepare_source(self.pipe, self.cfg, video, caption, self.tune, self.base_unet, self.steps)
+
+    def roundtrip(self, latents) -> np.ndarray:
+        with torch.no_grad():
+            return (self.pipe.decode_latents(latents).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+
+    def edit(self, prompt, video, latents, trajectory, objects, **changes):
+        """(output, uint8 frames); the output's attention maps (J, F, h, w) are per pixel frame."""
+        return _edit(self.pipe, self.cfg, prompt, video, latents, trajectory, objects, **changes)
+
+    @property
+    def tune_steps(self) -> int:
+        return self.tune.steps if self.tune is not None else 0
+
+    def edited_cells(self, case, latent_size: int) -> np.ndarray:
+        """(F, H, W) bool: the pixels IRJS leaves to the model (the regions' latent cells)."""
+        return case.edited_cells(latent_size)
+
+
+class WanEditor:
+    """The editing section's view of a Wan pipeline (`WanReAtCoPipeline` on the model folder): the
+    source encoded and flow-inverted with its caption (Wan has no tuning), and edits with the
+    config's sampling, RAD and IRJS settings. Clips are 4k + 1 frames; the attention maps, which
+    Wan gives per latent frame, are handed out per pixel frame (each pixel frame gets the map of
+    the latent frame that covers it), as the Wan runner writes them."""
+
+    backbone = "wan"
+    tune_steps = 0
+
+    def __init__(self, args):
+        from ..backbones.wan.pipeline import WanReAtCoPipeline
+
+        self.cfg = load_config(args.config, args.set)
+        self.pipe = WanReAtCoPipeline.from_pretrained(args.model)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.steps = self.cfg.sampling.steps
+        self.latent_px = self.pipe.vae_scale_factor_spatial
+        self.box_grid = args.edit_box_grid or self.latent_px
+
+    def prepare(self, video, caption):
+        with torch.no_grad():
+            latents = self.pipe.encode_video(video)
+            embeds = self.pipe.backbone.encode_prompt(self.cfg.inversion.prompt or caption)
+            trajectory = self.pipe.invert(latents, embeds, self.steps, self.cfg.inversion.fixed_point_iters)
+        return latents, trajectory
+
+    def roundtrip(self, latents) -> np.ndarray:
+        with torch.no_grad():
+            return (self.pipe.decode_latents(latents).permute(0, 2, 3, 1).float().numpy() * 255).round().astype(np.uint8)
+
+    def edited_cells(self, case, latent_size: int) -> np.ndarray:
+        """(F, H, W) bool: the pixels IRJS leaves to the model. A latent frame covers 4 pixel frames and
+        its region is the union of theirs, so on each pixel frame these are the cells of every region
+        box of its latent frame's pixel frames: an invariant pixel that another frame of the group has
+        in a box cannot be kept (the temporal compression's price, counted in `cut_cells_*`)."""
+        from ..backbones.wan import geometry
+
+        per_frame = case.edited_cells(latent_size)
+        out = np.empty_like(per_frame)
+        for covered in geometry.latent_frame_groups(per_frame.shape[0], self.pipe.vae_scale_factor_temporal):
+            out[covered] = per_frame[covered].any(0)
+        return out
+
+    def edit(self, prompt, video, latents, trajectory, objects, return_attention: bool = False, **changes):
+        from ..backbones.wan import geometry
+
+        s, n_frames = self.cfg.sampling, video.shape[0]
+        kwargs = dict(objects=objects, source_latents=latents, inversion_trajectory=trajectory, num_inference_steps=s.steps,
+                      guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
+                      generator=torch.Generator().manual_seed(s.seed), start_in_regions=s.start_in_regions,
+                      rad=self.cfg.rad, irjs=self.cfg.irjs, rad_blocks=self.cfg.rad.blocks, n_frames=n_frames,
+                      height=video.shape[2], width=video.shape[3], return_attention=return_attention, output_type="np")
+        kwargs.update(changes)
+        out = self.pipe(prompt, **kwargs)
+        if out.attention_maps is not None:  # latent frames → the pixel frames each covers
+            groups = geometry.latent_frame_groups(n_frames, self.pipe.vae_scale_factor_temporal)
+            out.attention_maps = out.attention_maps[:, [g for g, covered in enumerate(groups) for _ in covered]]
+        return out, (out.frames[0] * 255).round().astype(np.uint8)
+
+
+def editor_for(args):
+    """The editing section's pipeline view for the bench's backbone (`args.backbone`, resolved)."""
+    return WanEditor(args) if args.backbone == "wan" else TavEditor(args)
+
+
 def edit_gate(args, _pipe) -> dict:
     from ..toy.editing import (invariant_breakdown, invariant_psnr, kept_scores, placement_scores, region_attention_mass,
-                               stray_frames)
+                               stray_frames, temporal_scores)
     from ..toy.families import make_case
 
-    cfg, pipe, base_unet, tune, steps, box_grid = _edit_setup(args)
+    editor = editor_for(args)
+    box_grid, n_frames = editor.box_grid, args.edit_frames
     rows = []
     for family, i in [(fam, i) for fam in args.families.split(",") for i in range(args.edit_cases)]:
-        case = make_case(family, BENCH_OFFSET + args.seed, 40_000 + i, n_frames=args.edit_frames, box_grid=box_grid)
+        case = make_case(family, BENCH_OFFSET + args.seed, 40_000 + i, n_frames=n_frames, box_grid=box_grid)
         video = case.video_tensor()
         t0 = time.time()
-        latents, trajectory = _prepare_source(pipe, cfg, video, case.source.caption, tune, base_unet, steps)
-        with torch.no_grad():
-            roundtrip = (pipe.decode_latents(latents).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
-        latent_size = latents.shape[-1]
+        latents, trajectory = editor.prepare(video, case.source.caption)
+        roundtrip = editor.roundtrip(latents)
+        latent_size = case.source.frames.shape[1] // editor.latent_px
+        edited = editor.edited_cells(case, latent_size)
         row = {"case": i, "family": family, "prompt": case.prompt, "source": case.source.caption,
                "vae_roundtrip_invariant_psnr": psnr(roundtrip, case.source.frames, case.outside_mask()),
-               "vae_roundtrip_kept_cells_psnr": invariant_breakdown(roundtrip, case, latent_size)["kept_cells_psnr"]}
+               "vae_roundtrip_kept_cells_psnr": invariant_breakdown(roundtrip, case, latent_size, edited)["kept_cells_psnr"]}
         for name, (use_rad, use_irjs) in EDIT_RUNS.items():
-            out, frames = _edit(pipe, cfg, case.prompt, video, latents, trajectory, case.objects(), return_attention=True,
-                                rad=dataclasses.replace(cfg.rad, enabled=use_rad),
-                                irjs=dataclasses.replace(cfg.irjs, enabled=use_irjs))
+            cpu0 = time.process_time()
+            out, frames = editor.edit(case.prompt, video, latents, trajectory, case.objects(), return_attention=True,
+                                      rad=dataclasses.replace(editor.cfg.rad, enabled=use_rad),
+                                      irjs=dataclasses.replace(editor.cfg.irjs, enabled=use_irjs))
+            cpu_seconds = time.process_time() - cpu0
             scores = placement_scores(frames, case)
             row[name] = {"placement": scores["placement"], "relation": scores["relation"], "shapes": scores["shapes"],
                          "invariant_psnr": invariant_psnr(frames, case),
                          # what IRJS controls: the edit against the source's own VAE round trip
                          "invariant_psnr_vs_roundtrip": psnr(frames, roundtrip, case.outside_mask()),
                          # IRJS keeps latent cells: the error in the cells it keeps vs the cells the box edges cut
-                         **invariant_breakdown(frames, case, latent_size),
+                         **invariant_breakdown(frames, case, latent_size, edited),
                          "attention_in_regions": region_attention_mass(out.attention_maps, case),
-                         "stray_frames": stray_frames(frames, case), "kept": kept_scores(frames, case)}
+                         "stray_frames": stray_frames(frames, case), "kept": kept_scores(frames, case),
+                         **temporal_scores(frames, case), "cpu_seconds": round(cpu_seconds, 2)}
             if args.save_edits:
                 prefix = "" if family == "base" else f"{family}_"
                 _save_edit(Path(args.save_edits) / f"{prefix}case{i:02d}_{name}.png", case, frames)
@@ -133,8 +237,8 @@ def edit_gate(args, _pipe) -> dict:
         "vae_roundtrip_kept_cells_psnr": float(np.mean([r["vae_roundtrip_kept_cells_psnr"] for r in rows])),
         "placement_gate": 0.9, "placement_passed": bool(with_rad >= 0.9 and with_rad - without >= 0.2),
         "invariant_gate_db": 35.0, "invariant_passed": bool(summary["rad_irjs"]["invariant_psnr"] >= 35.0),
-        "config": args.config, "tune_steps": tune.steps if tune is not None else 0, "box_grid": box_grid, "n_cases": len(rows),
-        "n_frames": args.edit_frames, "families": families, "cases": rows,
+        "backbone": editor.backbone, "config": args.config, "tune_steps": editor.tune_steps, "box_grid": box_grid,
+        "n_cases": len(rows), "n_frames": n_frames, "families": families, "cases": rows,
     }
 
 
@@ -142,7 +246,7 @@ def _edit_summary(rows: list[dict]) -> dict:
     return {name: {key: mean_of_numbers([r[name][key] for r in rows])  # nan: a case without cut cells / kept objects
                    for key in ("placement", "relation", "shapes", "invariant_psnr", "invariant_psnr_vs_roundtrip",
                                "kept_cells_psnr", "cut_cells_psnr", "cut_cells_share", "attention_in_regions",
-                               "stray_frames", "kept")}
+                               "stray_frames", "kept", *TEMPORAL_KEYS)}
             for name in EDIT_RUNS}
 
 

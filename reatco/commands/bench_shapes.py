@@ -15,8 +15,16 @@ section's measurement is explained in reatco/bench/shapes_model.py and shapes_ed
                (gate ≥ 0.7), and the edit with found regions against true regions (placement
                within 0.05).
 
+  Both backbones: --model data/shapes-wan (a Wan-layout folder; --backbone wan, or read from its
+  model_index.json) runs the same sections on the DiT (text→video, attn2 of its trained blocks, 9-frame
+  editing cases with configs/shapes-wan.yaml); `regions` is UNet-only. Every editing run also reports
+  temporal smoothness (centroid jitter, region change against the source's own, flicker) and CPU seconds.
+  --compare A.json B.json … puts the editing sections of earlier runs side by side (the backbone comparison).
+
   python scripts/bench_shapes.py --model data/shapes-model --out outputs/bench_shapes.json
   python scripts/bench_shapes.py --sections editing --families cross,three --edit_cases 4 --threads 1
+  python scripts/bench_shapes.py --model data/shapes-wan --sections editing --out outputs/bench_wan.json
+  python scripts/bench_shapes.py --compare outputs/bench_unet9.json outputs/bench_wan.json
 """
 
 from __future__ import annotations
@@ -44,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--model", help="the shapes model (default data/shapes-model)")
+    p.add_argument("--backbone", choices=("auto", "unet", "wan"),
+                   help="the model's backbone (default auto: from its model_index.json)")
+    p.add_argument("--compare", nargs="+", metavar="RESULTS_JSON",
+                   help="print the editing sections of these earlier results side by side and exit")
     p.add_argument("--out", default="outputs/bench_shapes.json")
     p.add_argument("--n", type=int, help="text→image samples (64)")
     p.add_argument("--n_vae", type=int, help="VAE images (128)")
@@ -55,13 +67,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="torch threads (1)")
     p.add_argument("--sections", help="comma-separated subset of " + ",".join(SECTIONS))
     p.add_argument("--save_samples", help="png grid of the first text→image batch")
-    p.add_argument("--config", help="editing: the settings to benchmark (configs/shapes.yaml)")
+    p.add_argument("--config", help="editing: the settings to benchmark (configs/shapes.yaml; on Wan configs/shapes-wan.yaml)")
     p.add_argument("--set", nargs="+", action="extend", metavar="KEY=VALUE",
                    help="editing: override a config value, e.g. --set rad.step_size=40 (repeatable)")
     p.add_argument("--edit_cases", type=int, help="editing: cases per family (8)")
     p.add_argument("--families", help="editing: comma-separated case families of reatco/toy/families.py ("
                    + ",".join(FAMILIES) + "; default base), each with its own rows")
-    p.add_argument("--edit_frames", type=int, help="editing: frames per case (8)")
+    p.add_argument("--edit_frames", type=int, help="editing: frames per case (8; on Wan 9: 4k + 1)")
     p.add_argument("--edit_box_grid", type=int,
                    help="editing: round the region boxes out to this many pixels (default: the VAE's latent cell, "
                         "the finest grid IRJS can keep; 1 = the source objects' tight boxes)")
@@ -78,6 +90,8 @@ def main(argv=None) -> dict:
     p = build_parser()
     args = vars(p.parse_args(argv))
     out = Path(args.pop("out"))
+    if "compare" in args:
+        return compare(p, args.pop("compare"))
     from reatco.bench import shapes
     from reatco.errors import ConfigError
     from reatco.files import atomic_file
@@ -90,6 +104,24 @@ def main(argv=None) -> dict:
     with atomic_file(out) as tmp:
         Path(tmp).write_text(json.dumps(results, indent=1))
     print(shapes.markdown(results))
+    return results
+
+
+def compare(p: argparse.ArgumentParser, paths: list[str]) -> dict:
+    """--compare: the editing sections of earlier results, side by side, labelled by backbone and file."""
+    from reatco.bench import shapes
+
+    results = {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as err:
+            p.error(f"--compare: cannot read {path}: {err}")
+        results[f"{data.get('backbone', 'unet') if isinstance(data, dict) else '?'} ({Path(path).name})"] = data
+    try:
+        print(shapes.compare_markdown(results))
+    except ValueError as err:
+        p.error(f"--compare: {err} (run the bench with --sections editing)")
     return results
 
 

@@ -242,14 +242,65 @@ def invariant_psnr(frames: np.ndarray, case: EditCase) -> float:
     return masked_psnr(frames, case.source.frames, case.outside_mask())
 
 
-def invariant_breakdown(frames: np.ndarray, case: EditCase, latent_size: int) -> dict:
+def invariant_breakdown(frames: np.ndarray, case: EditCase, latent_size: int, edited: np.ndarray | None = None) -> dict:
     """Where the invariant region's error comes from under IRJS, which works on latent cells: the
     part in cells kept from the source (error = the VAE's and what leaks across cell edges in
     decoding) and the part in cells the regions' edges cut (left to the model). PSNR of each part
-    (nan when a part is empty) and the second part's share of the invariant pixels."""
-    outside, edited = case.outside_mask(), case.edited_cells(latent_size)
+    (nan when a part is empty) and the second part's share of the invariant pixels. `edited`
+    (F, H, W) bool: the pixels the backbone leaves to the model, where they are not
+    `case.edited_cells(latent_size)` (on Wan a latent frame's cells are the union over the 4 pixel
+    frames it covers)."""
+    outside = case.outside_mask()
+    edited = case.edited_cells(latent_size) if edited is None else edited
     return {
         "kept_cells_psnr": masked_psnr(frames, case.source.frames, outside & ~edited),
         "cut_cells_psnr": masked_psnr(frames, case.source.frames, outside & edited),
         "cut_cells_share": float((outside & edited).sum() / max(1, outside.sum())),
     }
+
+
+def temporal_scores(frames: np.ndarray, case: EditCase) -> dict:
+    """How smooth an edit is in time (the paper's stated limit of its Tune-A-Video backbone),
+    measured against the exact truth; frames (F, H, W, 3) uint8.
+
+      centroid_jitter_px   per edited object, its detected centroid minus its region box's centre
+                           on each frame, and the mean length of that offset's second difference
+                           over three consecutive frames where the object is found: an object that
+                           moves with its box (however far from the centre) scores 0, one that
+                           shakes about its path scores its shake in pixels.
+      region_change        mean absolute difference of consecutive frames (0–255) inside each
+                           region (the union of its boxes on the two frames), over objects and pairs.
+      source_region_change the same on the source clip, in the same pixels: the change the motion
+                           itself makes. Their ratio is `region_change_ratio` (1: as smooth as
+                           the source; a flickering texture or a shaking object is above).
+      flicker              per edited object, the fraction of consecutive frame pairs in which it
+                           appears or disappears (the detector finds it in one and not the other).
+    nan where a measure has nothing to measure (e.g. jitter when no object is found in three
+    consecutive frames)."""
+    n_f = frames.shape[0]
+    colours = [c for c, _ in case.targets]
+    found = [detect(image, colours) for image in frames]
+    boxes = case.boxes.astype(float)  # (J, F, 4)
+    jitter, flicker = [], []
+    for j, colour in enumerate(colours):
+        seen = [found[f][colour].found for f in range(n_f)]
+        if n_f > 1:
+            flicker.append(float(np.mean([seen[f] != seen[f + 1] for f in range(n_f - 1)])))
+        centre = (boxes[j, :, :2] + boxes[j, :, 2:]) / 2
+        offset = [np.asarray(found[f][colour].centroid) - centre[f] if seen[f] else None for f in range(n_f)]
+        jitter += [float(np.linalg.norm(offset[f + 1] - 2 * offset[f] + offset[f - 1]))
+                   for f in range(1, n_f - 1) if seen[f - 1] and seen[f] and seen[f + 1]]
+    change, source_change = [], []
+    edit, source = frames.astype(float), case.source.frames.astype(float)
+    for j in range(len(colours)):
+        for f in range(n_f - 1):
+            inside = np.zeros(frames.shape[1:3], bool)
+            for g in (f, f + 1):
+                x1, y1, x2, y2 = case.boxes[j, g]
+                inside[y1:y2, x1:x2] = True
+            change.append(float(np.abs(edit[f + 1] - edit[f])[inside].mean()))
+            source_change.append(float(np.abs(source[f + 1] - source[f])[inside].mean()))
+    mean = lambda v: float(np.mean(v)) if v else float("nan")  # noqa: E731
+    region, src = mean(change), mean(source_change)
+    return {"centroid_jitter_px": mean(jitter), "region_change": region, "source_region_change": src,
+            "region_change_ratio": region / src if src > 0 else float("nan"), "flicker": mean(flicker)}

@@ -3,10 +3,11 @@ layout): its configs and builders, the word-level tokenizer, the clips it is tra
 cross-attention (attn2) recorder the attention loss and the evaluation read, and the export to a
 folder that `diffusers.WanPipeline.from_pretrained` loads exactly as a real Wan checkpoint.
 
-Geometry: clips of 4k + 1 frames (9 and 17) at 64 × 64 → the VAE (Wan's 8× in space, 4× in
-time) → latents 16 × (k + 1) × 8 × 8 → the transformer with patch (1, 1, 1): one token per
-latent cell, 8 × 8 px of one latent frame (the world's objects span 2–3.5 cells; Wan's own
-patch (1, 2, 2) would make them one token or less, and RAD would have nothing to steer).
+Geometry: clips of 4k + 1 frames (9 and 17) at 64 × 64 → the VAE (4× in space, Wan's 4× in
+time) → latents 16 × (k + 1) × 16 × 16 → the transformer with Wan's own patch (1, 2, 2): one token
+per 2 × 2 latent cells, 8 × 8 px of one latent frame (the world's objects span 2–3.5 tokens).
+Wan's 8× VAE with its 16 channels stalled at 21.9 dB here (48× fewer numbers than pixels; this
+one has 12×, as the UNet model's VAE), and with the 8× VAE only a (1, 1, 1) patch gives 8 px tokens.
 """
 
 from __future__ import annotations
@@ -21,16 +22,19 @@ import torch
 from . import world
 
 SIZE = world.SIZE
-SPATIAL, TEMPORAL = 8, 4  # Wan's VAE compression
-GRID = SIZE // SPATIAL  # tokens a side (8 px a token)
+SPATIAL, TEMPORAL = 4, 4  # the VAE's compression: 4× in space (Wan's is 8×), Wan's 4× in time
+PATCH = 2  # the transformer's spatial patch, Wan's (1, 2, 2)
+TOKEN_PX = SPATIAL * PATCH  # 8 px a token
+LATENT = SIZE // SPATIAL  # latent cells a side
+GRID = SIZE // TOKEN_PX  # tokens a side
 TEXT_TOKENS = 16  # the longest caption (three objects: 15 words) + </s>
 PIPELINE_TEXT_LENGTH = 512  # WanPipeline zero-pads the prompt embeddings to this (its default)
 
-VAE_CONFIG = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=1,
-                  temperal_downsample=[False, True, True])
+VAE_CONFIG = dict(base_dim=16, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1,
+                  temperal_downsample=[True, True], scale_factor_spatial=SPATIAL, scale_factor_temporal=TEMPORAL)
 TEXT_CONFIG = dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, relative_attention_num_buckets=16,
                    relative_attention_max_distance=32, dropout_rate=0.0, feed_forward_proj="gated-gelu")
-TRANSFORMER_CONFIG = dict(patch_size=[1, 1, 1], num_attention_heads=4, attention_head_dim=32, in_channels=16,
+TRANSFORMER_CONFIG = dict(patch_size=[1, PATCH, PATCH], num_attention_heads=4, attention_head_dim=32, in_channels=16,
                           out_channels=16, text_dim=64, freq_dim=256, ffn_dim=512, num_layers=6,
                           cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=64)
 # The blocks whose attn2 the attention loss trains (and RAD should read): the middle of the stack.
@@ -119,7 +123,7 @@ def n_latent_frames(n_frames: int) -> int:
 
 def latent_frame_groups(n_frames: int) -> list[list[int]]:
     """The pixel frames each latent frame covers: 0 → [0]; i ≥ 1 → 4i − 3 … 4i."""
-    return [[0]] + [list(range(TEMPORAL * i - 3, TEMPORAL * i + 1)) for i in range(1, n_latent_frames(n_frames))]
+    return [[0]] + [list(range(TEMPORAL * i - TEMPORAL + 1, TEMPORAL * i + 1)) for i in range(1, n_latent_frames(n_frames))]
 
 
 THREE_RADIUS = (7.0, 10.0)  # three objects apart along whole paths need smaller shapes (the `three` family's)
@@ -151,12 +155,12 @@ def clip_tensor(samples: list[world.Sample]) -> torch.Tensor:
 
 
 def cell_coverage(masks: np.ndarray, n_frames: int) -> np.ndarray:
-    """Per object (J, F, H, W bool) → (J, T, 8, 8) fraction of each token cell the object covers
+    """Per object (J, F, H, W bool) → (J, T, 8, 8) fraction of each token the object covers
     in any pixel frame of that latent frame (the union, as a region on the token grid is)."""
     groups = latent_frame_groups(n_frames)
     union = np.stack([masks[:, g].any(1) for g in groups], 1)  # (J, T, H, W)
     j, t = union.shape[:2]
-    return union.reshape(j, t, GRID, SPATIAL, GRID, SPATIAL).mean((3, 5))
+    return union.reshape(j, t, GRID, TOKEN_PX, GRID, TOKEN_PX).mean((3, 5))
 
 
 def box_coverage(boxes: np.ndarray, n_frames: int) -> np.ndarray:
@@ -169,7 +173,7 @@ def box_coverage(boxes: np.ndarray, n_frames: int) -> np.ndarray:
             for f in g:
                 x1, y1, x2, y2 = boxes[j, f]
                 out[j, t, y1:y2, x1:x2] = True
-    return out.reshape(len(boxes), len(groups), GRID, SPATIAL, GRID, SPATIAL).mean((3, 5))
+    return out.reshape(len(boxes), len(groups), GRID, TOKEN_PX, GRID, TOKEN_PX).mean((3, 5))
 
 
 # =============================================================================== attn2 recorder

@@ -2,7 +2,7 @@
 session's end (scripts/train_shapes_model.py --backbone wan is the command line).
 
 Stages (`STAGES`), each checkpointing into `work` and resuming from its last checkpoint:
-  vae          AutoencoderKLWan on clips of the world (random 4k + 1-frame windows and 8-px-aligned
+  vae          AutoencoderKLWan on clips of the world (random 4k + 1-frame windows and latent-cell-aligned
                crops of a fixed pool of 9-frame clips: the VAE is convolutional, crops are cheaper),
                L1 + MSE + tiny KL on the decoder's unclamped output, EMA; stops at vae_steps or when the EMA's held-out PSNR (whole
                9-frame 64 × 64 clips) reaches target_psnr.
@@ -280,7 +280,7 @@ def _data_path(args) -> Path:
 
 def _empty_set(n: int, n_frames: int) -> dict:
     t = wm.n_latent_frames(n_frames)
-    return dict(n_frames=n_frames, filled=0, moments=torch.zeros(n, 32, t, wm.GRID, wm.GRID, dtype=torch.float16),
+    return dict(n_frames=n_frames, filled=0, moments=torch.zeros(n, 32, t, wm.LATENT, wm.LATENT, dtype=torch.float16),
                 ids=torch.zeros(n, wm.TEXT_TOKENS, dtype=torch.long), mask=torch.zeros(n, wm.TEXT_TOKENS, dtype=torch.long),
                 obj_tok=torch.full((n, 3, 2), -1, dtype=torch.long),
                 cover=torch.zeros(n, 3, t, wm.GRID, wm.GRID, dtype=torch.float16))
@@ -517,7 +517,7 @@ def export(args) -> Path:
     v, t = ck["vae"], ck["transformer"]
     info = dict(
         seed=args.seed, backbone="wan", clip_size=wm.SIZE, frames=[9, 17], vae_scale_factor_spatial=wm.SPATIAL,
-        vae_scale_factor_temporal=wm.TEMPORAL, token_px=wm.SPATIAL * t["config"]["patch_size"][1],
+        vae_scale_factor_temporal=wm.TEMPORAL, token_px=wm.SPATIAL * t["config"]["patch_size"][-1],
         attention_blocks=t["blocks"], text_tokens=wm.TEXT_TOKENS, pipeline_text_length=wm.PIPELINE_TEXT_LENGTH,
         vae_steps=v["state"]["step"], vae_done=v["state"]["done"], vae_wall_s=round(v["state"]["wall_s"], 1),
         vae_history=v["state"]["history"],

@@ -2,9 +2,9 @@
 
 A thin view over the pipeline's components, as the UNet's is: it owns nothing, so a component
 swapped on the pipeline (`.to("cuda")`, offloading) is what the next view sees. What is Wan's own
-lives beside it: geometry (4k + 1 frames, latent frames covering 4 pixel frames, 16-px tokens),
-the umT5 word positions (`words.py`), the attn2 recorder (`attention.py`), flow-matching
-re-noising and inversion (`flow.py`).
+lives beside it: geometry (4k + 1 frames, latent frames covering 4 pixel frames, tokens of the
+VAE's factor × the patch in px, read from the model: 16 on Wan 2.1), the umT5 word positions
+(`words.py`), the attn2 recorder (`attention.py`), flow-matching re-noising and inversion (`flow.py`).
 
 Wan 2.2 A14B has two experts: `transformer` for timesteps ≥ boundary_ratio · num_train_timesteps,
 `transformer_2` below. `predict` calls the expert for its timestep; the recorders, the frozen
@@ -59,6 +59,13 @@ def _block_of(layer: str) -> int:
     return int(parts[1])
 
 
+def check_token_cell(cell_px, geom: geometry.WanGeometry, field: str = "model.attention_cell_px") -> None:
+    """RAD reads Wan's attention on its tokens: the attention cell must be the model's token."""
+    if cell_px != geom.token_px:
+        raise ConfigError(field, f"this Wan model attends on its tokens of {geom.token_px} px ({geom.describe()}); "
+                                 f"set {geom.token_px}, got {cell_px}")
+
+
 class WanBackbone(Backbone):
     """transformer (and transformer_2 with boundary_ratio, Wan 2.2): WanTransformer3DModel; vae
     AutoencoderKLWan; text_encoder umT5 with its tokenizer; scheduler FlowMatchEulerDiscreteScheduler.
@@ -80,8 +87,10 @@ class WanBackbone(Backbone):
         self.progress = progress
         model = self.models[0]
         self.device = device if device is not None else model.device
-        self.spatial_factor = vae.config.scale_factor_spatial if vae is not None else geometry.SPATIAL_FACTOR
-        self.temporal_factor = vae.config.scale_factor_temporal if vae is not None else geometry.TEMPORAL_FACTOR
+        # the model's own factors (Wan 2.2 TI2V's VAE is 16×, a small Wan-layout model's may be 4×)
+        self.geometry = geometry.geometry_of(vae, model)
+        self.spatial_factor, self.temporal_factor = self.geometry.spatial, self.geometry.temporal
+        self.token_px = self.geometry.token_px
         self.latent_channels = model.config.in_channels
         if video_processor is None:
             from diffusers.video_processor import VideoProcessor
@@ -151,8 +160,8 @@ class WanBackbone(Backbone):
 
     @torch.no_grad()
     def encode_video(self, video: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """(F, 3, H, W) in [-1, 1], F = 4k + 1 → normalised latents (1, C, k + 1, H/8, W/8), float32:
-        the posterior's mode (deterministic: `generator` is not drawn from), normalised with the
+        """(F, 3, H, W) in [-1, 1], F = 4k + 1 → normalised latents (1, C, k + 1, H/s, W/s), s the
+        VAE's spatial factor, float32: the posterior's mode (deterministic: `generator` is not drawn from), normalised with the
         VAE's latents_mean / latents_std as WanPipeline un-normalises before decoding."""
         pixels = video.to(self.device, self.vae.dtype).permute(1, 0, 2, 3).unsqueeze(0)
         z = self.vae.encode(pixels).latent_dist.mode().float()
@@ -168,7 +177,7 @@ class WanBackbone(Backbone):
         over channels at each position: there are no frame statistics to borrow), so a reference
         with `reference_statistics` is refused. `keep_reference_outside` (1, 1, f, h, w), 1 = edited:
         outside it each pixel frame is the reference's own decode, a pixel frame taking the cells of
-        the latent frame that covers it, each cell its 8 × 8 pixels (irjs.decode_outside: source)."""
+        the latent frame that covers it, each cell its s × s pixels (irjs.decode_outside: source)."""
         if reference is not None and reference_statistics:
             raise ValueError("irjs.decode_statistics: source does not apply to Wan (its causal VAE normalises with RMS "
                              "norms at each position: no frame statistics to borrow); use edit")
@@ -231,16 +240,15 @@ class WanBackbone(Backbone):
     def attention_layers(self, cell_px: int, field: str = "model.attention_cell_px", blocks: Sequence[int] | None = None,
                          blocks_field: str = "rad.blocks") -> list[str]:
         """attn2 of `blocks` (rad.blocks; None: `default_rad_blocks`): every block attends on the one
-        16-px token grid, so the grid cannot choose them."""
-        if cell_px != geometry.TOKEN_PX:
-            raise ConfigError(field, f"Wan attends on its tokens of {geometry.TOKEN_PX} px (VAE 8 × patch 2); "
-                                     f"set {geometry.TOKEN_PX}, got {cell_px}")
+        token grid (`token_px`, 16 px on Wan 2.1), so the grid cannot choose them."""
+        check_token_cell(cell_px, self.geometry, field)
         return [attn2_layer(b) for b in resolve_rad_blocks(blocks, self.num_layers, blocks_field)]
 
     def attention_cell_sizes(self) -> list[int]:
-        return [geometry.TOKEN_PX]  # every block attends on the one token grid
+        return [self.token_px]  # every block attends on the one token grid
 
-    def attention_grid(self, height: int, width: int, cell_px: int = geometry.TOKEN_PX) -> tuple[int, int]:
+    def attention_grid(self, height: int, width: int, cell_px: int | None = None) -> tuple[int, int]:
+        cell_px = self.token_px if cell_px is None else cell_px
         return height // cell_px, width // cell_px
 
     def recording(self, layers: Sequence[str], store: AttentionStore, n_text_tokens: int | None = None):

@@ -57,16 +57,20 @@ class WanEditPlan:
     tokens: WanPromptTokens
     objects: list[EditObject]
     rad_blocks: list[int]
+    geometry: geometry.WanGeometry = geometry.WAN21  # the model's VAE factors and patch: its token size
 
 
 def plan_wan_edit(tokenizer, num_layers: int, prompt: str, objects: Sequence = (), n_frames: int = 17,
                   height: int = 480, width: int = 832, pad_frames: bool = False, rad_blocks=None,
-                  max_sequence_length: int = 512, field: str = "objects") -> WanEditPlan:
+                  max_sequence_length: int = 512, field: str = "objects",
+                  model_geometry: geometry.WanGeometry = geometry.WAN21) -> WanEditPlan:
     """Every check of an edit that needs no weights: 4k + 1 frames (`video.n_frames`, or padding
-    with `pad_frames`), 16-px sizes, each object's region (parse_region) and word (its umT5 pieces
-    in the prompt), the RAD blocks. ConfigErrors name the field."""
-    run_frames = geometry.check_frame_count(n_frames, pad=pad_frames, field="video.n_frames")
-    geometry.check_size(height, width)
+    with `pad_frames`), sizes in whole tokens, each object's region (parse_region, on the token
+    grid) and word (its umT5 pieces in the prompt), the RAD blocks. `model_geometry`: the model's
+    (read_geometry / geometry_of; Wan 2.1's by default). ConfigErrors name the field."""
+    run_frames = geometry.check_frame_count(n_frames, pad=pad_frames, field="video.n_frames",
+                                            temporal=model_geometry.temporal)
+    geometry.check_size(height, width, model_geometry)
     tokens = tokenize_wan_prompt(tokenizer, prompt, max_sequence_length)
     resolved, owner = [], {}
     for j, obj in enumerate(objects):
@@ -76,7 +80,7 @@ def plan_wan_edit(tokenizer, num_layers: int, prompt: str, objects: Sequence = (
         obj = object_settings(obj, f"{field}[{j}]")  # a dict from Python, typed once
         kind = validate_object(obj, f"{field}[{j}]")
         region = obj.region if kind == "region" else parse_region(
-            obj, n_frames, height, width, geometry.TOKEN_PX, field=f"{field}[{j}]")
+            obj, n_frames, height, width, model_geometry.token_px, field=f"{field}[{j}]")
         positions = word_positions(tokenizer, tokens, obj.word, obj.occurrence,
                                    field=f"{field}[{j}].word", max_sequence_length=max_sequence_length)
         for p in positions:
@@ -84,19 +88,19 @@ def plan_wan_edit(tokenizer, num_layers: int, prompt: str, objects: Sequence = (
                 raise ConfigError(f"{field}[{j}].word", f"token {p} is already {field}[{owner[p]}]'s; each object needs its own word")
             owner[p] = j
         resolved.append(EditObject(obj.word, obj.occurrence, region, tuple(positions)))
-    return WanEditPlan(n_frames, run_frames, tokens, resolved, resolve_rad_blocks(rad_blocks, num_layers))
+    return WanEditPlan(n_frames, run_frames, tokens, resolved, resolve_rad_blocks(rad_blocks, num_layers), model_geometry)
 
 
 def plan_from_folder(pretrained, prompt: str, objects: Sequence = (), **kwargs) -> WanEditPlan:
-    """`plan_wan_edit` for a Wan folder, reading only its tokenizer and transformer/config.json: bad
-    input is refused before any weights load."""
+    """`plan_wan_edit` for a Wan folder, reading only its tokenizer and its transformer's and VAE's
+    config.json (the layer count, the token size): bad input is refused before any weights load."""
     from transformers import AutoTokenizer
 
     folder = os.fspath(pretrained)
     with open(os.path.join(folder, "transformer", "config.json")) as f:
         num_layers = int(json.load(f)["num_layers"])
     tokenizer = AutoTokenizer.from_pretrained(os.path.join(folder, "tokenizer"))
-    return plan_wan_edit(tokenizer, num_layers, prompt, objects, **kwargs)
+    return plan_wan_edit(tokenizer, num_layers, prompt, objects, model_geometry=geometry.read_geometry(folder), **kwargs)
 
 
 class WanReAtCoPipeline(WanPipeline):
@@ -125,11 +129,17 @@ class WanReAtCoPipeline(WanPipeline):
         model = self.transformer if self.transformer is not None else self.transformer_2
         return len(model.blocks)
 
+    @property
+    def model_geometry(self) -> geometry.WanGeometry:
+        """The VAE's factors and the transformer's patch, read from the loaded modules: one token
+        is `model_geometry.token_px` px (16 on Wan 2.1)."""
+        return geometry.geometry_of(self.vae, self.transformer if self.transformer is not None else self.transformer_2)
+
     # ------------------------------------------------------------------ latents
 
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        """(F, 3, H, W) in [-1, 1], F = 4k + 1 → normalised latents (1, C, k + 1, H/8, W/8), float32
-        (WanBackbone.encode_video: the posterior's mode)."""
+        """(F, 3, H, W) in [-1, 1], F = 4k + 1 → normalised latents (1, C, k + 1, H/s, W/s), s the
+        VAE's spatial factor, float32 (WanBackbone.encode_video: the posterior's mode)."""
         return self.backbone.encode_video(video)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
@@ -220,7 +230,8 @@ class WanReAtCoPipeline(WanPipeline):
         else:
             n_frames, height, width = n_frames or 81, height or 480, width or 832
         plan = plan_wan_edit(self.tokenizer, self.num_layers, prompt, objects, n_frames, height, width, pad_frames,
-                             rad.blocks if rad_blocks is None else rad_blocks, max_sequence_length)
+                             rad.blocks if rad_blocks is None else rad_blocks, max_sequence_length,
+                             model_geometry=self.model_geometry)
         if irjs.enabled and irjs.source == "inversion" and not inversion:
             irjs = section_settings("irjs", {**vars(irjs), "source": "noise"}, steps=num_inference_steps, field="irjs")
         run_frames = plan.run_frames
@@ -258,8 +269,9 @@ class WanReAtCoPipeline(WanPipeline):
         regions = [o.region for o in plan.objects]
         lat_h, lat_w = latents.shape[-2:]
         tok_h, tok_w = backbone.attention_grid(lat_h * backbone.spatial_factor, lat_w * backbone.spatial_factor)
-        attn_masks = self._latent_frame_masks(regions, n_frames, run_frames, tok_h, tok_w, rad.box_grid)
-        object_cells = self._latent_frame_masks(regions, n_frames, run_frames, lat_h, lat_w, rad.box_grid) >= 0.5
+        temporal = backbone.temporal_factor
+        attn_masks = self._latent_frame_masks(regions, n_frames, run_frames, tok_h, tok_w, rad.box_grid, temporal)
+        object_cells = self._latent_frame_masks(regions, n_frames, run_frames, lat_h, lat_w, rad.box_grid, temporal) >= 0.5
         cells = irjs_ops.latent_region_mask(object_cells.float(), lat_h, lat_w).to(device) if regions else None
         invariant = None
         if irjs.enabled and regions and has_source:
@@ -278,7 +290,7 @@ class WanReAtCoPipeline(WanPipeline):
         use_rad = rad.enabled and bool(regions) and rad.max_update_steps > 0
         guidance = None
         if (use_rad or return_attention) and regions:
-            layers = backbone.attention_layers(geometry.TOKEN_PX, blocks=plan.rad_blocks, blocks_field="rad_blocks")
+            layers = backbone.attention_layers(backbone.token_px, blocks=plan.rad_blocks, blocks_field="rad_blocks")
             guidance = RADGuidance(backbone, layers, prompt_embeds, words, [o.token_indices for o in plan.objects],
                                    attn_masks.to(device), rad, backbone.text_token_count(plan.tokens, rad.normalize_eot),
                                    len(timesteps))
@@ -341,10 +353,11 @@ class WanReAtCoPipeline(WanPipeline):
                                     attention_by_step=None)
 
     @staticmethod
-    def _latent_frame_masks(regions, n_frames: int, run_frames: int, grid_h: int, grid_w: int, box_grid: str) -> torch.Tensor:
+    def _latent_frame_masks(regions, n_frames: int, run_frames: int, grid_h: int, grid_w: int, box_grid: str,
+                            temporal: int = geometry.TEMPORAL_FACTOR) -> torch.Tensor:
         """(J, latent frames, grid_h, grid_w): each object's masks on the clip's pixel frames (the
         padded frames repeat the last one's), then the union over the pixel frames of each latent frame."""
         masks = object_masks(regions, n_frames, grid_h, grid_w, box_grid)
         if run_frames > n_frames:
             masks = torch.cat([masks, masks[:, -1:].expand(-1, run_frames - n_frames, -1, -1)], dim=1)
-        return geometry.latent_frame_union(masks)
+        return geometry.latent_frame_union(masks, temporal)

@@ -3,7 +3,8 @@ UNet's EditRunner (whose video reading and output writing it reuses), with Wan's
 flow inversion (cached by content) and pipeline call.
 
 What does not apply to Wan is refused before any weights load, naming the field: Tune-A-Video
-tuning (`tune.enabled`, `model.tuned_unet`), an attention cell other than Wan's 16-px token,
+tuning (`tune.enabled`, `model.tuned_unet`), an attention cell other than the model's token (read
+from its vae/ and transformer/ configs: 16 px on Wan 2.1),
 temporal windows (not implemented for Wan yet), guided inversion, `source:` regions found by
 attention (not implemented for Wan yet), anchoring, and `irjs.decode_statistics: source`.
 """
@@ -23,6 +24,7 @@ from ...fingerprint import digest_path, digest_tensor
 from ..inversion import inversion_cache_key, load_or_invert
 from ...runner import EditResult, EditRunner, PreparedEdit
 from . import geometry
+from .backbone import check_token_cell
 from .pipeline import plan_wan_edit
 from .words import token_table
 
@@ -60,6 +62,7 @@ class WanEditRunner(EditRunner):
     def __init__(self, cfg, progress: bool = True, overwrite: bool = True):
         super().__init__(cfg, progress, overwrite)
         self._num_layers = None
+        self._geometry = None
         self.unet_info = {"source": "wan", "model": str(cfg.model.pretrained)}
 
     # ------------------------------------------------------------------ checks (no weights)
@@ -83,14 +86,26 @@ class WanEditRunner(EditRunner):
                 self._num_layers = int(json.load(f)["num_layers"])
         return self._num_layers
 
+    @property
+    def geometry(self) -> geometry.WanGeometry:
+        """The model's VAE factors and patch (its token size), from vae/config.json and
+        transformer/config.json: no weights."""
+        if self._geometry is None:
+            with open(_model_file(self.cfg.model.pretrained, "vae", "config.json")) as f:
+                vae_config = json.load(f)
+            with open(_model_file(self.cfg.model.pretrained, "transformer", "config.json")) as f:
+                transformer_config = json.load(f)
+            if not isinstance(vae_config, dict) or not isinstance(transformer_config, dict):
+                raise ConfigError("model.pretrained", "vae/config.json and transformer/config.json must hold JSON objects")
+            self._geometry = geometry.geometry_from_configs(vae_config, transformer_config)
+        return self._geometry
+
     def _check_settings(self, cfg, where: str = "") -> None:
         """What the UNet path has and Wan does not (yet)."""
         def field(name):
             return f"{where}.{name}" if where else name
 
-        if cfg.model.attention_cell_px != geometry.TOKEN_PX:
-            raise ConfigError("model.attention_cell_px", f"Wan attends on its tokens of {geometry.TOKEN_PX} px (VAE 8 × patch 2); "
-                                                         f"set {geometry.TOKEN_PX}, got {cfg.model.attention_cell_px}")
+        check_token_cell(cfg.model.attention_cell_px, self.geometry)
         if cfg.model.tuned_unet or cfg.tune.enabled:
             raise ConfigError("tune.enabled" if cfg.tune.enabled else "model.tuned_unet",
                               "Tune-A-Video tuning applies to the UNet backbone only; on Wan set tune.enabled: false and "
@@ -110,8 +125,10 @@ class WanEditRunner(EditRunner):
 
         cfg = self.cfg
         self._check_settings(cfg)
-        geometry.check_frame_count(cfg.video.n_frames, cfg.video.pad_frames)  # before the regions, which count frames
-        geometry.check_size(cfg.video.height, cfg.video.width)
+        model_geometry = self.geometry
+        # before the regions, which count frames
+        geometry.check_frame_count(cfg.video.n_frames, cfg.video.pad_frames, temporal=model_geometry.temporal)
+        geometry.check_size(cfg.video.height, cfg.video.width, model_geometry)
         edits = list(cfg.edits)
         if not edits:
             raise ConfigError("edits", "is empty: there is nothing to edit; add an edit (name, prompt, objects)")
@@ -133,11 +150,11 @@ class WanEditRunner(EditRunner):
 
             objects = []
             for j, obj in enumerate(edit.objects):  # regions with the config's frame selection, as the UNet path parses them
-                region = parse_region(obj, v.n_frames, v.height, v.width, geometry.TOKEN_PX, field=f"edits[{k}].objects[{j}]",
+                region = parse_region(obj, v.n_frames, v.height, v.width, model_geometry.token_px, field=f"edits[{k}].objects[{j}]",
                                       start_frame=v.start_frame, frame_stride=v.frame_stride, native_size=native)
                 objects.append({"word": obj.word, "occurrence": obj.occurrence, "region": region})
             plan = plan_wan_edit(self.tokenizer, self.num_layers, edit.prompt, objects, v.n_frames, v.height, v.width,
-                                 v.pad_frames, merged.rad.blocks, field=f"edits[{k}].objects")
+                                 v.pad_frames, merged.rad.blocks, field=f"edits[{k}].objects", model_geometry=model_geometry)
             item = PreparedEdit(merged, edit, [o.region for o in plan.objects], [list(o.token_indices) for o in plan.objects],
                                 token_table(plan.tokens), [o.region.kind for o in plan.objects], plan.tokens)
             item.plan = plan
@@ -196,7 +213,7 @@ class WanEditRunner(EditRunner):
             from ...fingerprint import cache_root
 
             cache_dir = cfg.inversion.cache_dir or cache_root(cfg) / "inversion"
-            run_frames = geometry.check_frame_count(cfg.video.n_frames, cfg.video.pad_frames)
+            run_frames = geometry.check_frame_count(cfg.video.n_frames, cfg.video.pad_frames, temporal=self.geometry.temporal)
 
             def invert():
                 start = time.perf_counter()
@@ -231,7 +248,7 @@ class WanEditRunner(EditRunner):
         check_finite(output.frames, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
         frames = (output.frames[0] * 255).round().astype(np.uint8)  # diffusers' video output: a batch of one clip
         if output.attention_maps is not None:  # latent frames → the pixel frames each covers
-            groups = geometry.latent_frame_groups(prepared.plan.run_frames)
+            groups = geometry.latent_frame_groups(prepared.plan.run_frames, self.geometry.temporal)
             index = [g for g, frames_of in enumerate(groups) for _ in frames_of][: cfg.video.n_frames]
             output.attention_maps = output.attention_maps[:, index]
         return self.finish(prepared, frames, output, edit_seconds, {
