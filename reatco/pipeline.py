@@ -260,9 +260,10 @@ class ReAtCoPipeline(DiffusionPipeline):
     def prepare_objects(self, prompt: str | PromptTokens, objects: Sequence, n_frames: int, height: int, width: int,
                         cell_px: int, find_source=None) -> list[EditObject]:
         """Objects → EditObjects (word, occurrence, region, token indices), each resolved once. An
-        object is an ObjectConfig or a dict of its fields (typed here) with `word`, optional `occurrence`, and a region:
-        `region` (a Region) or `box`/`boxes`/`mask`/`boxes_file`, or `source` (found in the source
-        clip by `find_source`, see `source_finder`); EditObjects are taken as they are."""
+        object is an ObjectConfig or a dict of its fields (typed here) with `word`, optional
+        `occurrence`, and a region: `region` (a Region) or `box`/`boxes`/`mask`/`boxes_file`, or
+        `source` (found in the source clip by `find_source`, see `source_finder`); EditObjects are
+        taken as they are."""
         return resolve_objects(self.tokenizer, prompt, objects, n_frames, height, width, cell_px, find_source=find_source)
 
     def source_finder(self, video: torch.Tensor | None, source_latents: torch.Tensor | None, source_prompt: str, cell_px: int):
@@ -281,7 +282,8 @@ class ReAtCoPipeline(DiffusionPipeline):
                     frames = to_uint8((video.cpu() + 1) / 2)
                     regions += detect_source_regions(frames, [spec], cell_px, str(device), [field])
                 else:
-                    regions += find_source_regions(self.backbone, video.to(device), source_latents, source_prompt, [spec], cell_px, [field])
+                    regions += find_source_regions(self.backbone, video.to(device), source_latents, source_prompt, [spec],
+                                                   cell_px, [field])
             return regions
 
         return find

@@ -1,16 +1,21 @@
 """Regions from the source video itself: where the model's own cross-attention puts a word of the
 source prompt, split into instances and tracked over the frames. No extra model.
 
-The source latents are forward-noised to a few low noise levels (seeded), the UNet runs once per
+The source latents are forward-noised to a few low noise levels (seeded), the model runs once per
 level with the source prompt while the cross-attention layers of one grid level are recorded
-(through the backbone seam, `Backbone.recording`), and each word's share of the prompt tokens' attention is averaged over
-levels and layers. The map is upsampled to pixels, thresholded at a fraction of each frame's
-peak, and split into connected instances; instances are linked from frame to frame by overlap
-(`link_tracks`), one track is chosen by position or size (`choose_track`), and its per-frame
-boxes (or masks), grown by a margin, become a `Region` used exactly like a typed one.
+(all through the backbone seam, reatco/backbones/base.py, as RAD reads the model), and each
+word's share of the prompt tokens' attention is averaged over levels and layers. The map is
+upsampled to pixels, thresholded at a fraction of each frame's peak, and split into connected
+instances; instances are linked from frame to frame by overlap (`link_tracks`), one track is
+chosen by position or size (`choose_track`), and its per-frame boxes (or masks), grown by a
+margin, become a `Region` used exactly like a typed one.
+
+The noise levels are scheduler timesteps of a DDPM-style schedule (`Backbone.renoise_source` at
+any t): the UNet's. Wan's flow-matching re-noising takes only its run's timesteps, so Wan refuses
+`source:` regions (backbones/wan/runner.py) until its levels are chosen there.
 
 Everything after the model call is a pure function of arrays, shared with the detector path
-(`region_detector.py`), which produces per-frame boxes instead of maps.
+(`detector.py`), which produces per-frame boxes instead of maps.
 """
 
 from __future__ import annotations
@@ -398,13 +403,13 @@ def attention_instances(maps: torch.Tensor, features: torch.Tensor, video: torch
     return out
 
 
-def find_source_regions(model: Backbone | DiffusionPipeline, video: torch.Tensor, source_latents: torch.Tensor, prompt: str, specs: Sequence,
-                        rad_cell_px: int, fields: Sequence[str] | None = None, whole_cells: int = 1) -> list[Region]:
+def find_source_regions(model: Backbone | DiffusionPipeline, video: torch.Tensor, source_latents: torch.Tensor, prompt: str,
+                        specs: Sequence, rad_cell_px: int, fields: Sequence[str] | None = None, whole_cells: int = 1) -> list[Region]:
     """The regions of the source objects named by `specs` (SourceRegionConfig, or dicts of its
     fields: `word`, and optionally occurrence, instance, order, margin, region, threshold,
     similarity, colour_weight, timesteps, attention_cell_px, seed), found with `model` (a
-    Backbone, or a pipeline: its `backbone`) on `video` (F, 3, H, W) in [-1, 1] with its scaled latents (1, C, F, h, w)
-    and source `prompt`. Specs that share the attention settings share the model passes.
+    Backbone, or a pipeline: its `backbone`) on `video` (F, 3, H, W) in [-1, 1] with its scaled
+    latents (1, C, F, h, w) and source `prompt`. Specs that share the attention settings share the model passes.
     `whole_cells`: see `region_from_instances` (1: the found object's own extent; the runner
     passes the latent cell)."""
     backbone = model if isinstance(model, Backbone) else model.backbone
