@@ -22,7 +22,8 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .irjs.settings import IRJSConfig, validate_irjs
 from .rad.settings import RADConfig, validate_rad
-from .regions.settings import REGION_KEYS, ObjectConfig, SourceRegionConfig, region_kind, validate_object, validate_source, value_of
+from .regions.settings import (REGION_KEYS, ObjectConfig, SourceRegionConfig, object_settings, region_kind, validate_object,
+                               validate_source)
 from .model_files import check_model_cell, train_timesteps
 from .schema import (at_least, check_finite_values, check_known_keys, check_seed, choice, config_to_dict, join_path, merge_dicts,
                      omegaconf_error, require, typed)
@@ -471,6 +472,6 @@ __all__ = [
     "ModelConfig", "VideoConfig", "TuneConfig", "InversionConfig", "SamplingConfig", "RADConfig",
     "IRJSConfig", "WindowConfig", "SourceRegionConfig", "ObjectConfig", "EditConfig", "ReAtCoConfig",
     "config_to_dict", "edit_config", "validate", "section_settings", "validate_rad", "validate_irjs", "validate_window",
-    "validate_tune", "validate_sampling", "validate_object", "region_kind", "check_attention_cell_px", "value_of",
+    "validate_tune", "validate_sampling", "validate_object", "region_kind", "check_attention_cell_px", "object_settings",
     "REGION_KEYS",
 ]

@@ -35,7 +35,7 @@ from .regions.detector import detect_source_regions
 from .regions.finding import find_source_regions
 from .regions.objects import EditObject, resolve_objects
 from .regions.region import object_masks
-from .regions.settings import value_of
+from .regions.settings import object_settings
 from .tokens import PromptTokens, check_edit_prompt, tokenize_prompt
 from .video import check_video_tensor, to_uint8, video_input
 from .windows import merge_windows, temporal_windows
@@ -74,6 +74,7 @@ class CallSettings:
     window: WindowConfig
     cell_px: int
     callback_tensor_inputs: tuple
+    objects: list  # typed: ObjectConfigs (dicts given are typed once, here) or EditObjects
 
 
 def encode_generator(generator: torch.Generator | None) -> torch.Generator | None:
@@ -259,9 +260,10 @@ class ReAtCoPipeline(DiffusionPipeline):
     def prepare_objects(self, prompt: str | PromptTokens, objects: Sequence, n_frames: int, height: int, width: int,
                         cell_px: int, find_source=None) -> list[EditObject]:
         """Objects → EditObjects (word, occurrence, region, token indices), each resolved once. An
-        object is a dict or config object with `word`, optional `occurrence`, and a region:
-        `region` (a Region) or `box`/`boxes`/`mask`/`boxes_file`, or `source` (found in the source
-        clip by `find_source`, see `source_finder`); EditObjects are taken as they are."""
+        object is an ObjectConfig or a dict of its fields (typed here) with `word`, optional
+        `occurrence`, and a region: `region` (a Region) or `box`/`boxes`/`mask`/`boxes_file`, or
+        `source` (found in the source clip by `find_source`, see `source_finder`); EditObjects are
+        taken as they are."""
         return resolve_objects(self.tokenizer, prompt, objects, n_frames, height, width, cell_px, find_source=find_source)
 
     def source_finder(self, video: torch.Tensor | None, source_latents: torch.Tensor | None, source_prompt: str, cell_px: int):
@@ -276,11 +278,12 @@ class ReAtCoPipeline(DiffusionPipeline):
         def find(specs, fields):
             regions = []
             for spec, field in zip(specs, fields):
-                if value_of(spec, "detector"):
+                if spec.detector:
                     frames = to_uint8((video.cpu() + 1) / 2)
                     regions += detect_source_regions(frames, [spec], cell_px, str(device), [field])
                 else:
-                    regions += find_source_regions(self, video.to(device), source_latents, source_prompt, [spec], cell_px, [field])
+                    regions += find_source_regions(self.backbone, video.to(device), source_latents, source_prompt, [spec],
+                                                   cell_px, [field])
             return regions
 
         return find
@@ -317,11 +320,15 @@ class ReAtCoPipeline(DiffusionPipeline):
         window = section_settings("window", merge_section(defaults.get("window"), window))
         if attention_cell_px is not None:
             check_attention_cell_px(attention_cell_px, "attention_cell_px")
-        for j, obj in enumerate(objects or ()):  # as load_config checks a config's objects (EditObjects are)
+        # The boundary: dict objects become ObjectConfigs here, once; checked as load_config checks a
+        # config's objects (EditObjects, resolved by the runner, already are)
+        objects = [obj if isinstance(obj, EditObject) else object_settings(obj, f"objects[{j}]")
+                   for j, obj in enumerate(objects or ())]
+        for j, obj in enumerate(objects):
             if not isinstance(obj, EditObject):
                 validate_object(obj, f"objects[{j}]")
         # a prompt cut by the text encoder breaks RAD's normalisation over the prompt's own tokens
-        check_edit_prompt(tokens, len(objects or ()), rad, "prompt")
+        check_edit_prompt(tokens, len(objects), rad, "prompt")
         if output_type not in ("pt", "np", "pil", "latent"):
             raise ValueError(f"output_type must be pt, np, pil or latent, not {output_type!r}")
         if self._execution_device.type == "cpu" and self.unet.dtype in (torch.float16, torch.bfloat16):
@@ -334,7 +341,7 @@ class ReAtCoPipeline(DiffusionPipeline):
                                                      f"training steps; use at most {n_train} (50 is usual)")
         cell_px = attention_cell_px or self.vae_scale_factor * 4  # SD: 8 × 4 = 32 px per RAD cell
         return CallSettings(tokens.text, tokens, generator, num_inference_steps, guidance_scale, negative_prompt, start_in_regions,
-                            rad, irjs, window, cell_px, tuple(callback_on_step_end_tensor_inputs))
+                            rad, irjs, window, cell_px, tuple(callback_on_step_end_tensor_inputs), objects)
 
     def prepare_source(self, video, source_latents, inversion_trajectory, latents, generator, inversion_prompt,
                        num_inference_steps, irjs: IRJSConfig, n_frames=None, height=None, width=None):
@@ -475,7 +482,7 @@ class ReAtCoPipeline(DiffusionPipeline):
         find_source = self.source_finder(None if video is None else _video_tensor(video), source_latents,
                                          inversion_prompt if source_prompt is None else source_prompt, cell_px)
         words, regions, token_indices, attn_masks, object_cells, cells = self.prepare_regions(
-            c.tokens, objects, n_frames, height, width, cell_px, rad.box_grid, find_source)
+            c.tokens, c.objects, n_frames, height, width, cell_px, rad.box_grid, find_source)
 
         # 4. IRJS, and the start inside the regions (the inversion, fresh noise, or noise that moves with each object)
         invariant = None

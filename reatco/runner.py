@@ -147,7 +147,7 @@ class EditRunner:
             regions, origins = [], []
             for j, obj in enumerate(edit.objects):
                 where = f"{field_prefix}.objects[{j}]"
-                if getattr(obj, "source", None) is not None:  # found later, with the model; the word is checked now
+                if obj.source is not None:  # found later, with the model; the word is checked now
                     src = obj.source
                     if src.tracker:  # its frame, box or point against the clip as read
                         from .regions.trackers import check_tracker_prompt
@@ -158,11 +158,11 @@ class EditRunner:
                     regions.append(None)
                     origins.append(source_origin(src))
                     continue
-                native = self.native_size() if getattr(obj, "boxes_file", None) is not None else None
+                native = self.native_size() if obj.boxes_file is not None else None
                 regions.append(object_region(obj, cfg.video.n_frames, cfg.video.height, cfg.video.width, cell, field=where,
                                              start_frame=cfg.video.start_frame, frame_stride=cfg.video.frame_stride,
                                              native_size=native))
-                origins.append(f"boxes_file {obj.boxes_file}" if getattr(obj, "boxes_file", None) else regions[-1].kind)
+                origins.append(f"boxes_file {obj.boxes_file}" if obj.boxes_file else regions[-1].kind)
             tokens = tokenize_prompt(self.tokenizer, edit.prompt)
             indices = resolve_objects_tokens(self.tokenizer, tokens, edit.objects, f"{field_prefix}.objects")
             merged = edit_config(cfg, edit)
@@ -222,7 +222,7 @@ class EditRunner:
 
                     pipe = self.pipeline()
                     source_latents, _ = self.source()
-                    self._found[key] = find_source_regions(pipe, self.source_video().to(self.device), source_latents,
+                    self._found[key] = find_source_regions(pipe.backbone, self.source_video().to(self.device), source_latents,
                                                            cfg.video.prompt, [spec], cfg.model.attention_cell_px, [field_name],
                                                            pipe.vae_scale_factor)[0]
             prepared.regions[j] = self._found[key]

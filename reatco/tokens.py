@@ -14,7 +14,6 @@ from typing import Any, Sequence
 
 from .environment import check_model_available, hub_reachable
 from .errors import ConfigError
-from .regions.settings import value_of
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -251,7 +250,7 @@ def describe_tokens(tokenizer, prompt: "str | PromptTokens", word: str, indices:
 
 
 def resolve_objects_tokens(tokenizer, prompt: "str | PromptTokens", objects, field_prefix: str = "objects") -> list[list[int]]:
-    """Token indices of every object's word (objects have `word` and optional `occurrence`).
+    """Token indices of every object's word (ObjectConfigs or EditObjects: `word`, `occurrence`).
 
     Logs which tokens each multi-token word uses; two objects naming the same tokens is an error."""
     prompt = tokenize_prompt(tokenizer, prompt)  # once for every object
@@ -259,8 +258,8 @@ def resolve_objects_tokens(tokenizer, prompt: "str | PromptTokens", objects, fie
     owner: dict[int, int] = {}
     for j, obj in enumerate(objects):
         field = f"{field_prefix}[{j}].word"
-        word = value_of(obj, "word")
-        indices = word_token_indices(tokenizer, prompt, word, value_of(obj, "occurrence"), field=field)
+        word = obj.word
+        indices = word_token_indices(tokenizer, prompt, word, obj.occurrence, field=field)
         for i in indices:
             if i in owner:
                 raise ConfigError(field, f"{word!r} maps to token {i}, already used by {field_prefix}[{owner[i]}]; "

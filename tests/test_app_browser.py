@@ -164,11 +164,12 @@ def test_browser_editor_draws_runs_and_downloads(app):
 def _tracked_by_the_app(spec):
     """The masks the app's tracker found for `spec` on the demo clip, read from the content-keyed
     cache the app process shares with this one ($REATCO_CACHE_DIR, tests/conftest.py)."""
+    from reatco.regions.settings import source_settings
     from reatco.regions.trackers import _cache_path, _read_cached
     from reatco.video import read_video, to_uint8
 
     frames = to_uint8((read_video(ROOT / "data" / "shapes-demo" / "frames", 64, 64, 8) + 1) / 2)
-    path = _cache_path(os.environ["REATCO_CACHE_DIR"], frames, spec, None)
+    path = _cache_path(os.environ["REATCO_CACHE_DIR"], frames, source_settings(spec), None)
     assert path.exists(), "the app did not cache what its tracker found"
     return _read_cached(path)
 

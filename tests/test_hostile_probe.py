@@ -29,6 +29,8 @@ import torch
 import yaml
 from PIL import Image
 
+from file_trees import tree_hashes
+
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ROOT / "data" / "shapes-model"
 SIZE, N_FRAMES = 64, 4
@@ -45,14 +47,6 @@ def _script(name):
 
 edit_script, eval_script = _script("edit"), _script("eval_loveu")
 
-
-def _tree(root: Path, skip=()) -> dict:
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if any(p == s or s in p.parents for s in skip) or not p.is_file():
-            continue
-        out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def _frames(folder: Path, n: int = 8, seed: int = 0, size=(SIZE, SIZE)) -> Path:
@@ -108,13 +102,13 @@ def _run_cli(root: Path, capsys, script, argv) -> tuple[int, str]:
     """A command line in this process: its exit code and stderr; the sandbox (but the cache, the
     configs and the rows' input files) must be byte-identical afterwards, with no partial folder."""
     skip = (root / "cache", root / "configs", root / "files")
-    before = _tree(root, skip)
+    before = tree_hashes(root, skip)
     try:
         code = script.main(argv)
     except SystemExit as exit_:  # argparse
         code = exit_.code
     err = capsys.readouterr().err
-    assert _tree(root, skip) == before, "a file was written or changed"
+    assert tree_hashes(root, skip) == before, "a file was written or changed"
     assert not [p for p in (root / "out").rglob("*") if ".partial" in p.name or ".kept" in p.name]
     assert "Traceback" not in err, err[-3000:]
     return code, err
@@ -416,20 +410,21 @@ def test_inputs_mask_tensors_from_python():
     never with the tensor printed."""
     from reatco.errors import ConfigError
     from reatco.regions.parsing import parse_region
+    from reatco.regions.settings import object_settings
 
     bool_mask = torch.zeros(SIZE, SIZE, dtype=torch.bool)
     bool_mask[8:40, 8:40] = True
-    region = parse_region({"word": "cat", "mask": bool_mask}, N_FRAMES, SIZE, SIZE, 8)
+    region = parse_region(object_settings({"word": "cat", "mask": bool_mask}), N_FRAMES, SIZE, SIZE, 8)
     assert region.kind == "mask" and torch.equal(region.pixel_masks[2], bool_mask)
-    per_frame = parse_region({"word": "cat", "mask": bool_mask.float()[None].repeat(N_FRAMES, 1, 1) * 0.9}, N_FRAMES, SIZE, SIZE, 8)
+    per_frame = parse_region(object_settings({"word": "cat", "mask": bool_mask.float()[None].repeat(N_FRAMES, 1, 1) * 0.9}), N_FRAMES, SIZE, SIZE, 8)
     assert torch.equal(per_frame.pixel_masks, region.pixel_masks)
-    half = parse_region({"word": "cat", "mask": bool_mask[::2, ::2]}, N_FRAMES, SIZE, SIZE, 8)  # resized to the clip
+    half = parse_region(object_settings({"word": "cat", "mask": bool_mask[::2, ::2]}), N_FRAMES, SIZE, SIZE, 8)  # resized to the clip
     assert torch.equal(half.pixel_masks[0], bool_mask)
     with pytest.raises(ConfigError) as caught:
-        parse_region({"word": "cat", "mask": torch.ones(3, 5, 7, 9)}, N_FRAMES, SIZE, SIZE, 8)
+        parse_region(object_settings({"word": "cat", "mask": torch.ones(3, 5, 7, 9)}), N_FRAMES, SIZE, SIZE, 8)
     assert "objects[0].mask" in str(caught.value) and "shape (3, 5, 7, 9)" in str(caught.value) and len(str(caught.value)) < 300
     with pytest.raises(ConfigError, match="tensor"):
-        parse_region({"word": "cat", "mask": 3.5}, N_FRAMES, SIZE, SIZE, 8)
+        parse_region(object_settings({"word": "cat", "mask": 3.5}), N_FRAMES, SIZE, SIZE, 8)
 
 
 # ----------------------------------------------------------------------------- caches
@@ -501,10 +496,10 @@ def test_outputs_the_runner_refuses_at_the_moment_of_replacing(box, tmp_path):
 
 def test_outputs_dry_run_never_rewrites_a_finished_edit(box, capsys):
     finished = box / "out" / "e"
-    before = _tree(finished)
+    before = tree_hashes(finished)
     code = edit_script.main(["--config", str(_write_config(box, "dry", _config(box))), "--quiet", "--dry-run"])
     out = capsys.readouterr().out
-    assert code == 0 and _tree(finished) == before
+    assert code == 0 and tree_hashes(finished) == before
     drawing = box / "out" / "e.dry-run-regions.png"
     assert drawing.is_file() and str(drawing) in out
     drawing.unlink()
@@ -668,12 +663,13 @@ def test_eval_scores_found_regions_from_the_runs_regions_json(box):
     from reatco.metrics import loveu_run
     from reatco.regions.files import write_regions
     from reatco.regions.parsing import parse_region
+    from reatco.regions.settings import object_settings
 
     cfg_path = _write_config(box, "eval_found", _config(box, **{"edits.0.objects.0": {"word": "green circle",
                                                                                        "source": {"word": "red circle"}}}))
     cfg = load_config(cfg_path)
     edit = ev.config_edits([cfg_path])[0]
-    found = parse_region({"word": "x", "boxes": [[f, 0, f + 24, 24] for f in range(N_FRAMES)]}, N_FRAMES, SIZE, SIZE, 8)
+    found = parse_region(object_settings({"word": "x", "boxes": [[f, 0, f + 24, 24] for f in range(N_FRAMES)]}), N_FRAMES, SIZE, SIZE, 8)
     typed = parse_region(cfg.edits[0].objects[1], N_FRAMES, SIZE, SIZE, 8)
     folder = box / "files" / "found-pred"
     write_regions(folder, [found, typed], ["green circle", "yellow triangle"], frame_numbers=list(range(N_FRAMES)))

@@ -9,6 +9,7 @@ from reatco.errors import ConfigError
 from reatco.irjs.blend import blend, feather_mask, latent_region_mask, noise_source
 from reatco.regions.region import object_masks
 from reatco.regions.parsing import parse_region
+from reatco.regions.settings import object_settings
 
 
 def sd_scheduler():
@@ -36,7 +37,7 @@ def test_noise_source_is_add_noise():
 
 def test_latent_region_mask_is_the_union_on_the_latent_grid():
     H, W = 448, 768
-    regions = [parse_region({"box": [0, 0, 64, 64]}, 2, H, W, 32, "o[0]"), parse_region({"box": [128, 64, 256, 128]}, 2, H, W, 32, "o[1]")]
+    regions = [parse_region(object_settings({"box": [0, 0, 64, 64]}), 2, H, W, 32, "o[0]"), parse_region(object_settings({"box": [128, 64, 256, 128]}), 2, H, W, 32, "o[1]")]
     at_latent = latent_region_mask(object_masks(regions, 2, 56, 96), 56, 96)
     assert at_latent.shape == (1, 1, 2, 56, 96)
     assert at_latent[0, 0, 0, :8, :8].eq(1).all() and at_latent[0, 0, 0, 8:16, 16:32].eq(1).all()

@@ -319,6 +319,7 @@ def test_decode_outside_source_keeps_the_source_decode_outside_the_regions(pipe,
     from reatco.irjs.blend import latent_region_mask
     from reatco.regions.region import object_masks
     from reatco.regions.parsing import parse_region
+    from reatco.regions.settings import object_settings
 
     source = pipe.encode_video(_video(), torch.Generator().manual_seed(3))
     irjs = IRJSConfig(placement="after_step", decode_statistics=statistics)
@@ -328,7 +329,7 @@ def test_decode_outside_source_keeps_the_source_decode_outside_the_regions(pipe,
                 **common).frames[0]
     source_decoded = pipe.decode_latents(source)
     h = SIZE // pipe.vae_scale_factor
-    regions = [parse_region(o, N_FRAMES, SIZE, SIZE, 1) for o in OBJECTS]
+    regions = [parse_region(object_settings(o), N_FRAMES, SIZE, SIZE, 1) for o in OBJECTS]
     cells = latent_region_mask(object_masks(regions, N_FRAMES, h, h), h, h)[0, 0]  # (F, h, w), 1 = edited
     edited_pixels = cells.repeat_interleave(pipe.vae_scale_factor, 1).repeat_interleave(pipe.vae_scale_factor, 2).bool()
     edited_pixels = edited_pixels[:, None].expand_as(kept)

@@ -6,7 +6,6 @@ that succeeds, replaced by a complete one) with no partial folder left behind.""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -20,6 +19,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from file_trees import tree_hashes
 from tiny_models import save_tiny_sd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,15 +36,6 @@ def _script(name):
 
 edit_script, tune_script, eval_script = _script("edit"), _script("tune"), _script("eval_loveu")
 
-
-def _tree(root: Path, skip=()) -> dict:
-    """Every file under root (but the skipped folders) with its content hash."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if any(p == s or s in p.parents for s in skip) or not p.is_file():
-            continue
-        out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
 
 
 def _write_frames(folder: Path, seed: int, sizes=None):
@@ -101,17 +92,17 @@ def finished(sandbox):
 
 def _check_untouched(sandbox, before, finished):
     """Nothing changed anywhere but the cache; no partial folder left."""
-    after = _tree(sandbox, skip=(sandbox / "cache",))
+    after = tree_hashes(sandbox, skip=(sandbox / "cache",))
     assert after == before, {k for k in set(after) ^ set(before)} or "changed files"
     assert not [p for p in (sandbox / "out").iterdir() if ".partial" in p.name or ".old" in p.name]
 
 
 def _run_case(sandbox, finished, capsys, argv, script=None):
     (sandbox / "configs").mkdir(exist_ok=True)
-    before = _tree(sandbox, skip=(sandbox / "cache", sandbox / "configs"))
+    before = tree_hashes(sandbox, skip=(sandbox / "cache", sandbox / "configs"))
     code = (script or edit_script).main(argv)
     err = capsys.readouterr().err
-    after = _tree(sandbox, skip=(sandbox / "cache", sandbox / "configs"))
+    after = tree_hashes(sandbox, skip=(sandbox / "cache", sandbox / "configs"))
     assert after == before, sorted(set(after) ^ set(before)) or "a file changed"
     assert not [p for p in (sandbox / "out").iterdir() if ".partial" in p.name or ".old" in p.name]
     assert "Traceback" not in err
@@ -294,7 +285,7 @@ def test_two_concurrent_runs_with_different_seeds_never_replace_each_other_silen
 
 
 def test_sigint_exits_130_without_a_traceback(sandbox, finished):
-    before = _tree(sandbox / "out")
+    before = tree_hashes(sandbox / "out")
     config = _config(sandbox, "sigint", **{"sampling.seed": 8, "tune.steps": 50})
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "edit.py"), "--config", str(config), "--quiet", "--overwrite"],
                             env=_env(sandbox), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -305,4 +296,4 @@ def test_sigint_exits_130_without_a_traceback(sandbox, finished):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "interrupted" in err
-    assert _tree(sandbox / "out") == before
+    assert tree_hashes(sandbox / "out") == before

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from reatco.errors import ConfigError
+from reatco.regions.settings import SourceRegionConfig
 from reatco.regions.finding import (Instance, box_iou, choose_track, fill_boxes, find_source_regions, frame_instances,
                                    grow_boxes, grow_instances, link_tracks, region_from_instances)
 
@@ -100,6 +101,9 @@ def test_the_shapes_model_finds_the_demo_objects_in_its_own_attention():
     for word, region in zip(words, regions):
         ious = [box_iou(region.boxes[f].numpy(), np.array(truth["boxes"][word][f], float)) for f in range(8)]
         assert np.mean(ious) > 0.6, (word, ious)
+    # the backbone itself and typed specs find the same regions as the pipeline and dicts
+    typed = find_source_regions(pipe.backbone, video, latents, truth["caption"], [SourceRegionConfig(word=w) for w in words], 8)
+    assert all(torch.equal(a.boxes, b.boxes) for a, b in zip(regions, typed))
     # the two objects are told apart by position too: the circle is the bottom one
     both = find_source_regions(pipe, video, latents, truth["caption"], [{"word": "circle and a blue square", "instance": "bottom"}], 8)
     circle = np.array(truth["boxes"]["red circle"][0], float)

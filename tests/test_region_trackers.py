@@ -10,6 +10,7 @@ import pytest
 
 from reatco.config_files import load_config
 from reatco.errors import ConfigError
+from reatco.regions.settings import SourceRegionConfig
 from reatco.regions.trackers import Tracked, region_from_tracked, track_source_regions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +49,8 @@ def test_masks_become_the_region_exactly():
     assert (region.pixel_masks.numpy() == tracked.masks[0]).all()
     boxes = region_from_tracked(tracked, {"instance": "right", "region": "boxes"}, "s").boxes.numpy()
     assert boxes.tolist() == [[10 + f, 2, 17 + f, 9] for f in range(4)]
+    typed = region_from_tracked(tracked, SourceRegionConfig(instance="right", region="boxes"), "s").boxes.numpy()
+    assert typed.tolist() == boxes.tolist()  # a dict spec is typed into the same settings
     # margin grows the mask by that many pixels each way (a square structuring element)
     grown = region_from_tracked(tracked, {"instance": 1, "order": "right", "margin": 2}, "s").pixel_masks.numpy()
     expected = np.zeros_like(tracked.masks[0])

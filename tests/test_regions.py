@@ -1,6 +1,5 @@
 """Regions → per-frame masks on any grid, and every validation error (before any model loads)."""
 
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from PIL import Image
 from reatco.errors import ConfigError
 from reatco.regions.region import draw_regions, object_masks, union_mask
 from reatco.regions.parsing import parse_region
+from reatco.regions.settings import ObjectConfig, object_settings
 
 H, W, CELL = 448, 768, 32  # the paper's clips: a 14×24 attention grid at 1/32
 FIELD = "edits[0].objects[1]"
@@ -24,7 +24,7 @@ def grid(rows, cols, gh=14, gw=24):
 
 
 def box_region(box, n_frames=2, cell_px=CELL):
-    return parse_region({"box": box}, n_frames, H, W, cell_px, FIELD)
+    return parse_region(object_settings({"box": box}), n_frames, H, W, cell_px, FIELD)
 
 
 def save_mask(path, boxes, size=(W, H)):
@@ -116,14 +116,14 @@ def test_x_scales_by_width_and_y_by_height():
 
 
 def test_tiny_box_keeps_its_centre_cell():
-    r = parse_region({"box": [20, 20, 26, 26]}, 1, H, W, 1, FIELD)  # 6 px on a 32 px grid
+    r = parse_region(object_settings({"box": [20, 20, 26, 26]}), 1, H, W, 1, FIELD)  # 6 px on a 32 px grid
     m = r.masks(1, 14, 24)[0]
     assert m.sum() == 1 and m[0, 0] == 1
 
 
 def test_per_frame_boxes_and_static_box_over_frames():
     boxes = [[0, 0, 64, 64], [64, 0, 128, 64], [128, 0, 192, 64]]
-    r = parse_region(SimpleNamespace(box=None, boxes=boxes, mask=None), 3, H, W, CELL, FIELD)
+    r = parse_region(ObjectConfig(boxes=boxes), 3, H, W, CELL, FIELD)
     m = r.masks(3, 14, 24)
     for f in range(3):
         assert torch.equal(m[f], grid(range(0, 2), range(2 * f, 2 * f + 2)))
@@ -134,7 +134,7 @@ def test_per_frame_boxes_and_static_box_over_frames():
 
 
 def test_keyframes_interpolate_linearly_and_hold_at_the_ends():
-    r = parse_region({"boxes": {2: [0, 0, 64, 64], "6": [64, 32, 192, 96]}}, 9, H, W, CELL, FIELD)
+    r = parse_region(object_settings({"boxes": {2: [0, 0, 64, 64], "6": [64, 32, 192, 96]}}), 9, H, W, CELL, FIELD)
     b = r.boxes_px()
     for f in (0, 1, 2):
         assert b[f].tolist() == [0, 0, 64, 64]
@@ -142,13 +142,13 @@ def test_keyframes_interpolate_linearly_and_hold_at_the_ends():
     assert b[3].tolist() == [16, 8, 96, 72]  # a quarter of the way
     for f in (6, 7, 8):
         assert b[f].tolist() == [64, 32, 192, 96]
-    single = parse_region({"boxes": {5: [0, 0, 64, 64]}}, 8, H, W, CELL, FIELD).boxes_px()
+    single = parse_region(object_settings({"boxes": {5: [0, 0, 64, 64]}}), 8, H, W, CELL, FIELD).boxes_px()
     assert torch.equal(single, torch.tensor([[0, 0, 64, 64]] * 8, dtype=torch.float64))
 
 
 def test_mask_png_resized_to_working_size(tmp_path):
     save_mask(tmp_path / "m.png", [(20, 50, 100, 130)], size=(W // 2, H // 2))  # half resolution
-    r = parse_region({"mask": str(tmp_path / "m.png")}, 3, H, W, CELL, FIELD)
+    r = parse_region(object_settings({"mask": str(tmp_path / "m.png")}), 3, H, W, CELL, FIELD)
     m = r.masks(3, 14, 24)
     assert torch.equal(m[2], box_region([40, 100, 200, 260]).masks(1, 14, 24)[0])
     assert r.boxes_px() is None
@@ -159,7 +159,7 @@ def test_mask_folder_per_frame_and_relative_to_base_dir(tmp_path):
     folder.mkdir()
     for f in range(3):
         save_mask(folder / f"{f:05d}.png", [(64 * f, 0, 64 * f + 64, 64)])
-    r = parse_region({"mask": "masks"}, 3, H, W, CELL, FIELD, base_dir=str(tmp_path))
+    r = parse_region(object_settings({"mask": "masks"}), 3, H, W, CELL, FIELD, base_dir=str(tmp_path))
     m = r.masks(3, 14, 24)
     for f in range(3):
         assert torch.equal(m[f], grid(range(0, 2), range(2 * f, 2 * f + 2)))
@@ -169,7 +169,7 @@ def test_mask_folder_per_frame_and_relative_to_base_dir(tmp_path):
 
 def test_small_mask_keeps_its_most_covered_cell(tmp_path):
     save_mask(tmp_path / "m.png", [(40, 40, 50, 50)])  # 10×10 px inside cell (1, 1)
-    m = parse_region({"mask": str(tmp_path / "m.png")}, 1, H, W, CELL, FIELD).masks(1, 14, 24)[0]
+    m = parse_region(object_settings({"mask": str(tmp_path / "m.png")}), 1, H, W, CELL, FIELD).masks(1, 14, 24)[0]
     assert m.sum() == 1 and m[1, 1] == 1
 
 
@@ -209,53 +209,53 @@ def test_bad_box(box, words):
 
 def test_exactly_one_region_kind():
     with pytest.raises(ConfigError) as e:
-        parse_region({"word": "cat"}, 2, H, W, CELL, FIELD)
+        parse_region(object_settings({"word": "cat"}), 2, H, W, CELL, FIELD)
     assert e.value.field == FIELD and "exactly one" in e.value.message
     with pytest.raises(ConfigError):
-        parse_region({"box": [0, 0, 64, 64], "mask": "m.png"}, 2, H, W, CELL, FIELD)
+        parse_region(object_settings({"box": [0, 0, 64, 64], "mask": "m.png"}), 2, H, W, CELL, FIELD)
 
 
 @pytest.mark.parametrize("n_boxes", [2, 4])
 def test_per_frame_boxes_need_one_box_per_frame(n_boxes):
     with pytest.raises(ConfigError) as e:
-        parse_region({"boxes": [[0, 0, 64, 64]] * n_boxes}, 3, H, W, CELL, FIELD)
+        parse_region(object_settings({"boxes": [[0, 0, 64, 64]] * n_boxes}), 3, H, W, CELL, FIELD)
     assert e.value.field == f"{FIELD}.boxes" and f"{n_boxes} boxes for a clip of 3 frames" in e.value.message
 
 
 def test_bad_box_inside_boxes_names_its_index():
     with pytest.raises(ConfigError) as e:
-        parse_region({"boxes": [[0, 0, 64, 64], [0, 0, 10, 10]]}, 2, H, W, CELL, FIELD)
+        parse_region(object_settings({"boxes": [[0, 0, 64, 64], [0, 0, 10, 10]]}), 2, H, W, CELL, FIELD)
     assert e.value.field == f"{FIELD}.boxes[1]"
     with pytest.raises(ConfigError) as e:
-        parse_region({"boxes": {0: [0, 0, 64, 64], 7: [0, 0, 900, 64]}}, 8, H, W, CELL, FIELD)
+        parse_region(object_settings({"boxes": {0: [0, 0, 64, 64], 7: [0, 0, 900, 64]}}), 8, H, W, CELL, FIELD)
     assert e.value.field == f"{FIELD}.boxes[7]"
 
 
 @pytest.mark.parametrize("key", [16, -1, "x", 2.5])
 def test_keyframe_outside_the_clip(key):
     with pytest.raises(ConfigError) as e:
-        parse_region({"boxes": {0: [0, 0, 64, 64], key: [0, 0, 64, 64]}}, 16, H, W, CELL, FIELD)
+        parse_region(object_settings({"boxes": {0: [0, 0, 64, 64], key: [0, 0, 64, 64]}}), 16, H, W, CELL, FIELD)
     assert e.value.field == f"{FIELD}.boxes[{key}]"
 
 
 def test_mask_errors(tmp_path):
     field = f"{FIELD}.mask"
     with pytest.raises(ConfigError, match="does not exist") as e:
-        parse_region({"mask": str(tmp_path / "nope.png")}, 2, H, W, CELL, FIELD)
+        parse_region(object_settings({"mask": str(tmp_path / "nope.png")}), 2, H, W, CELL, FIELD)
     assert e.value.field == field
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ConfigError, match="cannot read") as e:
-        parse_region({"mask": str(tmp_path / "bad.png")}, 2, H, W, CELL, FIELD)
+        parse_region(object_settings({"mask": str(tmp_path / "bad.png")}), 2, H, W, CELL, FIELD)
     assert e.value.field == field
     save_mask(tmp_path / "black.png", [])
     with pytest.raises(ConfigError, match="empty"):
-        parse_region({"mask": str(tmp_path / "black.png")}, 2, H, W, CELL, FIELD)
+        parse_region(object_settings({"mask": str(tmp_path / "black.png")}), 2, H, W, CELL, FIELD)
     folder = tmp_path / "frames"
     folder.mkdir()
     for f in range(3):
         save_mask(folder / f"{f}.png", [(0, 0, 64, 64)])
     with pytest.raises(ConfigError, match="3 mask images for a clip of 4 frames") as e:
-        parse_region({"mask": str(folder)}, 4, H, W, CELL, FIELD)
+        parse_region(object_settings({"mask": str(folder)}), 4, H, W, CELL, FIELD)
     assert e.value.field == field
 
 
@@ -265,7 +265,7 @@ def test_mask_errors(tmp_path):
 def test_draw_regions_outlines_boxes_and_mask_contours(tmp_path):
     image = np.zeros((H, W, 3), np.uint8)
     save_mask(tmp_path / "m.png", [(400, 200, 600, 400)])
-    regions = [box_region([100, 100, 300, 300]), parse_region({"mask": str(tmp_path / "m.png")}, 2, H, W, CELL, FIELD)]
+    regions = [box_region([100, 100, 300, 300]), parse_region(object_settings({"mask": str(tmp_path / "m.png")}), 2, H, W, CELL, FIELD)]
     out = draw_regions(image, regions, ["jellyfish", "goldfish"], frame=0)
     assert out.shape == (H, W, 3) and out.dtype == np.uint8
     assert out[200, 100].any() and out[299, 200].any()  # box outline (left and bottom edges)

@@ -181,13 +181,14 @@ def test_a_frame_folder_mixing_sizes_is_an_error(tmp_path):
 
 def test_a_mask_of_another_aspect_ratio_is_reported(tmp_path, caplog):
     from reatco.regions.parsing import parse_region
+    from reatco.regions.settings import object_settings
 
     Image.new("L", (64, 32), 255).save(tmp_path / "wide.png")
     Image.new("L", (64, 64), 255).save(tmp_path / "square.png")
     with caplog.at_level(logging.WARNING):
-        parse_region({"word": "x", "mask": str(tmp_path / "square.png")}, 2, 32, 32, 8, field="edits[0].objects[0]")
+        parse_region(object_settings({"word": "x", "mask": str(tmp_path / "square.png")}), 2, 32, 32, 8, field="edits[0].objects[0]")
         assert "aspect" not in caplog.text
-        parse_region({"word": "x", "mask": str(tmp_path / "wide.png")}, 2, 32, 32, 8, field="edits[0].objects[0]")
+        parse_region(object_settings({"word": "x", "mask": str(tmp_path / "wide.png")}), 2, 32, 32, 8, field="edits[0].objects[0]")
     assert "edits[0].objects[0]" in caplog.text and "wide.png is 64×32, another aspect ratio" in caplog.text
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from reatco import tokens
 from reatco.errors import ConfigError
+from reatco.regions.settings import ObjectConfig
 from reatco.tokens import (
     describe_tokens,
     load_tokenizer,
@@ -35,7 +36,7 @@ def test_paper_prompts_give_the_official_indices(tok):
 
 
 def test_resolve_objects_on_paper_prompts(tok):
-    objects = [SimpleNamespace(word="cat", occurrence=None), {"word": "rabbit"}, SimpleNamespace(word="chicken", occurrence=None)]
+    objects = [SimpleNamespace(word="cat", occurrence=None), ObjectConfig(word="rabbit"), SimpleNamespace(word="chicken", occurrence=None)]
     assert resolve_objects_tokens(tok, BIRDS, objects, "edits[0].objects") == [[2], [5], [9]]
 
 
@@ -53,7 +54,7 @@ def test_multi_token_word_uses_every_sub_token_and_says_so(tok, caplog):
     line = describe_tokens(tok, prompt, "sdfwerqu", idx)
     assert str(idx) in line and "rad.word_tokens" in line
     with caplog.at_level(logging.INFO, logger="reatco.tokens"):
-        resolve_objects_tokens(tok, prompt, [{"word": "sdfwerqu"}])
+        resolve_objects_tokens(tok, prompt, [ObjectConfig(word="sdfwerqu")])
     assert "rad.word_tokens" in caplog.text
 
 
@@ -99,7 +100,7 @@ def test_repeated_word_needs_occurrence(tok):
 
 def test_two_objects_on_the_same_token_is_an_error(tok):
     with pytest.raises(ConfigError) as e:
-        resolve_objects_tokens(tok, DOLPHINS, [{"word": "goldfish"}, {"word": "goldfish"}], "edits[0].objects")
+        resolve_objects_tokens(tok, DOLPHINS, [ObjectConfig(word="goldfish"), ObjectConfig(word="goldfish")], "edits[0].objects")
     assert e.value.field == "edits[0].objects[1].word"
 
 

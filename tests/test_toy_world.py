@@ -156,10 +156,11 @@ def test_edited_cells_are_the_pipelines_irjs_mask_and_the_breakdown_splits_the_e
     from reatco.irjs import blend as irjs
     from reatco.regions.region import object_masks
     from reatco.regions.parsing import parse_region
+    from reatco.regions.settings import object_settings
 
     case = make_edit_case(2, 0)
     edited = case.edited_cells(16)
-    regions = [parse_region(o, 8, 64, 64, 8) for o in case.objects()]
+    regions = [parse_region(object_settings(o), 8, 64, 64, 8) for o in case.objects()]
     reference = irjs.latent_region_mask(object_masks(regions, 8, 16, 16), 16, 16)[0, 0]  # what the pipeline blends with
     assert torch.equal(torch.from_numpy(edited[:, ::4, ::4]).float(), reference)
     assert (edited[:, ::4, ::4].repeat(4, 1).repeat(4, 2) == edited).all()  # whole 4×4-pixel cells

@@ -121,6 +121,12 @@ class Backbone(abc.ABC):
         a DiT refuses a block it does not have, naming it too."""
 
     @abc.abstractmethod
+    def attention_cell_sizes(self) -> list[int]:
+        """The cell sizes in pixels, smallest first, of the grids the model's cross-attention
+        layers live on: the `cell_px` values `attention_layers` takes (the UNet: one per level;
+        a DiT: its one token grid). The region finder picks its level among them."""
+
+    @abc.abstractmethod
     def attention_grid(self, height: int, width: int, cell_px: int) -> tuple[int, int]:
         """(gh, gw) of the attention grid for frames of height × width pixels."""
 
@@ -138,6 +144,13 @@ class Backbone(abc.ABC):
         renormalised over that span and only its columns (the padding's share never reaches RAD,
         and the softmax graph RAD keeps is that narrow); the UNet records every column as the
         model's own probabilities and ignores it."""
+
+    @abc.abstractmethod
+    def recording_features(self) -> contextlib.AbstractContextManager[list]:
+        """Context: after each model call inside it, the list it yields ends with that call's
+        finest spatial features, (B·f, C', h', w') float32 (the UNet's last up block; a DiT's last
+        block's tokens on their grid). They tell where an object ends, which the attention of a
+        word need not (the region finder grows its seeds over them). Hooks removed on exit."""
 
     # ------------------------------------------------------------------ one step
 

@@ -55,11 +55,13 @@ GB = 1024**3
 
 
 class LiveTensorMeter(TorchDispatchMode):
-    """Peak bytes of the tensors created inside (each storage counted once, until it is freed)."""
+    """Peak bytes of the tensors created inside (each storage counted once, until it is freed).
+    `known`: tensors alive before (the weights), whose storages are never counted — an op's view
+    of one (a linear layer's transposed weight) would otherwise count the whole weight as new."""
 
-    def __init__(self):
+    def __init__(self, known=()):
         super().__init__()
-        self.live: dict[int, int] = {}
+        self.live: dict[int, int] = {t.untyped_storage().data_ptr(): 0 for t in known}
         self.current = 0
         self.peak = 0
 

@@ -17,6 +17,7 @@ import torch
 from ..errors import ConfigError
 from .finding import Instance, region_from_instances
 from .region import Region
+from .settings import source_settings
 
 _LOADED: dict = {}
 
@@ -82,16 +83,14 @@ def detect_source_regions(frames: np.ndarray, specs: Sequence, rad_cell_px: int,
     """Regions of `specs` (SourceRegionConfig or dicts with detector, query, score, instance,
     order, margin, region) found on the source `frames` (F, H, W, 3) uint8, rounded out to whole
     cells of `whole_cells` px (region_finding.region_from_instances)."""
-    from .settings import value_of
-
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
     height, width = frames.shape[1:3]
     regions = []
     for spec, field in zip(specs, fields):
-        model, processor = load_detector(value_of(spec, "detector"), device, f"{field}.detector")
-        per_frame = detect_instances(frames, model, processor, value_of(spec, "query"), value_of(spec, "score", 0.1))
-        region = value_of(spec, "region") or "boxes"
-        regions.append(region_from_instances(per_frame, height, width, value_of(spec, "instance", "largest"),
-                                             value_of(spec, "order", "left"), value_of(spec, "margin", 0.0),
-                                             region, min_side=rad_cell_px, field=field, whole_cells=whole_cells))
+        spec = source_settings(spec, field)
+        model, processor = load_detector(spec.detector, device, f"{field}.detector")
+        per_frame = detect_instances(frames, model, processor, spec.query, spec.score)
+        regions.append(region_from_instances(per_frame, height, width, spec.instance, spec.order, spec.margin,
+                                             spec.region or "boxes", min_side=rad_cell_px, field=field,
+                                             whole_cells=whole_cells))
     return regions

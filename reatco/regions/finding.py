@@ -1,29 +1,39 @@
 """Regions from the source video itself: where the model's own cross-attention puts a word of the
 source prompt, split into instances and tracked over the frames. No extra model.
 
-The source latents are forward-noised to a few low noise levels (seeded), the UNet runs once per
+The source latents are forward-noised to a few low noise levels (seeded), the model runs once per
 level with the source prompt while the cross-attention layers of one grid level are recorded
-(`attention_maps.py`), and each word's share of the prompt tokens' attention is averaged over
-levels and layers. The map is upsampled to pixels, thresholded at a fraction of each frame's
-peak, and split into connected instances; instances are linked from frame to frame by overlap
-(`link_tracks`), one track is chosen by position or size (`choose_track`), and its per-frame
-boxes (or masks), grown by a margin, become a `Region` used exactly like a typed one.
+(all through the backbone seam, reatco/backbones/base.py, as RAD reads the model), and each
+word's share of the prompt tokens' attention is averaged over levels and layers. The map is
+upsampled to pixels, thresholded at a fraction of each frame's peak, and split into connected
+instances; instances are linked from frame to frame by overlap (`link_tracks`), one track is
+chosen by position or size (`choose_track`), and its per-frame boxes (or masks), grown by a
+margin, become a `Region` used exactly like a typed one.
+
+The noise levels are scheduler timesteps of a DDPM-style schedule (`Backbone.renoise_source` at
+any t): the UNet's. Wan's flow-matching re-noising takes only its run's timesteps, so Wan refuses
+`source:` regions (backbones/wan/runner.py) until its levels are chosen there.
 
 Everything after the model call is a pure function of arrays, shared with the detector path
-(`region_detector.py`), which produces per-frame boxes instead of maps.
+(`detector.py`), which produces per-frame boxes instead of maps.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
+from ..backbones.base import Backbone
 from ..errors import ConfigError
+from ..rad.attention_maps import AttentionStore
 from .region import Region
-from .settings import value_of
+from .settings import source_settings
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
 
 @dataclass
 class Instance:
@@ -326,62 +336,51 @@ def region_from_track(track: Sequence[Instance | None], height: int, width: int,
 # ----------------------------------------------------------------------------- the model's attention
 
 
-def finding_layers(unet, vae_scale_factor: int, cell_px: int | None, rad_cell_px: int,
+def finding_layers(backbone: Backbone, cell_px: int | None, rad_cell_px: int,
                    field: str = "source.attention_cell_px") -> tuple[list[str], int]:
     """The cross-attention layers to read and their cell size in pixels: `cell_px` when given,
     otherwise the finest level of at least half the RAD cell (SD: 16 px, one level finer than
     RAD's 32 px; the shapes model has nothing finer than its 8 px RAD grid)."""
-    from ..backbones.tav.layers import cross_attention_scales, rad_attention_layers
-
-    scales = cross_attention_scales(unet)
-    available = sorted({s * vae_scale_factor for s in scales.values()})
+    available = backbone.attention_cell_sizes()
     if cell_px is None:
         finer = [c for c in available if rad_cell_px / 2 <= c <= rad_cell_px]
         cell_px = min(finer) if finer else min(available, key=lambda c: abs(c - rad_cell_px))
-    return rad_attention_layers(unet, vae_scale_factor, cell_px, field), cell_px
+    return backbone.attention_layers(cell_px, field), cell_px
 
 
 @torch.no_grad()
-def source_word_maps(pipe, source_latents: torch.Tensor, prompt, token_indices: Sequence[Sequence[int]],
+def source_word_maps(backbone: Backbone, source_latents: torch.Tensor, prompt, token_indices: Sequence[Sequence[int]],
                      timesteps: Sequence[int], layers: Sequence[str], grid: tuple[int, int], seed: int = 0
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """On the source clip, averaged over the noise levels `timesteps` (each with seeded forward
-    noise, one conditional UNet pass each):
+    noise, one conditional model pass each):
       * (J, F, h, w) each word's cross-attention probability (summed over its tokens, averaged
         over heads and `layers`);
-      * (F, C, H', W') the UNet's last up block's features (the finest level the UNet has), which
-        tell where an object ends: the attention of a well-trained word peaks on the object but
-        need not cover it.
+      * (F, C, H', W') the model's finest features (`Backbone.recording_features`), which tell
+        where an object ends: the attention of a well-trained word peaks on the object but need
+        not cover it.
     source_latents: (1, C, F, h, w) scaled latents; prompt: a str or its PromptTokens."""
-    from ..backbones.tav.recording import record_cross_attention
-    from ..rad.attention_maps import AttentionStore
-
-    unet = pipe.unet
-    device, dtype = source_latents.device, unet.dtype
-    cond = pipe.encode_prompt(prompt).to(dtype)
+    device, dtype = source_latents.device, backbone.dtype
+    prompt = backbone.tokenize(prompt)
+    cond = backbone.encode_prompt(prompt).to(dtype)
     generator = torch.Generator("cpu").manual_seed(seed)
     store = AttentionStore(grid=grid, stop_early=False)
-    features: list[torch.Tensor] = []
-    hook = unet.up_blocks[-1].register_forward_hook(lambda module, args, output: features.append(output.float()))
     maps_sum, features_sum = None, None
-    try:
-        with record_cross_attention(unet, list(layers), store):
-            for t in timesteps:
-                noise = torch.randn(source_latents.shape, generator=generator).to(device, dtype)
-                alpha = pipe.scheduler.alphas_cumprod[int(t)].to(device, dtype)
-                x = alpha.sqrt() * source_latents.to(dtype) + (1 - alpha).sqrt() * noise
-                features.clear()
-                with store.recording("record"):
-                    unet(x, torch.tensor(int(t), device=device), encoder_hidden_states=cond)
-                # The raw probabilities: a per-cell re-normalisation over the prompt tokens (RAD's
-                # `share`) inflates cells where the text gets almost no attention at all.
-                probs = store.maps().float()
-                maps = torch.stack([probs[..., list(idx)].sum(-1) for idx in token_indices])
-                maps_sum = maps if maps_sum is None else maps_sum + maps
-                features_sum = features[-1] if features_sum is None else features_sum + features[-1]
-                store.reset()
-    finally:
-        hook.remove()
+    n_text_tokens = backbone.text_token_count(prompt, prompt_only=False)
+    with backbone.recording_features() as features, backbone.recording(list(layers), store, n_text_tokens):
+        for t in timesteps:
+            noise = torch.randn(source_latents.shape, generator=generator).to(device, dtype)
+            x = backbone.renoise_source(source_latents.to(dtype), int(t), noise)
+            features.clear()
+            with store.recording("record"):
+                backbone.predict(x, torch.tensor(int(t), device=device), cond)
+            # The raw probabilities: a per-cell re-normalisation over the prompt tokens (RAD's
+            # `share`) inflates cells where the text gets almost no attention at all.
+            probs = store.maps().float()
+            maps = torch.stack([probs[..., list(idx)].sum(-1) for idx in token_indices])
+            maps_sum = maps if maps_sum is None else maps_sum + maps
+            features_sum = features[-1] if features_sum is None else features_sum + features[-1]
+            store.reset()
     n = len(timesteps)
     return (maps_sum / n).cpu(), (features_sum / n).cpu()
 
@@ -404,37 +403,34 @@ def attention_instances(maps: torch.Tensor, features: torch.Tensor, video: torch
     return out
 
 
-def find_source_regions(pipe, video: torch.Tensor, source_latents: torch.Tensor, prompt: str, specs: Sequence,
-                        rad_cell_px: int, fields: Sequence[str] | None = None, whole_cells: int = 1) -> list[Region]:
-    """The regions of the source objects named by `specs` (SourceRegionConfig or dicts with
-    `word`, and optionally occurrence, instance, order, margin, region, threshold, similarity,
-    colour_weight, timesteps, attention_cell_px, seed), found on `video` (F, 3, H, W) in [-1, 1]
-    with its scaled latents (1, C, F, h, w) and source `prompt`. Specs that share the attention
-    settings share the UNet passes. `whole_cells`: see `region_from_instances` (1: the found
-    object's own extent; the runner passes the latent cell)."""
-    from ..tokens import tokenize_prompt, word_token_indices
-
-    prompt = tokenize_prompt(pipe.tokenizer, prompt)  # once, for every spec and the UNet passes
+def find_source_regions(model: Backbone | DiffusionPipeline, video: torch.Tensor, source_latents: torch.Tensor, prompt: str,
+                        specs: Sequence, rad_cell_px: int, fields: Sequence[str] | None = None, whole_cells: int = 1) -> list[Region]:
+    """The regions of the source objects named by `specs` (SourceRegionConfig, or dicts of its
+    fields: `word`, and optionally occurrence, instance, order, margin, region, threshold,
+    similarity, colour_weight, timesteps, attention_cell_px, seed), found with `model` (a
+    Backbone, or a pipeline: its `backbone`) on `video` (F, 3, H, W) in [-1, 1] with its scaled
+    latents (1, C, F, h, w) and source `prompt`. Specs that share the attention settings share the model passes.
+    `whole_cells`: see `region_from_instances` (1: the found object's own extent; the runner
+    passes the latent cell)."""
+    backbone = model if isinstance(model, Backbone) else model.backbone
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
+    specs = [source_settings(spec, field) for spec, field in zip(specs, fields)]
+    prompt = backbone.tokenize(prompt)  # once, for every spec and the model passes
     n_frames, _, height, width = video.shape
     regions: list[Region | None] = [None] * len(specs)
     groups: dict[tuple, list[int]] = {}
     for j, spec in enumerate(specs):
-        key = (tuple(value_of(spec, "timesteps", (50, 150))), value_of(spec, "attention_cell_px"), value_of(spec, "seed", 0))
-        groups.setdefault(key, []).append(j)
+        groups.setdefault((tuple(spec.timesteps), spec.attention_cell_px, spec.seed), []).append(j)
     for (timesteps, cell_px, seed), members in groups.items():
-        layers, cell = finding_layers(pipe.unet, pipe.vae_scale_factor, cell_px, rad_cell_px,
-                                      f"{fields[members[0]]}.attention_cell_px")
-        indices = [word_token_indices(pipe.tokenizer, prompt, value_of(specs[j], "word"), value_of(specs[j], "occurrence"),
-                                      field=f"{fields[j]}.word") for j in members]
-        maps, features = source_word_maps(pipe, source_latents, prompt, indices, timesteps, layers,
-                                          (height // cell, width // cell), seed=seed)
+        layers, cell = finding_layers(backbone, cell_px, rad_cell_px, f"{fields[members[0]]}.attention_cell_px")
+        indices = [backbone.word_token_indices(prompt, specs[j].word, specs[j].occurrence, field=f"{fields[j]}.word")
+                   for j in members]
+        maps, features = source_word_maps(backbone, source_latents, prompt, indices, timesteps, layers,
+                                          backbone.attention_grid(height, width, cell), seed=seed)
         for k, j in enumerate(members):
             spec = specs[j]
-            per_frame = attention_instances(maps[k], features, video.cpu(), value_of(spec, "threshold", 0.5),
-                                            value_of(spec, "similarity", 0.6), value_of(spec, "colour_weight", 1.0))
-            regions[j] = region_from_instances(per_frame, height, width, value_of(spec, "instance", "largest"),
-                                               value_of(spec, "order", "left"), value_of(spec, "margin", 0.0),
-                                               value_of(spec, "region") or "boxes", min_side=rad_cell_px, field=fields[j],
+            per_frame = attention_instances(maps[k], features, video.cpu(), spec.threshold, spec.similarity, spec.colour_weight)
+            regions[j] = region_from_instances(per_frame, height, width, spec.instance, spec.order, spec.margin,
+                                               spec.region or "boxes", min_side=rad_cell_px, field=fields[j],
                                                whole_cells=whole_cells)
     return regions

@@ -9,20 +9,20 @@ import torch
 from ..errors import ConfigError
 from .files import read_boxes_file
 from .region import Region, _check_box, _parse_boxes, _parse_mask
-from .settings import region_kind, value_of
+from .settings import ObjectConfig, region_kind
 
 
-def parse_region(obj, n_frames: int, height: int, width: int, cell_px: int, field: str = "objects[0]",
+def parse_region(obj: ObjectConfig, n_frames: int, height: int, width: int, cell_px: int, field: str = "objects[0]",
                  base_dir: str | None = None, start_frame: int = 0, frame_stride: int = 1,
                  native_size: tuple[int, int] | None = None) -> Region:
-    """Validate an object's region (exactly one of `box`, `boxes`, `mask`, `boxes_file`; attributes
-    or dict keys) for a clip of `n_frames` frames at `width`×`height` px; boxes must span at least
+    """Validate an object's region (exactly one of `box`, `boxes`, `mask`, `boxes_file`; a dict
+    from Python is typed first by regions.settings.object_settings) for a clip of `n_frames` frames at `width`×`height` px; boxes must span at least
     `cell_px` px (one attention cell) each way. Errors are ConfigError naming e.g.
     `edits[0].objects[1].box`. Relative mask and boxes-file paths are taken from `base_dir` when
     given; a boxes file is read at the clip's `start_frame`/`frame_stride`, in pixels of
     `native_size` (see regions/files.py). A `source` region needs the model: EditRunner finds it."""
     kind = region_kind(obj, field)  # the object validator's own check and wording
-    value = value_of(obj, kind)
+    value = getattr(obj, kind)
     sub = f"{field}.{kind}"
     if kind == "region":
         raise ConfigError(sub, "is a ready Region: take it as it is (reatco.regions.objects.resolve_objects does)")
@@ -33,7 +33,7 @@ def parse_region(obj, n_frames: int, height: int, width: int, cell_px: int, fiel
         path = os.fspath(value)
         if base_dir is not None and not os.path.isabs(path):
             path = os.path.join(base_dir, path)
-        return read_boxes_file(path, n_frames, height, width, cell_px, track=value_of(obj, "track"), start_frame=start_frame,
+        return read_boxes_file(path, n_frames, height, width, cell_px, track=obj.track, start_frame=start_frame,
                                frame_stride=frame_stride, native_size=native_size, field=sub)
     if kind == "box":
         box = _check_box(value, height, width, cell_px, sub)

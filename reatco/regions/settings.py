@@ -1,6 +1,6 @@
 """The objects of an edit (`edits[k].objects`): their schema, region kinds and checks."""
 
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any, List, Literal, Optional
 
 from ..errors import ConfigError
@@ -180,44 +180,82 @@ def check_word(word: str, field_: str) -> None:
             "not punctuation or an emoji")
 
 
-def value_of(obj, name: str, default=None):
-    """A setting of a config object or of a dict given from Python: the one place that tells
-    the two apart."""
-    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
+@dataclass
+class RegionObject(ObjectConfig):
+    """An object given from Python with its region ready-made: `region`, a
+    reatco.regions.region.Region (found with reatco.regions.finding, tracked, or built). Not a
+    YAML key: a config's objects are ObjectConfigs."""
+
+    region: Any = None
 
 
 # A dict object from Python may give its region ready-made: `region` (a reatco.regions.region.Region).
 _OBJECT_KEYS = tuple(f.name for f in fields(ObjectConfig)) + ("region",)
 
 
-def validate_object(obj, field_: str = "objects[0]") -> str:
-    """One user's object, checked alike wherever it comes from (load_config, the pipeline's
-    `objects=`, EditRunner): an ObjectConfig or a dict of its fields; its word, its occurrence,
-    exactly one region. Returns the region's kind (box, boxes, mask, boxes_file, source or
-    region). Where the word is in the prompt is reatco.tokens' check, the region's geometry
-    reatco.regions.region.parse_region's."""
-    if isinstance(obj, dict):
-        for key in obj:
-            if key not in _OBJECT_KEYS:  # the YAML loader's wording for an unknown key
-                raise unknown_key(field_, key, ObjectConfig, extra=("region",))
-    elif not is_dataclass(obj):
+def object_settings(obj, field_: str = "objects[0]") -> ObjectConfig:
+    """An object as a user gives it → its typed settings, once, where user input enters (the
+    config loader types YAML; the pipelines' calls, `pipeline_arguments` and the region finders
+    call this). A dict (a notebook's `objects=[{"word": …, "box": …}]`) becomes an ObjectConfig
+    (a RegionObject with `region`), its unknown keys refused in the YAML loader's wording and its
+    `source` mapping typed too; its values are kept as given (a mask may be a tensor from Python),
+    for the checks behind to judge. An ObjectConfig passes as it is. Everything behind this reads
+    attributes only."""
+    if isinstance(obj, ObjectConfig):
+        return obj
+    if not isinstance(obj, dict):
         raise ConfigError(field_, f"an object is a mapping (word, occurrence, and one region), got {short(obj)}")
-    word = value_of(obj, "word")
+    for key in obj:
+        if key not in _OBJECT_KEYS:  # the YAML loader's wording for an unknown key
+            raise unknown_key(field_, key, ObjectConfig, extra=("region",))
+    values = {"word": None, **obj}  # a missing word is reported as missing (None), not as ""
+    if values.get("source") is not None:
+        values["source"] = source_settings(values["source"], f"{field_}.source")
+    return RegionObject(**values) if "region" in values else ObjectConfig(**values)
+
+
+def source_settings(spec, field_: str = "objects[0].source") -> SourceRegionConfig:
+    """An object's `source` as a user gives it → a SourceRegionConfig (a dict's unknown keys
+    refused naming the field, its left-out settings the schema's defaults). A SourceRegionConfig
+    passes as it is."""
+    if isinstance(spec, SourceRegionConfig):
+        return spec
+    if not isinstance(spec, dict):
+        raise ConfigError(field_, "is a mapping: {word: <source prompt word>}, {detector: …, query: …} or "
+                                  f"{{tracker: sam2 | sam3, …}}, got {short(spec)}")
+    for key in spec:
+        if key not in _SOURCE_KEYS:
+            raise unknown_key(field_, key, SourceRegionConfig)
+    return SourceRegionConfig(**spec)
+
+
+_SOURCE_KEYS = tuple(f.name for f in fields(SourceRegionConfig))
+
+
+def validate_object(obj: ObjectConfig, field_: str = "objects[0]") -> str:
+    """One user's object (typed by `object_settings` or the config loader), checked alike
+    wherever it comes from (load_config, the pipeline's `objects=`, EditRunner): its word, its
+    occurrence, exactly one region. Returns the region's kind (box, boxes, mask, boxes_file,
+    source or region). Where the word is in the prompt is reatco.tokens' check, the region's
+    geometry reatco.regions.parsing.parse_region's."""
+    word = obj.word
     require(isinstance(word, str) and bool(word.strip()), f"{field_}.word",
              f"must name a word of the edit prompt, got {word!r}")
     check_word(word, f"{field_}.word")
-    occurrence = value_of(obj, "occurrence")
+    occurrence = obj.occurrence
     require(occurrence is None or (isinstance(occurrence, int) and not isinstance(occurrence, bool) and occurrence >= 1),
              f"{field_}.occurrence", f"must be ≥ 1 (1 = first occurrence; null if the word occurs once), got {occurrence!r}")
     kind = region_kind(obj, field_)
-    require(value_of(obj, "track") is None or value_of(obj, "boxes_file") is not None, f"{field_}.track",
+    require(obj.track is None or obj.boxes_file is not None, f"{field_}.track",
              "names an object of boxes_file; give boxes_file too")
     return kind
 
 
-def region_kind(obj, field_: str = "objects[0]") -> str:
+def region_kind(obj: ObjectConfig, field_: str = "objects[0]") -> str:
     """Which region an object gives: exactly one of REGION_KEYS (or, from Python, `region`)."""
-    given = [n for n in REGION_KEYS + ("region",) if value_of(obj, n) is not None]
+    given = [n for n in REGION_KEYS if getattr(obj, n) is not None]
+    if isinstance(obj, RegionObject) and obj.region is not None:
+        given.append("region")
     require(len(given) == 1, field_, f"give exactly one of box, boxes, mask, boxes_file or source (from Python also "
                                       f"region=, a reatco.regions.region.Region) (got {' and '.join(given) or 'none'})")
     return given[0]

@@ -36,7 +36,7 @@ from ..files import atomic_file
 from ..fingerprint import cache_key, digest_path, digest_tensor
 from .finding import Instance, choose_track, region_from_track
 from .region import Region, mask_box
-from .settings import value_of
+from .settings import SourceRegionConfig, source_settings
 
 TRACKERS = ("sam2", "sam3")
 DEFAULT_MODELS = {"sam2": "facebook/sam2.1-hiera-large", "sam3": "facebook/sam3"}
@@ -58,22 +58,18 @@ class Tracked:
             raise ValueError(f"a tracker returns (N, F, H, W) masks and N scores, got {self.masks.shape} and {self.scores.shape}")
 
 
-def tracker_name(spec) -> str | None:
-    return value_of(spec, "tracker")
+def tracker_model(spec: SourceRegionConfig) -> str:
+    return spec.model or DEFAULT_MODELS[spec.tracker]
 
 
-def tracker_model(spec) -> str:
-    return value_of(spec, "model") or DEFAULT_MODELS[tracker_name(spec)]
-
-
-def check_tracker_prompt(spec, n_frames: int, height: int, width: int, field: str) -> None:
+def check_tracker_prompt(spec: SourceRegionConfig, n_frames: int, height: int, width: int, field: str) -> None:
     """The prompt of a tracker source against the clip, before any weights load: its frame is in
     the clip, its box or point inside the frame (pixels of the working size, video.height × width)."""
-    frame = value_of(spec, "frame", 0)
+    frame = spec.frame
     if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame < n_frames:
         raise ConfigError(f"{field}.frame", f"is {frame!r}, but the clip has frames 0–{n_frames - 1}; "
                                             "give the frame the box or point is drawn on")
-    box, point = value_of(spec, "box"), value_of(spec, "point")
+    box, point = spec.box, spec.point
     if box is not None:
         x1, y1, x2, y2 = (float(v) for v in box)
         if not (0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height):
@@ -103,28 +99,28 @@ def tracked_instances(tracked: Tracked) -> list[list[Instance | None]]:
 def region_from_tracked(tracked: Tracked, spec, field: str, min_side: float = 1.0, whole_cells: int = 1) -> Region:
     """A tracker's instances → the object's Region: the instances scoring at least `score`, the
     one `instance` names (as for the other sources), its masks (`region: mask`) or boxes, grown by
-    `margin` px, rounded out to whole cells of `whole_cells` px."""
+    `margin` px, rounded out to whole cells of `whole_cells` px. spec: a SourceRegionConfig or a
+    dict of its fields."""
+    spec = source_settings(spec, field)
     _, n_frames, height, width = tracked.masks.shape
-    score = value_of(spec, "score")
-    score = 0.0 if score is None else float(score)
+    score = 0.0 if spec.score is None else float(spec.score)
     keep = [k for k in range(len(tracked.scores)) if tracked.scores[k] >= score and tracked.masks[k].any()]
     if not keep:
-        what = f"{value_of(spec, 'query')!r}" if value_of(spec, "query") else "the prompted object"
+        what = f"{spec.query!r}" if spec.query else "the prompted object"
         best = f" (best score {tracked.scores.max():.2f})" if len(tracked.scores) else ""
-        hint = "lower `score` or give a box (tracker: sam2)" if value_of(spec, "query") else "lower `score`, or move the box or point onto the object"
+        hint = "lower `score` or give a box (tracker: sam2)" if spec.query else "lower `score`, or move the box or point onto the object"
         raise ConfigError(f"{field}.score" if len(tracked.scores) else f"{field}.query",
                           f"no {what} found in frames 0–{n_frames - 1} with score ≥ {score:g}{best}; {hint}")
     tracks = [tracked_instances(tracked)[k] for k in keep]
-    instance = value_of(spec, "instance", "largest")
+    instance = spec.instance
     if instance == "all":
         track: list[Instance | None] = []
         for f in range(n_frames):
             union = tracked.masks[keep, f].any(axis=0)
             track.append(Instance(f, mask_box(union).astype(float), union, 1.0) if union.any() else None)
     else:
-        track = choose_track(tracks, instance, value_of(spec, "order", "left"), field=f"{field}.instance")
-    kind = value_of(spec, "region") or "mask"
-    return region_from_track(track, height, width, value_of(spec, "margin", 0.0), kind, min_side, whole_cells)
+        track = choose_track(tracks, instance, spec.order, field=f"{field}.instance")
+    return region_from_track(track, height, width, spec.margin, spec.region or "mask", min_side, whole_cells)
 
 
 # ----------------------------------------------------------------------------- the trackers
@@ -220,11 +216,10 @@ def _transformers_version() -> str:
 # ----------------------------------------------------------------------------- the whole step
 
 
-def _cache_path(cache_dir, frames: np.ndarray, spec, memo) -> Path:
+def _cache_path(cache_dir, frames: np.ndarray, spec: SourceRegionConfig, memo) -> Path:
     parts = dict(kind="tracked_masks", frames=digest_tensor(torch.from_numpy(np.ascontiguousarray(frames))),
-                 tracker=tracker_name(spec), weights=digest_path(tracker_model(spec), memo),
-                 query=value_of(spec, "query"), box=value_of(spec, "box"), point=value_of(spec, "point"),
-                 frame=value_of(spec, "frame", 0))
+                 tracker=spec.tracker, weights=digest_path(tracker_model(spec), memo),
+                 query=spec.query, box=spec.box, point=spec.point, frame=spec.frame)
     parts["box"] = None if parts["box"] is None else [float(v) for v in parts["box"]]
     parts["point"] = None if parts["point"] is None else [float(v) for v in parts["point"]]
     return Path(cache_dir) / "tracks" / f"{cache_key(**parts)}.npz"
@@ -247,14 +242,15 @@ def _write_cached(path: Path, tracked: Tracked) -> None:
 def ranked_instances(tracked: Tracked, spec) -> list[list[Instance | None]]:
     """The instances an object may take, as `instance: k` counts them: those scoring at least
     `score`, steady enough to compete (region_finding.choose_track), ranked from the `order` side
-    (left by default). Entry k − 1 is the track `instance: k` takes."""
-    score = value_of(spec, "score")
-    score = 0.0 if score is None else float(score)
+    (left by default). Entry k − 1 is the track `instance: k` takes. spec: a SourceRegionConfig
+    or a dict of its fields."""
+    spec = source_settings(spec)
+    score = 0.0 if spec.score is None else float(spec.score)
     tracks = [t for t, s, m in zip(tracked_instances(tracked), tracked.scores, tracked.masks) if s >= score and m.any()]
     ranked = []
     while True:
         try:
-            ranked.append(choose_track(tracks, len(ranked) + 1, value_of(spec, "order", "left")))
+            ranked.append(choose_track(tracks, len(ranked) + 1, spec.order))
         except ConfigError:
             return ranked
 
@@ -269,6 +265,7 @@ def track_source_regions(frames: np.ndarray, specs: Sequence, fields: Sequence[s
     tracker's weights are loaded once for its specs and freed before returning.
     `make_tracker(name, model, device, progress, field)`: load_tracker, or a stand-in."""
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
+    specs = [source_settings(spec, field) for spec, field in zip(specs, fields)]
     tracked = track_objects(frames, specs, fields, device, cache_dir, progress, make_tracker)
     return [region_from_tracked(t, s, f, min_side, whole_cells) for t, s, f in zip(tracked, specs, fields)]
 
@@ -279,6 +276,7 @@ def track_objects(frames: np.ndarray, specs: Sequence, fields: Sequence[str] | N
     """What the trackers of `specs` find on `frames`: every prompt checked against the clip first,
     then the cache, then each tracker loaded once for its specs and freed (track_source_regions)."""
     fields = list(fields) if fields is not None else [f"objects[{j}].source" for j in range(len(specs))]
+    specs = [source_settings(spec, field) for spec, field in zip(specs, fields)]
     n_frames, height, width = frames.shape[:3]
     for spec, field in zip(specs, fields):
         check_tracker_prompt(spec, n_frames, height, width, field)
@@ -292,14 +290,13 @@ def track_objects(frames: np.ndarray, specs: Sequence, fields: Sequence[str] | N
     groups: dict[tuple[str, str], list[int]] = {}
     for j, spec in enumerate(specs):
         if tracked[j] is None:
-            groups.setdefault((tracker_name(spec), tracker_model(spec)), []).append(j)
+            groups.setdefault((spec.tracker, tracker_model(spec)), []).append(j)
     for (name, model), members in groups.items():
         tracker = make_tracker(name, model, device, progress, f"{fields[members[0]]}.tracker")
         try:
             for j in members:
                 spec = specs[j]
-                tracked[j] = tracker.track(frames, query=value_of(spec, "query"), box=value_of(spec, "box"),
-                                           point=value_of(spec, "point"), frame=value_of(spec, "frame", 0))
+                tracked[j] = tracker.track(frames, query=spec.query, box=spec.box, point=spec.point, frame=spec.frame)
                 if tracked[j].masks.shape[1:] != (n_frames, height, width):
                     raise ValueError(f"the {name} tracker returned masks of shape {tracked[j].masks.shape[1:]} "
                                      f"for a clip of {(n_frames, height, width)}")

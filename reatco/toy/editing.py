@@ -84,11 +84,12 @@ class EditCase:
         from ..irjs.blend import latent_region_mask
         from ..regions.region import object_masks
         from ..regions.parsing import parse_region
+        from ..regions.settings import object_settings
 
         n_f, h, w = self.source.frames.shape[:3]
         if h % latent_size or w % latent_size:
             raise ValueError(f"{h}×{w} frames are not a whole number of {latent_size}² latent cells")
-        regions = [parse_region(o, n_f, h, w, 1) for o in self.objects()]
+        regions = [parse_region(object_settings(o), n_f, h, w, 1) for o in self.objects()]
         masks = object_masks(regions, n_f, latent_size, latent_size)
         cells = latent_region_mask(masks, latent_size, latent_size)[0, 0].numpy() > 0  # the mask IRJS blends with
         return np.repeat(np.repeat(cells, h // latent_size, 1), w // latent_size, 2)
@@ -223,12 +224,13 @@ def region_attention_mass(maps, case: EditCase) -> float:
     """Mean over objects and frames of the fraction of word j's attention map (J, F, h, w), as
     the pipeline returns it, that lies in region j's cells (the cells RAD pulls the word into)."""
     from ..regions.parsing import parse_region
+    from ..regions.settings import object_settings
 
     n_j, n_f, h, w = maps.shape
     cell = case.source.frames.shape[1] // h
     fractions = []
     for j, obj in enumerate(case.objects()[:n_j]):
-        cover = parse_region(obj, n_f, h * cell, w * cell, cell).masks(n_f, h, w)  # (F, h, w)
+        cover = parse_region(object_settings(obj), n_f, h * cell, w * cell, cell).masks(n_f, h, w)  # (F, h, w)
         m = maps[j].float()
         inside = (m * cover).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1e-12)
         fractions.append(float(inside.mean()))

@@ -2,8 +2,9 @@
 session's end (scripts/train_shapes_model.py --backbone wan is the command line).
 
 Stages (`STAGES`), each checkpointing into `work` and resuming from its last checkpoint:
-  vae          AutoencoderKLWan on clips of the world (random 4k + 1-frame windows and latent-cell-aligned
-               crops of a fixed pool of 9-frame clips: the VAE is convolutional, crops are cheaper),
+  vae          AutoencoderKLWan on clips of the world (vae_frames-frame windows — whole 9-frame clips by default:
+               a 5-frame window is one latent chunk, and the decoder must learn a chunk that follows
+               another — in latent-cell-aligned crops of a fixed pool of 9-frame clips: crops are cheaper),
                L1 + MSE + tiny KL on the decoder's unclamped output, EMA; stops at vae_steps or when the EMA's held-out PSNR (whole
                9-frame 64 × 64 clips) reaches target_psnr.
   data         the transformer's training set: posterior moments of n_clips 9-frame and
@@ -51,8 +52,8 @@ WanTrainSettings = settings_class("WanTrainSettings", [
     ("checkpoint_minutes", float, 5.0), ("progress", bool, True),
     ("vae_config", Optional[str], None), ("transformer_config", Optional[str], None),
     # the VAE stage
-    ("vae_steps", int, 6000), ("vae_lr", float, 1e-3), ("vae_lr_end", float, 5e-5), ("vae_warmup", int, 100),
-    ("vae_batch", int, 4), ("vae_pool", int, 1024), ("vae_frames", int, 5), ("vae_crop", int, 48),
+    ("vae_steps", int, 12000), ("vae_lr", float, 1e-3), ("vae_lr_end", float, 5e-5), ("vae_warmup", int, 100),
+    ("vae_batch", int, 4), ("vae_pool", int, 1024), ("vae_frames", int, 9), ("vae_crop", int, 48),
     ("vae_kl", float, 1e-6), ("vae_ema", float, 0.998), ("target_psnr", float, 31.0),
     ("vae_eval_every", int, 250), ("vae_eval_clips", int, 16),
     # the data stage
@@ -166,7 +167,7 @@ def heldout_clips(seed: int, n: int, n_frames: int = 9) -> torch.Tensor:
 
 
 def vae_batch(pool: np.ndarray, gen: torch.Generator, batch: int, frames: int, crop: int) -> torch.Tensor:
-    """A batch of windows of `frames` frames and crop × crop pixels (8-px aligned) from the pool,
+    """A batch of windows of `frames` frames and crop × crop pixels (latent-cell aligned) from the pool,
     each rotated by a multiple of 90° (the VAE has no up or down)."""
     n, f_all, size = pool.shape[0], pool.shape[1], pool.shape[2]
     out = []

@@ -18,7 +18,7 @@ from ...rad.attention_maps import AttentionStore
 from ...tokens import PromptTokens, encode_prompt, tokenize_prompt, word_token_indices
 from ..base import Backbone
 from ..inversion import ddim_inversion
-from .layers import rad_attention_layers
+from .layers import cross_attention_scales, rad_attention_layers
 from .recording import record_cross_attention
 
 
@@ -117,11 +117,24 @@ class TuneAVideoBackbone(Backbone):
                                             f"the {field} grid; use null")
         return rad_attention_layers(self.unet, self.spatial_factor, cell_px, field)
 
+    def attention_cell_sizes(self) -> list[int]:
+        return sorted({s * self.spatial_factor for s in cross_attention_scales(self.unet).values()})
+
     def attention_grid(self, height: int, width: int, cell_px: int) -> tuple[int, int]:
         return height // cell_px, width // cell_px
 
     def recording(self, layers: Sequence[str], store: AttentionStore, n_text_tokens: int | None = None):
         return record_cross_attention(self.unet, layers, store)  # every column, as the model's probabilities
+
+    @contextlib.contextmanager
+    def recording_features(self):
+        """The last up block's output: the finest level the UNet has, one row per frame."""
+        features: list[torch.Tensor] = []
+        hook = self.unet.up_blocks[-1].register_forward_hook(lambda module, args, output: features.append(output.float()))
+        try:
+            yield features
+        finally:
+            hook.remove()
 
     # ------------------------------------------------------------------ one step
 

@@ -245,6 +245,9 @@ class WanBackbone(Backbone):
         check_token_cell(cell_px, self.geometry, field)
         return [attn2_layer(b) for b in resolve_rad_blocks(blocks, self.num_layers, blocks_field)]
 
+    def attention_cell_sizes(self) -> list[int]:
+        return [self.token_px]  # every block attends on the one token grid
+
     def attention_grid(self, height: int, width: int, cell_px: int | None = None) -> tuple[int, int]:
         cell_px = self.token_px if cell_px is None else cell_px
         return height // cell_px, width // cell_px
@@ -257,6 +260,34 @@ class WanBackbone(Backbone):
                              "includes the zero padding")
         return record_wan_cross_attention(self.models, [_block_of(layer) for layer in layers], store,
                                           list(range(n_text_tokens)), n_text_tokens)
+
+    @contextlib.contextmanager
+    def recording_features(self):
+        """The last block's output tokens of the expert called, laid back on their (f, h', w')
+        patch grid: (B·f, D, h', w')."""
+        features: list[torch.Tensor] = []
+        hooks = []
+        for model in self.models:
+            grid: list[tuple[int, int, int]] = []
+
+            def read_grid(module, args, kwargs, grid=grid):
+                latents = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                p_t, p_h, p_w = module.config.patch_size
+                _, _, f, h, w = latents.shape
+                grid[:] = [(f // p_t, h // p_h, w // p_w)]
+
+            def keep(module, args, output, grid=grid):
+                f, h, w = grid[0]
+                tokens = output.float()  # (B, f·h·w, D)
+                features.append(tokens.unflatten(1, (f, h, w)).permute(0, 1, 4, 2, 3).flatten(0, 1))
+
+            hooks.append(model.register_forward_pre_hook(read_grid, with_kwargs=True))
+            hooks.append(model.blocks[-1].register_forward_hook(keep))
+        try:
+            yield features
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     # ------------------------------------------------------------------ one step
 

@@ -34,7 +34,7 @@ from ...rad.guidance import AttentionObservations, RADGuidance
 from ...regions.objects import EditObject
 from ...regions.parsing import parse_region
 from ...regions.region import object_masks
-from ...regions.settings import value_of
+from ...regions.settings import object_settings
 from ...schema import choices
 from ...video import check_video_tensor, video_input
 from . import geometry
@@ -79,16 +79,17 @@ def plan_wan_edit(tokenizer, num_layers: int, prompt: str, objects: Sequence = (
         if isinstance(obj, EditObject):
             resolved.append(obj)
             continue
+        obj = object_settings(obj, f"{field}[{j}]")  # a dict from Python, typed once
         kind = validate_object(obj, f"{field}[{j}]")
-        region = value_of(obj, "region") if kind == "region" else parse_region(
+        region = obj.region if kind == "region" else parse_region(
             obj, n_frames, height, width, model_geometry.token_px, field=f"{field}[{j}]")
-        positions = word_positions(tokenizer, tokens, value_of(obj, "word"), value_of(obj, "occurrence"),
+        positions = word_positions(tokenizer, tokens, obj.word, obj.occurrence,
                                    field=f"{field}[{j}].word", max_sequence_length=max_sequence_length)
         for p in positions:
             if p in owner:
                 raise ConfigError(f"{field}[{j}].word", f"token {p} is already {field}[{owner[p]}]'s; each object needs its own word")
             owner[p] = j
-        resolved.append(EditObject(value_of(obj, "word"), value_of(obj, "occurrence"), region, tuple(positions)))
+        resolved.append(EditObject(obj.word, obj.occurrence, region, tuple(positions)))
     return WanEditPlan(n_frames, run_frames, tokens, resolved, resolve_rad_blocks(rad_blocks, num_layers), model_geometry)
 
 
