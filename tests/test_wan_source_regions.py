@@ -9,7 +9,7 @@ import torch
 from reatco.backbones.wan import WanReAtCoPipeline
 from reatco.backbones.wan.flow import step_sigmas
 
-from tiny_wan import TINY_VAE_4X, save_tiny_wan
+from tiny_wan import TINY_VAE_4X, save_tiny_wan, tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,41 @@ def test_a_tracked_source_region_edits_on_wan(tmp_path, monkeypatch):
     assert [f["box"] for f in doc["objects"][0]["frames"]] == expected
 
 
-def test_a_source_word_found_by_attention_is_refused_on_wan_before_weights_load(tmp_path, capsys):
+def test_the_finder_reads_each_pixel_frame_from_its_latent_frame(pipe, monkeypatch):
+    """The region finder (reatco/regions/finding.py) through the seam on Wan: the word's maps and the
+    last block's features come on latent frames; each pixel frame reads the latent frame that covers it."""
+    from reatco.regions import finding
+
+    video = tiny_clip(9, height=32, width=48)
+    source = pipe.encode_video(video)
+    backbone = pipe.backbone
+    seen = []
+    real = finding.attention_instances
+
+    def spy(maps, features, frames, *args):
+        seen.append((maps.clone(), features.clone()))
+        return real(maps, features, frames, *args)
+
+    monkeypatch.setattr(finding, "attention_instances", spy)
+    region = finding.find_source_regions(pipe, video, source, "a red circle on the sea", [{"word": "circle"}], 16,
+                                         whole_cells=8)[0]
+    prompt = backbone.tokenize("a red circle on the sea")
+    layers, cell = finding.finding_layers(backbone, None, 16)
+    assert cell == 16 and layers == ["blocks.0.attn2.processor"]
+    maps, features = finding.source_word_maps(backbone, source, prompt, [backbone.word_token_indices(prompt, "circle")],
+                                              (50, 150), layers, (2, 3))
+    assert maps.shape == (1, 3, 2, 3) and features.shape[0] == 3  # 3 latent frames
+    index = [0, 1, 1, 1, 1, 2, 2, 2, 2]  # pixel frame → the latent frame that covers it
+    (got_maps, got_features), = seen
+    assert torch.equal(got_maps, maps[0, index]) and torch.equal(got_features, features[index])
+    assert region.n_frames == 9 and (region.boxes % 8 == 0).all()  # whole 8-px latent cells
+
+
+def test_a_source_word_found_by_attention_edits_on_wan(tmp_path):
+    """`source: {word: circle}` on a 16-frame clip (padded to 17 for Wan): found on the padded clip,
+    cut back to the clip's 16 frames, used by the edit, written to regions.json."""
+    import json
+
     import numpy as np
     import yaml
 
@@ -126,9 +160,22 @@ def test_a_source_word_found_by_attention_is_refused_on_wan_before_weights_load(
     from scripts_loader import load_script
 
     folder = save_tiny_wan(tmp_path / "model")
-    write_frames(np.zeros((5, 32, 48, 3), np.uint8), tmp_path / "clip")
+    write_frames(np.random.default_rng(0).integers(0, 255, size=(16, 32, 48, 3), dtype=np.uint8), tmp_path / "clip")
+    cfg = _config(tmp_path, folder, [{"word": "square", "source": {"word": "circle"}}], n_frames=16)
+    cfg["video"]["pad_frames"] = True
     path = tmp_path / "found.yaml"
-    path.write_text(yaml.safe_dump(_config(tmp_path, folder, [{"word": "square", "source": {"word": "circle"}}])))
-    assert load_script("edit").main(["--config", str(path), "--dry-run", "--output_dir", str(tmp_path / "dry")]) == 2
-    err = capsys.readouterr().err
-    assert "edits[0].objects[0].source" in err and "tracker" in err
+    path.write_text(yaml.safe_dump(cfg))
+    edit = load_script("edit")
+    assert edit.main(["--config", str(path), "--overwrite", "--quiet"]) == 0
+    out = tmp_path / "out" / "square"
+    doc = json.loads((out / "regions.json").read_text())
+    assert doc["objects"][0]["source"].startswith("source: attention of source word 'circle'")
+    boxes = [f["box"] for f in doc["objects"][0]["frames"]]
+    assert len(boxes) == 16 and all(v % 8 == 0 for box in boxes for v in box)
+    assert len(list((out / "frames").glob("*.png"))) == 16
+    report = json.loads((out / "report.json").read_text())
+    assert "find_regions" in report["timings_s"]
+    # a word the source prompt lacks is refused before any weights load, naming the field
+    cfg["edits"][0]["objects"][0]["source"]["word"] = "dolphin"
+    path.write_text(yaml.safe_dump(cfg))
+    assert edit.main(["--config", str(path), "--dry-run", "--output_dir", str(tmp_path / "dry")]) == 2

@@ -10,9 +10,11 @@ instances; instances are linked from frame to frame by overlap (`link_tracks`), 
 chosen by position or size (`choose_track`), and its per-frame boxes (or masks), grown by a
 margin, become a `Region` used exactly like a typed one.
 
-The noise levels are scheduler timesteps of a DDPM-style schedule (`Backbone.renoise_source` at
-any t): the UNet's. Wan's flow-matching re-noising takes only its run's timesteps, so Wan refuses
-`source:` regions (backbones/wan/runner.py) until its levels are chosen there.
+The noise levels are model timesteps (`Backbone.renoise_source` at any t): the UNet's DDPM
+schedule, Wan's σ = t / 1000. A backbone whose latent frames cover several pixel frames (Wan)
+gives maps on latent frames; each pixel frame reads the latent frame that covers it
+(`Backbone.frame_groups`). On Wan the maps are the recorder's shares of the prompt's real tokens
+(its zero padding takes most of the raw attention).
 
 Everything after the model call is a pure function of arrays, shared with the detector path
 (`detector.py`), which produces per-frame boxes instead of maps.
@@ -427,6 +429,10 @@ def find_source_regions(model: Backbone | DiffusionPipeline, video: torch.Tensor
                    for j in members]
         maps, features = source_word_maps(backbone, source_latents, prompt, indices, timesteps, layers,
                                           backbone.attention_grid(height, width, cell), seed=seed)
+        groups = backbone.frame_groups(n_frames)
+        if len(groups) != n_frames:  # latent frames that cover several pixel frames (Wan): each pixel frame reads its own
+            index = [g for g, covered in enumerate(groups) for _ in covered]
+            maps, features = maps[:, index], features[index]
         for k, j in enumerate(members):
             spec = specs[j]
             per_frame = attention_instances(maps[k], features, video.cpu(), spec.threshold, spec.similarity, spec.colour_weight)

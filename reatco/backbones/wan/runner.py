@@ -4,8 +4,8 @@ flow inversion (cached by content) and pipeline call.
 
 What does not apply to Wan is refused before any weights load, naming the field: Tune-A-Video
 tuning (`tune.enabled`, `model.tuned_unet`), an attention cell other than the model's token (read
-from its vae/ and transformer/ configs: 16 px on Wan 2.1), guided inversion, `source:` regions found by
-attention (not implemented for Wan yet), and `irjs.decode_statistics: source`.
+from its vae/ and transformer/ configs: 16 px on Wan 2.1), guided inversion, and
+`irjs.decode_statistics: source`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from . import geometry
 from .backbone import check_token_cell
 from .pipeline import plan_wan_edit
 from .windows import latent_windows
-from .words import token_table
+from .words import token_table, word_positions
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +55,17 @@ def _model_file(pretrained: str, *parts: str) -> str:
     except Exception as err:
         raise ConfigError("model.pretrained", f"cannot read {'/'.join(parts)} of {pretrained!r} ({str(err).splitlines()[0]}); "
                                               "give a local Wan folder or a reachable hub id") from err
+
+
+def _first_frames(region, n_frames: int):
+    """A region found on the padded clip, for the clip's own first `n_frames` frames."""
+    from ...regions.region import Region
+
+    if region.n_frames == n_frames:
+        return region
+    return Region(region.kind, n_frames, region.height, region.width,
+                  boxes=None if region.boxes is None else region.boxes[:n_frames],
+                  pixel_masks=None if region.pixel_masks is None else region.pixel_masks[:n_frames])
 
 
 class WanEditRunner(EditRunner):
@@ -177,12 +188,41 @@ class WanEditRunner(EditRunner):
             from ...regions.trackers import check_tracker_prompt
 
             check_tracker_prompt(src, self.source_video().shape[0], v.height, v.width, field)
-        elif not src.detector:
-            raise ConfigError(field, "regions found by the model's own attention are not implemented for Wan yet: give "
-                                     "box, boxes, mask or boxes_file, or find the object with a detector or a tracker "
-                                     "(source: {detector: …} / {tracker: …})")
+        elif not src.detector:  # found in the model's own attention to the source prompt's word
+            word_positions(self.tokenizer, v.prompt, src.word, src.occurrence, field=f"{field}.word")
         whole = torch.tensor([[0.0, 0.0, float(v.width), float(v.height)]], dtype=torch.float64)
         return Region("box", v.n_frames, v.height, v.width, boxes=whole)
+
+    def resolve_regions(self, prepared: PreparedEdit, without_pipeline: bool = False) -> list:
+        """As the UNet runner's; a region found by attention is found on the clip Wan encodes (padded
+        to 4k + 1 frames, every pixel frame reading the latent frame that covers it) and cut back to
+        the clip's own frames."""
+        regions = super().resolve_regions(prepared, without_pipeline=True)  # trackers and detectors
+        missing = [j for j, r in enumerate(regions) if r is None]
+        if without_pipeline or not missing:
+            return regions
+        from ...regions.finding import find_source_regions
+        from ...schema import config_to_dict
+
+        cfg = self.cfg
+        k = next((i for i, e in enumerate(cfg.edits) if e.name == prepared.edit.name), 0)
+        start = time.perf_counter()
+        pipe = self.pipeline()
+        source_latents, _ = self.source()
+        run_frames = geometry.check_frame_count(cfg.video.n_frames, cfg.video.pad_frames, temporal=self.geometry.temporal)
+        clip = geometry.pad_clip(self.source_video(), run_frames).to(self.device)
+        for j in missing:
+            spec = prepared.edit.objects[j].source
+            key = json.dumps(config_to_dict(spec), sort_keys=True)
+            if key not in self._found:
+                with self.autocast():
+                    found = find_source_regions(pipe.backbone, clip, source_latents, cfg.video.prompt, [spec],
+                                                cfg.model.attention_cell_px, [f"edits[{k}].objects[{j}].source"],
+                                                self.latent_cell_px())[0]
+                self._found[key] = _first_frames(found, cfg.video.n_frames)
+            prepared.regions[j] = self._found[key]
+        self.timings["find_regions"] = self.timings.get("find_regions", 0.0) + time.perf_counter() - start
+        return prepared.regions
 
     def preflight(self) -> None:
         self.source_video()
