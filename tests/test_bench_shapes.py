@@ -23,7 +23,7 @@ def test_every_section_runs_and_reports(tmp_path):
     try:
         bench.main([
             "--model", str(ROOT / "data" / "shapes-model"), "--config", str(ROOT / "configs" / "shapes.yaml"),
-            "--threads", str(threads), "--sections", "vae,text2image,attention,editing",
+            "--threads", str(threads), "--sections", "vae,text2image,attention,editing,regions",
             "--n_vae", "4", "--n", "2", "--n_attn", "2", "--steps", "3", "--batch", "2",
             "--edit_cases", "1", "--edit_frames", "2", "--edit_tune_steps", "0",
             "--set", "sampling.steps=4", "--set", "rad.refinement_thresholds={}", "--set", "rad.max_update_steps=2",
@@ -47,6 +47,11 @@ def test_every_section_runs_and_reports(tmp_path):
     irjs, no_irjs = edit["rad_irjs"], edit["no_irjs"]
     assert edit["box_grid"] == 4 and irjs["cut_cells_share"] == 0 and irjs["kept_cells_psnr"] == irjs["invariant_psnr"]
     assert irjs["kept_cells_psnr"] > no_irjs["kept_cells_psnr"] + 5
+    # regions found by the model's own attention on the source clip, then the edit with found and true regions
+    regions = report["regions"]
+    assert regions["backbone"] == "unet" and regions["n_cases"] == 1 and 0 <= regions["iou"] <= 1
+    assert regions["placement_passed"] == (regions["placement_gap"] <= 0.05)
+    assert len(regions["cases"][0]["found_boxes"]) == 2 and len(regions["cases"][0]["found_boxes"][0]) == 2
 
 
 def test_tight_boxes_leave_cut_cells_to_the_model(tmp_path):

@@ -411,8 +411,9 @@ def test_the_shapes_bench_measures_the_wan_export_like_the_unet_model(trained, t
     assert err.value.code == 2 and "edit_frames" in capsys.readouterr().err and not out.exists()
     try:
         report = bench.main([
-            "--model", str(model), "--sections", "vae,text2image,attention,editing", "--threads", str(threads),
-            "--n_vae", "2", "--n", "2", "--n_attn", "2", "--steps", "2", "--batch", "2", "--edit_cases", "1",
+            "--model", str(model), "--threads", str(threads),
+            "--n_vae", "2", "--n", "2", "--n_attn", "2", "--steps", "2", "--batch", "2", "--edit_cases", "1", "--sections",
+            "vae,text2image,attention,editing,regions",
             "--edit_frames", "5", "--set", "sampling.steps=3", "--set", "rad.max_update_steps=2",
             "--set", "rad.refinement_thresholds={}", "--set", "irjs.decode_outside=source", "--out", str(out)])
     finally:
@@ -430,6 +431,10 @@ def test_the_shapes_bench_measures_the_wan_export_like_the_unet_model(trained, t
     assert no_irjs["kept_cells_psnr"] != irjs["kept_cells_psnr"]  # (a 4-step VAE decodes everything alike)
     assert irjs["source_region_change"] > 0 and irjs["cpu_seconds"] > 0
     assert 0 <= irjs["attention_in_regions"] <= 1 and 0 <= irjs["flicker"] <= 1
+    # regions found by the DiT's own attn2 on the source clip, then the same edit with found and true regions
+    regions = report["regions"]
+    assert regions["backbone"] == "wan" and regions["n_frames"] == 5 and 0 <= regions["iou"] <= 1
+    assert {"placement", "invariant_psnr"} <= set(regions["found_regions"]) and len(regions["cases"][0]["found_boxes"]) == 2
     table = capsys.readouterr().out
     assert "text→video colours+shapes right, per frame" in table and "attn2 mass in box (blocks [2, 3]), σ=0.5" in table
     # the backbone comparison reads the two results files; a file without an editing section is refused

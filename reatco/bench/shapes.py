@@ -8,8 +8,8 @@ The sections: `vae`, `text2image`, `attention` (the model alone, reatco/bench/sh
 `editing` and `regions` (editing against the exact truth, reatco/bench/shapes_editing.py).
 Both backbones: the UNet model (`data/shapes-model`) and the Wan-layout DiT (`data/shapes-wan`,
 `--backbone wan` or read from its model_index.json), on the same case generator and families;
-on Wan the model's sections are reatco/toy/wan_eval.py's (text→video), the clips are 4k + 1 frames
-(9 by default) and `regions` is not available.
+on Wan the model's sections are reatco/toy/wan_eval.py's (text→video) and the clips are 4k + 1
+frames (9 by default).
 """
 
 from __future__ import annotations
@@ -59,8 +59,6 @@ def _check(settings) -> None:
     if backbone == "wan":
         if frames is not None and frames % 4 != 1:
             raise ConfigError("edit_frames", f"Wan's VAE needs 4k + 1 frames (5, 9, 13, 17, …), got {frames}")
-        if "regions" in settings.sections.split(","):
-            raise ConfigError("sections", "regions (found regions) is not available on Wan yet; leave it out")
 
 
 # (field, type, default): scripts/bench_shapes.py's flags, whose --help explains them

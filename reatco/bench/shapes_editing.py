@@ -273,17 +273,18 @@ def regions_gate(args, _pipe) -> dict:
     from ..regions.region import Region
     from ..toy.editing import make_edit_case, placement_scores
 
-    cfg, pipe, base_unet, tune, steps, box_grid = _edit_setup(args)
+    editor = editor_for(args)
+    cfg, box_grid = editor.cfg, editor.box_grid
     spec = json.loads(args.region_spec)
     rows = []
     for i in range(args.edit_cases):
         case = make_edit_case(BENCH_OFFSET + args.seed, 40_000 + i, n_frames=args.edit_frames, box_grid=box_grid)
         video = case.video_tensor()
         n_f, size = video.shape[0], video.shape[-1]
-        latents, trajectory = _prepare_source(pipe, cfg, video, case.source.caption, tune, base_unet, steps)
+        latents, trajectory = editor.prepare(video, case.source.caption)
         t0 = time.time()
         words = [sh.phrase for sh in case.source.shapes]
-        found = find_source_regions(pipe, video, latents, case.source.caption, [dict(spec, word=w) for w in words],
+        found = find_source_regions(editor.pipe, video, latents, case.source.caption, [dict(spec, word=w) for w in words],
                                     cfg.model.attention_cell_px)
         find_seconds = time.time() - t0
         found_boxes = np.stack([r.boxes.numpy() for r in found])  # (J, F, 4)
@@ -296,8 +297,8 @@ def regions_gate(args, _pipe) -> dict:
                "found_boxes": found_boxes.round(1).tolist()}
         for name, boxes in (("true_regions", case.boxes), ("found_regions", snapped)):
             regions = [Region("boxes", n_f, size, size, boxes=torch.from_numpy(boxes[j].astype(np.float64))) for j in range(len(words))]
-            _, frames = _edit(pipe, cfg, case.prompt, video, latents, trajectory,
-                              [{"word": w, "region": r} for w, r in zip(case.words, regions)])
+            _, frames = editor.edit(case.prompt, video, latents, trajectory,
+                                    [{"word": w, "region": r} for w, r in zip(case.words, regions)])
             outside = np.ones(frames.shape[:3], bool)
             for j in range(len(words)):
                 for f in range(n_f):
@@ -319,7 +320,7 @@ def regions_gate(args, _pipe) -> dict:
     return {**summary, "iou": iou, "iou_min_object": float(np.min(all_ious)), "placement_gap": gap,
             "iou_gate": 0.7, "iou_passed": bool(iou >= 0.7), "placement_gap_gate": 0.05, "placement_passed": bool(gap <= 0.05),
             "region_spec": spec, "config": args.config, "box_grid": box_grid, "n_cases": len(rows), "n_frames": args.edit_frames,
-            "tune_steps": tune.steps if tune is not None else 0, "cases": rows}
+            "backbone": editor.backbone, "tune_steps": editor.tune_steps, "cases": rows}
 
 
 def mean_of_numbers(values: list[float]) -> float:

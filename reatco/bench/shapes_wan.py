@@ -9,6 +9,7 @@ editing section (reatco/bench/shapes_editing.py) on `WanReAtCoPipeline`.
   attention    each object word's attn2 mass in its box per latent frame at σ = 0.5 on the blocks
                the model was trained to localise (gate ≥ 0.8), and at σ = 0.25 / 0.75
   editing      as on the UNet model, 4k + 1-frame cases
+  regions      as on the UNet model: regions found by the model's own attn2 on the source clip
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .shapes_editing import edit_gate
+from .shapes_editing import edit_gate, regions_gate
 
 
 def load_pipe(model: str):
@@ -60,4 +61,5 @@ def attention_gate(args, pipe) -> dict:
     return gate(pipe, attention_blocks(args.model, len(pipe.transformer.blocks)), args.seed, args.n_attn)
 
 
-SECTIONS = {"vae": vae_gate, "text2image": text2video_gate, "attention": attention_gate, "editing": edit_gate}
+SECTIONS = {"vae": vae_gate, "text2image": text2video_gate, "attention": attention_gate, "editing": edit_gate,
+            "regions": regions_gate}

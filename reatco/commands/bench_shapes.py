@@ -17,7 +17,7 @@ section's measurement is explained in reatco/bench/shapes_model.py and shapes_ed
 
   Both backbones: --model data/shapes-wan (a Wan-layout folder; --backbone wan, or read from its
   model_index.json) runs the same sections on the DiT (text→video, attn2 of its trained blocks, 9-frame
-  editing cases with configs/shapes-wan.yaml); `regions` is UNet-only. Every editing run also reports
+  editing cases with configs/shapes-wan.yaml). Every editing run also reports
   temporal smoothness (centroid jitter, region change against the source's own, flicker) and CPU seconds.
   --compare A.json B.json … puts the editing sections of earlier runs side by side (the backbone comparison).
 
