@@ -137,10 +137,15 @@ class WanEditor:
         self.box_grid = args.edit_box_grid or self.latent_px
 
     def prepare(self, video, caption):
+        """Encoded and inverted as the Wan runner does it: in the config's temporal windows, if any."""
+        from ..backbones.wan.windows import latent_windows
+
+        windows = latent_windows(video.shape[0], self.cfg.window.size, self.cfg.window.stride,
+                                 self.pipe.vae_scale_factor_temporal)
         with torch.no_grad():
             latents = self.pipe.encode_video(video)
             embeds = self.pipe.backbone.encode_prompt(self.cfg.inversion.prompt or caption)
-            trajectory = self.pipe.invert(latents, embeds, self.steps, self.cfg.inversion.fixed_point_iters)
+            trajectory = self.pipe.invert(latents, embeds, self.steps, self.cfg.inversion.fixed_point_iters, windows=windows)
         return latents, trajectory
 
     def roundtrip(self, latents) -> np.ndarray:
@@ -167,7 +172,8 @@ class WanEditor:
         kwargs = dict(objects=objects, source_latents=latents, inversion_trajectory=trajectory, num_inference_steps=s.steps,
                       guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
                       generator=torch.Generator().manual_seed(s.seed), start_in_regions=s.start_in_regions,
-                      rad=self.cfg.rad, irjs=self.cfg.irjs, rad_blocks=self.cfg.rad.blocks, n_frames=n_frames,
+                      rad=self.cfg.rad, irjs=self.cfg.irjs, window=self.cfg.window, rad_blocks=self.cfg.rad.blocks,
+                      n_frames=n_frames,
                       height=video.shape[2], width=video.shape[3], return_attention=return_attention, output_type="np")
         kwargs.update(changes)
         out = self.pipe(prompt, **kwargs)
