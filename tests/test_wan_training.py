@@ -319,7 +319,7 @@ def test_the_eval_reads_the_three_gates_from_a_checkpoint(trained, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(straight, work)
     out = wt.evaluate(tiny_settings(work, eval_clips=2, eval_samples=2, eval_steps=2, eval_attention_clips=2))
-    assert out["transformer_step"] == 4 and json.loads((work / "eval-step4.json").read_text()) == out
+    assert out["transformer_step"] == 4 and json.loads((work / "eval-step4-seed0.json").read_text()) == out
     assert 0 < out["vae"]["psnr_mean"] < 60 and out["vae"]["gate"] == 30.0
     assert 0 <= out["text2video"]["accuracy"] <= 1 and out["text2video"]["n"] == 2 and out["text2video"]["frames"] == 9
     att = out["attention"]
@@ -337,7 +337,11 @@ def test_before_the_transformer_the_eval_reads_the_vae_alone(trained, tmp_path):
     vae, _ = wt.load_vae(work)
     clips = wm.clip_tensor([wm.make_clip(2_000_000, i, 9) for i in range(2)])  # the bench's held-out seeds
     assert out["vae"]["psnr_mean"] == pytest.approx(float(wt.vae_psnr(vae, clips).mean()))
-    assert json.loads((work / "eval-vae-step4.json").read_text()) == out
+    assert json.loads((work / "eval-vae-step4-seed0.json").read_text()) == out
+    # another held-out seed is another file: the first reading stays
+    other = wt.evaluate(tiny_settings(work, eval_clips=2, seed=1))
+    assert json.loads((work / "eval-vae-step4-seed1.json").read_text()) == other != out
+    assert json.loads((work / "eval-vae-step4-seed0.json").read_text()) == out
 
 
 def test_a_word_map_on_its_box_has_all_its_mass_there():

@@ -168,7 +168,8 @@ def attention_gate(pipe, blocks: list[int], seed: int, n: int, sigmas=SIGMAS) ->
 
 
 def evaluate_checkpoint(args) -> dict:
-    """The three gates on the model; written to `work`/eval-step<N>.json and returned."""
+    """The three gates on the model; written to `work`/eval-step<N>-seed<S>.json (one file per
+    checkpoint and held-out seed: a reading on another seed never replaces one) and returned."""
     t0 = time.time()
     if not args.eval_model and not (Path(args.work) / "transformer.pt").exists():
         return _evaluate_vae_only(args, t0)
@@ -182,7 +183,7 @@ def evaluate_checkpoint(args) -> dict:
     log(f"eval step {step}: text→video {out['text2video']['accuracy']:.3f} of frames right "
         f"({out['text2video']['clip_accuracy']:.3f} of clips)")
     out["wall_s"] = round(time.time() - t0, 1)
-    path = Path(args.work) / f"eval-step{step}.json"
+    path = Path(args.work) / f"eval-step{step}-seed{args.seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: (v if not isinstance(v, dict) else {a: b for a, b in v.items() if not isinstance(b, (dict, list))})
@@ -199,7 +200,7 @@ def _evaluate_vae_only(args, t0: float) -> dict:
     out = dict(transformer_step=None, vae_step=ck["state"]["step"], seed=args.seed,
                vae=vae_gate(SimpleNamespace(vae=vae), args.seed, args.eval_clips), wall_s=round(time.time() - t0, 1))
     log(f"eval (VAE only, step {out['vae_step']}): {out['vae']['psnr_mean']:.2f} dB")
-    path = Path(args.work) / f"eval-vae-step{out['vae_step']}.json"
+    path = Path(args.work) / f"eval-vae-step{out['vae_step']}-seed{args.seed}.json"
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
     return out
