@@ -178,8 +178,7 @@ class WanEditor:
         kwargs.update(changes)
         out = self.pipe(prompt, **kwargs)
         if out.attention_maps is not None:  # latent frames → the pixel frames each covers
-            groups = geometry.latent_frame_groups(n_frames, self.pipe.vae_scale_factor_temporal)
-            out.attention_maps = out.attention_maps[:, [g for g, covered in enumerate(groups) for _ in covered]]
+            out.attention_maps = out.attention_maps[:, geometry.latent_frame_index(n_frames, self.pipe.vae_scale_factor_temporal)]
         return out, (out.frames[0] * 255).round().astype(np.uint8)
 
 

@@ -67,7 +67,7 @@ def wan_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae_batch", type=int)
     p.add_argument("--vae_pool", type=int, help="VAE: clips in the training pool")
     p.add_argument("--vae_frames", type=int, help="VAE: frames of a training window (4k + 1)")
-    p.add_argument("--vae_crop", type=int, help="VAE: side of a training crop in px (a multiple of 8)")
+    p.add_argument("--vae_crop", type=int, help="VAE: side of a training crop in px (a multiple of the VAE's 4 px cell)")
     p.add_argument("--vae_kl", type=float)
     p.add_argument("--vae_ema", type=float)
     p.add_argument("--target_psnr", type=float, help="VAE: stop when the EMA's held-out PSNR reaches this")

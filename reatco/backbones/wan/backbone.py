@@ -190,9 +190,8 @@ class WanBackbone(Backbone):
         if reference.shape != latents.shape:
             raise ValueError(f"reference {tuple(reference.shape)} and latents {tuple(latents.shape)} must have one shape")
         source = self._decode(reference)
-        groups = self.frame_groups(frames.shape[0])
         mask = keep_reference_outside
-        index = torch.tensor([g for g, covered in enumerate(groups) for _ in covered], device=mask.device)
+        index = torch.tensor(geometry.latent_frame_index(frames.shape[0], self.temporal_factor), device=mask.device)
         cells = mask[0, 0].index_select(0, index)[:, None].float()  # (F, 1, h, w)
         pixels = torch.nn.functional.interpolate(cells, scale_factor=self.spatial_factor, mode="nearest")
         pixels = pixels.to(frames.device, frames.dtype)

@@ -146,6 +146,12 @@ def latent_frame_groups(n_frames: int, temporal: int = TEMPORAL_FACTOR) -> list[
     return [[0]] + [list(range(temporal * i - temporal + 1, temporal * i + 1)) for i in range(1, latent_frame_count(n_frames, temporal))]
 
 
+def latent_frame_index(n_frames: int, temporal: int = TEMPORAL_FACTOR) -> list[int]:
+    """For each pixel frame, the latent frame that covers it: [0, 1, 1, 1, 1, 2, …] (to spread
+    what Wan gives per latent frame, maps or cells, back over the pixel frames)."""
+    return [g for g, covered in enumerate(latent_frame_groups(n_frames, temporal)) for _ in covered]
+
+
 def latent_frame_union(masks: torch.Tensor, temporal: int = TEMPORAL_FACTOR) -> torch.Tensor:
     """Masks on pixel frames (..., F, h, w) → on latent frames (..., F_latent, h, w): each latent
     frame's mask is the union (max) of the masks of the pixel frames it covers."""

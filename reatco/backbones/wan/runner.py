@@ -325,8 +325,7 @@ class WanEditRunner(EditRunner):
         check_finite(output.frames, "in the edited frames", "try model.dtype=float32 or a smaller rad.step_size")
         frames = (output.frames[0] * 255).round().astype(np.uint8)  # diffusers' video output: a batch of one clip
         if output.attention_maps is not None:  # latent frames → the pixel frames each covers
-            groups = geometry.latent_frame_groups(prepared.plan.run_frames, self.geometry.temporal)
-            index = [g for g, frames_of in enumerate(groups) for _ in frames_of][: cfg.video.n_frames]
+            index = geometry.latent_frame_index(prepared.plan.run_frames, self.geometry.temporal)[: cfg.video.n_frames]
             output.attention_maps = output.attention_maps[:, index]
         return self.finish(prepared, frames, output, edit_seconds, {
             "backbone": "wan", "model": str(cfg.model.pretrained), "rad_blocks": prepared.plan.rad_blocks,
