@@ -127,8 +127,10 @@ class EditRunner:
             self._tokenizer = load_tokenizer(self.cfg.model.pretrained)
         return self._tokenizer
 
-    def prepare(self, only: str | None = None) -> list[PreparedEdit]:
-        """Check every edit's words and regions; raises ConfigError before anything is loaded."""
+    def prepare(self, only: str | None = None, dry_run: bool = False) -> list[PreparedEdit]:
+        """Check every edit's words and regions; raises ConfigError before anything is loaded.
+        `dry_run`: only a dry run follows (the UNet's checks are the same either way; Wan's runner
+        goes on without a hub id's files out of reach)."""
         cfg = self.cfg
         edits = list(cfg.edits)
         if not edits:

@@ -110,7 +110,7 @@ def test_dolphins_wan_config_dry_runs(workspace, tmp_path, capsys):
 @pytest.mark.parametrize("changes, field", [
     ({"video.n_frames": 4}, "video.n_frames"),
     ({"model.attention_cell_px": 8}, "model.attention_cell_px"),
-    ({"rad.blocks": [7]}, "rad_blocks"),
+    ({"rad.blocks": [7]}, "rad.blocks"),
     ({"tune": {"enabled": True}}, "tune.enabled"),
     ({"window": {"size": 5, "stride": 6}}, "window.stride"),
     ({"edits": [{"name": "x", "prompt": "a red square on the sea", "objects": [{"word": "dog", "box": [0, 0, 32, 32]}]}]},

@@ -40,14 +40,12 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-# diffusers' configs of the released models (Wan-AI/Wan2.1-T2V-{1.3B,14B}-Diffusers transformer/config.json)
-WAN_TRANSFORMERS = {
-    "1.3B": dict(num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30),
-    "14B": dict(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40),
-}
-_COMMON = dict(patch_size=(1, 2, 2), in_channels=16, out_channels=16, text_dim=4096, freq_dim=256, cross_attn_norm=True,
-               qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
-WAN_VAE = dict(base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, temperal_downsample=[False, True, True])
+from ..backbones.wan.known_models import KNOWN_WAN_MODELS, TRANSFORMER_COMMON, WAN21_VAE
+
+# the released models' architectures: one record, shared with the dry run (backbones/wan/known_models.py)
+WAN_TRANSFORMERS = {m.size: dict(m.transformer) for m in KNOWN_WAN_MODELS if m.size in ("1.3B", "14B")}
+_COMMON = TRANSFORMER_COMMON
+WAN_VAE = WAN21_VAE
 UMT5_XXL = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, vocab_size=256384, feed_forward_proj="gated-gelu")
 TARGET = (81, 480, 832)  # frames, height, width
 TEXT_TOKENS = 512

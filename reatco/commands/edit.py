@@ -54,7 +54,7 @@ def _main(argv=None) -> int:
     overrides = list(args.set) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
     cfg = load_config(args.config, overrides)
     runner = edit_runner(cfg, progress=not args.quiet, overwrite=args.overwrite)  # the config's backbone: the UNet or Wan
-    prepared = runner.prepare(only=args.only)
+    prepared = runner.prepare(only=args.only, dry_run=args.dry_run)
     done = [] if args.overwrite or args.dry_run else finished_edits(prepared, cfg.output_dir)
     if done:
         raise ConfigError("--overwrite", f"{', '.join(str(d) for d in done)} already "
@@ -69,7 +69,9 @@ def _main(argv=None) -> int:
         print(f"\n[{item.edit.name}] {item.edit.prompt}")
         print(item.token_table)
         for obj, idx in zip(item.edit.objects, item.token_indices):
-            print(f"  {obj.word!r} -> token indices {idx}")
+            # None: a dry run without the model's tokenizer (Wan offline), the table above says what was checked
+            print(f"  {obj.word!r} -> token indices {idx}" if idx is not None else
+                  f"  {obj.word!r} -> token indices not known (no tokenizer)")
         if args.dry_run:
             # a finished edit's regions.png describes its frames: the dry run draws beside it
             drawing = out.parent / f"{out.name}.dry-run-regions.png" if (out / "report.json").is_file() else out / "regions.png"

@@ -24,18 +24,25 @@ from ..inversion import inversion_cache_key, load_or_invert
 from ...regions.objects import EditObject
 from ...runner import EditResult, EditRunner, PreparedEdit, source_origin
 from . import geometry
-from .backbone import check_token_cell
+from .backbone import check_token_cell, resolve_rad_blocks
+from .known_models import known_wan_model
 from .pipeline import plan_wan_edit
 from .windows import latent_windows
-from .words import token_table, word_positions
+from .words import find_word_without_tokenizer, token_table, word_positions, words_table
 
 logger = logging.getLogger(__name__)
 
 WAN_PARTS = ("model_index.json", "transformer", "transformer_2", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
-def _model_file(pretrained: str, *parts: str) -> str:
-    """A file of a Wan folder or hub id (the hub's local cache first)."""
+class ModelFilesOutOfReach(ConfigError):
+    """A hub id's file that is neither in the local Hugging Face cache nor downloadable (no network):
+    the dry run may go on with what can be checked without it; a run stops here."""
+
+
+def _model_file(pretrained: str, *parts: str, hub_reachable=None) -> str:
+    """A file of a Wan folder or hub id (the hub's local cache first). `hub_reachable`: the probe
+    (environment.hub_reachable, or a runner's answer kept from its first probe)."""
     path = os.path.join(os.fspath(pretrained), *parts)
     if os.path.isdir(os.fspath(pretrained)):
         if not os.path.isfile(path):
@@ -43,18 +50,24 @@ def _model_file(pretrained: str, *parts: str) -> str:
         return path
     from huggingface_hub import hf_hub_download
 
-    from ...environment import hub_reachable
+    if hub_reachable is None:
+        from ...environment import hub_reachable
+
+    def fail(reason: str, error_class=ConfigError):
+        return error_class("model.pretrained", f"cannot read {'/'.join(parts)} of {pretrained!r} ({reason}); "
+                                               "give a local Wan folder or a reachable hub id")
 
     try:
-        try:
-            return hf_hub_download(pretrained, parts[-1], subfolder="/".join(parts[:-1]) or None, local_files_only=True)
-        except Exception:  # not in the local cache
-            if not hub_reachable():  # the hub client retries an unreachable host for minutes
-                raise OSError("the Hugging Face Hub cannot be reached (offline) and the file is not in the local cache")
-            return hf_hub_download(pretrained, parts[-1], subfolder="/".join(parts[:-1]) or None)
+        return hf_hub_download(pretrained, parts[-1], subfolder="/".join(parts[:-1]) or None, local_files_only=True)
+    except Exception:  # not in the local cache
+        pass
+    if not hub_reachable():  # the hub client retries an unreachable host for minutes
+        raise fail("the Hugging Face Hub cannot be reached (offline) and the file is not in the local cache",
+                   ModelFilesOutOfReach)
+    try:
+        return hf_hub_download(pretrained, parts[-1], subfolder="/".join(parts[:-1]) or None)
     except Exception as err:
-        raise ConfigError("model.pretrained", f"cannot read {'/'.join(parts)} of {pretrained!r} ({str(err).splitlines()[0]}); "
-                                              "give a local Wan folder or a reachable hub id") from err
+        raise fail(str(err).splitlines()[0]) from err
 
 
 def _first_frames(region, n_frames: int):
@@ -75,27 +88,94 @@ class WanEditRunner(EditRunner):
         super().__init__(cfg, progress, overwrite)
         self._num_layers = None
         self._geometry = None
+        self._hub_answer: bool | None = None  # the hub probe's answer, asked once
+        # a dry run (prepare(dry_run=True)) goes on without what a hub id out of reach cannot give:
+        # the released model's known architecture for its configs, the words checked without umT5
+        self._dry_run = False
+        self._stand_in = None  # the KnownWanModel whose facts stand in for the configs
+        self._check_tokenizer = None  # the tokenizer prepare checks the words with (None: the text alone)
         self.unet_info = {"source": "wan", "model": str(cfg.model.pretrained)}
 
     # ------------------------------------------------------------------ checks (no weights)
+
+    def _hub_reachable(self) -> bool:
+        if self._hub_answer is None:
+            from ...environment import hub_reachable
+
+            self._hub_answer = hub_reachable()
+        return self._hub_answer
+
+    def _model_file(self, *parts: str) -> str:
+        return _model_file(self.cfg.model.pretrained, *parts, hub_reachable=self._hub_reachable)
+
+    def _known_architecture(self, err: ModelFilesOutOfReach):
+        """A dry run's stand-in for the configs of a released checkpoint out of reach (known_models.py);
+        anything else (a run, another hub id) stops with `err`."""
+        known = known_wan_model(self.cfg.model.pretrained)
+        if not self._dry_run or known is None:
+            raise err
+        if self._stand_in is None:
+            logger.warning("model.pretrained: %s's configs are neither local nor in the Hugging Face cache and the hub "
+                           "cannot be reached: the dry run checks against its published architecture (%s); a run needs "
+                           "the model's files", known.hub_id, known.describe())
+            self._stand_in = known
+        return known
 
     @property
     def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
 
-            tokenizer_json = _model_file(self.cfg.model.pretrained, "tokenizer", "tokenizer_config.json")
+            pretrained = self.cfg.model.pretrained
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(os.path.dirname(tokenizer_json))
+                if os.path.isdir(os.fspath(pretrained)):
+                    self._tokenizer = AutoTokenizer.from_pretrained(
+                        os.path.dirname(self._model_file("tokenizer", "tokenizer_config.json")))
+                else:
+                    self._tokenizer = AutoTokenizer.from_pretrained(self._hub_tokenizer_folder())
+            except ConfigError:
+                raise
             except (OSError, ValueError) as err:
                 raise ConfigError("model.pretrained", f"cannot load Wan's tokenizer: {str(err).splitlines()[0]}") from err
         return self._tokenizer
 
+    def _hub_tokenizer_folder(self) -> str:
+        """A hub id's whole tokenizer/ folder (spiece.model or tokenizer.json beside its config):
+        from the local cache, else downloaded (no weights)."""
+        from huggingface_hub import snapshot_download
+
+        pretrained = self.cfg.model.pretrained
+        try:
+            folder = os.path.join(snapshot_download(pretrained, allow_patterns=["tokenizer/*"], local_files_only=True),
+                                  "tokenizer")
+            if os.path.isfile(os.path.join(folder, "tokenizer_config.json")):
+                return folder
+        except Exception:  # not in the local cache
+            pass
+        if not self._hub_reachable():
+            raise ModelFilesOutOfReach("model.pretrained", f"cannot read tokenizer/ of {pretrained!r} (the Hugging Face Hub "
+                                                           "cannot be reached (offline) and it is not in the local cache); "
+                                                           "give a local Wan folder or a reachable hub id")
+        try:
+            return os.path.join(snapshot_download(pretrained, allow_patterns=["tokenizer/*"]), "tokenizer")
+        except Exception as err:
+            raise ConfigError("model.pretrained", f"cannot read tokenizer/ of {pretrained!r} ({str(err).splitlines()[0]}); "
+                                                  "give a local Wan folder or a reachable hub id") from err
+
+    def _read_config(self, part: str) -> dict:
+        with open(self._model_file(part, "config.json")) as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ConfigError("model.pretrained", f"{part}/config.json must hold a JSON object")
+        return config
+
     @property
     def num_layers(self) -> int:
         if self._num_layers is None:
-            with open(_model_file(self.cfg.model.pretrained, "transformer", "config.json")) as f:
-                self._num_layers = int(json.load(f)["num_layers"])
+            try:
+                self._num_layers = int(self._read_config("transformer")["num_layers"])
+            except ModelFilesOutOfReach as err:
+                self._num_layers = self._known_architecture(err).num_layers
         return self._num_layers
 
     @property
@@ -103,13 +183,10 @@ class WanEditRunner(EditRunner):
         """The model's VAE factors and patch (its token size), from vae/config.json and
         transformer/config.json: no weights."""
         if self._geometry is None:
-            with open(_model_file(self.cfg.model.pretrained, "vae", "config.json")) as f:
-                vae_config = json.load(f)
-            with open(_model_file(self.cfg.model.pretrained, "transformer", "config.json")) as f:
-                transformer_config = json.load(f)
-            if not isinstance(vae_config, dict) or not isinstance(transformer_config, dict):
-                raise ConfigError("model.pretrained", "vae/config.json and transformer/config.json must hold JSON objects")
-            self._geometry = geometry.geometry_from_configs(vae_config, transformer_config)
+            try:
+                self._geometry = geometry.geometry_from_configs(self._read_config("vae"), self._read_config("transformer"))
+            except ModelFilesOutOfReach as err:
+                self._geometry = self._known_architecture(err).geometry()
         return self._geometry
 
     def latent_cell_px(self) -> int:
@@ -132,10 +209,18 @@ class WanEditRunner(EditRunner):
             raise ConfigError(field("irjs.decode_statistics"), "does not apply to Wan (its causal VAE normalises with RMS "
                                                                "norms at each position: no frame statistics to borrow); use edit")
 
-    def prepare(self, only: str | None = None) -> list[PreparedEdit]:
+    def prepare(self, only: str | None = None, dry_run: bool = False) -> list[PreparedEdit]:
+        """Every edit checked before any weights load. `dry_run`: only a dry run follows, so a hub id
+        out of reach (no local folder, not in the cache, no network) does not stop it: a released
+        checkpoint's published architecture stands in for its configs (known_models.py), and without
+        umT5's tokenizer each word is checked against its prompt's text alone, with a WARNING that
+        its pieces were not."""
         from ...config import edit_config
 
         cfg = self.cfg
+        if self._stand_in is not None and not dry_run:  # what a dry run stood in with is no run's
+            self._geometry = self._num_layers = self._stand_in = None
+        self._dry_run = dry_run
         self._check_settings(cfg)
         model_geometry = self.geometry
         # before the regions, which count frames
@@ -147,6 +232,7 @@ class WanEditRunner(EditRunner):
         if only is not None and only not in [e.name for e in edits]:
             raise ConfigError("--only", f"no edit named {only!r}; the config has {[e.name for e in edits]}")
         v = cfg.video
+        self._check_tokenizer = self._tokenizer_for_checks()
         prepared = []
         for k, edit in enumerate(edits):
             if only is not None and edit.name != only:
@@ -168,14 +254,58 @@ class WanEditRunner(EditRunner):
                                           start_frame=v.start_frame, frame_stride=v.frame_stride, native_size=native)
                     origins.append(region.kind)
                 objects.append({"word": obj.word, "occurrence": obj.occurrence, "region": region})
-            plan = plan_wan_edit(self.tokenizer, self.num_layers, edit.prompt, objects, v.n_frames, v.height, v.width,
-                                 v.pad_frames, merged.rad.blocks, field=f"edits[{k}].objects", model_geometry=model_geometry)
+            # rad.blocks against the model's blocks, naming the config's field
+            resolve_rad_blocks(merged.rad.blocks, self.num_layers, field=f"edits[{k}].rad.blocks"
+                               if isinstance(edit.rad, dict) and "blocks" in edit.rad else "rad.blocks")
+            if self._check_tokenizer is None:
+                prepared.append(self._prepare_without_tokenizer(merged, edit, k, objects, found, origins))
+                continue
+            plan = plan_wan_edit(self._check_tokenizer, self.num_layers, edit.prompt, objects, v.n_frames, v.height,
+                                 v.width, v.pad_frames, merged.rad.blocks, field=f"edits[{k}].objects",
+                                 model_geometry=model_geometry)
             regions = [None if j in found else o.region for j, o in enumerate(plan.objects)]
             item = PreparedEdit(merged, edit, regions, [list(o.token_indices) for o in plan.objects],
                                 token_table(plan.tokens), origins, plan.tokens)
             item.plan = plan
             prepared.append(item)
         return prepared
+
+    def _tokenizer_for_checks(self):
+        """The tokenizer, or None in a dry run that cannot have it (a hub id out of reach): then the
+        words are checked against the prompts' text and a WARNING says what was not checked."""
+        try:
+            return self.tokenizer
+        except ModelFilesOutOfReach:
+            if not self._dry_run:
+                raise
+            logger.warning(
+                "the words were NOT checked against umT5's pieces (model.pretrained %r: its tokenizer/ is neither a "
+                "local folder nor in the Hugging Face cache, and the hub cannot be reached). Checked without the tokenizer: each object's "
+                "word is a whole word of its edit's prompt, with its occurrence. For the full check give "
+                "model.pretrained a local copy of the model's folder with its tokenizer/ (with model_index.json, "
+                "vae/config.json and transformer/config.json it needs no weights), put tokenizer/ in the Hugging Face "
+                "cache (`hf download %s --include 'tokenizer/*'` where there is a network), or run with a network",
+                os.fspath(self.cfg.model.pretrained), os.fspath(self.cfg.model.pretrained))
+            return None
+
+    def _prepare_without_tokenizer(self, merged, edit, k: int, objects: list[dict], found: list[int],
+                                   origins: list[str]) -> PreparedEdit:
+        """A dry run's edit when umT5's tokenizer is out of reach: the regions as parsed, each word
+        found among its prompt's words (find_word_without_tokenizer); no token indices, no plan."""
+        matches, owner = [], {}
+        for j, obj in enumerate(objects):
+            where = f"edits[{k}].objects[{j}].word"
+            match = find_word_without_tokenizer(edit.prompt, obj["word"], obj["occurrence"], field=where)
+            for w in match.words or ():
+                if w in owner:
+                    raise ConfigError(where, f"word {w} of the prompt is already edits[{k}].objects[{owner[w]}]'s; "
+                                             "each object needs its own word")
+                owner[w] = j
+            matches.append(match)
+        regions = [None if j in found else o["region"] for j, o in enumerate(objects)]
+        item = PreparedEdit(merged, edit, regions, [None] * len(objects), words_table(edit.prompt, matches), origins, None)
+        item.plan = None  # no run from here: run() loads the model, and stops for the tokenizer it cannot read
+        return item
 
     def _check_source(self, src, field: str):
         """A `source:` object's checks before any weights load (its tracker prompt against the clip,
@@ -188,8 +318,12 @@ class WanEditRunner(EditRunner):
             from ...regions.trackers import check_tracker_prompt
 
             check_tracker_prompt(src, self.source_video().shape[0], v.height, v.width, field)
+        elif not src.detector and self._dry_run and self._check_tokenizer is None:  # a dry run without umT5: the text alone
+            match = find_word_without_tokenizer(v.prompt, src.word, src.occurrence, field=f"{field}.word")
+            if match.unchecked:
+                logger.warning("%s.word: %s", field, match.unchecked)
         elif not src.detector:  # found in the model's own attention to the source prompt's word
-            word_positions(self.tokenizer, v.prompt, src.word, src.occurrence, field=f"{field}.word")
+            word_positions(self._check_tokenizer or self.tokenizer, v.prompt, src.word, src.occurrence, field=f"{field}.word")
         whole = torch.tensor([[0.0, 0.0, float(v.width), float(v.height)]], dtype=torch.float64)
         return Region("box", v.n_frames, v.height, v.width, boxes=whole)
 
