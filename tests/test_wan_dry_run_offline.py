@@ -99,6 +99,7 @@ def test_dolphins_wan_dry_runs_offline(offline, dolphins_clip, tiny_model, tmp_p
 def _with_edit(tmp_path, k: int, j: int, **changes) -> Path:
     cfg = yaml.safe_load(CONFIG.read_text())
     cfg["edits"][k]["objects"][j].update(changes)
+    cfg["edits"][k]["objects"][j] = {key: v for key, v in cfg["edits"][k]["objects"][j].items() if v is not None}
     cfg["base_config"] = str(ROOT / "configs" / cfg["base_config"])
     path = tmp_path / "dolphins-wan-changed.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -117,6 +118,17 @@ def test_offline_dry_run_refuses_a_word_not_in_its_prompt(offline, dolphins_clip
     assert _dry_run(out, dolphins_clip, config=_with_edit(tmp_path, 2, 1, **changes)) == 2
     assert f"error: {field}:" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_offline_dry_run_checks_a_source_word_against_the_source_prompt(offline, dolphins_clip, tmp_path, capsys):
+    """`source: {word: …}` (a region found in the model's attention to the source prompt's word):
+    offline, the word is checked against video.prompt's text."""
+    config = _with_edit(tmp_path, 0, 0, box=None, source={"word": "dolphins"})
+    out = tmp_path / "out"
+    assert _dry_run(out, dolphins_clip, config=config) == 0
+    assert "'jellyfish': region found when the edit runs" in capsys.readouterr().out
+    assert _dry_run(tmp_path / "out2", dolphins_clip, config=_with_edit(tmp_path, 0, 0, box=None, source={"word": "whales"})) == 2
+    assert "error: edits[0].objects[0].source.word:" in capsys.readouterr().err
 
 
 def test_offline_dry_run_checks_rad_blocks_against_the_published_layers(offline, dolphins_clip, tmp_path, capsys):
