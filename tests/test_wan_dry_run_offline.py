@@ -265,6 +265,17 @@ def test_text_check_agrees_with_the_pieces_where_it_decides(prompt, word, occurr
         assert by_text.words[0] == words_before and text_words[by_text.words[0]] == word
 
 
+def test_offline_dry_run_says_which_word_needs_the_tokenizer(offline, dolphins_clip, tmp_path, capsys, caplog):
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["edits"][1]["prompt"] = "A goldfish and a shark, swimming in the blue ocean."
+    cfg["base_config"] = str(ROOT / "configs" / cfg["base_config"])
+    path = tmp_path / "punctuated.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert _dry_run(tmp_path / "out", dolphins_clip, config=path) == 0
+    assert "WARNING edits[1].objects[1].word: 'shark' touches punctuation in the prompt ('shark,')" in _warnings(caplog)
+    assert "needs the tokenizer: 'shark' touches punctuation" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("prompt", ["A shark, a goldfish", "A goldfish and a (shark)", "A shark and a shark."])
 def test_text_check_leaves_words_touching_punctuation_to_the_tokenizer(prompt):
     match = find_word_without_tokenizer(prompt, "shark")

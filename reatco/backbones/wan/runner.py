@@ -280,8 +280,9 @@ class WanEditRunner(EditRunner):
                 raise
             logger.warning(
                 "the words were NOT checked against umT5's pieces (model.pretrained %r: its tokenizer/ is neither a "
-                "local folder nor in the Hugging Face cache, and the hub cannot be reached). Checked without the tokenizer: each object's "
-                "word is a whole word of its edit's prompt, with its occurrence. For the full check give "
+                "local folder nor in the Hugging Face cache, and the hub cannot be reached). Checked without the "
+                "tokenizer: each object's word is a whole word of its edit's prompt, with its occurrence. For the full "
+                "check give "
                 "model.pretrained a local copy of the model's folder with its tokenizer/ (with model_index.json, "
                 "vae/config.json and transformer/config.json it needs no weights), put tokenizer/ in the Hugging Face "
                 "cache (`hf download %s --include 'tokenizer/*'` where there is a network), or run with a network",
@@ -296,6 +297,8 @@ class WanEditRunner(EditRunner):
         for j, obj in enumerate(objects):
             where = f"edits[{k}].objects[{j}].word"
             match = find_word_without_tokenizer(edit.prompt, obj["word"], obj["occurrence"], field=where)
+            if match.unchecked:
+                logger.warning("%s: %s", where, match.unchecked)
             for w in match.words or ():
                 if w in owner:
                     raise ConfigError(where, f"word {w} of the prompt is already edits[{k}].objects[{owner[w]}]'s; "
