@@ -69,7 +69,7 @@ WanTrainSettings = settings_class("WanTrainSettings", [
     ("ema", float, 0.999), ("cfg_drop", float, 0.1), ("attn_weight", float, 0.05), ("token_attn_weight", float, 0.05),
     ("long_every", int, 5), ("export_every", int, 1000),
     # the decoder stage
-    ("decoder_steps", int, 6000), ("decoder_lr", float, 3e-4), ("decoder_lr_end", float, 1e-5),
+    ("decoder_steps", int, 4000), ("decoder_lr", float, 3e-4), ("decoder_lr_end", float, 1e-5),
     ("decoder_warmup", int, 100), ("decoder_batch", int, 4), ("decoder_join", float, 0.5),
     ("decoder_ema", float, 0.998), ("decoder_eval_every", int, 250),
     # the eval stage (reatco.toy.wan_eval)
