@@ -22,7 +22,8 @@ def tiny_settings(work, **kw):
     base = dict(work=str(work), out=str(Path(work) / "export"), progress=False, vae_config=TINY_VAE,
                 transformer_config=TINY_TRANSFORMER, vae_steps=4, vae_warmup=2, vae_batch=2, vae_pool=6, vae_crop=16,
                 vae_eval_every=4, vae_eval_clips=2, n_clips=6, n_long_clips=3, steps=4, warmup=2, batch=3,
-                long_every=2, export_every=0, resume=True)
+                long_every=2, export_every=0, decoder_steps=4, decoder_warmup=2, decoder_batch=2, decoder_eval_every=4,
+                resume=True)
     base.update(kw)
     return wt.WanTrainSettings(**base)
 
@@ -68,12 +69,14 @@ def trained(tmp_path_factory):
     assert run("data", tiny_settings(halves))
     assert not run("transformer", tiny_settings(halves, stop_after=2))
     assert run("transformer", tiny_settings(halves, stop_after=2))
+    assert not run("decoder", tiny_settings(halves, stop_after=2))
+    assert run("decoder", tiny_settings(halves, stop_after=2))
     return straight, halves
 
 
 def test_a_resumed_run_ends_exactly_where_an_uninterrupted_one_does(trained):
     straight, halves = trained
-    for name in ("vae.pt", "transformer.pt"):
+    for name in ("vae.pt", "transformer.pt", "decoder.pt"):
         a, b = checkpoint(straight / name), checkpoint(halves / name)
         assert a["state"]["step"] == 4 and a["state"]["done"]
         states_equal(a, b)  # model, EMA, optimizer moments, loss history: bit for bit
@@ -319,7 +322,9 @@ def test_the_eval_reads_the_three_gates_from_a_checkpoint(trained, tmp_path):
     work = tmp_path / "w"
     shutil.copytree(straight, work)
     out = wt.evaluate(tiny_settings(work, eval_clips=2, eval_samples=2, eval_steps=2, eval_attention_clips=2))
-    assert out["transformer_step"] == 4 and json.loads((work / "eval-step4-seed0.json").read_text()) == out
+    # the reading names the fine-tuned decoder it decoded with
+    assert out["transformer_step"] == 4 and out["decoder_step"] == 4
+    assert json.loads((work / "eval-step4-decoder4-seed0.json").read_text()) == out
     assert 0 < out["vae"]["psnr_mean"] < 60 and out["vae"]["gate"] == 30.0
     assert 0 <= out["text2video"]["accuracy"] <= 1 and out["text2video"]["n"] == 2 and out["text2video"]["frames"] == 9
     att = out["attention"]
@@ -452,3 +457,60 @@ def test_the_shapes_bench_measures_the_wan_export_like_the_unet_model(trained, t
     with pytest.raises(SystemExit) as err:
         bench.main(["--compare", str(tmp_path / "bad.json"), str(out)])
     assert err.value.code == 2 and "bad.json" in capsys.readouterr().err
+
+
+def test_the_decoder_fine_tuning_keeps_the_encoder_and_moves_the_decoder(trained):
+    straight, _ = trained
+    vae_ck, dec = checkpoint(straight / "vae.pt"), checkpoint(straight / "decoder.pt")
+    assert dec["state"]["vae_step"] == vae_ck["state"]["step"] == 4 and dec["state"]["done"]
+    for key, value in vae_ck["ema"].items():  # the VAE's EMA is where the fine-tuning starts
+        tuned, tuned_ema = dec["model"][key], dec["ema"][key]
+        if key.startswith(("encoder.", "quant_conv.")):  # frozen: the latents, the data set and the transformer stay valid
+            assert torch.equal(tuned, value) and torch.equal(tuned_ema, value), key
+    moved = [k for k in vae_ck["ema"] if k.startswith("decoder.") and not torch.equal(dec["model"][k], vae_ck["ema"][k])]
+    assert moved, "the decoder did not train"
+    history = dec["state"]["history"]
+    assert [h["step"] for h in history] == [0, 4] and all(np.isfinite(h["joined_psnr"]) for h in history)
+    # the loaders hand out the fine-tuned decoder, the data stage the VAE's own (the same encoder)
+    tuned_vae, ck = wt.load_vae(straight)
+    assert ck["decoder_state"]["step"] == 4
+    assert torch.equal(tuned_vae.state_dict()["decoder.conv_out.weight"], dec["ema"]["decoder.conv_out.weight"])
+    plain_vae, ck = wt.load_vae(straight, decoder=False)
+    assert "decoder_state" not in ck
+    assert torch.equal(plain_vae.state_dict()["decoder.conv_out.weight"], vae_ck["ema"]["decoder.conv_out.weight"])
+
+
+def test_joined_latents_are_decoded_into_the_same_join_of_the_pixels():
+    gen = torch.Generator().manual_seed(3)
+    m = wt.moving_rectangles(5, 3, 12, gen)
+    assert m.shape == (5, 1, 3, 12, 12) and set(m.unique().tolist()) == {0.0, 1.0}
+    for i in range(5):  # one rectangle a latent frame, of one size, moving by at most 2 cells
+        boxes = []
+        for f in range(3):
+            ys, xs = torch.nonzero(m[i, 0, f], as_tuple=True)
+            boxes.append((ys.min().item(), xs.min().item(), ys.max().item(), xs.max().item()))
+            assert m[i, 0, f].sum() == (boxes[-1][2] - boxes[-1][0] + 1) * (boxes[-1][3] - boxes[-1][1] + 1)
+        for a, b in zip(boxes, boxes[1:]):
+            assert b[2] - b[0] == a[2] - a[0] and abs(b[0] - a[0]) <= 2 and abs(b[1] - a[1]) <= 2
+    p = wt.pixel_mask(m, 9)
+    assert p.shape == (5, 1, 9, 48, 48)
+    for frame, latent in enumerate([0, 1, 1, 1, 1, 2, 2, 2, 2]):  # Wan's causal chunks: 1 + 4 + 4
+        assert torch.equal(p[:, :, frame, ::4, ::4], m[:, :, latent])
+    x, z = torch.randn(3, 3, 9, 48, 48), torch.randn(3, 16, 3, 12, 12)
+    xj, zj = wt.join_clips(x, z, 2, torch.Generator().manual_seed(3))
+    mj = wt.moving_rectangles(2, 3, 12, torch.Generator().manual_seed(3))
+    pj = wt.pixel_mask(mj, 9)
+    assert torch.equal(zj[:2], mj * z[1:3] + (1 - mj) * z[:2]) and torch.equal(xj[:2], pj * x[1:3] + (1 - pj) * x[:2])
+    assert torch.equal(zj[2:], z[2:]) and torch.equal(xj[2:], x[2:])  # the rest of the batch as it was
+
+
+def test_the_decoder_stage_starts_only_from_a_finished_vae(trained, tmp_path):
+    from reatco.errors import ConfigError
+
+    straight, _ = trained
+    with pytest.raises(ConfigError, match="vae.pt is missing"):
+        run("decoder", tiny_settings(tmp_path / "empty"))
+    work = tmp_path / "half"
+    assert not run("vae", tiny_settings(work, resume=False, stop_after=2))
+    with pytest.raises(ConfigError, match="not finished"):
+        run("decoder", tiny_settings(work))

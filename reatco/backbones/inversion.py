@@ -1,4 +1,4 @@
-"""DDIM inversion of source latents, keeping the whole trajectory, with an on-disk cache."""
+"""DDIM inversion of source latents, keeping the whole trajectory, and the on-disk cache of inversions (DDIM here, Wan's flow inversion in backbones/wan/flow.py)."""
 
 from __future__ import annotations
 
@@ -79,26 +79,26 @@ def load_or_invert(cache_dir: str | os.PathLike | None, key: str, invert: Callab
 
     if cache_dir is None:
         trajectory = invert()
-        check_finite(trajectory, "in the DDIM inversion", "try model.dtype=float32")
+        check_finite(trajectory, "in the inversion", "try model.dtype=float32")
         return trajectory
     path = Path(cache_dir) / f"{key}.pt"
     with file_lock(path.with_name(f".{path.name}.lock"), "inverting the same video"):
         if path.is_dir() and not path.is_symlink():  # not a cache file (a stray folder): recomputed in its place
-            logger.warning("the cached DDIM inversion %s is a folder, not a file; removing it and inverting again", path)
+            logger.warning("the cached inversion %s is a folder, not a file; removing it and inverting again", path)
             shutil.rmtree(path)
         if path.exists() or path.is_symlink():
             try:
                 trajectory = torch.load(path, map_location="cpu", weights_only=True)
                 if not isinstance(trajectory, torch.Tensor) or not torch.isfinite(trajectory).all():
                     raise ValueError("it does not hold a finite tensor")
-                logger.info("using cached DDIM inversion %s", path)
+                logger.info("using the cached inversion %s", path)
                 return trajectory
             except Exception as err:  # truncated zip, bad pickle, wrong content
                 first = str(err).splitlines()[0] if str(err) else type(err).__name__
-                logger.warning("the cached DDIM inversion %s is damaged (%s); inverting again", path, first)
+                logger.warning("the cached inversion %s is damaged (%s); inverting again", path, first)
                 path.unlink(missing_ok=True)
         trajectory = invert()
-        check_finite(trajectory, "in the DDIM inversion", "try model.dtype=float32")
+        check_finite(trajectory, "in the inversion", "try model.dtype=float32")
         with atomic_file(path) as tmp:
             torch.save(trajectory.detach().cpu(), tmp)
     return trajectory

@@ -47,8 +47,9 @@ def wan_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                 argument_default=argparse.SUPPRESS)
     p.add_argument("--backbone", choices=["sd", "wan"], required=True)
-    p.add_argument("--stage", choices=["vae", "data", "transformer", "all", "export", "eval"], required=True,
-                   help="all: vae → data → transformer, each resumed where it stands")
+    p.add_argument("--stage", choices=["vae", "data", "transformer", "decoder", "all", "export", "eval"], required=True,
+                   help="decoder: the VAE's decoder fine-tuned on joined latents, encoder frozen; "
+                        "all: vae → data → transformer → decoder, each resumed where it stands")
     p.add_argument("--max_minutes", type=float, help="stop this command after this long (default: run to the end)")
     p.add_argument("--stop_after", type=int, help="stop each stage after this many steps of this command")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work")
@@ -86,6 +87,14 @@ def wan_parser() -> argparse.ArgumentParser:
     p.add_argument("--token_attn_weight", type=float, help="weight of the object words' share-of-the-prompt loss")
     p.add_argument("--long_every", type=int, help="every n-th step a batch of 17-frame clips (0: never)")
     p.add_argument("--export_every", type=int, help="transformer steps between exports to --out")
+    p.add_argument("--decoder_steps", type=int, help="decoder: step budget (the cosine learning rate ends there)")
+    p.add_argument("--decoder_lr", type=float)
+    p.add_argument("--decoder_lr_end", type=float)
+    p.add_argument("--decoder_warmup", type=int)
+    p.add_argument("--decoder_batch", type=int)
+    p.add_argument("--decoder_join", type=float, help="decoder: share of each batch decoded from joined latents")
+    p.add_argument("--decoder_ema", type=float)
+    p.add_argument("--decoder_eval_every", type=int)
     p.add_argument("--eval_model", help="eval: this Wan pipeline folder instead of the checkpoints in --work")
     p.add_argument("--eval_clips", type=int, help="eval: held-out clips for the VAE's PSNR")
     p.add_argument("--eval_samples", type=int, help="eval: text-to-video samples")

@@ -46,11 +46,18 @@ def vae_psnr(vae, clips: torch.Tensor, batch: int = 4) -> torch.Tensor:
     return torch.cat(vals)
 
 
-def load_vae(work: Path):
-    """The VAE's EMA weights from `work`/vae.pt (eval mode, frozen) and the checkpoint's state."""
+def load_vae(work: Path, decoder: bool = True):
+    """The VAE's EMA weights from `work`/vae.pt (eval mode, frozen) and the checkpoint's state;
+    with `decoder`, the fine-tuned decoder's EMA from `work`/decoder.pt where it exists (its
+    encoder is vae.pt's, frozen: the same latents), its state under "decoder_state"."""
     s = torch.load(Path(work) / "vae.pt", weights_only=False)
     vae = wm.build_vae(s["config"])
     vae.load_state_dict(s["ema"])
+    path = Path(work) / "decoder.pt"
+    if decoder and path.exists():
+        d = torch.load(path, weights_only=False)
+        vae.load_state_dict(d["ema"])
+        s["decoder_state"] = d["state"]
     return vae.eval().requires_grad_(False), s
 
 
@@ -175,6 +182,10 @@ def evaluate_checkpoint(args) -> dict:
         return _evaluate_vae_only(args, t0)
     pipe, blocks, step = load_pipeline(args)
     out = dict(transformer_step=step, seed=args.seed)
+    decoder_step = (json.loads((Path(args.eval_model) / "training.json").read_text()).get("decoder_steps")
+                    if args.eval_model else _decoder_step(args.work))
+    if decoder_step is not None:
+        out["decoder_step"] = decoder_step
     out["vae"] = vae_gate(pipe, args.seed, args.eval_clips)
     log(f"eval step {step}: VAE {out['vae']['psnr_mean']:.2f} dB")
     out["attention"] = attention_gate(pipe, blocks, args.seed, args.eval_attention_clips)
@@ -183,12 +194,19 @@ def evaluate_checkpoint(args) -> dict:
     log(f"eval step {step}: text→video {out['text2video']['accuracy']:.3f} of frames right "
         f"({out['text2video']['clip_accuracy']:.3f} of clips)")
     out["wall_s"] = round(time.time() - t0, 1)
-    path = Path(args.work) / f"eval-step{step}-seed{args.seed}.json"
+    dec = "" if decoder_step is None else f"-decoder{decoder_step}"
+    path = Path(args.work) / f"eval-step{step}{dec}-seed{args.seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps({k: (v if not isinstance(v, dict) else {a: b for a, b in v.items() if not isinstance(b, (dict, list))})
                       for k, v in out.items()}, indent=1))
     return out
+
+
+def _decoder_step(work) -> int | None:
+    """The fine-tuned decoder's step in `work`, None without one."""
+    path = Path(work) / "decoder.pt"
+    return torch.load(path, weights_only=False)["state"]["step"] if path.exists() else None
 
 
 def _evaluate_vae_only(args, t0: float) -> dict:
@@ -197,10 +215,14 @@ def _evaluate_vae_only(args, t0: float) -> dict:
 
 
     vae, ck = load_vae(args.work)
-    out = dict(transformer_step=None, vae_step=ck["state"]["step"], seed=args.seed,
-               vae=vae_gate(SimpleNamespace(vae=vae), args.seed, args.eval_clips), wall_s=round(time.time() - t0, 1))
-    log(f"eval (VAE only, step {out['vae_step']}): {out['vae']['psnr_mean']:.2f} dB")
-    path = Path(args.work) / f"eval-vae-step{out['vae_step']}-seed{args.seed}.json"
+    out = dict(transformer_step=None, vae_step=ck["state"]["step"], seed=args.seed)
+    dec = ""
+    if "decoder_state" in ck:
+        out["decoder_step"] = ck["decoder_state"]["step"]
+        dec = f"-decoder{out['decoder_step']}"
+    out.update(vae=vae_gate(SimpleNamespace(vae=vae), args.seed, args.eval_clips), wall_s=round(time.time() - t0, 1))
+    log(f"eval (VAE only, step {out['vae_step']}{dec}): {out['vae']['psnr_mean']:.2f} dB")
+    path = Path(args.work) / f"eval-vae-step{out['vae_step']}{dec}-seed{args.seed}.json"
     path.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
     return out

@@ -15,7 +15,12 @@ Stages (`STAGES`), each checkpointing into `work` and resuming from its last che
                attention loss on attn2 of ATTENTION_BLOCKS (each object word's attention on its
                object's cells, and the object words' share of the prompt there) that made the SD
                shapes model's cross-attention localise; exports to `out` every export_every steps.
-  all          vae → data → transformer, each resumed where it stands (the background command).
+  decoder      the VAE's decoder alone, fine-tuned from the VAE's EMA with the encoder frozen (so the
+               latents, the data set and the transformer stay valid), on clips and on joins of two clips'
+               latents along latent-grid rectangles that move from latent frame to latent frame, each
+               decoded into the same join of the pixels (IRJS keeps the source's latents outside the
+               regions: a decoder that never saw such joins smears one side into the other at the seam).
+  all          vae → data → transformer → decoder, each resumed where it stands (the background command).
   export       the Wan pipeline folder from the latest checkpoints (EMA weights).
   eval         the model's three gates on the latest checkpoints (`reatco.toy.wan_eval`).
 
@@ -42,6 +47,7 @@ from ..cli import settings_class
 from ..environment import package_versions
 from ..errors import ConfigError
 from ..files import atomic_file, new_partial_dir, replace_dir
+from ..metrics.fidelity import image_psnr
 from . import wan_model as wm
 from .wan_eval import evaluate_checkpoint, load_models, load_vae, vae_psnr
 from .training import HELDOUT_OFFSET, STOP, log, note_command
@@ -62,12 +68,16 @@ WanTrainSettings = settings_class("WanTrainSettings", [
     ("steps", int, 15000), ("batch", int, 16), ("lr", float, 5e-4), ("lr_end", float, 3e-5), ("warmup", int, 300),
     ("ema", float, 0.999), ("cfg_drop", float, 0.1), ("attn_weight", float, 0.05), ("token_attn_weight", float, 0.05),
     ("long_every", int, 5), ("export_every", int, 1000),
+    # the decoder stage
+    ("decoder_steps", int, 4000), ("decoder_lr", float, 3e-4), ("decoder_lr_end", float, 1e-5),
+    ("decoder_warmup", int, 100), ("decoder_batch", int, 4), ("decoder_join", float, 0.5),
+    ("decoder_ema", float, 0.998), ("decoder_eval_every", int, 250),
     # the eval stage (reatco.toy.wan_eval)
     ("eval_model", Optional[str], None), ("eval_clips", int, 16), ("eval_samples", int, 32), ("eval_steps", int, 30),
     ("eval_cfg", float, 5.0), ("eval_attention_clips", int, 16),
 ], "One chunk of the Wan shapes model's training (scripts/train_shapes_model.py --backbone wan).", __name__)
 
-STAGE_CODES = {"vae": 1, "transformer": 2}
+STAGE_CODES = {"vae": 1, "transformer": 2, "decoder": 3}
 
 
 def step_generator(seed: int, stage: str, step: int) -> torch.Generator:
@@ -273,6 +283,152 @@ def train_vae(args, chunk: Chunk) -> bool:
     return state["done"]
 
 
+# =============================================================================== decoder
+
+def moving_rectangles(n: int, latent_frames: int, size: int, gen: torch.Generator, drift: int = 2) -> torch.Tensor:
+    """(n, 1, latent_frames, size, size) masks: a rectangle per item (2 to ¾ of the grid a side) that
+    moves by up to `drift` cells from one latent frame to the next — the latent-frame unions of
+    moving boxes along which IRJS joins the source's latents and the edit's."""
+    m = torch.zeros(n, 1, latent_frames, size, size)
+    largest = max(2, size * 3 // 4)
+    for i in range(n):
+        h, w = (int(v) for v in torch.randint(2, largest + 1, (2,), generator=gen))
+        y, x = int(torch.randint(0, size - h + 1, (1,), generator=gen)), int(torch.randint(0, size - w + 1, (1,), generator=gen))
+        for f in range(latent_frames):
+            if f:
+                dy, dx = (int(v) for v in torch.randint(-drift, drift + 1, (2,), generator=gen))
+                y, x = min(max(y + dy, 0), size - h), min(max(x + dx, 0), size - w)
+            m[i, 0, f, y:y + h, x:x + w] = 1
+    return m
+
+
+def pixel_mask(latent_mask: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """Latent-frame masks (n, 1, f, h, w) → pixel masks (n, 1, F, H, W): each pixel frame takes the
+    mask of the latent frame that covers it, each cell its SPATIAL × SPATIAL pixels."""
+    index = [g for g, covered in enumerate(wm.latent_frame_groups(n_frames)) for _ in covered]
+    m = latent_mask[:, :, index]
+    return m.repeat_interleave(wm.SPATIAL, 3).repeat_interleave(wm.SPATIAL, 4)
+
+
+def join_clips(x: torch.Tensor, z: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` items of a batch (pixels x (B, 3, F, H, W), latents z (B, C, f, h, w)) joined
+    with the next item's along moving rectangles: its latents inside, theirs outside, and the
+    pixels joined the same way (the decoder's target for the joined latents)."""
+    if n < 1 or len(x) < 2:
+        return x, z
+    m = moving_rectangles(n, z.shape[2], z.shape[-1], gen)
+    p = pixel_mask(m, x.shape[2])
+    x_in, z_in = x.roll(-1, 0)[:n], z.roll(-1, 0)[:n]
+    return (torch.cat([p * x_in + (1 - p) * x[:n], x[n:]]),
+            torch.cat([m * z_in + (1 - m) * z[:n], z[n:]]))
+
+
+def joined_psnr(vae, clips: torch.Tensor, seed: int, batch: int = 4) -> torch.Tensor:
+    """Per-clip PSNR (dB) of decoding held-out joins (each clip's latents (mode) with the next
+    clip's inside moving rectangles drawn from `seed`) against the same join of the pixels, on
+    uint8-rounded frames."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        z = torch.cat([vae.encode(clips[i:i + batch]).latent_dist.mode() for i in range(0, len(clips), batch)])
+        x, z = join_clips(clips, z, len(clips), gen)
+        vals = []
+        for i in range(0, len(x), batch):
+            rec = vae.decode(z[i:i + batch]).sample.clamp(-1, 1)
+            a, b = ((x[i:i + batch] + 1) * 127.5).round(), ((rec + 1) * 127.5).round()
+            per_frame = image_psnr(a.transpose(1, 2).flatten(0, 1), b.transpose(1, 2).flatten(0, 1), 255.0)
+            vals.append(per_frame.view(len(a), -1).mean(1))
+    return torch.cat(vals)
+
+
+def train_decoder(args, chunk: Chunk) -> bool:
+    """The decoder fine-tuned from the finished VAE's EMA, its encoder frozen; True when finished."""
+    work = Path(args.work)
+    ck = work / "decoder.pt"
+    if not (work / "vae.pt").exists():
+        raise ConfigError("stage", f"{work}/vae.pt is missing: the decoder starts from the trained VAE (--stage vae)")
+    vae, vae_ck = load_vae(work, decoder=False)
+    if not vae_ck["state"]["done"]:
+        raise ConfigError("stage", f"the VAE in {work} is at step {vae_ck['state']['step']}, not finished: the decoder "
+                                   "starts from the finished VAE (--stage vae --resume)")
+    trainable = [vae.decoder, vae.post_quant_conv]  # the encoder and quant_conv stay the VAE's: the same latents
+    for part in trainable:
+        part.requires_grad_(True)
+    params = [p for part in trainable for p in part.parameters()]
+    ema = copy.deepcopy(vae).requires_grad_(False)
+    opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
+    state = dict(step=0, history=[], wall_s=0.0, done=False, losses=[], vae_step=vae_ck["state"]["step"])
+    if _check_fresh(ck, args):
+        s = torch.load(ck, weights_only=False)
+        vae.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
+        state = s["state"]
+        torch.set_rng_state(s["torch_rng"])
+        log(f"resumed the decoder at step {state['step']}")
+    if state["done"]:
+        return True
+    if state["vae_step"] != vae_ck["state"]["step"]:
+        raise ConfigError("stage", f"{ck} was fine-tuned from the VAE at step {state['vae_step']}, but vae.pt is at step "
+                                   f"{vae_ck['state']['step']}: move decoder.pt away to start the decoder again")
+    log(f"decoder {sum(p.numel() for p in params) / 1e6:.2f} M trainable parameters (encoder frozen); "
+        f"generating {args.vae_pool} clips")
+    pool = clip_pool(args.seed, args.vae_pool)
+    held = heldout_clips(args.seed, args.vae_eval_clips)
+    chunk.stage()
+    wall0, t0 = state["wall_s"], time.time()
+
+    def save():
+        state["wall_s"] = wall0 + time.time() - t0
+        atomic_save(dict(model=vae.state_dict(), ema=ema.state_dict(), opt=opt.state_dict(), state=state,
+                         config=vae_ck["config"], torch_rng=torch.get_rng_state()), ck)
+
+    def evaluate(step):
+        plain, joined = vae_psnr(ema.eval(), held), joined_psnr(ema.eval(), held, args.seed + HELDOUT_OFFSET)
+        state["history"].append(dict(step=step, loss=float(np.mean(losses)) if losses else None, psnr=float(plain.mean()),
+                                     psnr_min=float(plain.min()), joined_psnr=float(joined.mean()),
+                                     joined_psnr_min=float(joined.min()), wall_s=wall0 + time.time() - t0))
+        log(f"decoder step {step}: held-out PSNR (EMA) {plain.mean():.2f} dB (min {plain.min():.2f}), "
+            f"joined {joined.mean():.2f} dB (min {joined.min():.2f})")
+        losses.clear()
+
+    bar = _progress(args, args.decoder_steps, state["step"], "decoder")
+    losses = state["losses"]
+    if not state["history"]:
+        evaluate(0)  # the finished VAE's decoder: the baseline of the fine-tuning
+    stop = False
+    n_join = int(round(args.decoder_join * args.decoder_batch))
+    while state["step"] < args.decoder_steps and not stop:
+        step = state["step"]
+        gen = step_generator(args.seed, "decoder", step)
+        x = vae_batch(pool, gen, args.decoder_batch, args.vae_frames, args.vae_crop)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, args.decoder_steps, args.decoder_lr, args.decoder_lr_end, args.decoder_warmup)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=gen)
+        x, z = join_clips(x, z, n_join, gen)
+        rec = decode_unclamped(vae, z)
+        loss = ((rec - x).abs() + (rec - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.decoder_ema, (1 + step) / (10 + step))
+        for part in ("decoder", "post_quant_conv"):  # the encoder's EMA stays bit for bit the encoder
+            ema_update(getattr(ema, part), getattr(vae, part), decay)
+        state["step"] = step = step + 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}", refresh=False)
+        stop = chunk.stepped()
+        if step % args.decoder_eval_every == 0 or step == args.decoder_steps:
+            evaluate(step)
+        if chunk.checkpoint_due():
+            save()
+    state["done"] = state["step"] >= args.decoder_steps
+    bar.close()
+    save()
+    log(f"decoder {'finished' if state['done'] else 'paused'} at step {state['step']}")
+    return state["done"]
+
+
 # =============================================================================== data
 
 def _data_path(args) -> Path:
@@ -293,7 +449,7 @@ def build_data(args, chunk: Chunk) -> bool:
     partial = path.with_name(path.stem + ".partial.pt")
     if path.exists():
         return True
-    vae, vae_state = load_vae(args.work)
+    vae, vae_state = load_vae(args.work, decoder=False)  # the encoder is all it uses
     tokenizer = wm.build_tokenizer()
     data = torch.load(partial, weights_only=False) if partial.exists() else dict(
         vae_step=vae_state["state"]["step"], short=_empty_set(args.n_clips, 9), long=_empty_set(args.n_long_clips, 17))
@@ -522,6 +678,10 @@ def export(args) -> Path:
         attention_blocks=t["blocks"], text_tokens=wm.TEXT_TOKENS, pipeline_text_length=wm.PIPELINE_TEXT_LENGTH,
         vae_steps=v["state"]["step"], vae_done=v["state"]["done"], vae_wall_s=round(v["state"]["wall_s"], 1),
         vae_history=v["state"]["history"],
+        decoder_steps=v["decoder_state"]["step"] if "decoder_state" in v else None,
+        decoder_done=v["decoder_state"]["done"] if "decoder_state" in v else None,
+        decoder_wall_s=round(v["decoder_state"]["wall_s"], 1) if "decoder_state" in v else None,
+        decoder_history=v["decoder_state"]["history"] if "decoder_state" in v else [],
         transformer_steps=t["state"]["step"], transformer_done=t["state"]["done"],
         transformer_wall_s=round(t["state"]["wall_s"], 1), loss_curve=_thin(t["state"]["curve"], 80),
         settings={k: getattr(args, k) for k in args.__dataclass_fields__ if k not in ("out", "work", "resume", "progress")},
@@ -533,7 +693,8 @@ def export(args) -> Path:
     if card.exists():  # the model card is written by hand; keep it
         (tmp / "README.md").write_text(card.read_text())
     replace_dir(tmp, out)
-    log(f"exported transformer step {t['state']['step']} (VAE step {v['state']['step']}) to {out}")
+    dec = f", decoder step {v['decoder_state']['step']}" if "decoder_state" in v else ""
+    log(f"exported transformer step {t['state']['step']} (VAE step {v['state']['step']}{dec}) to {out}")
     return out
 
 
@@ -542,7 +703,7 @@ def evaluate(args) -> dict:
 
 
 def run_all(args, chunk: Chunk) -> bool:
-    for stage in (train_vae, build_data, train_transformer):
+    for stage in (train_vae, build_data, train_transformer, train_decoder):
         if not stage(args, chunk):
             return False
         if STOP or (chunk.deadline is not None and time.time() >= chunk.deadline):
@@ -552,7 +713,8 @@ def run_all(args, chunk: Chunk) -> bool:
 
 STAGES = {
     "vae": lambda a: train_vae(a, Chunk(a)), "data": lambda a: build_data(a, Chunk(a)),
-    "transformer": lambda a: train_transformer(a, Chunk(a)), "all": lambda a: run_all(a, Chunk(a)),
+    "transformer": lambda a: train_transformer(a, Chunk(a)), "decoder": lambda a: train_decoder(a, Chunk(a)),
+    "all": lambda a: run_all(a, Chunk(a)),
     "export": export, "eval": evaluate,
 }
 
