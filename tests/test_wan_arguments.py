@@ -1,0 +1,54 @@
+"""`pipeline_arguments` on a Wan config: the keyword arguments of `WanReAtCoPipeline.__call__`
+for one edit, so that a notebook's call gives what `scripts/edit.py` writes (tests/tiny_wan.py's model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from reatco import load_config, pipeline_arguments
+from reatco.backbones import edit_runner
+from reatco.video import write_frames
+
+from tiny_wan import save_tiny_wan
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wan-args")
+    save_tiny_wan(root / "model")
+    rng = np.random.default_rng(1)
+    write_frames(rng.integers(0, 255, size=(8, 32, 48, 3), dtype=np.uint8), root / "clip")
+    cfg = {
+        "model": {"pretrained": str(root / "model"), "attention_cell_px": 16, "dtype": "float32"},
+        "video": {"path": str(root / "clip"), "prompt": "a red circle on the sea", "height": 32, "width": 48,
+                  "n_frames": 8, "pad_frames": True},
+        "sampling": {"steps": 3, "guidance_scale": 3.0, "seed": 5},
+        "rad": {"max_update_steps": 2, "refinement_thresholds": {0: 0.5}, "max_refinement_iters": 1},
+        "output_dir": str(root / "out"), "cache_dir": str(root / "cache"), "save_attention": False,
+        "edits": [{"name": "square", "prompt": "a red square on the sea", "sampling": {"seed": 9},
+                   "objects": [{"word": "square", "boxes": {0: [0, 0, 32, 32], 7: [16, 0, 48, 32]}}]}],
+    }
+    path = root / "wan.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return load_config(path)
+
+
+def test_a_wan_configs_arguments_give_the_edit_the_runner_writes(config):
+    from reatco.backbones.wan import WanReAtCoPipeline
+
+    args = pipeline_arguments(config, "square")
+    # Wan's call: its frame handling and the source prompt it inverts with, none of the UNet's arguments
+    assert args["n_frames"] == 8 and args["pad_frames"] is True and args["source_prompt"] == "a red circle on the sea"
+    assert "attention_cell_px" not in args and "inversion_prompt" not in args
+    assert args["generator"].initial_seed() == 9  # the edit's own sampling override
+    pipe = WanReAtCoPipeline.from_pretrained(config.model.pretrained)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(**args)
+    frames = (out.frames[0] * 255).round().astype(np.uint8)
+    assert frames.shape == (8, 32, 48, 3) and out.rad_losses  # the padded frame dropped; RAD ran
+    runner = edit_runner(config, progress=False)
+    result = runner.run(runner.prepare()[0], write=False)
+    np.testing.assert_array_equal(frames, result.frames)  # the same inversion, start and steps: the same frames
