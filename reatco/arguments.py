@@ -93,7 +93,7 @@ def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None, pr
             video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
         given = {"video": video}
     s = merged.sampling
-    from .backbones import backbone_of
+    from .backbones.selection import backbone_of
 
     if backbone_of(cfg.model) == "wan":  # WanReAtCoPipeline's call: what the Wan runner passes
         v = cfg.video
