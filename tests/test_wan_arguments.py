@@ -1,7 +1,10 @@
-"""`pipeline_arguments` on a Wan config: the keyword arguments of `WanReAtCoPipeline.__call__`
-for one edit, so that a notebook's call gives what `scripts/edit.py` writes (tests/tiny_wan.py's model)."""
+"""A Wan config from Python and in pictures: `pipeline_arguments` gives the keyword arguments of
+`WanReAtCoPipeline.__call__` for one edit, so that a notebook's call gives what `scripts/edit.py`
+writes; `scripts/demo_strip.py` draws a Wan run (tests/tiny_wan.py's model)."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +19,7 @@ from tiny_wan import save_tiny_wan
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
+def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("wan-args")
     save_tiny_wan(root / "model")
     rng = np.random.default_rng(1)
@@ -33,12 +36,13 @@ def config(tmp_path_factory):
     }
     path = root / "wan.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    return load_config(path)
+    return SimpleNamespace(cfg=load_config(path), root=root)
 
 
-def test_a_wan_configs_arguments_give_the_edit_the_runner_writes(config):
+def test_a_wan_configs_arguments_give_the_edit_the_runner_writes(workspace):
     from reatco.backbones.wan import WanReAtCoPipeline
 
+    config = workspace.cfg
     args = pipeline_arguments(config, "square")
     # Wan's call: its frame handling and the source prompt it inverts with, none of the UNet's arguments
     assert args["n_frames"] == 8 and args["pad_frames"] is True and args["source_prompt"] == "a red circle on the sea"
@@ -52,3 +56,21 @@ def test_a_wan_configs_arguments_give_the_edit_the_runner_writes(config):
     runner = edit_runner(config, progress=False)
     result = runner.run(runner.prepare()[0], write=False)
     np.testing.assert_array_equal(frames, result.frames)  # the same inversion, start and steps: the same frames
+
+
+
+def test_the_demo_strip_draws_a_wan_run(workspace, capsys):
+    from PIL import Image
+
+    from scripts_loader import load_script
+
+    path = workspace.root / "wan.yaml"
+    assert load_script("edit").main(["--config", str(path), "--overwrite", "--quiet"]) == 0
+    out = workspace.root / "strip.png"
+    assert load_script("demo_strip").main(["--config", str(path), "--out", str(out)]) == 0, capsys.readouterr().err
+    strip = np.asarray(Image.open(out).convert("RGB"))
+    row = round(32 * 128 / 48)  # 48 × 32 frames drawn 128 px wide
+    assert strip.shape == (2 * row, 8 * 128, 3)  # the clip's 8 frames (the padded one dropped), source over edit
+    edited = np.asarray(Image.open(workspace.root / "out" / "square" / "frames" / "00003.png").convert("RGB"))
+    assert (strip[row + 40, 3 * 128 + 100] == edited[15, 37]).all()  # nearest resize: 128 / 48 px a pixel
+    assert (strip[row:row + 80, 0] == 255).all()  # the square's box [0, 0, 32, 32] outlined in white on frame 0
