@@ -1,4 +1,4 @@
-"""From a config to a pipeline call, for notebooks:
+"""From a config to a pipeline call (ReAtCoPipeline, or WanReAtCoPipeline for a Wan model), for notebooks:
 
     cfg = load_config("configs/shapes.yaml")
     pipe = ReAtCoPipeline.from_pretrained(cfg.model.pretrained)
@@ -62,7 +62,8 @@ def _object(cfg, edit, j: int) -> dict:
 
 
 def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None, prompt=None) -> dict[str, Any]:
-    """Keyword arguments of `ReAtCoPipeline.__call__` for one edit of a loaded config.
+    """Keyword arguments of `ReAtCoPipeline.__call__` for one edit of a loaded config (of
+    `WanReAtCoPipeline.__call__` where the config's model is a Wan model: `model.backbone`, or auto).
 
     edit: an EditConfig, its name, its index, or None for the first. video: the source frames
     ((F, 3, H, W) in [-1, 1]); None reads `cfg.video` (at its size, frames and stride). The
@@ -92,6 +93,18 @@ def pipeline_arguments(cfg, edit=None, video=None, objects=None, source=None, pr
             video = read_video(v.path, v.height, v.width, v.n_frames, v.start_frame, v.frame_stride)
         given = {"video": video}
     s = merged.sampling
+    from .backbones.selection import backbone_of
+
+    if backbone_of(cfg.model) == "wan":  # WanReAtCoPipeline's call: what the Wan runner passes
+        v = cfg.video
+        return dict(
+            prompt=edit.prompt if prompt is None else prompt, **given, objects=list(objects),
+            num_inference_steps=s.steps, guidance_scale=s.guidance_scale, negative_prompt=s.negative_prompt,
+            generator=torch.Generator().manual_seed(s.seed), source_prompt=cfg.inversion.prompt or v.prompt,
+            inversion_fixed_point_iters=cfg.inversion.fixed_point_iters, start_in_regions=s.start_in_regions,
+            rad=merged.rad, irjs=merged.irjs, window=merged.window, rad_blocks=merged.rad.blocks, n_frames=v.n_frames,
+            pad_frames=v.pad_frames, height=v.height, width=v.width, return_attention=cfg.save_attention,
+        )
     return dict(
         prompt=edit.prompt if prompt is None else prompt, **given, objects=list(objects), num_inference_steps=s.steps, guidance_scale=s.guidance_scale,
         negative_prompt=s.negative_prompt, generator=torch.Generator().manual_seed(s.seed),

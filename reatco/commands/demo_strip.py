@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 from reatco.config_files import load_config  # noqa: E402
 from reatco.errors import ConfigError  # noqa: E402
 from reatco.regions.region import mask_box  # noqa: E402
-from reatco.runner import EditRunner  # noqa: E402
+from reatco.backbones import edit_runner  # noqa: E402
 from reatco.visualize import region_strip  # noqa: E402
 
 
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.set)
-        runner = EditRunner(cfg, progress=False)
+        runner = edit_runner(cfg, progress=False)  # the config's backbone: the UNet or Wan
         prepared = runner.prepare(args.edit)[0]
         frames_dir = Path(cfg.output_dir) / prepared.edit.name / "frames"
         paths = sorted(frames_dir.glob("*.png"))
