@@ -569,14 +569,11 @@ class ReAtCoPipeline(DiffusionPipeline):
         pictures = loop.pictures and i < guidance.settings.max_update_steps
         observe = pictures or (i in loop.anchor_steps and not rad_here)
         embeds = prompt_embeds if prompt_embeds.shape[0] == x_in.shape[0] else prompt_embeds[-x_in.shape[0]:]
-        # attention pictures without RAD, or an anchor step's presence: the conditional half, detached
-        with guidance.observing(len(frames), frames) if observe else contextlib.nullcontext({}) as observed:
+        if guidance is None:
             noise = backbone.predict(x_in, t, embeds)
-        if observed:
-            word_maps = observed["word_maps"] if pictures else None
-            presence = observed["presence"]
-        if guidance is not None:
-            guidance.observations.add(i, frames, word_maps, presence)
+        else:  # attention pictures without RAD, or an anchor step's presence: the conditional half, detached
+            noise = guidance.observed_call(lambda: backbone.predict(x_in, t, embeds), i, frames, frames, observe,
+                                           pictures, word_maps, presence)
         if do_cfg:
             noise_u, noise_c = noise.chunk(2)
             noise = noise_u + self._guidance_scale * (noise_c - noise_u)

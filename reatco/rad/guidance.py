@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -142,6 +142,21 @@ class RADGuidance:
                 found.update(word_maps=self.word_maps(maps), presence=self.presence(maps, frames))
         finally:
             self.store.reset()
+
+    def observed_call(self, predict: Callable[[], torch.Tensor], step: int, frames: Sequence[int],
+                      window: Sequence[int] | None, observe: bool, pictures: bool,
+                      word_maps: torch.Tensor | None, presence: torch.Tensor | None) -> torch.Tensor:
+        """The model call `predict()` of denoising step `step` on the latent frames `frames`
+        (`window`: the same frames, or None for the whole clip), recorded when `observe` (attention
+        pictures without RAD, or an anchor step's presence); this window's word maps (kept only
+        for `pictures`) and presence, from the RAD pass or observed now, go to the observations."""
+        with self.observing(len(frames), window) if observe else contextlib.nullcontext({}) as observed:
+            output = predict()
+        if observed:
+            word_maps = observed["word_maps"] if pictures else None
+            presence = observed["presence"]
+        self.observations.add(step, frames, word_maps, presence)
+        return output
 
     # ------------------------------------------------------------------ the pass
 

@@ -332,13 +332,11 @@ class WanReAtCoPipeline(WanPipeline):
                             x = invariant.before_step(x, i, t, frames, len(windows))
                         pictures = return_attention and guidance is not None and not rad_here and i < rad.max_update_steps
                         observe = pictures or (i in anchor_steps and not rad_here)  # an anchor step's presence
-                        with guidance.observing(len(frames), window) if observe else contextlib.nullcontext({}) as observed:
+                        if guidance is None:
                             velocity = backbone.predict(x, t, prompt_embeds)
-                        if observed:
-                            word_maps = observed["word_maps"] if pictures else None
-                            presence = observed["presence"]
-                        if guidance is not None:
-                            guidance.observations.add(i, frames, word_maps, presence)
+                        else:
+                            velocity = guidance.observed_call(lambda: backbone.predict(x, t, prompt_embeds), i, frames,
+                                                              window, observe, pictures, word_maps, presence)
                         if self.do_classifier_free_guidance:
                             velocity_uncond = backbone.predict(x, t, negative_prompt_embeds)
                             velocity = velocity_uncond + scale * (velocity - velocity_uncond)
