@@ -581,9 +581,10 @@ class ReAtCoPipeline(DiffusionPipeline):
 
     def _decode(self, latents, source_latents, invariant, irjs: IRJSConfig, output_type: str):
         """The final latents → frames as `output_type` asks (np, pt or pil, batched as diffusers' video pipelines)."""
-        if invariant is not None and "source" in (irjs.decode_statistics, irjs.decode_outside):
+        keep_source = irjs.decode_outside in ("source", "source_frames")  # one and the same here: a latent frame a pixel frame
+        if invariant is not None and (irjs.decode_statistics == "source" or keep_source):
             frames = self.decode_latents(latents, reference=source_latents, reference_statistics=irjs.decode_statistics == "source",
-                                         keep_reference_outside=invariant.mask if irjs.decode_outside == "source" else None).cpu()
+                                         keep_reference_outside=invariant.mask if keep_source else None).cpu()
         else:
             frames = self.decode_latents(latents).cpu()
         check_finite(frames, "in the decoded frames", "the VAE overflowed: decode in float32")

@@ -232,7 +232,7 @@ def test_wrong_types_name_the_field(cfg_dict, override, field):
     ("edits.0.rad.top_k_ratio=2", "edits[0].rad.top_k_ratio", "(0, 1]"),
     ("edits.0.irjs.source=x", "edits[0].irjs.source", "noise, inversion"),
     ("irjs.decode_statistics=frame", "irjs.decode_statistics", "edit, source"),
-    ("irjs.decode_outside=pixels", "irjs.decode_outside", "edit, source"),
+    ("irjs.decode_outside=pixels", "irjs.decode_outside", "edit, source, source_frames"),
     ("model.autocast=fp8", "model.autocast", "none, bf16"),
 ])
 def test_each_validation_error_names_its_field(cfg_dict, override, field, words):

@@ -338,6 +338,10 @@ def test_decode_outside_source_keeps_the_source_decode_outside_the_regions(pipe,
     torch.testing.assert_close(kept[~edited_pixels], source_decoded[~edited_pixels], rtol=0, atol=1e-6)
     torch.testing.assert_close(kept[edited_pixels], edited[edited_pixels], rtol=0, atol=1e-6)
     assert (edited[~edited_pixels] - source_decoded[~edited_pixels]).abs().max() > 1e-3  # the leak it removes
+    # source_frames (each pixel frame's own regions, for Wan's 4-frame latents) is source here: a latent frame a pixel frame
+    per_frame = _run(pipe, cell, irjs=IRJSConfig(placement="after_step", decode_statistics=statistics,
+                                                 decode_outside="source_frames"), **common).frames[0]
+    assert torch.equal(per_frame, kept)
 
 
 def test_keep_reference_pixels_mixes_by_the_upsampled_latent_mask():

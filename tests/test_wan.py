@@ -422,6 +422,26 @@ def test_decode_outside_source_keeps_the_source_pixels_outside_the_regions(pipe)
     assert not torch.equal(frames[..., :32], source[..., :32])
 
 
+def test_decode_outside_source_frames_keeps_each_pixel_frames_own_outside(pipe):
+    """A latent frame covers pixel frames 1–4, and IRJS keeps only the union of their regions; with
+    source_frames a pixel outside its own frame's box is the source's decode again."""
+    video = tiny_clip(5)
+    moving = {"word": "circle", "boxes": {0: [0, 0, 16, 32], 4: [32, 0, 48, 32]}}  # 8 px a frame, on the 8 px cells
+    runs = {mode: pipe(PROMPT, video=video, objects=[moving], num_inference_steps=2, guidance_scale=3.0,
+                       generator=_gen(), rad={"enabled": False}, irjs={"decode_outside": mode}, output_type="pt").frames[0]
+            for mode in ("source", "source_frames")}
+    source = pipe.decode_latents(pipe.encode_video(video))
+    for f in range(5):
+        x1 = 8 * f  # frame f's box: x from 8f to 8f + 16
+        own = runs["source_frames"][f]
+        assert torch.equal(own[..., :x1], source[f, ..., :x1]) and torch.equal(own[..., x1 + 16:], source[f, ..., x1 + 16:])
+        assert torch.equal(own[..., x1:x1 + 16], runs["source"][f, ..., x1:x1 + 16])  # inside: the same edit
+    # frame 4's own box is x 32–48; latent frame 1's union (frames 1–4) reaches back to x = 8: under
+    # `source` those pixels are the edit's
+    assert torch.equal(runs["source"][4, ..., :8], source[4, ..., :8])
+    assert not torch.equal(runs["source"][4, ..., 8:32], source[4, ..., 8:32])
+
+
 # ---------------------------------------------------------------- the backbone seam
 
 

@@ -9,7 +9,7 @@ Placement = Literal["before_step", "after_step"]
 SourceLatents = Literal["noise", "inversion"]
 SourceNoise = Literal["per_window", "per_step"]
 DecodeStatistics = Literal["edit", "source"]
-DecodeOutside = Literal["edit", "source"]
+DecodeOutside = Literal["edit", "source", "source_frames"]
 
 
 @dataclass
@@ -35,7 +35,11 @@ class IRJSConfig:
     # edit (every pixel is the decoded edit) | source: outside the regions' latent cells (the cells
     # IRJS keeps from the source), the pixels are the source latents' own decode. The decoder's
     # receptive field carries the edit a few pixels across every region edge; IRJS keeps those
-    # latents, so their pixels are the source's (reatco/irjs/decoding.py).
+    # latents, so their pixels are the source's (reatco/irjs/decoding.py). source_frames: the same
+    # outside each pixel frame's own regions: on Wan a latent frame covers 4 pixel frames and IRJS
+    # can keep only the union of their regions, so a pixel that another frame of the group has in
+    # a region is the edit's under `source`; here it is the source's again. On the UNet (one latent
+    # frame a pixel frame) it is `source`.
     decode_outside: str = "edit"
 
 

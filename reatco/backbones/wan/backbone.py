@@ -176,9 +176,11 @@ class WanBackbone(Backbone):
 
         irjs.decode_statistics: source does not apply (the causal VAE normalises with RMS norms
         over channels at each position: there are no frame statistics to borrow), so a reference
-        with `reference_statistics` is refused. `keep_reference_outside` (1, 1, f, h, w), 1 = edited:
-        outside it each pixel frame is the reference's own decode, a pixel frame taking the cells of
-        the latent frame that covers it, each cell its s × s pixels (irjs.decode_outside: source)."""
+        with `reference_statistics` is refused. `keep_reference_outside` (1, 1, f, h, w)
+        on the latent frames, or (1, 1, F, h, w) on the pixel frames, 1 = edited: outside it each
+        pixel frame is the reference's own decode, a pixel frame taking the cells of the latent frame
+        that covers it (irjs.decode_outside: source) or its own (source_frames), each cell its s × s
+        pixels."""
         if reference is not None and reference_statistics:
             raise ValueError("irjs.decode_statistics: source does not apply to Wan (its causal VAE normalises with RMS "
                              "norms at each position: no frame statistics to borrow); use edit")
@@ -191,8 +193,14 @@ class WanBackbone(Backbone):
             raise ValueError(f"reference {tuple(reference.shape)} and latents {tuple(latents.shape)} must have one shape")
         source = self._decode(reference)
         mask = keep_reference_outside
-        index = torch.tensor(geometry.latent_frame_index(frames.shape[0], self.temporal_factor), device=mask.device)
-        cells = mask[0, 0].index_select(0, index)[:, None].float()  # (F, 1, h, w)
+        if mask.shape[2] == frames.shape[0]:  # the pixel frames' own cells
+            cells = mask[0, 0][:, None].float()  # (F, 1, h, w)
+        elif mask.shape[2] == latents.shape[2]:
+            index = torch.tensor(geometry.latent_frame_index(frames.shape[0], self.temporal_factor), device=mask.device)
+            cells = mask[0, 0].index_select(0, index)[:, None].float()
+        else:
+            raise ValueError(f"keep_reference_outside has {mask.shape[2]} frames: give the {latents.shape[2]} latent "
+                             f"frames or the {frames.shape[0]} pixel frames")
         pixels = torch.nn.functional.interpolate(cells, scale_factor=self.spatial_factor, mode="nearest")
         pixels = pixels.to(frames.device, frames.dtype)
         return frames * pixels + source.to(frames) * (1 - pixels)

@@ -363,9 +363,14 @@ class WanReAtCoPipeline(WanPipeline):
         if output_type == "latent":
             frames_out = latents
         else:
-            keep_source = invariant is not None and irjs.decode_outside == "source"
+            keep_source = invariant is not None and irjs.decode_outside in ("source", "source_frames")
+            keep = None
+            if keep_source:  # source: the latent frames' cells IRJS kept; source_frames: each pixel frame's own
+                keep = invariant.mask if irjs.decode_outside == "source" else irjs_ops.latent_region_mask(
+                    self._pixel_frame_masks(regions, n_frames, run_frames, lat_h, lat_w, rad.box_grid) >= 0.5,
+                    lat_h, lat_w).to(device)
             frames = backbone.decode_latents(latents, source_latents if keep_source else None, reference_statistics=False,
-                                             keep_reference_outside=invariant.mask if keep_source else None)
+                                             keep_reference_outside=keep)
             frames = frames[: plan.n_frames].cpu()
             check_finite(frames, "in the decoded frames", "the VAE overflowed: decode in float32")
             frames_out = postprocess_video(frames, output_type)
@@ -377,11 +382,18 @@ class WanReAtCoPipeline(WanPipeline):
                                     attention_by_step=None)
 
     @staticmethod
+    def _pixel_frame_masks(regions, n_frames: int, run_frames: int, grid_h: int, grid_w: int, box_grid: str) -> torch.Tensor:
+        """(J, run_frames, grid_h, grid_w): each object's masks on the clip's pixel frames, the padded
+        frames repeating the last one's."""
+        masks = object_masks(regions, n_frames, grid_h, grid_w, box_grid)
+        if run_frames > n_frames:
+            masks = torch.cat([masks, masks[:, -1:].expand(-1, run_frames - n_frames, -1, -1)], dim=1)
+        return masks
+
+    @staticmethod
     def _latent_frame_masks(regions, n_frames: int, run_frames: int, grid_h: int, grid_w: int, box_grid: str,
                             temporal: int = geometry.TEMPORAL_FACTOR) -> torch.Tensor:
         """(J, latent frames, grid_h, grid_w): each object's masks on the clip's pixel frames (the
         padded frames repeat the last one's), then the union over the pixel frames of each latent frame."""
-        masks = object_masks(regions, n_frames, grid_h, grid_w, box_grid)
-        if run_frames > n_frames:
-            masks = torch.cat([masks, masks[:, -1:].expand(-1, run_frames - n_frames, -1, -1)], dim=1)
+        masks = WanReAtCoPipeline._pixel_frame_masks(regions, n_frames, run_frames, grid_h, grid_w, box_grid)
         return geometry.latent_frame_union(masks, temporal)
