@@ -210,6 +210,18 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
     return torch.cat(frames, 2)
 
 
+def _resume_autoencoder(ck: Path, args, model, ema, opt, name: str, fresh: dict) -> dict:
+    """The VAE or decoder stage's state: its checkpoint `ck` loaded into model, EMA, optimizer and
+    the RNG where there is one (with --resume), else `fresh`."""
+    if not _check_fresh(ck, args):
+        return fresh
+    s = torch.load(ck, weights_only=False)
+    model.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
+    torch.set_rng_state(s["torch_rng"])
+    log(f"resumed the {name} at step {s['state']['step']}")
+    return s["state"]
+
+
 def train_vae(args, chunk: Chunk) -> bool:
     """Returns True when the VAE is finished (its step budget or the PSNR target reached)."""
     work = Path(args.work)
@@ -218,13 +230,7 @@ def train_vae(args, chunk: Chunk) -> bool:
     vae = wm.build_vae(vae_config(args))
     ema = copy.deepcopy(vae).requires_grad_(False)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    state = dict(step=0, history=[], wall_s=0.0, done=False, losses=[])
-    if _check_fresh(ck, args):
-        s = torch.load(ck, weights_only=False)
-        vae.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
-        state = s["state"]
-        torch.set_rng_state(s["torch_rng"])
-        log(f"resumed the VAE at step {state['step']}")
+    state = _resume_autoencoder(ck, args, vae, ema, opt, "VAE", dict(step=0, history=[], wall_s=0.0, done=False, losses=[]))
     if state["done"]:
         return True
     if args.vae_frames < 1 or (args.vae_frames - 1) % wm.TEMPORAL:
@@ -356,13 +362,8 @@ def train_decoder(args, chunk: Chunk) -> bool:
     params = [p for part in trainable for p in part.parameters()]
     ema = copy.deepcopy(vae).requires_grad_(False)
     opt = torch.optim.AdamW(params, lr=args.decoder_lr, weight_decay=0.0)
-    state = dict(step=0, history=[], wall_s=0.0, done=False, losses=[], vae_step=vae_ck["state"]["step"])
-    if _check_fresh(ck, args):
-        s = torch.load(ck, weights_only=False)
-        vae.load_state_dict(s["model"]), ema.load_state_dict(s["ema"]), opt.load_state_dict(s["opt"])
-        state = s["state"]
-        torch.set_rng_state(s["torch_rng"])
-        log(f"resumed the decoder at step {state['step']}")
+    state = _resume_autoencoder(ck, args, vae, ema, opt, "decoder", dict(step=0, history=[], wall_s=0.0, done=False,
+                                                                         losses=[], vae_step=vae_ck["state"]["step"]))
     if state["done"]:
         return True
     if state["vae_step"] != vae_ck["state"]["step"]:
