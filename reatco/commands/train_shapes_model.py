@@ -25,7 +25,7 @@ training.json lists every command, with the chunks stopped early and the one dis
   python scripts/train_shapes_model.py --stage export_vae --work W --out data/shapes-model
 
 --backbone wan trains the Wan-layout model of data/shapes-wan (reatco/toy/wan_training.py: stages vae,
-data, transformer, all, export, eval; every stage checkpoints and --resume continues it exactly;
+data, transformer, decoder (the decoder fine-tuned on joined latents, encoder frozen), all, export, eval; every stage checkpoints and --resume continues it exactly;
 `--backbone wan --help` lists its flags). The command that trains it in the background:
   OMP_NUM_THREADS=1 setsid nohup nice -n 15 python scripts/train_shapes_model.py --backbone wan --stage all \\
       --resume --work ~/.cache/reatco/shapes-wan-train --out ~/.cache/reatco/shapes-wan-train/export \\
