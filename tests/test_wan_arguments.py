@@ -58,7 +58,6 @@ def test_a_wan_configs_arguments_give_the_edit_the_runner_writes(workspace):
     np.testing.assert_array_equal(frames, result.frames)  # the same inversion, start and steps: the same frames
 
 
-
 def test_the_demo_strip_draws_a_wan_run(workspace, capsys):
     from PIL import Image
 
