@@ -73,16 +73,7 @@ def word_positions(tokenizer, prompt: "str | WanPromptTokens", word: str, occurr
     starts = [s for s in range(len(ids) - n + 1) if ids[s : s + n] == needle and boundary(s) and boundary(s + n)]
     if not starts:
         raise ConfigError(field, f"{word!r} is not a word of the prompt's umT5 tokens; use one of its words:\n{token_table(p)}")
-    if occurrence is None:
-        if len(starts) > 1:
-            raise ConfigError(field, f"{word!r} occurs {len(starts)} times in the prompt (positions {starts}); set "
-                                     "`occurrence: k` (1-based) to pick one")
-        start = starts[0]
-    else:
-        if isinstance(occurrence, bool) or not isinstance(occurrence, int) or not 1 <= occurrence <= len(starts):
-            raise ConfigError(field.rsplit(".", 1)[0] + ".occurrence" if field.endswith(".word") else field,
-                              f"occurrence must be an integer from 1 to {len(starts)}, got {occurrence!r}")
-        start = starts[occurrence - 1]
+    start = _chosen_occurrence(word, starts, occurrence, field, "positions")
     if start + n > p.max_sequence_length - 1:
         raise ConfigError(field, f"{word!r} is at token {start}, past the text encoder's {p.max_sequence_length} tokens; "
                                  "shorten the prompt")
@@ -105,6 +96,20 @@ class PromptWordMatch:
 def prompt_words(prompt: str) -> list[str]:
     """The prompt as WanPipeline cleans it, split where SentencePiece starts a word (whitespace)."""
     return prompt_clean(prompt).split()
+
+
+def _chosen_occurrence(word: str, starts: list[int], occurrence, field: str, unit: str) -> int:
+    """The start of the word's `occurrence`-th match (1-based) among `starts`; without one, the only
+    match. ConfigError naming `field`, or its sibling `occurrence` field."""
+    if occurrence is None:
+        if len(starts) > 1:
+            raise ConfigError(field, f"{word!r} occurs {len(starts)} times in the prompt ({unit} {starts}); set "
+                                     "`occurrence: k` (1-based) to pick one")
+        return starts[0]
+    if isinstance(occurrence, bool) or not isinstance(occurrence, int) or not 1 <= occurrence <= len(starts):
+        raise ConfigError(field.rsplit(".", 1)[0] + ".occurrence" if field.endswith(".word") else field,
+                          f"occurrence must be an integer from 1 to {len(starts)}, got {occurrence!r}")
+    return starts[occurrence - 1]
 
 
 def find_word_without_tokenizer(prompt: str, word: str, occurrence: int | None = None, field: str = "word",
@@ -135,15 +140,7 @@ def find_word_without_tokenizer(prompt: str, word: str, occurrence: int | None =
         context = ", ".join(repr(_around(text, m)) for m in bounded if not _stands_alone(text, m))
         return PromptWordMatch(word, None, f"{word!r} touches punctuation in the prompt ({context}): whether umT5 "
                                            "splits it off into a word of its own needs the tokenizer")
-    if occurrence is None:
-        if len(whole) > 1:
-            raise ConfigError(field, f"{word!r} occurs {len(whole)} times in the prompt (words {whole}); set "
-                                     "`occurrence: k` (1-based) to pick one")
-        start = whole[0]
-    else:
-        if occurrence > len(whole):
-            raise ConfigError(occurrence_field, f"occurrence must be an integer from 1 to {len(whole)}, got {occurrence!r}")
-        start = whole[occurrence - 1]
+    start = _chosen_occurrence(word, whole, occurrence, field, "words")
     # a piece covers at least one byte of the text or one word's "▁": an upper bound on the pieces
     # up to the word's end; past the encoder's tokens only the tokenizer can tell
     before = " ".join(words[: start + n])
