@@ -84,6 +84,8 @@ def test_three_objects_are_edited_at_once():
 def test_long_fast_and_border_families_move_as_named():
     long = make_case("long", SEED, 0, n_frames=8)
     assert long.source.frames.shape[0] == 16 and long.boxes.shape[1] == 16
+    wan_long = make_case("long", SEED, 0, n_frames=9)  # Wan's VAE takes 4k + 1 frames: 17, not 18
+    assert wan_long.source.frames.shape[0] == 17 and wan_long.boxes.shape[1] == 17
     for i in range(4):
         steps = np.linalg.norm(np.diff(make_case("fast", SEED, i).source.centers, axis=1), axis=-1)
         assert (steps >= FAST_PX[0] - 1e-9).all() and (steps <= FAST_PX[1] + 1e-9).all()

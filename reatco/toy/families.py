@@ -8,7 +8,8 @@ thing the base family never draws:
              wrong way round (the paper's "the jellyfish to the left of the goldfish")
   three      three objects edited at once (the paper's birds); the edit's colours may be source
              colours, but never the colour of the object a region follows
-  long       clips of twice the frames (16 at the benchmark's 8)
+  long       clips of twice the frames (16 at the benchmark's 8); a 4k + 1-frame clip (Wan's) gets
+             2(n − 1) + 1, again 4k + 1 (17 at 9)
   fast       4–6 px per frame, in a straight line
   border     each object runs along a frame edge, 20–70 % of its radius outside the frame
   box_scale  one region 0.6–0.8 × its source box, the other 1.3–1.6 × (about the box's centre)
@@ -143,8 +144,14 @@ def _two_moving_objects(rng, n_frames: int):
     return shapes, name, world.render_video(bg, name, shapes, paths)
 
 
+def long_frames(n_frames: int) -> int:
+    """The `long` family's clip length: twice the frames, or twice the frame steps for a 4k + 1-frame
+    clip, so that a Wan-length clip stays one its VAE takes (9 → 17, not 18)."""
+    return 2 * n_frames - 1 if n_frames % 4 == 1 and n_frames > 1 else 2 * n_frames
+
+
 def _long(rng, n_frames: int, box_grid: int) -> EditCase | None:
-    drawn = _two_moving_objects(rng, 2 * n_frames)
+    drawn = _two_moving_objects(rng, long_frames(n_frames))
     return None if drawn is None else _two_object_case(rng, drawn[2], box_grid)
 
 
