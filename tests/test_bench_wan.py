@@ -30,12 +30,12 @@ def test_whole_edit_arithmetic():
     vae = {"encode": 1.0, "decode": 2.0, "encode_fixed": 0.0, "decode_fixed": 0.0}
     weights = {"transformer_1.3B": 1.0, "vae": 0.5}
     e = wan.estimate(fit, vae, weights, rad_steps=0)
-    assert e["tokens"] == 21 * 30 * 52 and e["rad_pass_blocks"] == 15  # blocks 7…14 of 30
+    assert e["tokens"] == 21 * 30 * 52 and e["rad_pass_blocks"] == 21  # blocks 15…20 of 30
     t = e["time_vs_plain_sampling"]
     assert t["inversion_free"] == 1.0 and t["inversion"] == 1.5  # the inversion: one call a step, sampling two
     resident = e["resident_gb"]
-    assert e["stage_peak_gb"]["rad_pass"] == pytest.approx(resident + (15 * 100 + 10) * 32760 / 1024**3)
+    assert e["stage_peak_gb"]["rad_pass"] == pytest.approx(resident + (21 * 100 + 10) * 32760 / 1024**3)
     assert e["stage_peak_gb"]["decode"] == pytest.approx(resident + 2.0 * 480 * 832 / 1024**3)
     with_rad = wan.estimate(fit, vae, weights, rad_steps=25)["time_vs_plain_sampling"]
     cost = wan.pass_cost_flops("1.3B", 32760, checkpointed=True)
-    assert with_rad["inversion_free_checkpointed"] == pytest.approx(1 + 25 * 15 * cost / (50 * 2 * 30))
+    assert with_rad["inversion_free_checkpointed"] == pytest.approx(1 + 25 * 21 * cost / (50 * 2 * 30))

@@ -138,7 +138,9 @@ def test_pipeline_refuses_bad_input_naming_the_field(pipe):
         pipe(PROMPT, video=tiny_clip(5), objects=[CIRCLE], inversion_trajectory=torch.zeros(3, 1, 16, 2, 4, 6),
              num_inference_steps=4)
     assert err.value.field == "inversion_trajectory"
-    assert resolve_rad_blocks(None, 30) == list(range(7, 15)) and resolve_rad_blocks(None, 2) == [0]
+    # the default: the middle of the stack to two thirds of it (measured best on the shapes DiT: [3, 4] of 6)
+    assert resolve_rad_blocks(None, 30) == list(range(15, 21)) and resolve_rad_blocks(None, 6) == [3, 4]
+    assert resolve_rad_blocks(None, 40) == list(range(20, 27)) and resolve_rad_blocks(None, 2) == [1]
 
 
 # ---------------------------------------------------------------- the recorder
@@ -220,8 +222,9 @@ def test_two_expert_pipeline_records_on_both_experts(folder2):
                 calls[expert] += 1  # a RAD pass through this expert's recorded block
         return hook
 
-    handles = [pipe.transformer.blocks[0].attn2.register_forward_pre_hook(counter(1), with_kwargs=True),
-               pipe.transformer_2.blocks[0].attn2.register_forward_pre_hook(counter(2), with_kwargs=True)]
+    block = resolve_rad_blocks(None, len(pipe.transformer.blocks))[0]  # a block RAD reads by default
+    handles = [pipe.transformer.blocks[block].attn2.register_forward_pre_hook(counter(1), with_kwargs=True),
+               pipe.transformer_2.blocks[block].attn2.register_forward_pre_hook(counter(2), with_kwargs=True)]
     try:
         out = pipe(PROMPT, video=tiny_clip(5), objects=[CIRCLE], num_inference_steps=4, guidance_scale=3.0,
                    generator=_gen(), rad={"max_update_steps": 4})
@@ -503,7 +506,7 @@ def test_the_backbone_implements_the_seam_for_wan(pipe):
         backbone.check_frames(8, field="video.n_frames")
     assert err.value.field == "video.n_frames"
     assert backbone.frame_groups(9) == [[0], [1, 2, 3, 4], [5, 6, 7, 8]] and backbone.latent_frames(9) == 3
-    assert backbone.attention_layers(16) == ["blocks.0.attn2.processor"]  # the default for 2 blocks
+    assert backbone.attention_layers(16) == ["blocks.1.attn2.processor"]  # the default for 2 blocks: the second
     assert backbone.attention_layers(16, blocks=[1, 0]) == ["blocks.0.attn2.processor", "blocks.1.attn2.processor"]
     for kwargs, field in ((dict(cell_px=32), "model.attention_cell_px"), (dict(cell_px=16, blocks=[2]), "rad.blocks")):
         with pytest.raises(ConfigError) as err:

@@ -131,7 +131,7 @@ def test_edit_script_runs_a_whole_wan_edit_and_reuses_the_inversion(workspace, c
     out = workspace / "out" / "square"
     report = json.loads((out / "report.json").read_text())
     assert report["backbone"] == "wan" and report["frames"] == {"clip": 8, "run": 9}
-    assert report["rad_blocks"] == [0] and [r["step"] for r in report["rad_losses"]] == [0, 1]
+    assert report["rad_blocks"] == [1] and [r["step"] for r in report["rad_losses"]] == [0, 1]
     assert len(list((out / "frames").glob("*.png"))) == 8  # the padded frame is dropped
     for name in ("edited.mp4", "attention.mp4", "regions.png", "regions.json", "config.yaml"):
         assert (out / name).is_file(), name

@@ -138,7 +138,7 @@ def test_the_finder_reads_each_pixel_frame_from_its_latent_frame(pipe, monkeypat
                                          whole_cells=8)[0]
     prompt = backbone.tokenize("a red circle on the sea")
     layers, cell = finding.finding_layers(backbone, None, 16)
-    assert cell == 16 and layers == ["blocks.0.attn2.processor"]
+    assert cell == 16 and layers == ["blocks.1.attn2.processor"]
     maps, features = finding.source_word_maps(backbone, source, prompt, [backbone.word_token_indices(prompt, "circle")],
                                               (50, 150), layers, (2, 3))
     assert maps.shape == (1, 3, 2, 3) and features.shape[0] == 3  # 3 latent frames
