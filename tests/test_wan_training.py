@@ -424,7 +424,8 @@ def test_the_shapes_bench_measures_the_wan_export_like_the_unet_model(trained, t
             "--n_vae", "2", "--n", "2", "--n_attn", "2", "--steps", "2", "--batch", "2", "--edit_cases", "1", "--sections",
             "vae,text2image,attention,editing,regions",
             "--edit_frames", "5", "--set", "sampling.steps=3", "--set", "rad.max_update_steps=2",
-            "--set", "rad.refinement_thresholds={}", "--set", "irjs.decode_outside=source", "--out", str(out)])
+            "--set", "rad.refinement_thresholds={}", "--set", "irjs.decode_outside=source",
+            "--set", "rad.blocks=[2,3]", "--out", str(out)])  # the tiny model has 4 blocks, the config reads [3, 4] of 6
     finally:
         torch.set_num_threads(threads)
     assert report["backbone"] == "wan" and json.loads(out.read_text())["backbone"] == "wan"
@@ -453,6 +454,16 @@ def test_the_shapes_bench_measures_the_wan_export_like_the_unet_model(trained, t
     compared = capsys.readouterr().out
     assert "| RAD+IRJS, on the same held-out cases | unet (unet.json) | wan (wan.json) |" in compared
     assert f"| placement, RAD+IRJS | {irjs['placement']:.2f} | {irjs['placement']:.2f} |" in compared
+    # one family's rows of each run (a run over several families against one over base alone)
+    only_base = {**edit["families"]["base"], "rad_irjs": {**edit["families"]["base"]["rad_irjs"], "placement": 0.125}}
+    unet.write_text(json.dumps({"backbone": "unet", "editing": {**edit, "families": {"base": only_base}}}))
+    bench.main(["--compare", str(unet), str(out), "--families", "base"])
+    compared = capsys.readouterr().out
+    assert f"| placement, RAD+IRJS | 0.12 | {edit['families']['base']['rad_irjs']['placement']:.2f} |" in compared
+    for families, said in (("cross", "no 'cross' family"), ("base,cross", "one family")):
+        with pytest.raises(SystemExit) as err:
+            bench.main(["--compare", str(unet), str(out), "--families", families])
+        assert err.value.code == 2 and said in capsys.readouterr().err
     (tmp_path / "bad.json").write_text(json.dumps({"vae": {}}))
     with pytest.raises(SystemExit) as err:
         bench.main(["--compare", str(tmp_path / "bad.json"), str(out)])

@@ -185,22 +185,31 @@ COMPARED = (("placement", "placement, RAD+IRJS", "{:.2f}"), ("invariant_psnr", "
             ("stray_frames", "frames with a stray blob", "{:.1%}"), ("cpu_seconds", "CPU seconds per edit", "{:.1f}"))
 
 
-def compare_markdown(results: dict[str, dict]) -> str:
+def compare_markdown(results: dict[str, dict], family: str | None = None) -> str:
     """The editing sections of several runs (label → bench results) side by side: placement,
-    invariant PSNR, temporal smoothness and CPU time of the RAD+IRJS run (the backbone comparison)."""
+    invariant PSNR, temporal smoothness and CPU time of the RAD+IRJS run (the backbone comparison).
+    `family`: that case family's rows of each run instead of the pooled ones, so that runs over
+    different families compare on the same cases."""
     labels = list(results)
+    sections = {}
     for label, res in results.items():
         edit = res.get("editing") if isinstance(res, dict) else None
+        if family is not None and isinstance(edit, dict):
+            of_family = (edit.get("families") or {}).get(family)
+            if not isinstance(of_family, dict):
+                raise ValueError(f"{label}: the results have no {family!r} family (run with --families {family})")
+            edit = {**of_family, "n_frames": edit.get("n_frames")}
         if not isinstance(edit, dict) or not isinstance(edit.get("rad_irjs"), dict):
             raise ValueError(f"{label}: the results have no editing section with a rad_irjs run")
+        sections[label] = edit
 
     def number(value) -> float:  # results files are read back: anything not a number shows as nan
         return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
     rows = ["| RAD+IRJS, on the same held-out cases | " + " | ".join(labels) + " |", "| --- |" + " --- |" * len(labels)]
     for key, name, fmt in COMPARED:
-        rows.append(f"| {name} | " + " | ".join(fmt.format(number(results[k]["editing"]["rad_irjs"].get(key)))
+        rows.append(f"| {name} | " + " | ".join(fmt.format(number(sections[k]["rad_irjs"].get(key)))
                                             for k in labels) + " |")
-    rows.append("| cases × frames | " + " | ".join(f"{results[k]['editing'].get('n_cases', '?')} × {results[k]['editing'].get('n_frames', '?')}"
+    rows.append("| cases × frames | " + " | ".join(f"{sections[k].get('n_cases', '?')} × {sections[k].get('n_frames', '?')}"
                                                  for k in labels) + " |")
     return "\n".join(rows)

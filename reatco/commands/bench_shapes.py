@@ -19,7 +19,8 @@ section's measurement is explained in reatco/bench/shapes_model.py and shapes_ed
   model_index.json) runs the same sections on the DiT (text→video, attn2 of its trained blocks, 9-frame
   editing cases with configs/shapes-wan.yaml). Every editing run also reports
   temporal smoothness (centroid jitter, region change against the source's own, flicker) and CPU seconds.
-  --compare A.json B.json … puts the editing sections of earlier runs side by side (the backbone comparison).
+  --compare A.json B.json … puts the editing sections of earlier runs side by side (the backbone comparison);
+  with --families F, family F's rows of each run (the same cases when one run covered more families).
 
   python scripts/bench_shapes.py --model data/shapes-model --out outputs/bench_shapes.json
   python scripts/bench_shapes.py --sections editing --families cross,three --edit_cases 4 --threads 1
@@ -91,7 +92,7 @@ def main(argv=None) -> dict:
     args = vars(p.parse_args(argv))
     out = Path(args.pop("out"))
     if "compare" in args:
-        return compare(p, args.pop("compare"))
+        return compare(p, args.pop("compare"), args.get("families"))
     from reatco.bench import shapes
     from reatco.errors import ConfigError
     from reatco.files import atomic_file
@@ -107,8 +108,11 @@ def main(argv=None) -> dict:
     return results
 
 
-def compare(p: argparse.ArgumentParser, paths: list[str]) -> dict:
-    """--compare: the editing sections of earlier results, side by side, labelled by backbone and file."""
+def compare(p: argparse.ArgumentParser, paths: list[str], families: str | None = None) -> dict:
+    """--compare: the editing sections of earlier results, side by side, labelled by backbone and file;
+    with --families F, family F's rows of each (the same cases when the runs covered other families too)."""
+    if families is not None and "," in families:
+        p.error(f"--families: --compare takes one family, got {families!r}")
     from reatco.bench import shapes
 
     results = {}
@@ -119,7 +123,7 @@ def compare(p: argparse.ArgumentParser, paths: list[str]) -> dict:
             p.error(f"--compare: cannot read {path}: {err}")
         results[f"{data.get('backbone', 'unet') if isinstance(data, dict) else '?'} ({Path(path).name})"] = data
     try:
-        print(shapes.compare_markdown(results))
+        print(shapes.compare_markdown(results, families))
     except ValueError as err:
         p.error(f"--compare: {err} (run the bench with --sections editing)")
     return results
