@@ -286,7 +286,9 @@ def test_two_concurrent_runs_with_different_seeds_never_replace_each_other_silen
 
 def test_sigint_exits_130_without_a_traceback(sandbox, finished):
     before = tree_hashes(sandbox / "out")
-    config = _config(sandbox, "sigint", **{"sampling.seed": 8, "tune.steps": 50})
+    # enough tuning that the signal lands mid-run even when this process waits for a loaded CPU
+    # (with 50 steps the edit once finished first: both test workers and the child on one core)
+    config = _config(sandbox, "sigint", **{"sampling.seed": 8, "tune.steps": 1000})
     proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "edit.py"), "--config", str(config), "--quiet", "--overwrite"],
                             env=_env(sandbox), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # the token table is printed after validation, before the model loads
