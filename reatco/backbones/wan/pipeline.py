@@ -278,7 +278,9 @@ class WanReAtCoPipeline(WanPipeline):
         tok_h, tok_w = backbone.attention_grid(lat_h * backbone.spatial_factor, lat_w * backbone.spatial_factor)
         temporal = backbone.temporal_factor
         attn_masks = self._latent_frame_masks(regions, n_frames, run_frames, tok_h, tok_w, rad.box_grid, temporal)
-        object_cells = self._latent_frame_masks(regions, n_frames, run_frames, lat_h, lat_w, rad.box_grid, temporal) >= 0.5
+        # each pixel frame's own latent cells (decode_outside: source_frames), and their union per latent frame
+        pixel_cells = self._pixel_frame_masks(regions, n_frames, run_frames, lat_h, lat_w, rad.box_grid) >= 0.5
+        object_cells = geometry.latent_frame_union(pixel_cells.float(), temporal) >= 0.5
         cells = irjs_ops.latent_region_mask(object_cells.float(), lat_h, lat_w).to(device) if regions else None
         invariant = None
         if irjs.enabled and regions and has_source:
@@ -366,9 +368,8 @@ class WanReAtCoPipeline(WanPipeline):
             keep_source = invariant is not None and irjs.decode_outside in ("source", "source_frames")
             keep = None
             if keep_source:  # source: the latent frames' cells IRJS kept; source_frames: each pixel frame's own
-                keep = invariant.mask if irjs.decode_outside == "source" else irjs_ops.latent_region_mask(
-                    self._pixel_frame_masks(regions, n_frames, run_frames, lat_h, lat_w, rad.box_grid) >= 0.5,
-                    lat_h, lat_w).to(device)
+                keep = (invariant.mask if irjs.decode_outside == "source"
+                        else irjs_ops.latent_region_mask(pixel_cells, lat_h, lat_w).to(device))
             frames = backbone.decode_latents(latents, source_latents if keep_source else None, reference_statistics=False,
                                              keep_reference_outside=keep)
             frames = frames[: plan.n_frames].cpu()
